@@ -1,0 +1,241 @@
+"""The rules file: its schema, and the immutable records it is parsed into.
+
+`load_config(path)` is the only entry. Hooks read the records it returns and
+never look at YAML. Paths inside the file are relative to the file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from addon import matching, schema
+from addon.schema import At, Bool, Choice, Field, MapOf, Nullable, Number, Record, RulesError, SeqOf, Str
+from addon.template import CAPTCHA, TOKEN, Template, parse_template
+
+Edits = tuple[tuple[str, Template | None], ...]
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    match: matching.Match
+    headers: Edits  # (header name as written, value or None to remove)
+    cookies: Edits  # (cookie name, value or None to remove)
+
+    @property
+    def uses(self) -> frozenset[str]:
+        return frozenset().union(*(t.uses for _, t in self.headers + self.cookies if t is not None))
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    json_field: tuple[str, ...] = ("stream",)
+
+
+@dataclass(frozen=True)
+class TokensSpec:
+    file: Path
+    strategy: str  # round_robin | sticky
+
+
+@dataclass(frozen=True)
+class CaptchaSpec:
+    ttl: float
+    timeout: float
+    cwd: Path
+    file: Path | None = None
+    env: str | None = None
+    command: tuple[str, ...] | None = None
+
+    def describe(self) -> str:
+        if self.file is not None:
+            return f"file {self.file}"
+        if self.env is not None:
+            return f"environment variable {self.env}"
+        return "command " + shlex.join(self.command or ())
+
+
+@dataclass(frozen=True)
+class Config:
+    file: Path
+    rules: tuple[Rule, ...]
+    stream: StreamSpec
+    tokens: TokensSpec | None
+    captcha: CaptchaSpec | None
+    index: matching.RuleIndex[Rule]
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.environ) -> Config:
+    """Read and check a rules file.
+
+    Raises:
+        RulesError: the file cannot be read or is wrong; the message names the
+            file, line, column and the problem.
+    """
+    file = Path(path)
+    shown = str(path)
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise RulesError(shown, 1, 1, "rules file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RulesError(shown, 1, 1, f"cannot read the rules file: {e}") from None
+    root = schema.parse_document(text, shown)
+    if root.node is None:
+        root.fail("the rules file is empty; it needs at least a 'rules:' list")
+    return rules_schema(file.resolve().parent, file, environ).check(root)
+
+
+def rules_schema(base: Path, file: Path, environ: Mapping[str, str]) -> Record:
+    """The whole file, as data; `base` is the folder relative paths start from."""
+    template = Str(partial(parse_template, environ=environ), "a string")
+    cookie_value = Str(partial(_cookie_value, environ), "a string")
+    match = Record(
+        "match",
+        {
+            "host": Field(SeqOf(Str(matching.parse_host_glob, "a host glob"), single=True, min_items=1), required=True),
+            "path": Field(SeqOf(Str(matching.parse_path_glob, "a path glob"), single=True), default=()),
+            "method": Field(SeqOf(Str(matching.parse_method, "an HTTP method"), single=True), default=()),
+            "stream": Field(Bool),
+            "filter": Field(Str(matching.parse_filter, "a mitmproxy filter expression")),
+        },
+        build=lambda v, at, where: matching.Match(
+            hosts=v["host"], paths=v["path"], methods=frozenset(v["method"]), stream=v["stream"], filter=v["filter"]
+        ),
+    )
+    rule = Record(
+        "rule",
+        {
+            "name": Field(Str()),
+            "match": Field(match, required=True),
+            "headers": Field(MapOf(Nullable(template), _header_name, "a mapping of header names to values"), default=()),
+            "cookies": Field(MapOf(Nullable(cookie_value), _cookie_name, "a mapping of cookie names to values"), default=()),
+        },
+        build=_build_rule,
+    )
+    return Record(
+        "rules file",
+        {
+            "rules": Field(SeqOf(rule), required=True),
+            "stream": Field(
+                Record("stream", {"json_field": Field(Str(_dotted_path), default=("stream",))},
+                       build=lambda v, at, where: StreamSpec(v["json_field"])),
+                default=StreamSpec(),
+            ),
+            "tokens": Field(
+                Record(
+                    "tokens",
+                    {
+                        "file": Field(Str(partial(_existing_file, base, "tokens")), required=True),
+                        "strategy": Field(Choice("round_robin", "sticky"), default="round_robin"),
+                    },
+                    build=lambda v, at, where: TokensSpec(v["file"], v["strategy"]),
+                )
+            ),
+            "captcha": Field(
+                Record(
+                    "captcha",
+                    {
+                        "file": Field(Str(partial(_existing_file, base, "captcha"))),
+                        "env": Field(Str()),
+                        "command": Field(SeqOf(Str(), single=True, min_items=1)),
+                        "ttl": Field(Number(0), default=0),
+                        "timeout": Field(Number(0.1), default=10),
+                    },
+                    build=partial(_build_captcha, base, environ),
+                )
+            ),
+        },
+        build=partial(_build_config, file),
+    )
+
+
+def _header_name(name: str) -> str:
+    if not name or any(c in name for c in ' \t:()<>@,;\\"/[]?={}') or not name.isascii():
+        raise ValueError(f"bad header name {name!r}")
+    return name
+
+
+def _cookie_name(name: str) -> str:
+    if not name or any(c in name for c in ' \t;,=') or not name.isascii():
+        raise ValueError(f"bad cookie name {name!r}")
+    return name
+
+
+def _cookie_value(environ: Mapping[str, str], text: str) -> Template:
+    if any(c in text for c in ";,"):
+        raise ValueError(f"a cookie value cannot contain ';' or ',': {text!r}")
+    return parse_template(text, environ)
+
+
+def _dotted_path(text: str) -> tuple[str, ...]:
+    parts = tuple(text.split("."))
+    if not all(parts):
+        raise ValueError(f"bad field path {text!r}: expected names separated by dots, like 'stream' or 'options.stream'")
+    return parts
+
+
+def _existing_file(base: Path, what: str, name: str) -> Path:
+    path = base / name
+    if not path.is_file():
+        raise ValueError(f"{what} file not found: {path}")
+    return path
+
+
+def _build_rule(v: dict[str, Any], at: At, where: dict[str, At]) -> Rule:
+    if not v["headers"] and not v["cookies"]:
+        at.fail("a rule needs 'headers' or 'cookies' (or both)")
+    rule = Rule(v["name"] or at.path, v["match"], v["headers"], v["cookies"])
+    if rule.uses and any(h.matches_everything for h in rule.match.hosts):
+        placeholders = " and ".join(f"{{{p}}}" for p in sorted(rule.uses, reverse=True))
+        where["match"].key("host", _host_node(where["match"])).fail(
+            f"this rule sends {placeholders} but its host matches every host; "
+            "that would send tokens to every host: name the hosts this rule is for"
+        )
+    return rule
+
+
+def _host_node(match_at: At) -> Any:
+    return next(v for k, v in match_at.node.value if k.value == "host")
+
+
+def _build_captcha(base: Path, environ: Mapping[str, str], v: dict[str, Any], at: At, where: dict[str, At]) -> CaptchaSpec:
+    given = [k for k in ("file", "env", "command") if v[k] is not None]
+    if len(given) != 1:
+        at.fail(f"give exactly one captcha source (file, env or command); got {', '.join(given) or 'none'}")
+    if v["env"] is not None and v["env"] not in environ:
+        where["env"].fail(f"environment variable {v['env']} is not set")
+    command = v["command"]
+    if command is not None:
+        if len(command) == 1 and " " in command[0]:
+            command = tuple(shlex.split(command[0]))
+        program = command[0]
+        found = (base / program).is_file() if "/" in program else shutil.which(program) is not None
+        if not found:
+            where["command"].fail(f"captcha command not found: {program} (relative paths start at {base})")
+    return CaptchaSpec(ttl=v["ttl"], timeout=v["timeout"], cwd=base, file=v["file"], env=v["env"], command=command)
+
+
+def _build_config(file: Path, v: dict[str, Any], at: At, where: dict[str, At]) -> Config:
+    rules: tuple[Rule, ...] = v["rules"]
+    for i, rule in enumerate(rules):
+        for needed, section in ((TOKEN, "tokens"), (CAPTCHA, "captcha")):
+            if needed in rule.uses and v[section] is None:
+                where["rules"].index(i, where["rules"].node.value[i]).fail(
+                    f"this rule uses {{{needed}}} but the file has no '{section}' section"
+                )
+    return Config(
+        file=file,
+        rules=rules,
+        stream=v["stream"],
+        tokens=v["tokens"],
+        captcha=v["captcha"],
+        index=matching.RuleIndex(rules),
+    )

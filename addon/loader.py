@@ -1,0 +1,116 @@
+"""The `rules` option: load the rules file and what it names, and keep them current.
+
+This addon owns the configuration that the other addons read: the parsed rules,
+the token pool and the captcha source. A bad file at start-up is one error line
+(mitmproxy's start-up check then exits with status 1); a bad file later is
+logged and the last good configuration stays in force.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions
+from mitmproxy.utils import human
+
+from addon.captcha import CaptchaSource
+from addon.config import Config, load_config
+from addon.schema import RulesError
+from addon.tokens import TokenPool, TokensFileError, read_tokens
+from addon.watch import FileWatcher
+
+logger = logging.getLogger(__name__)
+
+
+class RulesLoader:
+    def __init__(self) -> None:
+        self.config: Config | None = None
+        self.tokens = TokenPool()
+        self.captcha: CaptchaSource | None = None
+        self.stream_copy_limit = 1024 * 1024
+        self._watcher = FileWatcher()
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "rules",
+            str,
+            "rules.yaml",
+            "The rules file: which requests to rewrite and how. Paths inside it are relative to "
+            "its folder. It is re-read when it changes; a bad new version is logged and the "
+            "last good one stays in force.",
+        )
+        loader.add_option(
+            "stream_copy_limit",
+            str,
+            "1m",
+            "How much of a streamed response body (Server-Sent Events, or the answer to a "
+            "streaming request) to keep on the flow, so that mitmweb can show it. The client "
+            "always gets the whole body. Sizes like 512k or 1m.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "stream_copy_limit" in updated:
+            try:
+                self.stream_copy_limit = human.parse_size(ctx.options.stream_copy_limit) or 0
+            except ValueError as e:
+                raise exceptions.OptionsError(f"Cannot parse stream_copy_limit: {e}") from e
+        if "rules" in updated:
+            self.reload_rules()
+
+    def running(self) -> None:
+        self._watcher.start()
+
+    def done(self) -> None:
+        self._watcher.stop()
+
+    def reload_rules(self) -> None:
+        """Load the rules file named by the option; on failure keep what is loaded."""
+        path = ctx.options.rules
+        try:
+            config = load_config(path)
+            tokens = read_tokens(config.tokens.file) if config.tokens else ()
+        except (RulesError, TokensFileError) as e:
+            kept = "; the last good rules stay in force" if self.config else ""
+            logger.error(f"{e}{kept}")
+            return
+        self.config = config
+        self.tokens.strategy = config.tokens.strategy if config.tokens else "round_robin"
+        self.tokens.replace(tokens)
+        if config.captcha is None:
+            self.captcha = None
+        elif self.captcha is None or self.captcha.spec != config.captcha:
+            self.captcha = CaptchaSource(config.captcha)
+        self._watch(config)
+        summary = f"{len(config.rules)} rule(s)"
+        if config.tokens:
+            summary += f", {len(tokens)} token(s)"
+            if not tokens:
+                logger.warning(f"rules: {config.tokens.file} has no tokens; requests that need one get a 503")
+        if config.captcha:
+            summary += f", captcha from {config.captcha.describe()}"
+        logger.info(f"rules: loaded {path}: {summary}")
+
+    def reload_tokens(self) -> None:
+        assert self.config is not None and self.config.tokens is not None
+        try:
+            tokens = read_tokens(self.config.tokens.file)
+        except TokensFileError as e:
+            logger.error(f"{e}; the {len(self.tokens)} token(s) read before stay in use")
+            return
+        self.tokens.replace(tokens)
+        logger.info(f"rules: re-read {self.config.tokens.file}: {len(tokens)} token(s)")
+        if not tokens:
+            logger.warning(f"rules: {self.config.tokens.file} has no tokens; requests that need one get a 503")
+
+    def _captcha_changed(self) -> None:
+        if self.captcha is not None:
+            self.captcha.invalidate()
+
+    def _watch(self, config: Config) -> None:
+        paths = {Path(config.file): self.reload_rules}
+        if config.tokens:
+            paths[config.tokens.file] = self.reload_tokens
+        if config.captcha and config.captcha.file:
+            paths[config.captcha.file] = self._captcha_changed
+        self._watcher.watch(paths)

@@ -1,0 +1,56 @@
+"""The request side: apply the matching rules' headers and cookies to each request."""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import http
+
+from addon.loader import RulesLoader
+from addon.rewrite import apply_plan, describe, plan_request
+from addon.template import CAPTCHA, TOKEN
+
+logger = logging.getLogger(__name__)
+
+METADATA_KEY = "rewrite"  # flow.metadata entry: {"rules": [...], "streaming": bool}
+
+
+class Rewriter:
+    def __init__(self, state: RulesLoader) -> None:
+        self.state = state
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        config = self.state.config
+        if config is None:
+            return
+        plan = plan_request(config, flow)
+        if plan is None:
+            return
+        flow.metadata[METADATA_KEY] = {"rules": [r.name for r in plan.rules], "streaming": plan.streaming}
+        values: dict[str, str] = {}
+        if TOKEN in plan.uses:
+            token = self.state.tokens.draw()
+            if token is None:
+                self._no_tokens(flow)
+                return
+            values[TOKEN] = token
+        if CAPTCHA in plan.uses and self.state.captcha is not None:
+            captcha = await self.state.captcha.get()
+            if captcha is not None:
+                values[CAPTCHA] = captcha
+        lines = apply_plan(plan, flow.request, values)
+        flow.comment = describe(plan, lines)
+
+    def _no_tokens(self, flow: http.HTTPFlow) -> None:
+        assert self.state.config is not None and self.state.config.tokens is not None
+        file = self.state.config.tokens.file
+        reason = f"the tokens file {file} has no tokens"
+        logger.warning(f"rules: answered 503 for {flow.request.pretty_url}: {reason}")
+        flow.response = http.Response.make(
+            503,
+            f"mitmproxy rules addon: cannot send this request: {reason}.\n",
+            {"Content-Type": "text/plain; charset=utf-8"},
+        )
+        flow.comment = f"answered 503 by the proxy: {reason}"

@@ -1,0 +1,285 @@
+"""A small declarative validator for YAML documents that keeps line numbers.
+
+The rules file is described as data (`Record`, `Str`, `SeqOf`, ...). Checking a
+document walks PyYAML's node tree, so every error can name the file, the line,
+the column and the path to the value (`rules[2].headers.Accept`), in the manner
+of pre-commit's cfgv. Semantic checks (globs, placeholders, filters) plug in as
+`convert` callables that raise `ValueError`; the validator adds the location.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import yaml
+
+_STR = "tag:yaml.org,2002:str"
+_NULL = "tag:yaml.org,2002:null"
+_BOOL = "tag:yaml.org,2002:bool"
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+
+_KIND = {
+    _STR: "a string",
+    _NULL: "null",
+    _BOOL: "a boolean",
+    _INT: "a number",
+    _FLOAT: "a number",
+    "tag:yaml.org,2002:seq": "a list",
+    "tag:yaml.org,2002:map": "a mapping",
+}
+
+
+class RulesError(ValueError):
+    """A problem in a configuration file, with its location."""
+
+    def __init__(self, file: str, line: int, column: int, problem: str) -> None:
+        self.file, self.line, self.column, self.problem = file, line, column, problem
+        super().__init__(f"{file}:{line}:{column}: {problem}")
+
+
+@dataclass(frozen=True)
+class At:
+    """A node of the document, with the file it came from and its path."""
+
+    file: str
+    node: yaml.Node | None
+    path: str = ""
+
+    @property
+    def line(self) -> int:
+        return self.node.start_mark.line + 1 if self.node else 1
+
+    @property
+    def column(self) -> int:
+        return self.node.start_mark.column + 1 if self.node else 1
+
+    def fail(self, problem: str) -> NoReturn:
+        where = f"{self.path}: " if self.path else ""
+        raise RulesError(self.file, self.line, self.column, where + problem)
+
+    def kind(self) -> str:
+        return _KIND.get(self.node.tag, self.node.tag) if self.node else "nothing"
+
+    def key(self, name: str, node: yaml.Node) -> At:
+        return At(self.file, node, f"{self.path}.{name}" if self.path else name)
+
+    def index(self, i: int, node: yaml.Node) -> At:
+        return At(self.file, node, f"{self.path}[{i}]")
+
+
+def parse_document(text: str, file: str) -> At:
+    """Parse YAML text into a located root node.
+
+    Raises:
+        RulesError: the text is not valid YAML.
+    """
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = e.problem or e.context or "cannot be parsed"
+        raise RulesError(file, line, col, f"invalid YAML: {problem}") from e
+    except yaml.YAMLError as e:  # e.g. a byte sequence the reader rejects
+        raise RulesError(file, 1, 1, f"invalid YAML: {e}") from e
+    return At(file, node)
+
+
+class Type:
+    """One kind of value in the schema."""
+
+    def check(self, at: At) -> Any:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Scalar(Type):
+    """A YAML scalar of one of the given tags, optionally converted."""
+
+    tags: tuple[str, ...]
+    what: str
+    convert: Callable[[Any], Any] | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def check(self, at: At) -> Any:
+        if not isinstance(at.node, yaml.ScalarNode) or at.node.tag not in self.tags:
+            at.fail(f"expected {self.describe()}, got {at.kind()}")
+        value = yaml.constructor.SafeConstructor().construct_object(at.node)
+        if self.choices is not None and value not in self.choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in self.choices], 1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            at.fail(f"expected one of {', '.join(map(str, self.choices))}; got {value!r}{hint}")
+        if self.convert is None:
+            return value
+        try:
+            return self.convert(value)
+        except ValueError as e:
+            at.fail(str(e))
+
+    def describe(self) -> str:
+        return self.what
+
+
+def Str(convert: Callable[[str], Any] | None = None, what: str = "a string") -> Scalar:
+    return Scalar((_STR,), what, convert)
+
+
+def Choice(*choices: str) -> Scalar:
+    return Scalar((_STR,), "one of " + ", ".join(choices), choices=choices)
+
+
+Bool = Scalar((_BOOL,), "true or false")
+
+
+def Number(minimum: float = 0) -> Scalar:
+    def at_least(v: float) -> float:
+        if v < minimum:
+            raise ValueError(f"expected a number of at least {minimum}, got {v}")
+        return v
+
+    return Scalar((_INT, _FLOAT), "a number", at_least)
+
+
+def Int(minimum: int = 0) -> Scalar:
+    def at_least(v: int) -> int:
+        if v < minimum:
+            raise ValueError(f"expected a whole number of at least {minimum}, got {v}")
+        return v
+
+    return Scalar((_INT,), "a whole number", at_least)
+
+
+@dataclass(frozen=True)
+class Nullable(Type):
+    """`null`, or the inner type."""
+
+    inner: Type
+
+    def check(self, at: At) -> Any:
+        if isinstance(at.node, yaml.ScalarNode) and at.node.tag == _NULL:
+            return None
+        if isinstance(at.node, yaml.ScalarNode) and at.node.tag in (_INT, _FLOAT, _BOOL):
+            at.fail(f"expected {self.describe()}, got {at.kind()} (quote it to make it a string)")
+        if not isinstance(at.node, yaml.ScalarNode):
+            at.fail(f"expected {self.describe()}, got {at.kind()}")
+        return self.inner.check(at)
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()} or null"
+
+
+@dataclass(frozen=True)
+class SeqOf(Type):
+    """A list of the inner type; `single=True` also takes one bare value."""
+
+    inner: Type
+    single: bool = False
+    min_items: int = 0
+
+    def check(self, at: At) -> tuple[Any, ...]:
+        if isinstance(at.node, yaml.SequenceNode):
+            items = tuple(self.inner.check(at.index(i, n)) for i, n in enumerate(at.node.value))
+            if len(items) < self.min_items:
+                at.fail(f"expected at least {self.min_items} item(s), got {len(items)}")
+            return items
+        if self.single:
+            return (self.inner.check(at),)
+        at.fail(f"expected {self.describe()}, got {at.kind()}")
+
+    def describe(self) -> str:
+        many = f"a list of {self.inner.describe()}"
+        return f"{self.inner.describe()} or {many}" if self.single else many
+
+
+def _mapping_pairs(at: At) -> list[tuple[str, At, At]]:
+    """(key, key's location, value's location) of a mapping node in order; keys must be unique strings."""
+    if not isinstance(at.node, yaml.MappingNode):
+        at.fail(f"expected a mapping, got {at.kind()}")
+    pairs: list[tuple[str, At, At]] = []
+    seen: set[str] = set()
+    for key_node, value_node in at.node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != _STR:
+            At(at.file, key_node, at.path).fail("keys must be strings")
+        name = key_node.value
+        if name in seen:
+            At(at.file, key_node, at.path).fail(f"duplicate key {name!r}")
+        seen.add(name)
+        pairs.append((name, At(at.file, key_node, at.key(name, key_node).path), at.key(name, value_node)))
+    return pairs
+
+
+@dataclass(frozen=True)
+class MapOf(Type):
+    """A mapping with free keys (header or cookie names): returns (key, value) pairs in order."""
+
+    value: Type
+    key_check: Callable[[str], str] | None = None
+    what: str = "a mapping"
+
+    def check(self, at: At) -> tuple[tuple[str, Any], ...]:
+        out = []
+        for name, key_at, child in _mapping_pairs(at):
+            if self.key_check is not None:
+                try:
+                    name = self.key_check(name)
+                except ValueError as e:
+                    key_at.fail(str(e))
+            out.append((name, self.value.check(child)))
+        return tuple(out)
+
+    def describe(self) -> str:
+        return self.what
+
+
+@dataclass(frozen=True)
+class Field:
+    type: Type
+    required: bool = False
+    default: Any = None
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Record(Type):
+    """A mapping with a fixed set of keys, built into an object by `build`.
+
+    `build(values, at)` gets every field (defaults filled in) and the record's
+    own location, so cross-field checks can point at the right key with
+    `at.key(name, ...)` or `at.fail(...)`.
+    """
+
+    name: str
+    fields: Mapping[str, Field]
+    build: Callable[[dict[str, Any], At, dict[str, At]], Any] = field(
+        default=lambda values, at, where: values
+    )
+
+    def check(self, at: At) -> Any:
+        pairs = _mapping_pairs(at)
+        values: dict[str, Any] = {}
+        where: dict[str, At] = {}
+        for name, key_at, child in pairs:
+            spec = self.fields.get(name)
+            if spec is None:
+                close = difflib.get_close_matches(name, list(self.fields), 1)
+                hint = f"did you mean {close[0]!r}?" if close else "expected one of " + ", ".join(self.fields)
+                At(at.file, key_at.node, at.path).fail(f"unknown key {name!r} ({hint})")
+            values[name] = spec.type.check(child)
+            where[name] = child
+        for name, spec in self.fields.items():
+            if name not in values:
+                if spec.required:
+                    at.fail(f"missing required key {name!r}")
+                values[name] = spec.default
+        return self.build(values, at, where)
+
+    def describe(self) -> str:
+        return f"a mapping ({self.name})"
+

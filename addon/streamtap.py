@@ -1,0 +1,55 @@
+"""The response side: stream Server-Sent Events to the client as they come.
+
+mitmproxy buffers every response body unless told to stream it (mitmproxy
+issue #4469), which turns a streamed chat completion into one late lump. For
+flows the rules touched, responses that are `text/event-stream`, and every
+response to a streaming request, are streamed chunk by chunk; a copy of the
+first `stream_copy_limit` bytes is kept on the flow so mitmweb can show it.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from addon.loader import RulesLoader
+from addon.rewriter import METADATA_KEY
+
+
+class BodyCopy:
+    """A response `stream` callable: passes chunks through unchanged, keeping a capped copy."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.kept = bytearray()
+        self.seen = 0
+
+    def __call__(self, chunk: bytes) -> bytes:
+        self.seen += len(chunk)
+        room = self.limit - len(self.kept)
+        if room > 0:
+            self.kept += chunk[:room]
+        return chunk
+
+
+class StreamTap:
+    def __init__(self, state: RulesLoader) -> None:
+        self.state = state
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        assert flow.response
+        record = flow.metadata.get(METADATA_KEY)
+        if record is None or flow.response.stream:
+            return
+        is_sse = flow.response.headers.get("content-type", "").lower().startswith("text/event-stream")
+        if is_sse or record["streaming"]:
+            flow.response.stream = BodyCopy(self.state.stream_copy_limit)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        assert flow.response
+        tap = flow.response.stream
+        if not isinstance(tap, BodyCopy):
+            return
+        flow.response.raw_content = bytes(tap.kept)
+        if tap.seen > len(tap.kept):
+            note = f"streamed body: {tap.seen} bytes, the first {len(tap.kept)} kept"
+            flow.comment = f"{flow.comment}\n{note}" if flow.comment else note

@@ -1,0 +1,224 @@
+"""A small local service that behaves like a protected, streaming chat API.
+
+It refuses (403) requests that do not look the way the real service demands:
+a browser User-Agent, `Accept: text/event-stream` on streaming calls and
+`application/json` on the others, an `X-Captcha-Token` that starts with `cap-`,
+and an account token in the `session` cookie from its list of known tokens.
+Accepted calls to `/v1/chat/completions` answer like OpenAI's API, streamed as
+Server-Sent Events when the JSON body says `"stream": true`.
+
+Every request it receives is recorded (and printed with `--log`), so the demo
+and the tests can show exactly what arrived. Serves HTTP/1.1, and with a
+certificate HTTPS with HTTP/2. Only ever listens on loopback.
+
+    python scripts/fake_upstream.py --port 8765 --tokens demo/tokens.txt --log
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from pathlib import Path
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    query: str
+    http_version: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    at: float
+
+    def header(self, name: str) -> str | None:
+        values = [v for k, v in self.headers if k.lower() == name.lower()]
+        return ", ".join(values) if values else None
+
+    def header_all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+@dataclass
+class ProtectedAPI:
+    """The ASGI app. `tokens`: accepted account tokens; `protect=False` accepts anything."""
+
+    tokens: set[str] = field(default_factory=set)
+    protect: bool = True
+    chunks: int = 5
+    interval: float = 0.2  # seconds between streamed events
+    log: bool = False
+    received: list[Received] = field(default_factory=list)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                kind = (await receive())["type"]  # lifespan.startup, then lifespan.shutdown
+                await send({"type": kind + ".complete"})
+                if kind == "lifespan.shutdown":
+                    return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        rec = Received(
+            scope["method"], scope["path"], scope["query_string"].decode(), scope["http_version"], headers, body, time.time()
+        )
+        self.received.append(rec)
+        if self.log:
+            print(f"upstream got {rec.method} {rec.path} HTTP/{rec.http_version}", flush=True)
+            for k, v in rec.headers:
+                print(f"    {k}: {v}", flush=True)
+        if rec.path == "/echo":
+            return await self._json(send, 200, {"method": rec.method, "headers": rec.headers, "body": body.decode(errors="replace")})
+        try:
+            payload = json.loads(body) if body else {}
+        except ValueError:
+            payload = {}
+        streaming = isinstance(payload, dict) and payload.get("stream") is True
+        refusal = self.refusal(rec, streaming) if self.protect else None
+        if refusal:
+            return await self._json(send, 403, {"error": {"message": refusal, "type": "forbidden"}})
+        if rec.path == "/v1/chat/completions" and streaming:
+            return await self._stream(send, scope, payload)
+        if rec.path == "/v1/chat/completions":
+            return await self._json(send, 200, completion(payload))
+        return await self._json(send, 200, {"ok": True, "path": rec.path})
+
+    def refusal(self, rec: Received, streaming: bool) -> str | None:
+        """Why the real service would refuse this request, or None."""
+        if "Mozilla/5.0" not in (rec.header("user-agent") or ""):
+            return "browser required"
+        wanted = "text/event-stream" if streaming else "application/json"
+        if wanted not in (rec.header("accept") or ""):
+            return f"Accept must be {wanted}"
+        if not (rec.header("x-captcha-token") or "").startswith("cap-"):
+            return "recaptcha validation failed"
+        jar = SimpleCookie()
+        for value in rec.header_all("cookie"):
+            jar.load(value)
+        session = jar["session"].value if "session" in jar else ""
+        if session not in self.tokens:
+            return "unknown account"
+        return None
+
+    async def _json(self, send, status: int, obj) -> None:
+        data = json.dumps(obj).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+
+    async def _stream(self, send, scope, payload) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        words = [f"word{i} " for i in range(self.chunks)]
+        for i, word in enumerate(words):
+            if i:
+                await asyncio.sleep(self.interval)
+            event = chunk(payload, {"content": word}, None, time.time())
+            await send({"type": "http.response.body", "body": f"data: {json.dumps(event)}\n\n".encode(), "more_body": True})
+        end = chunk(payload, {}, "stop", time.time())
+        await send({"type": "http.response.body", "body": f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode()})
+
+
+def completion(payload) -> dict:
+    return {
+        "id": "chatcmpl-local", "object": "chat.completion", "created": int(time.time()),
+        "model": payload.get("model", "local") if isinstance(payload, dict) else "local",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello from upstream"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4},
+    }
+
+
+def chunk(payload, delta: dict, finish: str | None, sent_at: float) -> dict:
+    # sent_at lets a client compare when each event left the upstream with when it arrived
+    return {
+        "id": "chatcmpl-local", "object": "chat.completion.chunk", "created": int(sent_at), "sent_at": sent_at,
+        "model": payload.get("model", "local"),
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+class UpstreamServer:
+    """Runs the app with hypercorn in a background thread (for tests and the demo)."""
+
+    def __init__(self, app: ProtectedAPI, port: int, certfile: str | None = None, keyfile: str | None = None) -> None:
+        self.app, self.port = app, port
+        self.config = Config()
+        self.config.bind = [f"127.0.0.1:{port}"]
+        self.config.accesslog = None
+        self.config.errorlog = None
+        if certfile:
+            self.config.certfile, self.config.keyfile = certfile, keyfile
+            self.config.alpn_protocols = ["h2", "http/1.1"]
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+
+        async def main() -> None:
+            self._ready.set()
+            await serve(self.app, self.config, shutdown_trigger=self._stop.wait)
+
+        self._loop.run_until_complete(main())
+
+    def start(self) -> UpstreamServer:
+        self._thread.start()
+        self._ready.wait(10)
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self._loop and self._stop:
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(10)
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    """Return once something accepts connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s") from None
+            time.sleep(0.05)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--tokens", type=Path, help="file of accepted account tokens, one per line")
+    parser.add_argument("--log", action="store_true", help="print every request received")
+    args = parser.parse_args()
+    tokens = set()
+    if args.tokens:
+        tokens = {t.strip() for t in args.tokens.read_text().splitlines() if t.strip() and not t.startswith("#")}
+    server = UpstreamServer(ProtectedAPI(tokens=tokens, log=args.log), args.port).start()
+    print(f"fake upstream listening on http://127.0.0.1:{args.port}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

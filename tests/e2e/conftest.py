@@ -1,0 +1,162 @@
+"""Real processes: a local upstream (HTTP, and HTTPS with HTTP/2) and mitmdump with the addon.
+
+Everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import re
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from fake_upstream import ProtectedAPI, UpstreamServer
+from helpers import TOKENS
+
+ROOT = Path(__file__).resolve().parents[2]
+MITMDUMP = ROOT / ".venv" / "bin" / "mitmdump"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def upstream_cert(tmp_path_factory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and localhost."""
+    folder = tmp_path_factory.mktemp("cert")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    certfile, keyfile = folder / "cert.pem", folder / "key.pem"
+    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    keyfile.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(certfile), str(keyfile)
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[UpstreamServer]:
+    server = UpstreamServer(ProtectedAPI(tokens=set(TOKENS), interval=0.3), free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def upstream_tls(upstream_cert) -> Iterator[UpstreamServer]:
+    certfile, keyfile = upstream_cert
+    server = UpstreamServer(ProtectedAPI(tokens=set(TOKENS), interval=0.3), free_port(), certfile, keyfile).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_upstream_log(request):
+    for name in ("upstream", "upstream_tls"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).app.received.clear()
+
+
+class Proxy:
+    """A real `mitmdump -s addon/main.py` process on a free loopback port."""
+
+    def __init__(self, rules: Path, workdir: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.confdir = workdir / "mitmproxy-conf"
+        self.logfile = workdir / f"mitmdump-{self.port}.log"
+        self.args = [
+            str(MITMDUMP), "-s", str(ROOT / "addon" / "main.py"),
+            "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
+            "--set", f"rules={rules}", "--set", f"confdir={self.confdir}",
+            "--set", "ssl_insecure=true", "--set", "flow_detail=0",
+            *extra,
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ca(self) -> str:
+        return str(self.confdir / "mitmproxy-ca-cert.pem")
+
+    def start(self) -> Proxy:
+        self._log = open(self.logfile, "wb")
+        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
+        self.wait_for_log(r"listening at", timeout=30)
+        return self
+
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace")
+
+    def wait_for_log(self, pattern: str, timeout: float = 15, count: int = 1) -> None:
+        """Wait until the log has `count` lines that match `pattern`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if len(re.findall(pattern, self.log())) >= count:
+                return
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"mitmdump exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {pattern!r} in the mitmdump log after {timeout} s:\n{self.log()}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def start_proxy(tmp_path) -> Iterator:
+    started: list[Proxy] = []
+
+    def start(rules: Path, *extra: str) -> Proxy:
+        proxy = Proxy(rules, tmp_path, *extra).start()
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+def run_mitmdump(rules: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run mitmdump to completion (for start-up failures)."""
+    return subprocess.run(
+        [str(MITMDUMP), "-s", str(ROOT / "addon" / "main.py"), "--listen-host", "127.0.0.1",
+         "--listen-port", str(free_port()), "--set", f"rules={rules}"],
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, cwd=ROOT,
+        env={**os.environ, "TERM": "dumb"},
+    )  # fmt: skip

@@ -1,0 +1,185 @@
+"""Loading the rules file: good files become records, bad ones one exact message."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from addon.config import load_config
+from addon.schema import RulesError
+
+GOOD = """\
+rules:
+  - name: ua
+    match:
+      host: [api.example.com, "*.example.org:8443"]
+      path: /v1/*
+      method: post
+      stream: true
+      filter: "~h X-Foo"
+    headers:
+      User-Agent: Mozilla/5.0
+      X-Token: "Bearer {token}"
+      X-Debug: null
+    cookies:
+      session: "{captcha}"
+      tracking: null
+stream:
+  json_field: options.stream
+tokens:
+  file: tokens.txt
+  strategy: sticky
+captcha:
+  file: captcha.txt
+  ttl: 110
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "tokens.txt").write_text("tok-aaaaaaaaaaaa\n")
+    (tmp_path / "captcha.txt").write_text("cap-1\n")
+    path = tmp_path / "rules.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_good_file_becomes_records(tmp_path):
+    config = load_config(write(tmp_path, GOOD))
+    (rule,) = config.rules
+    assert rule.name == "ua"
+    assert [h.text for h in rule.match.hosts] == ["api.example.com", "*.example.org:8443"]
+    assert rule.match.hosts[1].port == 8443
+    assert rule.match.methods == {"POST"}
+    assert rule.match.stream is True
+    assert [name for name, _ in rule.headers] == ["User-Agent", "X-Token", "X-Debug"]
+    assert rule.headers[2][1] is None
+    assert rule.uses == {"token", "captcha"}
+    assert config.stream.json_field == ("options", "stream")
+    assert config.tokens.file == tmp_path / "tokens.txt" and config.tokens.strategy == "sticky"
+    assert config.captcha.file == tmp_path / "captcha.txt" and config.captcha.ttl == 110
+    assert config.captcha.cwd == tmp_path
+
+
+def test_defaults(tmp_path):
+    config = load_config(write(tmp_path, "rules:\n  - match: {host: a.com}\n    headers: {X: y}\n"))
+    assert config.rules[0].name == "rules[0]"
+    assert config.stream.json_field == ("stream",)
+    assert config.tokens is None and config.captcha is None
+
+
+def test_paths_are_relative_to_the_rules_file(tmp_path, monkeypatch):
+    sub = tmp_path / "conf"
+    sub.mkdir()
+    path = write(sub, "rules:\n  - match: {host: a.com}\n    headers: {X: '{token}'}\ntokens: {file: tokens.txt}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config(Path("conf/rules.yaml")).tokens.file == sub / "tokens.txt"
+
+
+def test_env_placeholder_is_resolved_at_load(tmp_path):
+    path = write(tmp_path, "rules:\n  - match: {host: a.com}\n    headers: {X: 'k={env:MY_KEY} {{x}}'}\n")
+    config = load_config(path, environ={"MY_KEY": "v1"})
+    assert config.rules[0].headers[0][1].render({}) == "k=v1 {x}"
+
+
+R = "rules:\n  - match: {host: a.com}\n    headers: {X: y}\n"
+TOK = "tokens: {file: tokens.txt}\n"
+
+BAD = [
+    # the document itself
+    ("", "1:1: the rules file is empty; it needs at least a 'rules:' list"),
+    ("rules: [\n", "2:1: invalid YAML: expected the node content, but found '<stream end>'"),
+    ("- a\n", "1:1: expected a mapping, got a list"),
+    ("rule: []\n", "1:1: unknown key 'rule' (did you mean 'rules'?)"),
+    ("rules: []\nrules: []\n", "2:1: duplicate key 'rules'"),
+    ("stream: {}\n", "1:1: missing required key 'rules'"),
+    # rules and their keys
+    ("rules: {}\n", "1:8: rules: expected a list of a mapping (rule), got a mapping"),
+    ("rules:\n  - match: {host: a.com}\n", "2:5: rules[0]: a rule needs 'headers' or 'cookies' (or both)"),
+    ("rules:\n  - match: {host: a.com}\n    heders: {X: y}\n",
+     "3:5: rules[0]: unknown key 'heders' (did you mean 'headers'?)"),
+    ("rules:\n  - headers: {X: y}\n", "2:5: rules[0]: missing required key 'match'"),
+    ("rules:\n  - match: {path: /x}\n    headers: {X: y}\n", "2:12: rules[0].match: missing required key 'host'"),
+    ("rules:\n  - match: {host: a.com, hots: b}\n    headers: {X: y}\n",
+     "2:26: rules[0].match: unknown key 'hots' (did you mean 'host'?)"),
+    ("rules:\n  - match: {host: []}\n    headers: {X: y}\n",
+     "2:19: rules[0].match.host: expected at least 1 item(s), got 0"),
+    # globs, methods, filters
+    ("rules:\n  - match: {host: 'https://a.com'}\n    headers: {X: y}\n",
+     "2:19: rules[0].match.host: bad host 'https://a.com': give a host name or glob, without a scheme or path "
+     "(path: goes in its own key)"),
+    ("rules:\n  - match: {host: 'a.com:99999'}\n    headers: {X: y}\n",
+     "2:19: rules[0].match.host: bad port in host 'a.com:99999': expected a number from 1 to 65535 or *"),
+    ("rules:\n  - match: {host: 'a[b.com'}\n    headers: {X: y}\n",
+     "2:19: rules[0].match.host: bad glob 'a[b.com': '[' is never closed"),
+    ("rules:\n  - match: {host: a.com, path: v1/*}\n    headers: {X: y}\n",
+     "2:32: rules[0].match.path: bad path 'v1/*': a path glob starts with '/' or '*'"),
+    ("rules:\n  - match: {host: a.com, method: [GET, 'P OST']}\n    headers: {X: y}\n",
+     "2:40: rules[0].match.method[1]: bad method 'P OST': expected a word such as GET or POST"),
+    ("rules:\n  - match: {host: a.com, filter: '~h ('}\n    headers: {X: y}\n",
+     "2:34: rules[0].match.filter: bad filter '~h (': Invalid filter expression: '~h ('"),
+    ("rules:\n  - match: {host: a.com, stream: yes please}\n    headers: {X: y}\n",
+     "2:34: rules[0].match.stream: expected true or false, got a string"),
+    # headers, cookies and placeholders
+    ("rules:\n  - match: {host: a.com}\n    headers: {X: [1]}\n",
+     "3:18: rules[0].headers.X: expected a string or null, got a list"),
+    ("rules:\n  - match: {host: a.com}\n    headers: {X: 1}\n",
+     "3:18: rules[0].headers.X: expected a string or null, got a number (quote it to make it a string)"),
+    ("rules:\n  - match: {host: a.com}\n    headers: {'Bad Name': y}\n",
+     "3:15: rules[0].headers.Bad Name: bad header name 'Bad Name'"),
+    ("rules:\n  - match: {host: a.com}\n    headers: {X: '{tokn}'}\n",
+     "3:18: rules[0].headers.X: unknown placeholder {tokn} (did you mean {token}?)"),
+    ("rules:\n  - match: {host: a.com}\n    headers: {X: 'a { b'}\n",
+     "3:18: rules[0].headers.X: unmatched '{' in 'a { b' (write {{ for a literal brace)"),
+    ("rules:\n  - match: {host: a.com}\n    headers: {X: '{env:NOPE_NOT_SET}'}\n",
+     "3:18: rules[0].headers.X: environment variable NOPE_NOT_SET (used as {env:NOPE_NOT_SET}) is not set"),
+    ("rules:\n  - match: {host: a.com}\n    cookies: {s: 'a;b'}\n",
+     "3:18: rules[0].cookies.s: a cookie value cannot contain ';' or ',': 'a;b'"),
+    # tokens must not leave for every host
+    ("rules:\n  - match: {host: '*'}\n    headers: {X: '{token}'}\n" + TOK,
+     "2:19: rules[0].match.host: this rule sends {token} but its host matches every host; "
+     "that would send tokens to every host: name the hosts this rule is for"),
+    ("rules:\n  - match: {host: [a.com, '*:443']}\n    cookies: {s: '{captcha}'}\ncaptcha: {env: HOME}\n",
+     "2:19: rules[0].match.host: this rule sends {captcha} but its host matches every host; "
+     "that would send tokens to every host: name the hosts this rule is for"),
+    # the sections a placeholder needs
+    ("rules:\n  - match: {host: a.com}\n    headers: {X: '{token}'}\n",
+     "2:5: rules[0]: this rule uses {token} but the file has no 'tokens' section"),
+    ("rules:\n  - match: {host: a.com}\n    headers: {X: '{captcha}'}\n",
+     "2:5: rules[0]: this rule uses {captcha} but the file has no 'captcha' section"),
+    (R + "tokens: {file: missing.txt}\n", "4:16: tokens.file: tokens file not found: {dir}/missing.txt"),
+    (R + "tokens: {file: tokens.txt, strategy: sticki}\n",
+     "4:38: tokens.strategy: expected one of round_robin, sticky; got 'sticki' (did you mean 'sticky'?)"),
+    (R + "captcha: {file: nope.txt}\n", "4:17: captcha.file: captcha file not found: {dir}/nope.txt"),
+    (R + "captcha: {file: captcha.txt, env: HOME}\n",
+     "4:10: captcha: give exactly one captcha source (file, env or command); got file, env"),
+    (R + "captcha: {ttl: 5}\n", "4:10: captcha: give exactly one captcha source (file, env or command); got none"),
+    (R + "captcha: {env: NOPE_NOT_SET}\n", "4:16: captcha.env: environment variable NOPE_NOT_SET is not set"),
+    (R + "captcha: {command: [./nope.sh]}\n",
+     "4:20: captcha.command: captcha command not found: ./nope.sh (relative paths start at {dir})"),
+    (R + "captcha: {env: HOME, ttl: -1}\n", "4:27: captcha.ttl: expected a number of at least 0, got -1"),
+    (R + "stream: {json_field: 'a..b'}\n",
+     "4:22: stream.json_field: bad field path 'a..b': expected names separated by dots, like 'stream' or "
+     "'options.stream'"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD, ids=[m.split(": ", 1)[1][:50] for _, m in BAD])
+def test_bad_file_gets_one_exact_message(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(RulesError) as e:
+        load_config(path, environ={"HOME": "/root"})
+    assert str(e.value) == f"{path}:" + message.replace("{dir}", str(tmp_path))
+
+
+def test_missing_rules_file(tmp_path):
+    with pytest.raises(RulesError, match=r"^.*/nope\.yaml:1:1: rules file not found$"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_rules_file_not_utf8(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_bytes(b"rules: \xff\n")
+    with pytest.raises(RulesError, match=r"rules.yaml:1:1: cannot read the rules file: 'utf-8' codec"):
+        load_config(path)

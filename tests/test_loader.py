@@ -1,0 +1,89 @@
+"""The rules option: first load, hot reload, and keeping the last good configuration."""
+
+import logging
+
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.test import taddons
+
+from addon.loader import RulesLoader
+from helpers import write_rules
+
+ONE = "rules:\n  - name: one\n    match: {host: a.com}\n    headers: {X: '{token}'}\ntokens: {file: tokens.txt}\n"
+TWO = ONE.replace("name: one", "name: two")
+
+
+@pytest.fixture
+def loaded(tmp_path):
+    loader = RulesLoader()
+    with taddons.context(loader) as tctx:
+        tctx.configure(loader, rules=str(write_rules(tmp_path, ONE)))
+        yield loader, tctx, tmp_path
+
+
+def test_loads_rules_and_tokens(loaded, caplog):
+    loader, tctx, tmp_path = loaded
+    assert [r.name for r in loader.config.rules] == ["one"]
+    assert len(loader.tokens) == 3
+
+
+def test_changed_rules_file_is_reloaded(loaded):
+    loader, _, tmp_path = loaded
+    (tmp_path / "rules.yaml").write_text(TWO)
+    loader._watcher.poll()
+    assert [r.name for r in loader.config.rules] == ["two"]
+
+
+def test_bad_reload_keeps_the_last_good_rules(loaded, caplog):
+    loader, _, tmp_path = loaded
+    (tmp_path / "rules.yaml").write_text(ONE.replace("headers", "heders"))
+    with caplog.at_level(logging.ERROR):
+        loader._watcher.poll()
+    assert [r.name for r in loader.config.rules] == ["one"]
+    assert caplog.records[-1].getMessage() == (
+        f"{tmp_path}/rules.yaml:4:5: rules[0]: unknown key 'heders' (did you mean 'headers'?); "
+        "the last good rules stay in force"
+    )
+
+
+def test_deleted_rules_file_keeps_the_last_good_rules(loaded, caplog):
+    loader, _, tmp_path = loaded
+    (tmp_path / "rules.yaml").unlink()
+    loader._watcher.poll()
+    assert [r.name for r in loader.config.rules] == ["one"]
+    assert "rules file not found; the last good rules stay in force" in caplog.text
+
+
+def test_tokens_file_changes_are_picked_up(loaded):
+    loader, _, tmp_path = loaded
+    (tmp_path / "tokens.txt").write_text("tok-new-00000000000\n")
+    loader._watcher.poll()
+    assert loader.tokens.draw() == "tok-new-00000000000"
+
+
+def test_deleted_tokens_file_keeps_the_tokens_read_before(loaded, caplog):
+    loader, _, tmp_path = loaded
+    (tmp_path / "tokens.txt").unlink()
+    loader._watcher.poll()
+    assert len(loader.tokens) == 3
+    assert f"{tmp_path}/tokens.txt: tokens file not found; the 3 token(s) read before stay in use" in caplog.text
+
+
+def test_first_load_error_is_one_log_line(tmp_path, caplog):
+    loader = RulesLoader()
+    with taddons.context(loader) as tctx:
+        path = write_rules(tmp_path, "rules: 3\n")
+        with caplog.at_level(logging.ERROR):
+            tctx.configure(loader, rules=str(path))
+    assert loader.config is None
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        f"{path}:1:8: rules: expected a list of a mapping (rule), got a number"
+    ]
+
+
+def test_bad_stream_copy_limit(loaded):
+    loader, tctx, _ = loaded
+    with pytest.raises(exceptions.OptionsError, match="Cannot parse stream_copy_limit"):
+        tctx.configure(loader, stream_copy_limit="lots")
+    tctx.configure(loader, stream_copy_limit="2k")
+    assert loader.stream_copy_limit == 2048

@@ -1,0 +1,148 @@
+"""The request hook, with mitmproxy's own test helpers."""
+
+import asyncio
+
+import pytest
+from mitmproxy.test import taddons, tflow
+
+from addon.loader import RulesLoader
+from addon.rewriter import METADATA_KEY, Rewriter
+from helpers import write_rules
+
+RULES = """\
+rules:
+  - name: ua
+    match: {host: api.example.com}
+    headers:
+      User-Agent: Mozilla/5.0
+      X-Debug: null
+  - name: streaming
+    match: {host: api.example.com, stream: true}
+    headers: {Accept: text/event-stream}
+  - name: plain
+    match: {host: api.example.com, stream: false}
+    headers: {Accept: application/json}
+  - name: account
+    match: {host: api.example.com, path: /v1/*}
+    headers:
+      x-captcha-token: "{captcha}"
+      user-agent: "Mozilla/5.0 (account)"
+    cookies:
+      session: "{token}"
+      tracking: null
+  - name: only-if-client-sent-it
+    match: {host: api.example.com, filter: "~h X-Captcha-Token"}
+    headers: {X-Echo: seen}
+tokens: {file: tokens.txt}
+captcha: {file: captcha.txt, ttl: 60}
+"""
+
+
+@pytest.fixture
+def addons(tmp_path):
+    loader = RulesLoader()
+    rewriter = Rewriter(loader)
+    with taddons.context(loader, rewriter) as tctx:
+        tctx.configure(loader, rules=str(write_rules(tmp_path, RULES)))
+        yield loader, rewriter
+
+
+def flow(host="api.example.com", path="/v1/chat", body=b'{"stream": false}', **headers):
+    f = tflow.tflow()
+    f.request.host, f.request.port, f.request.path = host, 443, path
+    f.request.content = body
+    f.request.headers.clear()
+    for k, v in headers.items():
+        f.request.headers[k.replace("_", "-")] = v
+    return f
+
+
+def run(rewriter, f):
+    asyncio.run(rewriter.request(f))
+    return f
+
+
+def test_matching_request_is_rewritten_and_explained(addons):
+    _, rewriter = addons
+    f = run(rewriter, flow(cookie="a=1; tracking=t; session=client", x_debug="1", user_agent="curl/8"))
+    h = f.request.headers
+    assert h["User-Agent"] == "Mozilla/5.0 (account)"  # the later rule wins
+    assert h["Accept"] == "application/json"
+    assert h["X-Captcha-Token"] == "cap-test-value-9999"
+    assert "X-Debug" not in h
+    assert "X-Echo" not in h  # judged on the request as sent: the client sent no captcha header
+    assert h["Cookie"] == "a=1; session=tok-alpha-000000001111"
+    assert f.comment == "\n".join([
+        "rules: ua, plain, account (non-streaming request)",
+        "X-Debug removed by ua",
+        "Accept ← plain",
+        "x-captcha-token ← account (captcha …9999)",
+        "user-agent ← account",
+        "cookie session ← account (token …1111)",
+        "cookie tracking removed by account",
+    ])
+    assert f.metadata[METADATA_KEY] == {"rules": ["ua", "plain", "account"], "streaming": False}
+
+
+def test_streaming_request_gets_the_streaming_rules(addons):
+    _, rewriter = addons
+    f = run(rewriter, flow(body=b'{"model": "m", "stream": true}'))
+    assert f.request.headers["Accept"] == "text/event-stream"
+    assert f.metadata[METADATA_KEY]["streaming"] is True
+
+
+def test_tokens_rotate_per_request(addons):
+    _, rewriter = addons
+    sessions = [run(rewriter, flow()).request.headers["Cookie"] for _ in range(4)]
+    assert [s[-4:] for s in sessions] == ["1111", "2222", "3333", "1111"]
+
+
+@pytest.mark.parametrize(
+    "f",
+    [
+        flow(host="other.example.com", cookie="tracking=t", x_debug="1"),
+        flow(host="api.example.com.evil.net"),
+    ],
+    ids=["other host", "suffix trick"],
+)
+def test_unmatched_request_is_left_exactly_as_it_came(addons, f):
+    _, rewriter = addons
+    before = f.request.get_state()
+    run(rewriter, f)
+    assert f.request.get_state() == before
+    assert f.comment == "" and METADATA_KEY not in f.metadata
+
+
+def test_flows_already_answered_are_skipped(addons):
+    _, rewriter = addons
+    f = flow()
+    f.response = tflow.tresp()
+    before = f.request.get_state()
+    run(rewriter, f)
+    assert f.request.get_state() == before
+
+
+def test_no_tokens_means_503_without_contacting_upstream(tmp_path):
+    loader = RulesLoader()
+    rewriter = Rewriter(loader)
+    with taddons.context(loader, rewriter) as tctx:
+        tctx.configure(loader, rules=str(write_rules(tmp_path, RULES, tokens=["# none yet"])))
+        f = run(rewriter, flow())
+    assert f.response.status_code == 503
+    assert f.response.text == (
+        f"mitmproxy rules addon: cannot send this request: the tokens file {tmp_path}/tokens.txt has no tokens.\n"
+    )
+    assert f.comment == f"answered 503 by the proxy: the tokens file {tmp_path}/tokens.txt has no tokens"
+
+
+def test_failed_captcha_skips_only_that_header(tmp_path, caplog):
+    loader = RulesLoader()
+    rewriter = Rewriter(loader)
+    with taddons.context(loader, rewriter) as tctx:
+        tctx.configure(loader, rules=str(write_rules(tmp_path, RULES)))
+        (tmp_path / "captcha.txt").write_text("")
+        f = run(rewriter, flow(x_captcha_token="from-client"))
+    assert "gave an empty value" in caplog.text
+    assert f.request.headers["X-Captcha-Token"] == "from-client"
+    assert f.request.headers["Cookie"] == "session=tok-alpha-000000001111"
+    assert "x-captcha-token not set by account: no captcha value" in f.comment

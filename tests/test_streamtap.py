@@ -1,0 +1,56 @@
+"""Streaming of event streams, and the capped copy kept for mitmweb."""
+
+import pytest
+from mitmproxy.test import taddons, tflow
+
+from addon.loader import RulesLoader
+from addon.rewriter import METADATA_KEY
+from addon.streamtap import BodyCopy, StreamTap
+
+
+@pytest.fixture
+def tap():
+    loader = RulesLoader()
+    tap = StreamTap(loader)
+    with taddons.context(loader, tap) as tctx:
+        tctx.configure(loader, stream_copy_limit="10")
+        yield tap
+
+
+def flow(matched=True, streaming=False, ctype="application/json"):
+    f = tflow.tflow(resp=True)
+    f.response.headers["content-type"] = ctype
+    if matched:
+        f.metadata[METADATA_KEY] = {"rules": ["r"], "streaming": streaming}
+    return f
+
+
+@pytest.mark.parametrize(
+    "f, streamed",
+    [
+        (flow(ctype="text/event-stream; charset=utf-8"), True),
+        (flow(streaming=True), True),  # whatever the answer to a streaming request is
+        (flow(), False),
+        (flow(matched=False, ctype="text/event-stream"), False),  # flows no rule touched are left alone
+    ],
+)
+def test_which_responses_stream(tap, f, streamed):
+    tap.responseheaders(f)
+    assert isinstance(f.response.stream, BodyCopy) is streamed
+
+
+def test_chunks_pass_unchanged_and_a_capped_copy_is_kept(tap):
+    f = flow(ctype="text/event-stream")
+    tap.responseheaders(f)
+    chunks = [b"data: 1\n\n", b"data: 2\n\n", b""]
+    assert [f.response.stream(c) for c in chunks] == chunks
+    tap.response(f)
+    assert f.response.raw_content == b"data: 1\n\nd"
+    assert f.comment == "streamed body: 18 bytes, the first 10 kept"
+
+
+def test_existing_stream_setting_is_respected(tap):
+    f = flow(ctype="text/event-stream")
+    f.response.stream = True
+    tap.responseheaders(f)
+    assert f.response.stream is True
