@@ -38,6 +38,16 @@ class CaptchaSource:
         """Forget the cached value; the next request fetches a new one."""
         self._value = None
 
+    async def fresh(self, stale: str | None) -> str | None:
+        """A value other than `stale` (the one the upstream just rejected).
+
+        Many requests rejected with the same value share one new fetch: only
+        the first of them finds `stale` still cached and drops it.
+        """
+        if stale is None or self._value == stale:
+            self.invalidate()
+        return await self.get()
+
     async def get(self) -> str | None:
         if self._value is not None and self._clock() < self._expires:
             return self._value

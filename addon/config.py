@@ -7,6 +7,7 @@ never look at YAML. Paths inside the file are relative to the file's folder.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from addon import matching, schema
-from addon.schema import At, Bool, Choice, Field, MapOf, Nullable, Number, Record, RulesError, SeqOf, Str
+from addon.schema import At, Bool, Choice, Field, Int, MapOf, Nullable, Number, Record, RulesError, SeqOf, Str
 from addon.template import CAPTCHA, TOKEN, Template, parse_template
 
 Edits = tuple[tuple[str, Template | None], ...]
@@ -40,9 +41,38 @@ class StreamSpec:
 
 
 @dataclass(frozen=True)
+class BreakerSpec:
+    """When `tokens` different tokens are refused within `window` seconds, the cause is
+    probably not the tokens: for `pause` seconds refusals pass to the client as they are."""
+
+    tokens: int = 3
+    window: float = 60
+    pause: float = 300
+
+
+@dataclass(frozen=True)
 class TokensSpec:
     file: Path
-    strategy: str  # round_robin | sticky
+    strategy: str = "round_robin"  # or sticky
+    max_attempts: int = 3  # tries per request, the first included
+    cooldown: float = 300  # seconds a refused token is passed over
+    state_file: Path | None = None  # where token health is kept
+    breaker: BreakerSpec = BreakerSpec()
+
+
+ROTATE, REFRESH_CAPTCHA, PASS = "rotate", "refresh_captcha", "pass"
+
+
+@dataclass(frozen=True)
+class ResponseRule:
+    """What an upstream answer means: `action` when the status (and the body regex) match."""
+
+    statuses: frozenset[int]
+    body: re.Pattern[str] | None
+    action: str  # rotate | refresh_captcha | pass
+
+
+DEFAULT_ON_RESPONSE = (ResponseRule(frozenset({403}), None, ROTATE),)
 
 
 @dataclass(frozen=True)
@@ -70,6 +100,7 @@ class Config:
     tokens: TokensSpec | None
     captcha: CaptchaSpec | None
     index: matching.RuleIndex[Rule]
+    on_response: tuple[ResponseRule, ...] = DEFAULT_ON_RESPONSE
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.environ) -> Config:
@@ -135,9 +166,50 @@ def rules_schema(base: Path, file: Path, environ: Mapping[str, str]) -> Record:
                     {
                         "file": Field(Str(partial(_existing_file, base, "tokens")), required=True),
                         "strategy": Field(Choice("round_robin", "sticky"), default="round_robin"),
+                        "max_attempts": Field(Int(1), default=3),
+                        "cooldown": Field(Number(0), default=300),
+                        "state_file": Field(Str(lambda name: base / name)),
+                        "breaker": Field(
+                            Record(
+                                "breaker",
+                                {
+                                    "tokens": Field(Int(2), default=3),
+                                    "window": Field(Number(0), default=60),
+                                    "pause": Field(Number(0), default=300),
+                                },
+                                build=lambda v, at, where: BreakerSpec(**v),
+                            ),
+                            default=BreakerSpec(),
+                        ),
                     },
-                    build=lambda v, at, where: TokensSpec(v["file"], v["strategy"]),
+                    build=lambda v, at, where: TokensSpec(
+                        **{**v, "state_file": v["state_file"] or v["file"].with_name(v["file"].stem + ".state.json")}
+                    ),
                 )
+            ),
+            "on_response": Field(
+                SeqOf(
+                    Record(
+                        "response rule",
+                        {
+                            "match": Field(
+                                Record(
+                                    "response match",
+                                    {
+                                        "status": Field(SeqOf(Int(100), single=True, min_items=1), required=True),
+                                        "body": Field(Str(_regex, "a regular expression")),
+                                    },
+                                ),
+                                required=True,
+                            ),
+                            "action": Field(Choice(ROTATE, REFRESH_CAPTCHA, PASS), required=True),
+                        },
+                        build=lambda v, at, where: ResponseRule(
+                            frozenset(v["match"]["status"]), v["match"]["body"], v["action"]
+                        ),
+                    )
+                ),
+                default=DEFAULT_ON_RESPONSE,
             ),
             "captcha": Field(
                 Record(
@@ -173,6 +245,13 @@ def _cookie_value(environ: Mapping[str, str], text: str) -> Template:
     if any(c in text for c in ";,"):
         raise ValueError(f"a cookie value cannot contain ';' or ',': {text!r}")
     return parse_template(text, environ)
+
+
+def _regex(text: str) -> re.Pattern[str]:
+    try:
+        return re.compile(text)
+    except re.error as e:
+        raise ValueError(f"bad regular expression {text!r}: {e}") from None
 
 
 def _dotted_path(text: str) -> tuple[str, ...]:
@@ -238,4 +317,5 @@ def _build_config(file: Path, v: dict[str, Any], at: At, where: dict[str, At]) -
         tokens=v["tokens"],
         captcha=v["captcha"],
         index=matching.RuleIndex(rules),
+        on_response=v["on_response"],
     )

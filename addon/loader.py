@@ -8,14 +8,17 @@ logged and the last good configuration stays in force.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions
 from mitmproxy.utils import human
 
+from addon import statefile
+from addon.breaker import Breaker
 from addon.captcha import CaptchaSource
-from addon.config import Config, load_config
+from addon.config import BreakerSpec, Config, load_config
 from addon.schema import RulesError
 from addon.tokens import TokenPool, TokensFileError, read_tokens
 from addon.watch import FileWatcher
@@ -27,9 +30,13 @@ class RulesLoader:
     def __init__(self) -> None:
         self.config: Config | None = None
         self.tokens = TokenPool()
+        self.tokens.on_change = self._state_changed
+        self.breaker = Breaker()
         self.captcha: CaptchaSource | None = None
         self.stream_copy_limit = 1024 * 1024
         self._watcher = FileWatcher()
+        self._state_file: Path | None = None
+        self._save_pending: asyncio.TimerHandle | None = None
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -63,6 +70,9 @@ class RulesLoader:
 
     def done(self) -> None:
         self._watcher.stop()
+        if self._save_pending is not None:
+            self._save_pending.cancel()
+            self.save_state()
 
     def reload_rules(self) -> None:
         """Load the rules file named by the option; on failure keep what is loaded."""
@@ -75,7 +85,10 @@ class RulesLoader:
             logger.error(f"{e}{kept}")
             return
         self.config = config
-        self.tokens.strategy = config.tokens.strategy if config.tokens else "round_robin"
+        if config.tokens:
+            self.tokens.strategy, self.tokens.cooldown = config.tokens.strategy, config.tokens.cooldown
+            self._use_state_file(config.tokens.state_file)
+        self.breaker.spec = config.tokens.breaker if config.tokens else BreakerSpec()
         self.tokens.replace(tokens)
         if config.captcha is None:
             self.captcha = None
@@ -102,6 +115,31 @@ class RulesLoader:
         logger.info(f"rules: re-read {self.config.tokens.file}: {len(tokens)} token(s)")
         if not tokens:
             logger.warning(f"rules: {self.config.tokens.file} has no tokens; requests that need one get a 503")
+
+    def _use_state_file(self, path: Path | None) -> None:
+        if path is None or path == self._state_file:
+            return
+        self._state_file = path
+        self.tokens.load_state(statefile.load_state(path))
+
+    def _state_changed(self) -> None:
+        """Token health changed: save it soon (at most about once a second)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (tests, scripts): save now
+            self.save_state()
+            return
+        if self._save_pending is None:
+            self._save_pending = loop.call_later(1.0, self.save_state)
+
+    def save_state(self) -> None:
+        self._save_pending = None
+        if self._state_file is None:
+            return
+        try:
+            statefile.save_state(self._state_file, self.tokens.to_state())
+        except OSError as e:
+            logger.error(f"tokens: cannot write the state file {self._state_file}: {e}; token health is kept in memory only")
 
     def _captcha_changed(self) -> None:
         if self.captcha is not None:

@@ -8,9 +8,12 @@ _root = str(Path(__file__).resolve().parent.parent)
 if _root not in sys.path:
     sys.path.insert(0, _root)
 
+from addon.commands import TokenCommands  # noqa: E402
 from addon.loader import RulesLoader  # noqa: E402
+from addon.recovery import Recovery  # noqa: E402
 from addon.rewriter import Rewriter  # noqa: E402
 from addon.streamtap import StreamTap  # noqa: E402
 
 _state = RulesLoader()
-addons = [_state, Rewriter(_state), StreamTap(_state)]
+_rewriter = Rewriter(_state)
+addons = [_state, _rewriter, StreamTap(_state), Recovery(_state, _rewriter), TokenCommands(_state)]

@@ -10,7 +10,7 @@ changes (the trap of mitmproxy issue #4245).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mitmproxy import http
 
@@ -38,6 +38,14 @@ class Plan:
     @property
     def uses(self) -> frozenset[str]:
         return frozenset().union(*(e.value.uses for e in self.headers + self.cookies if e.value is not None))
+
+    def dynamic(self) -> Plan:
+        """Only the edits whose values are drawn per request ({token}, {captcha}): what a retry changes."""
+
+        def drawn(edits: tuple[Edit, ...]) -> tuple[Edit, ...]:
+            return tuple(e for e in edits if e.value is not None and e.value.uses)
+
+        return replace(self, headers=drawn(self.headers), cookies=drawn(self.cookies))
 
 
 def plan_request(config: Config, flow: http.HTTPFlow) -> Plan | None:

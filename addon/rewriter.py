@@ -3,24 +3,37 @@
 from __future__ import annotations
 
 import logging
+import weakref
+from dataclasses import dataclass
 
 from mitmproxy import http
 
 from addon.loader import RulesLoader
-from addon.rewrite import apply_plan, describe, plan_request
+from addon.rewrite import Plan, apply_plan, describe, plan_request
 from addon.template import CAPTCHA, TOKEN
 
 logger = logging.getLogger(__name__)
 
-METADATA_KEY = "rewrite"  # flow.metadata entry: {"rules": [...], "streaming": bool}
+METADATA_KEY = "rewrite"  # flow.metadata: {"rules": [...], "streaming": bool, "retryable": bool}
+REPLAY_KEY = "rewrite.attempt"  # flow.metadata of a copy the recovery replays: {"of": id, "attempt": n}
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What went out with a flow: kept in memory only (it holds the values), so a
+    refused request can be sent again with only the token or captcha changed."""
+
+    plan: Plan
+    values: dict[str, str]
 
 
 class Rewriter:
     def __init__(self, state: RulesLoader) -> None:
         self.state = state
+        self.sent: weakref.WeakKeyDictionary[http.HTTPFlow, Sent] = weakref.WeakKeyDictionary()
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
+        if flow.response or flow.error or not flow.live or REPLAY_KEY in flow.metadata:
             return
         config = self.state.config
         if config is None:
@@ -28,7 +41,6 @@ class Rewriter:
         plan = plan_request(config, flow)
         if plan is None:
             return
-        flow.metadata[METADATA_KEY] = {"rules": [r.name for r in plan.rules], "streaming": plan.streaming}
         values: dict[str, str] = {}
         if TOKEN in plan.uses:
             token = self.state.tokens.draw()
@@ -42,11 +54,21 @@ class Rewriter:
                 values[CAPTCHA] = captcha
         lines = apply_plan(plan, flow.request, values)
         flow.comment = describe(plan, lines)
+        flow.metadata[METADATA_KEY] = {
+            "rules": [r.name for r in plan.rules],
+            "streaming": plan.streaming,
+            "retryable": bool(values),
+        }
+        if values:
+            self.sent[flow] = Sent(plan, values)
 
     def _no_tokens(self, flow: http.HTTPFlow) -> None:
         assert self.state.config is not None and self.state.config.tokens is not None
         file = self.state.config.tokens.file
-        reason = f"the tokens file {file} has no tokens"
+        if len(self.state.tokens):
+            reason = f"every token in {file} is disabled (tokens.enable turns one back on)"
+        else:
+            reason = f"the tokens file {file} has no tokens"
         logger.warning(f"rules: answered 503 for {flow.request.pretty_url}: {reason}")
         flow.response = http.Response.make(
             503,

@@ -5,6 +5,7 @@ issue #4469), which turns a streamed chat completion into one late lump. For
 flows the rules touched, responses that are `text/event-stream`, and every
 response to a streaming request, are streamed chunk by chunk; a copy of the
 first `stream_copy_limit` bytes is kept on the flow so mitmweb can show it.
+An answer that may be retried (see `on_response`) is held until it is judged.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 from mitmproxy import http
 
 from addon.loader import RulesLoader
-from addon.rewriter import METADATA_KEY
+from addon.rewriter import METADATA_KEY, REPLAY_KEY
+from addon.verdict import may_retry
 
 
 class BodyCopy:
@@ -38,8 +40,11 @@ class StreamTap:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         assert flow.response
         record = flow.metadata.get(METADATA_KEY)
-        if record is None or flow.response.stream:
-            return
+        if record is None or flow.response.stream or REPLAY_KEY in flow.metadata:
+            return  # replays are buffered: the request that made them hands their answer on
+        config = self.state.config
+        if record["retryable"] and config and may_retry(config.on_response, flow.response.status_code):
+            return  # may be retried: the client must not see any of it before the decision
         is_sse = flow.response.headers.get("content-type", "").lower().startswith("text/event-stream")
         if is_sse or record["streaming"]:
             flow.response.stream = BodyCopy(self.state.stream_copy_limit)

@@ -47,6 +47,12 @@ class Received:
     def header_all(self, name: str) -> list[str]:
         return [v for k, v in self.headers if k.lower() == name.lower()]
 
+    def cookie(self, name: str) -> str | None:
+        jar = SimpleCookie()
+        for value in self.header_all("cookie"):
+            jar.load(value)
+        return jar[name].value if name in jar else None
+
 
 @dataclass
 class ProtectedAPI:
@@ -54,6 +60,9 @@ class ProtectedAPI:
 
     tokens: set[str] = field(default_factory=set)
     protect: bool = True
+    rejected_captchas: set[str] = field(default_factory=set)  # refused as "recaptcha validation failed"
+    retry_after: str | None = None  # sent with every refusal of an account token
+    refuse_all: str | None = None  # refuse every request with this message (like an IP ban)
     chunks: int = 5
     interval: float = 0.2  # seconds between streamed events
     log: bool = False
@@ -90,7 +99,8 @@ class ProtectedAPI:
         streaming = isinstance(payload, dict) and payload.get("stream") is True
         refusal = self.refusal(rec, streaming) if self.protect else None
         if refusal:
-            return await self._json(send, 403, {"error": {"message": refusal, "type": "forbidden"}})
+            extra = [(b"retry-after", self.retry_after.encode())] if self.retry_after and refusal == "unknown account" else []
+            return await self._json(send, 403, {"error": {"message": refusal, "type": "forbidden"}}, extra)
         if rec.path == "/v1/chat/completions" and streaming:
             return await self._stream(send, scope, payload)
         if rec.path == "/v1/chat/completions":
@@ -99,25 +109,24 @@ class ProtectedAPI:
 
     def refusal(self, rec: Received, streaming: bool) -> str | None:
         """Why the real service would refuse this request, or None."""
+        if self.refuse_all:
+            return self.refuse_all
         if "Mozilla/5.0" not in (rec.header("user-agent") or ""):
             return "browser required"
         wanted = "text/event-stream" if streaming else "application/json"
         if wanted not in (rec.header("accept") or ""):
             return f"Accept must be {wanted}"
-        if not (rec.header("x-captcha-token") or "").startswith("cap-"):
+        captcha = rec.header("x-captcha-token") or ""
+        if not captcha.startswith("cap-") or captcha in self.rejected_captchas:
             return "recaptcha validation failed"
-        jar = SimpleCookie()
-        for value in rec.header_all("cookie"):
-            jar.load(value)
-        session = jar["session"].value if "session" in jar else ""
-        if session not in self.tokens:
+        if rec.cookie("session") not in self.tokens:
             return "unknown account"
         return None
 
-    async def _json(self, send, status: int, obj) -> None:
+    async def _json(self, send, status: int, obj, extra_headers=()) -> None:
         data = json.dumps(obj).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), *extra_headers]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 
     async def _stream(self, send, scope, payload) -> None:

@@ -81,7 +81,7 @@ def test_matching_request_is_rewritten_and_explained(addons):
         "cookie session ← account (token …1111)",
         "cookie tracking removed by account",
     ])
-    assert f.metadata[METADATA_KEY] == {"rules": ["ua", "plain", "account"], "streaming": False}
+    assert f.metadata[METADATA_KEY] == {"rules": ["ua", "plain", "account"], "streaming": False, "retryable": True}
 
 
 def test_streaming_request_gets_the_streaming_rules(addons):

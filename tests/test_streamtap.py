@@ -21,7 +21,7 @@ def flow(matched=True, streaming=False, ctype="application/json"):
     f = tflow.tflow(resp=True)
     f.response.headers["content-type"] = ctype
     if matched:
-        f.metadata[METADATA_KEY] = {"rules": ["r"], "streaming": streaming}
+        f.metadata[METADATA_KEY] = {"rules": ["r"], "streaming": streaming, "retryable": False}
     return f
 
 

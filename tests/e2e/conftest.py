@@ -79,10 +79,15 @@ def upstream_tls(upstream_cert) -> Iterator[UpstreamServer]:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_upstream_log(request):
+def _fresh_upstream(request):
+    """Each test starts with an empty upstream log and the upstream's default behaviour."""
     for name in ("upstream", "upstream_tls"):
         if name in request.fixturenames:
-            request.getfixturevalue(name).app.received.clear()
+            app = request.getfixturevalue(name).app
+            app.received.clear()
+            app.tokens = set(TOKENS)
+            app.rejected_captchas = set()
+            app.retry_after = app.refuse_all = None
 
 
 class Proxy:

@@ -1,0 +1,63 @@
+"""Commands for the mitmproxy console and mitmweb's command bar: token health and the captcha."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+
+from mitmproxy import command, exceptions
+
+from addon.loader import RulesLoader
+
+logger = logging.getLogger(__name__)
+
+
+class TokenCommands:
+    def __init__(self, state: RulesLoader) -> None:
+        self.state = state
+
+    @command.command("tokens.status")
+    def status(self) -> str:
+        """Each token (masked) with its state, cooldown end, successes and refusals."""
+        pool = self.state.tokens
+        rows = [f"{'token':<8} {'state':<9} {'cooling until':<20} {'ok':>6} {'refused':>8}"]
+        for state, h in pool.status():
+            until = datetime.datetime.fromtimestamp(h.cooling_until).isoformat(" ", "seconds") if state == "cooling" else "-"
+            rows.append(f"{h.suffix:<8} {state:<9} {until:<20} {h.successes:>6} {h.refusals:>8}")
+        if self.state.breaker.is_open:
+            until = datetime.datetime.fromtimestamp(self.state.breaker.open_until).isoformat(" ", "seconds")
+            rows.append(f"breaker open until {until}: refusals go to the client as they are")
+        return "\n".join(rows)
+
+    @command.command("tokens.reset")
+    def reset(self) -> None:
+        """Clear every cooldown, and close the breaker."""
+        self.state.tokens.reset()
+        self.state.breaker.open_until = 0.0
+        logger.info("tokens: cooldowns cleared")
+
+    @command.command("tokens.disable")
+    def disable(self, suffix: str) -> None:
+        """Stop using the token whose value ends with these characters (as tokens.status shows them)."""
+        self._set(suffix, True)
+
+    @command.command("tokens.enable")
+    def enable(self, suffix: str) -> None:
+        """Use a disabled token again."""
+        self._set(suffix, False)
+
+    def _set(self, suffix: str, disabled: bool) -> None:
+        found = self.state.tokens.set_disabled(suffix, disabled)
+        if not found:
+            raise exceptions.CommandError(f"no token ends with {suffix.lstrip('…')!r}")
+        if len(found) > 1:
+            logger.warning(f"tokens: {len(found)} tokens end with {suffix!r}; all of them were changed")
+        for h in found:
+            logger.info(f"tokens: {h.suffix} {'disabled' if disabled else 'enabled'}")
+
+    @command.command("captcha.refresh")
+    async def refresh_captcha(self) -> None:
+        """Fetch a new captcha value now."""
+        if self.state.captcha is None:
+            raise exceptions.CommandError("the rules file has no captcha source")
+        await self.state.captcha.fresh(stale=None)

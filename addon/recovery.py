@@ -1,0 +1,174 @@
+"""Refused requests recover by themselves: replay a refused request with the next token.
+
+When an answer matches an `on_response` rule, the request is sent again through
+mitmproxy itself (`ReplayHandler`: upstream and reverse modes, TLS options,
+HTTP/2 and the other addons all apply, and each attempt is a flow of its own in
+mitmweb), with only the token (and a fresh captcha value) changed. The client
+gets the answer of the attempt that worked, or the last refusal when none did.
+
+The retry is a small state machine, in the manner of httpx's auth flows:
+`verdict` decides what an answer means, `_next_values` what to try next,
+`_attempt` performs one try, and `max_attempts` bounds the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from mitmproxy import ctx, http
+from mitmproxy.addons.clientplayback import ReplayHandler
+
+from addon.config import REFRESH_CAPTCHA, ROTATE, Config
+from addon.loader import RulesLoader
+from addon.masking import mask
+from addon.rewrite import apply_plan
+from addon.rewriter import REPLAY_KEY, Rewriter, Sent
+from addon.template import CAPTCHA, TOKEN
+from addon.tokens import token_key
+from addon.verdict import retry_after, verdict
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_ATTEMPTS = 3  # for captcha-only flows, when the file has no tokens section
+
+
+@dataclass(frozen=True)
+class Attempt:
+    status: int | None  # None: no answer (the attempt failed)
+    values: dict[str, str]
+
+    def describe(self) -> str:
+        secret = self.values.get(TOKEN) or self.values.get(CAPTCHA)
+        kind = "" if TOKEN in self.values else "captcha "
+        status = str(self.status) if self.status is not None else "error"
+        return f"{status} with {kind}{mask(secret)}" if secret else status
+
+
+class Recovery:
+    def __init__(self, state: RulesLoader, rewriter: Rewriter) -> None:
+        self.state = state
+        self.rewriter = rewriter
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        if REPLAY_KEY in flow.metadata or flow.response is None:
+            return  # our own replays are judged by the request that made them
+        sent = self.rewriter.sent.pop(flow, None)
+        config = self.state.config
+        if sent is None or config is None:
+            return
+        action = self._action(config, flow.response, sent.values)
+        if action is None:
+            self._settled(flow.response, sent.values)
+            return
+        await self._recover(flow, sent, action, config)
+
+    def _action(self, config: Config, response: http.Response, values: dict[str, str]) -> str | None:
+        """What this answer means for a request sent with these values (None: pass it on)."""
+        action = verdict(config.on_response, response)
+        if action == ROTATE and TOKEN not in values:
+            return None
+        if action == REFRESH_CAPTCHA and CAPTCHA not in values:
+            return None
+        return action
+
+    def _settled(self, response: http.Response, values: dict[str, str]) -> None:
+        if TOKEN in values and response.status_code < 400:
+            self.state.tokens.succeeded(values[TOKEN])
+
+    async def _recover(self, flow: http.HTTPFlow, sent: Sent, action: str, config: Config) -> None:
+        max_attempts = config.tokens.max_attempts if config.tokens else DEFAULT_MAX_ATTEMPTS
+        assert flow.response is not None
+        attempts = [Attempt(flow.response.status_code, sent.values)]
+        last: http.Response = flow.response
+        values = sent.values
+        tried = {values[TOKEN]} if TOKEN in values else set()
+        outcome = ""
+        while True:
+            if action == ROTATE:
+                if self.state.breaker.is_open:
+                    outcome = "the breaker is open: refusals go to the client as they are"
+                    break
+                self._refused(values[TOKEN], last)
+                if self.state.breaker.is_open:
+                    outcome = "this refusal opened the breaker"
+                    break
+            if len(attempts) >= max_attempts:
+                outcome = f"gave up after {max_attempts} attempts"
+                break
+            next_values = await self._next_values(action, values, tried)
+            if next_values is None:
+                outcome = "no other token to try" if action == ROTATE else "no fresh captcha value"
+                break
+            values = next_values
+            copy = await self._attempt(flow, sent, values, len(attempts) + 1)
+            if copy.response is None:
+                attempts.append(Attempt(None, values))
+                outcome = f"attempt {len(attempts)} failed: {copy.error.msg if copy.error else 'no answer'}"
+                break
+            last = copy.response
+            attempts.append(Attempt(last.status_code, values))
+            action = self._action(config, last, values)
+            if action is None:
+                self._settled(last, values)
+                break
+        recovered = action is None and len(attempts) > 1
+        if last is not flow.response:
+            _take_response(flow, last)
+        summary = " → ".join(a.describe() for a in attempts)
+        if recovered:
+            flow.marked = ":repeat:"
+            logger.info(f"recovered {flow.request.method} {flow.request.pretty_url}: {summary}")
+        else:
+            logger.warning(f"not recovered {flow.request.method} {flow.request.pretty_url}: {summary} ({outcome})")
+        note = f"attempts: {summary}" + ("" if recovered else f" ({outcome})")
+        flow.comment = f"{flow.comment}\n{note}" if flow.comment else note
+
+    def _refused(self, token: str, response: http.Response) -> None:
+        pool = self.state.tokens
+        if pool.refused(token, retry_after(response)):
+            until = pool.health[token_key(token)].cooling_until - pool.clock()
+            logger.info(f"tokens: {mask(token)} refused ({response.status_code}); passed over for {until:.0f} s")
+        self.state.breaker.refused(token_key(token))
+
+    async def _next_values(self, action: str, values: dict[str, str], tried: set[str]) -> dict[str, str] | None:
+        """The values for the next attempt: another token (rotate) or a fresh captcha value."""
+        new = dict(values)
+        if action == ROTATE:
+            token = self.state.tokens.replacement(values[TOKEN], exclude=tried)
+            if token is None:
+                return None
+            tried.add(token)
+            new[TOKEN] = token
+        captcha = self.state.captcha
+        if CAPTCHA in values and captcha is not None:
+            fresh = await captcha.fresh(stale=values[CAPTCHA])
+            if fresh is None and action == REFRESH_CAPTCHA:
+                return None
+            if fresh is not None:
+                new[CAPTCHA] = fresh
+        return new
+
+    async def _attempt(self, flow: http.HTTPFlow, sent: Sent, values: dict[str, str], n: int) -> http.HTTPFlow:
+        """Send the request again through mitmproxy with new values; the copy is its own flow."""
+        copy = flow.copy()
+        copy.response = None
+        copy.error = None
+        copy.is_replay = "request"
+        copy.marked = ""
+        copy.metadata[REPLAY_KEY] = {"of": flow.id, "attempt": n}
+        apply_plan(sent.plan.dynamic(), copy.request, values)
+        secret = values.get(TOKEN) or values.get(CAPTCHA, "")
+        copy.comment = f"attempt {n} of flow {flow.id[:8]}, with {'token' if TOKEN in values else 'captcha'} {mask(secret)}"
+        await ReplayHandler(copy, ctx.options).replay()
+        return copy
+
+
+def _take_response(flow: http.HTTPFlow, response: http.Response) -> None:
+    """Give the client the answer of another attempt, in the original flow's response object."""
+    assert flow.response is not None
+    flow.response.status_code = response.status_code
+    flow.response.reason = response.reason
+    flow.response.headers = response.headers.copy()
+    flow.response.raw_content = response.raw_content
+    flow.response.trailers = response.trailers.copy() if response.trailers else None

@@ -1,0 +1,287 @@
+"""End to end: refused requests are replayed with the next token through a real mitmdump.
+
+The upstream refuses chosen tokens; assertions are on what it received and on
+what the client got.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+from mitmproxy import io
+
+from helpers import TOKENS, write_rules
+
+RULES = """\
+rules:
+  - name: account
+    match:
+      host: "127.0.0.1:{port}"
+    headers:
+      User-Agent: "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0"
+      X-Captcha-Token: "{{captcha}}"
+    cookies:
+      session: "{{token}}"
+  - name: sse-accept
+    match: {{host: "127.0.0.1:{port}", stream: true}}
+    headers: {{Accept: text/event-stream}}
+  - name: json-accept
+    match: {{host: "127.0.0.1:{port}", stream: false}}
+    headers: {{Accept: application/json}}
+tokens:
+  file: tokens.txt
+  strategy: {strategy}
+  max_attempts: 3
+  cooldown: 300
+  breaker: {{tokens: {breaker}, window: 60, pause: 300}}
+captcha: {{command: [{python}, fetch.py], ttl: 300}}
+on_response:
+  - match: {{status: 403, body: "(?i)recaptcha validation failed"}}
+    action: refresh_captcha
+  - match: {{status: [401, 403]}}
+    action: rotate
+"""
+
+# a new captcha value for every run: cap-1, cap-2, ...
+FETCH = """\
+import pathlib
+p = pathlib.Path("runs.txt")
+n = int(p.read_text()) + 1 if p.exists() else 1
+p.write_text(str(n))
+print(f"cap-{n}-captcha-value")
+"""
+
+BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+@pytest.fixture
+def make_rules(tmp_path, upstream):
+    (tmp_path / "fetch.py").write_text(FETCH)
+
+    def make(strategy="round_robin", breaker=10, tokens=None):
+        text = RULES.format(port=upstream.port, python=json.dumps(sys.executable), strategy=strategy, breaker=breaker)
+        return write_rules(tmp_path, text, tokens=tokens)
+
+    return make
+
+
+def start(start_proxy, rules):
+    return start_proxy(rules, "--save-stream-file", str(rules.parent / "flows.mitm"))
+
+
+def post(proxy, upstream, body=BODY, **kw):
+    with httpx.Client(proxy=proxy.url, timeout=60) as client:
+        return client.post(f"http://127.0.0.1:{upstream.port}/v1/chat/completions", content=body, **kw)
+
+
+def saved_flows(proxy, rules):
+    proxy.stop()
+    with open(rules.parent / "flows.mitm", "rb") as f:
+        return list(io.FlowReader(f).stream())
+
+
+def state(rules) -> dict:
+    return json.loads((rules.parent / "tokens.state.json").read_text())["tokens"]
+
+
+def test_refused_token_is_recovered_by_the_next(make_rules, start_proxy, upstream):
+    upstream.app.tokens = {TOKENS[1]}
+    rules = make_rules()
+    proxy = start(start_proxy, rules)
+    answer = post(proxy, upstream, headers={"X-Client": "kept"})
+    assert answer.status_code == 200 and answer.json()["object"] == "chat.completion"
+
+    first, second = upstream.app.received
+    assert (first.cookie("session"), second.cookie("session")) == (TOKENS[0], TOKENS[1])
+    assert (first.header("x-captcha-token"), second.header("x-captcha-token")) == ("cap-1-captcha-value", "cap-2-captcha-value")
+    assert first.body == second.body == BODY
+    same = lambda r: [(k, v) for k, v in r.headers if k not in ("cookie", "x-captcha-token")]  # noqa: E731
+    assert same(first) == same(second)
+    assert (first.method, first.path) == (second.method, second.path)
+
+    flows = saved_flows(proxy, rules)
+    original = next(f for f in flows if not f.is_replay)
+    (replay,) = [f for f in flows if f.is_replay]
+    assert original.marked == ":repeat:"
+    assert original.comment.splitlines()[-1] == f"attempts: 403 with …{TOKENS[0][-4:]} → 200 with …{TOKENS[1][-4:]}"
+    assert replay.is_replay == "request" and replay.response.status_code == 200
+    assert replay.comment == f"attempt 2 of flow {original.id[:8]}, with token …{TOKENS[1][-4:]}"
+    log = proxy.log()
+    assert f"tokens: …{TOKENS[0][-4:]} refused (403); passed over for 300 s" in log
+    for token in TOKENS:
+        assert token not in log
+
+
+def test_every_attempt_refused_gives_the_last_answer(make_rules, start_proxy, upstream):
+    upstream.app.tokens = set()
+    rules = make_rules()
+    proxy = start(start_proxy, rules)
+    answer = post(proxy, upstream)
+    assert answer.status_code == 403 and answer.json()["error"]["message"] == "unknown account"
+    assert [r.cookie("session") for r in upstream.app.received] == TOKENS
+    original = next(f for f in saved_flows(proxy, rules) if not f.is_replay)
+    assert original.marked == ""
+    masks = [f"…{t[-4:]}" for t in TOKENS]
+    assert original.comment.splitlines()[-1] == (
+        f"attempts: 403 with {masks[0]} → 403 with {masks[1]} → 403 with {masks[2]} (gave up after 3 attempts)"
+    )
+
+
+def test_no_tokens_means_503_and_no_upstream_traffic(make_rules, start_proxy, upstream):
+    rules = make_rules(tokens=["# nothing here yet"])
+    proxy = start(start_proxy, rules)
+    answer = post(proxy, upstream)
+    assert answer.status_code == 503
+    assert answer.text == (
+        f"mitmproxy rules addon: cannot send this request: the tokens file {rules.parent}/tokens.txt has no tokens.\n"
+    )
+    assert upstream.app.received == []
+
+
+def test_stale_captcha_is_refreshed_with_the_same_token(make_rules, start_proxy, upstream):
+    upstream.app.rejected_captchas = {"cap-1-captcha-value"}
+    rules = make_rules()
+    proxy = start(start_proxy, rules)
+    assert post(proxy, upstream).status_code == 200
+    first, second = upstream.app.received
+    assert first.cookie("session") == second.cookie("session") == TOKENS[0]
+    assert (first.header("x-captcha-token"), second.header("x-captcha-token")) == ("cap-1-captcha-value", "cap-2-captcha-value")
+    proxy.stop()
+    assert state(rules)[_key(TOKENS[0])]["cooling_until"] == 0  # a captcha problem cools no token
+
+
+def test_retry_after_longer_than_the_cooldown_wins(make_rules, start_proxy, upstream):
+    upstream.app.tokens = {TOKENS[1]}
+    upstream.app.retry_after = "7200"
+    rules = make_rules()
+    proxy = start(start_proxy, rules)
+    before = time.time()
+    assert post(proxy, upstream).status_code == 200
+    proxy.stop()
+    cooling_until = state(rules)[_key(TOKENS[0])]["cooling_until"]
+    assert before + 7200 <= cooling_until <= time.time() + 7200
+
+
+def test_breaker_stops_rotation_when_every_token_is_refused(make_rules, start_proxy, upstream):
+    upstream.app.refuse_all = "access denied for your IP address"
+    rules = make_rules(breaker=3, tokens=[*TOKENS, "tok-delta-0000000004444"])
+    proxy = start(start_proxy, rules)
+    first = post(proxy, upstream)
+    assert first.status_code == 403
+    assert len(upstream.app.received) == 3  # T0, T1, T2 refused: the third opens the breaker
+    upstream.app.received.clear()
+    second = post(proxy, upstream)
+    assert second.status_code == 403 and second.json()["error"]["message"] == "access denied for your IP address"
+    assert len(upstream.app.received) == 1  # passed to the client as it is
+    proxy.stop()
+    log = proxy.log()
+    assert log.count("3 different tokens were refused within 60 s; the cause is probably not the tokens") == 1
+    health = state(rules)
+    assert health[_key("tok-delta-0000000004444")]["cooling_until"] == 0
+    assert health[_key(TOKENS[2])]["refusals"] == 1
+
+
+def test_token_health_survives_a_restart(make_rules, start_proxy, upstream):
+    upstream.app.tokens = {TOKENS[1], TOKENS[2]}
+    rules = make_rules(strategy="sticky")
+    proxy = start(start_proxy, rules)
+    assert post(proxy, upstream).status_code == 200
+    proxy.stop()
+    upstream.app.received.clear()
+    proxy = start(start_proxy, rules)
+    assert post(proxy, upstream).status_code == 200
+    assert [r.cookie("session") for r in upstream.app.received] == [TOKENS[1]]  # T0 is still cooling down
+
+
+def test_corrupt_state_file_means_a_fresh_start(make_rules, start_proxy, upstream):
+    rules = make_rules()
+    (rules.parent / "tokens.state.json").write_text("{not json")
+    proxy = start(start_proxy, rules)
+    assert post(proxy, upstream).status_code == 200
+    assert "cannot use the state file" in proxy.log() and "starting with every token active" in proxy.log()
+
+
+def test_health_follows_tokens_when_the_file_is_edited(make_rules, start_proxy, upstream):
+    upstream.app.tokens = {TOKENS[1], TOKENS[2], "tok-new-000000000005555"}
+    rules = make_rules(strategy="sticky")
+    proxy = start(start_proxy, rules)
+    assert post(proxy, upstream).status_code == 200  # T0 refused, cooling; sticky now on T1
+    (rules.parent / "tokens.txt").write_text("\n".join(["tok-new-000000000005555", TOKENS[0], TOKENS[2]]) + "\n")
+    proxy.wait_for_log(r"re-read .*tokens.txt: 3 token")
+    upstream.app.received.clear()
+    for _ in range(3):
+        assert post(proxy, upstream).status_code == 200
+    # T1 is gone from the file; T0 keeps its cooldown although it moved to another line
+    assert TOKENS[0] not in [r.cookie("session") for r in upstream.app.received]
+
+
+def test_storm_of_refusals_marks_the_token_once(make_rules, start_proxy, upstream):
+    upstream.app.tokens = {TOKENS[1], TOKENS[2]}
+    rules = make_rules(strategy="sticky", breaker=3)
+    proxy = start(start_proxy, rules)
+
+    def one(i: int) -> int:
+        return post(proxy, upstream, headers={"X-Request": str(i)}).status_code
+
+    with ThreadPoolExecutor(20) as pool:
+        statuses = list(pool.map(one, range(100)))
+    assert statuses == [200] * 100
+    by_request: dict[str, list[str]] = {}
+    for r in upstream.app.received:
+        by_request.setdefault(r.header("x-request"), []).append(r.cookie("session"))
+    assert len(by_request) == 100
+    for tokens in by_request.values():
+        assert tokens.count(TOKENS[0]) <= 1  # never the same token twice in one request
+        assert tokens in ([TOKENS[0], TOKENS[1]], [TOKENS[1]])  # every retry moved to the same next token
+    sent_t0 = [i for i, r in enumerate(upstream.app.received) if r.cookie("session") == TOKENS[0]]
+    print(f"{len(sent_t0)} requests went out with the refused token before it was marked")
+    assert len(sent_t0) >= 2  # several in flight were refused with it at once: the case under test
+    first_retry = next(i for i, r in enumerate(upstream.app.received) if r.cookie("session") == TOKENS[1])
+    assert all(i < first_retry + 20 for i in sent_t0)  # none sent once the refusal was marked (20 in flight)
+    log = proxy.log()
+    assert log.count(f"tokens: …{TOKENS[0][-4:]} refused (403)") == 1
+    assert "different tokens were refused" not in log
+
+
+def test_openai_sdk_streams_through_a_recovery(make_rules, start_proxy, upstream):
+    upstream.app.tokens = {TOKENS[1]}
+    rules = make_rules()
+    proxy = start(start_proxy, rules)
+    client = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{upstream.port}/v1",
+        api_key="sk-client",
+        http_client=httpx.Client(proxy=proxy.url, timeout=60),
+        max_retries=0,
+    )
+    stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+    assert text == "word0 word1 word2 word3 word4 "
+    assert [r.cookie("session") for r in upstream.app.received] == [TOKENS[0], TOKENS[1]]
+    assert all(r.header("accept") == "text/event-stream" for r in upstream.app.received)
+
+
+def test_successful_streams_still_stream(make_rules, start_proxy, upstream):
+    """A first attempt that succeeds is streamed as before, though a 403 would have been held."""
+    rules = make_rules()
+    proxy = start(start_proxy, rules)
+    arrivals = []
+    with httpx.Client(proxy=proxy.url, timeout=60) as client:
+        url = f"http://127.0.0.1:{upstream.port}/v1/chat/completions"
+        with client.stream("POST", url, content=json.dumps({"model": "m", "stream": True})) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    arrivals.append((time.time(), json.loads(line[6:])["sent_at"]))
+    assert len(arrivals) == 6
+    assert arrivals[0][0] < arrivals[-1][1] - 0.5  # the first event arrived long before the last was sent
+
+
+def _key(token: str) -> str:
+    from addon.tokens import token_key
+
+    return token_key(token)
