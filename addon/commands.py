@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 
@@ -15,6 +16,7 @@ logger = logging.getLogger(__name__)
 class TokenCommands:
     def __init__(self, state: RulesLoader) -> None:
         self.state = state
+        self.refreshing: asyncio.Task[str | None] | None = None
 
     @command.command("tokens.status")
     def status(self) -> str:
@@ -56,8 +58,9 @@ class TokenCommands:
             logger.info(f"tokens: {h.suffix} {'disabled' if disabled else 'enabled'}")
 
     @command.command("captcha.refresh")
-    async def refresh_captcha(self) -> None:
-        """Fetch a new captcha value now."""
+    def refresh_captcha(self) -> None:
+        """Fetch a new captcha value now; the log says when it has arrived."""
         if self.state.captcha is None:
             raise exceptions.CommandError("the rules file has no captcha source")
-        await self.state.captcha.fresh(stale=None)
+        # commands are synchronous: the fetch goes on in the background (keep a reference to it)
+        self.refreshing = asyncio.get_running_loop().create_task(self.state.captcha.fresh(stale=None))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from fake_upstream import ProtectedAPI, UpstreamServer, wait_for_port
+from fake_upstream import ProtectedAPI, UpstreamServer, demo_tokens, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_PORT = 8765  # the port the example rules.yaml names
@@ -26,15 +26,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def show(received) -> None:
-    print(f"    upstream received {received.method} {received.path} HTTP/{received.http_version}")
-    for name, value in received.headers:
+def show(received: list) -> None:
+    """What the upstream received: one line per attempt, then the headers of the last one."""
+    for n, r in enumerate(received, 1):
+        print(f"    upstream got attempt {n}: {r.method} {r.path} with session={r.cookie('session')} -> {r.status}")
+    print(f"    the headers of the last attempt, as the upstream received them:")
+    for name, value in received[-1].headers:
         print(f"      {name}: {value}")
 
 
 def main() -> int:
-    tokens = {t.strip() for t in (ROOT / "demo" / "tokens.txt").read_text().splitlines() if t.strip() and not t.startswith("#")}
-    app = ProtectedAPI(tokens=tokens, chunks=6, interval=0.25)
+    app = ProtectedAPI(tokens=demo_tokens(ROOT / "demo" / "tokens.txt"), chunks=6, interval=0.25)
+    # start from fresh token health, so the refused demo token is tried (and recovered from) again
+    (ROOT / "demo" / "tokens.state.json").unlink(missing_ok=True)
     try:
         upstream = UpstreamServer(app, UPSTREAM_PORT).start()
     except (OSError, TimeoutError) as e:
@@ -57,11 +61,12 @@ def main() -> int:
     try:
         wait_for_port(port, timeout=30)
         with httpx.Client(proxy=f"http://127.0.0.1:{port}", timeout=30) as client:
-            print(f"2. The same non-streaming request through mitmdump -s addon/main.py (rules.yaml):")
+            print(f"2. The same non-streaming request through mitmdump -s addon/main.py (rules.yaml).")
+            print(f"   The first token in demo/tokens.txt is refused; the proxy retries with the next one:")
             app.received.clear()
             answer = client.post(url, json=body, headers={"Cookie": "theme=dark; tracking=abc"})
             print(f"    {answer.status_code} {answer.json()['choices'][0]['message']['content']!r}")
-            show(app.received[-1])
+            show(app.received)
 
             print(f"\n3. A streaming request (\"stream\": true) through the proxy:")
             app.received.clear()
@@ -75,7 +80,7 @@ def main() -> int:
                         lag_ms = (arrivals[-1][0] - event["sent_at"]) * 1000
                         print(f"    chunk {len(arrivals)}: {event['choices'][0]['delta'].get('content', '')!r:10} "
                               f"arrived {lag_ms:5.1f} ms after the upstream sent it")  # fmt: skip
-            show(app.received[-1])
+            show(app.received)
         sent_span = arrivals[-1][1] - arrivals[0][1]
         got_span = arrivals[-1][0] - arrivals[0][0]
         print(f"\n    first to last chunk: sent {sent_span * 1000:.0f} ms apart, arrived {got_span * 1000:.0f} ms apart "

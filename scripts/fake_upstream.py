@@ -39,6 +39,7 @@ class Received:
     headers: list[tuple[str, str]]
     body: bytes
     at: float
+    status: int | None = None  # what the upstream answered
 
     def header(self, name: str) -> str | None:
         values = [v for k, v in self.headers if k.lower() == name.lower()]
@@ -90,6 +91,7 @@ class ProtectedAPI:
             print(f"upstream got {rec.method} {rec.path} HTTP/{rec.http_version}", flush=True)
             for k, v in rec.headers:
                 print(f"    {k}: {v}", flush=True)
+        rec.status = 200
         if rec.path == "/echo":
             return await self._json(send, 200, {"method": rec.method, "headers": rec.headers, "body": body.decode(errors="replace")})
         try:
@@ -99,6 +101,7 @@ class ProtectedAPI:
         streaming = isinstance(payload, dict) and payload.get("stream") is True
         refusal = self.refusal(rec, streaming) if self.protect else None
         if refusal:
+            rec.status = 403
             extra = [(b"retry-after", self.retry_after.encode())] if self.retry_after and refusal == "unknown account" else []
             return await self._json(send, 403, {"error": {"message": refusal, "type": "forbidden"}}, extra)
         if rec.path == "/v1/chat/completions" and streaming:
@@ -199,6 +202,12 @@ class UpstreamServer:
             self._thread.join(10)
 
 
+def demo_tokens(path: Path) -> set[str]:
+    """The tokens of a tokens file that the demo upstream accepts: all but the 'expired' ones."""
+    lines = (t.strip() for t in path.read_text().splitlines())
+    return {t for t in lines if t and not t.startswith("#") and "expired" not in t}
+
+
 def wait_for_port(port: int, timeout: float = 15.0) -> None:
     """Return once something accepts connections on 127.0.0.1:port."""
     deadline = time.monotonic() + timeout
@@ -215,12 +224,12 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--tokens", type=Path, help="file of accepted account tokens, one per line")
+    parser.add_argument("--tokens", type=Path, help="file of account tokens, one per line; those with 'expired' in them are refused")
     parser.add_argument("--log", action="store_true", help="print every request received")
     args = parser.parse_args()
     tokens = set()
     if args.tokens:
-        tokens = {t.strip() for t in args.tokens.read_text().splitlines() if t.strip() and not t.startswith("#")}
+        tokens = demo_tokens(args.tokens)
     server = UpstreamServer(ProtectedAPI(tokens=tokens, log=args.log), args.port).start()
     print(f"fake upstream listening on http://127.0.0.1:{args.port}", flush=True)
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from addon.config import load_config
+from addon.config import DEFAULT_ON_RESPONSE, BreakerSpec, TokensSpec, load_config
 from addon.schema import RulesError
 
 GOOD = """\
@@ -60,6 +60,36 @@ def test_good_file_becomes_records(tmp_path):
     assert config.tokens.file == tmp_path / "tokens.txt" and config.tokens.strategy == "sticky"
     assert config.captcha.file == tmp_path / "captcha.txt" and config.captcha.ttl == 110
     assert config.captcha.cwd == tmp_path
+    assert config.on_response == DEFAULT_ON_RESPONSE  # rotate on 403
+
+
+def test_recovery_settings(tmp_path):
+    text = R + textwrap.dedent("""\
+        tokens:
+          file: tokens.txt
+          max_attempts: 5
+          cooldown: 60
+          state_file: health.json
+          breaker: {tokens: 4, window: 30, pause: 120}
+        on_response:
+          - match: {status: 403, body: "(?i)captcha"}
+            action: refresh_captcha
+          - match: {status: [401, 403]}
+            action: rotate
+        """)
+    config = load_config(write(tmp_path, text))
+    assert config.tokens == TokensSpec(
+        file=tmp_path / "tokens.txt", max_attempts=5, cooldown=60, state_file=tmp_path / "health.json",
+        breaker=BreakerSpec(tokens=4, window=30, pause=120),
+    )  # fmt: skip
+    first, second = config.on_response
+    assert (first.statuses, first.body.pattern, first.action) == ({403}, "(?i)captcha", "refresh_captcha")
+    assert (second.statuses, second.body, second.action) == ({401, 403}, None, "rotate")
+
+
+def test_state_file_defaults_to_beside_the_tokens_file(tmp_path):
+    config = load_config(write(tmp_path, R + "tokens: {file: tokens.txt}\n"))
+    assert config.tokens.state_file == tmp_path / "tokens.state.json"
 
 
 def test_defaults(tmp_path):
@@ -159,6 +189,18 @@ BAD = [
     (R + "captcha: {command: [./nope.sh]}\n",
      "4:20: captcha.command: captcha command not found: ./nope.sh (relative paths start at {dir})"),
     (R + "captcha: {env: HOME, ttl: -1}\n", "4:27: captcha.ttl: expected a number of at least 0, got -1"),
+    # recovery: tokens settings and on_response rules
+    (R + "on_response: [{match: {status: 403}, action: retry}]\n",
+     "4:46: on_response[0].action: expected one of rotate, refresh_captcha, pass; got 'retry'"),
+    (R + "on_response: [{match: {status: 403, body: '('}, action: rotate}]\n",
+     "4:43: on_response[0].match.body: bad regular expression '(': missing ), unterminated subpattern at position 0"),
+    (R + "on_response: [{match: {body: x}, action: rotate}]\n", "4:23: on_response[0].match: missing required key 'status'"),
+    (R + "on_response: [{match: {status: '403'}, action: rotate}]\n",
+     "4:32: on_response[0].match.status: expected a whole number, got a string"),
+    (R + "tokens: {file: tokens.txt, max_attempts: 0}\n", "4:42: tokens.max_attempts: expected a whole number of at least 1, got 0"),
+    (R + "tokens: {file: tokens.txt, breaker: {tokens: 1}}\n",
+     "4:46: tokens.breaker.tokens: expected a whole number of at least 2, got 1"),
+    (R + "tokens: {file: tokens.txt, cooldown: soon}\n", "4:38: tokens.cooldown: expected a number, got a string"),
     (R + "stream: {json_field: 'a..b'}\n",
      "4:22: stream.json_field: bad field path 'a..b': expected names separated by dots, like 'stream' or "
      "'options.stream'"),

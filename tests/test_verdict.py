@@ -1,0 +1,64 @@
+import re
+
+import pytest
+from mitmproxy.test import tutils
+
+from addon.config import DEFAULT_ON_RESPONSE, ResponseRule
+from addon.verdict import may_retry, retry_after, verdict
+
+RULES = (
+    ResponseRule(frozenset({403}), re.compile("(?i)recaptcha validation failed"), "refresh_captcha"),
+    ResponseRule(frozenset({401, 403}), None, "rotate"),
+    ResponseRule(frozenset({500}), re.compile("maintenance"), "pass"),
+    ResponseRule(frozenset({500}), None, "rotate"),
+    ResponseRule(frozenset({429}), None, "pass"),
+)
+
+
+def resp(status, body=b"", **headers):
+    r = tutils.tresp(status_code=status, content=body)
+    for k, v in headers.items():
+        r.headers[k.replace("_", "-")] = v
+    return r
+
+
+@pytest.mark.parametrize(
+    "response, action",
+    [
+        (resp(403, b'{"error": "reCAPTCHA validation failed"}'), "refresh_captcha"),
+        (resp(403, b"forbidden"), "rotate"),
+        (resp(401), "rotate"),
+        (resp(500, b"down for maintenance"), None),  # first match wins: pass
+        (resp(500, b"oops"), "rotate"),
+        (resp(429), None),
+        (resp(200), None),
+    ],
+)
+def test_first_matching_rule_decides(response, action):
+    assert verdict(RULES, response) == action
+
+
+def test_default_rotates_on_403_only():
+    assert verdict(DEFAULT_ON_RESPONSE, resp(403)) == "rotate"
+    assert verdict(DEFAULT_ON_RESPONSE, resp(401)) is None
+
+
+def test_body_regex_reads_compressed_bodies():
+    import gzip
+
+    r = resp(403, gzip.compress(b"recaptcha validation failed"), content_encoding="gzip")
+    assert verdict(RULES, r) == "refresh_captcha"
+
+
+@pytest.mark.parametrize("status, retry", [(403, True), (401, True), (500, True), (429, False), (200, False)])
+def test_may_retry_is_decided_on_status(status, retry):
+    assert may_retry(RULES, status) is retry
+
+
+@pytest.mark.parametrize(
+    "value, seconds",
+    [("120", 120.0), ("", None), ("soon", None), ("Thu, 01 Jan 1970 00:01:40 GMT", 40.0), ("Thu, 01 Jan 1970 00:00:00 GMT", 0.0)],
+)
+def test_retry_after(value, seconds):
+    r = resp(403, retry_after=value) if value else resp(403)
+    assert retry_after(r, now=60.0) == seconds
