@@ -63,6 +63,9 @@ class Recovery:
             return
         await self._recover(flow, sent, action, config)
 
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.rewriter.sent.pop(flow, None)  # nothing to recover: the request never got an answer
+
     def _action(self, config: Config, response: http.Response, values: dict[str, str]) -> str | None:
         """What this answer means for a request sent with these values (None: pass it on)."""
         action = verdict(config.on_response, response)

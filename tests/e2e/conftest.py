@@ -91,15 +91,17 @@ def _fresh_upstream(request):
 
 
 class Proxy:
-    """A real `mitmdump -s addon/main.py` process on a free loopback port."""
+    """A real `mitmdump -s addon/main.py` process (or another mitmproxy tool) on a free loopback port."""
+
+    tool = "mitmdump"
 
     def __init__(self, rules: Path, workdir: Path, *extra: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.confdir = workdir / "mitmproxy-conf"
-        self.logfile = workdir / f"mitmdump-{self.port}.log"
+        self.logfile = workdir / f"{self.tool}-{self.port}.log"
         self.args = [
-            str(MITMDUMP), "-s", str(ROOT / "addon" / "main.py"),
+            str(MITMDUMP.with_name(self.tool)), "-s", str(ROOT / "addon" / "main.py"),
             "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
             "--set", f"rules={rules}", "--set", f"confdir={self.confdir}",
             "--set", "ssl_insecure=true", "--set", "flow_detail=0",
@@ -127,9 +129,9 @@ class Proxy:
             if len(re.findall(pattern, self.log())) >= count:
                 return
             if self.proc and self.proc.poll() is not None:
-                raise RuntimeError(f"mitmdump exited with {self.proc.returncode}:\n{self.log()}")
+                raise RuntimeError(f"{self.tool} exited with {self.proc.returncode}:\n{self.log()}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no {pattern!r} in the mitmdump log after {timeout} s:\n{self.log()}")
+                raise TimeoutError(f"no {pattern!r} in the {self.tool} log after {timeout} s:\n{self.log()}")
             time.sleep(0.05)
 
     def stop(self) -> None:

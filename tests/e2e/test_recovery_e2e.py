@@ -281,6 +281,22 @@ def test_successful_streams_still_stream(make_rules, start_proxy, upstream):
     assert arrivals[0][0] < arrivals[-1][1] - 0.5  # the first event arrived long before the last was sent
 
 
+def test_recovery_over_https_and_http2(tmp_path, start_proxy, upstream_tls):
+    upstream_tls.app.tokens = {TOKENS[2]}
+    (tmp_path / "fetch.py").write_text(FETCH)
+    rules = write_rules(tmp_path, RULES.format(
+        port=upstream_tls.port, python=json.dumps(sys.executable), strategy="round_robin", breaker=10,
+    ))  # fmt: skip
+    proxy = start(start_proxy, rules)
+    with httpx.Client(proxy=proxy.url, verify=proxy.ca, http2=True, timeout=60) as client:
+        answer = client.post(f"https://127.0.0.1:{upstream_tls.port}/v1/chat/completions", content=BODY)
+    assert answer.status_code == 200 and answer.http_version == "HTTP/2"
+    assert [(r.cookie("session"), r.http_version, r.status) for r in upstream_tls.app.received] == [
+        (TOKENS[0], "2", 403), (TOKENS[1], "2", 403), (TOKENS[2], "2", 200),
+    ]  # fmt: skip
+    assert len({r.body for r in upstream_tls.app.received}) == 1
+
+
 def _key(token: str) -> str:
     from addon.tokens import token_key
 

@@ -1,0 +1,183 @@
+"""End to end: the addon's commands, called the way mitmweb's command bar calls them.
+
+A real `mitmweb -s addon/main.py` runs in front of the local upstream; the
+commands go through mitmweb's own HTTP API (mitmproxy 11.0.2:
+`POST /commands/<name>` with `{"arguments": [...]}`, guarded by tornado's XSRF
+check: the `_xsrf` cookie that `GET /` sets, echoed in an `X-XSRFToken`
+header, as mitmweb's web app does). Assertions are on what the commands
+answer and on what the upstream receives afterwards.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import Proxy, free_port
+from helpers import TOKENS, write_rules
+from test_recovery_e2e import FETCH, RULES, post
+
+SUFFIXES = [t[-4:] for t in TOKENS]
+ROW = re.compile(r"^…(\w{4}) +(active|cooling|disabled) +(-|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) +(\d+) +(\d+)$")
+
+
+class Mitmweb(Proxy):
+    """A real `mitmweb -s addon/main.py` process: proxy and web UI on free loopback ports."""
+
+    tool = "mitmweb"
+
+    def __init__(self, rules: Path, workdir: Path) -> None:
+        self.web_port = free_port()
+        self.web_url = f"http://127.0.0.1:{self.web_port}"
+        super().__init__(
+            rules, workdir, "--set", f"web_port={self.web_port}", "--set", "web_host=127.0.0.1",
+            "--set", "web_open_browser=false",
+        )  # fmt: skip
+        self.web: httpx.Client | None = None
+
+    def start(self) -> Mitmweb:
+        super().start()
+        self.wait_for_log(r"Web server listening at", timeout=30)
+        self.web = httpx.Client(base_url=self.web_url, timeout=15)
+        index = self.web.get("/")  # the page sets the _xsrf cookie, as for a browser
+        assert index.status_code == 200, f"GET / answered {index.status_code}:\n{self.log()}"
+        assert self.web.cookies.get("_xsrf"), f"mitmweb set no _xsrf cookie:\n{self.log()}"
+        return self
+
+    def command(self, name: str, *arguments: str) -> dict[str, Any]:
+        """POST /commands/<name> as mitmweb's command bar does; the JSON answer
+        ({"value": ...} or {"error": "..."})."""
+        assert self.web is not None
+        answer = self.web.post(
+            f"/commands/{name}",
+            json={"arguments": list(arguments)},
+            headers={"X-XSRFToken": self.web.cookies["_xsrf"]},
+        )
+        assert answer.status_code == 200, f"{name}: HTTP {answer.status_code} {answer.text}\n{self.log()}"
+        return answer.json()
+
+    def call(self, name: str, *arguments: str) -> Any:
+        """The command's value; fails the test if the command answered an error."""
+        answer = self.command(name, *arguments)
+        assert "error" not in answer, f"{name} {arguments}: {answer['error']}\n{self.log()}"
+        return answer["value"]
+
+    def status(self) -> dict[str, tuple[str, str, int, int]]:
+        """tokens.status parsed: last four characters -> (state, cooling until, ok, refused)."""
+        text = self.call("tokens.status")
+        assert isinstance(text, str)
+        header, *rows = text.splitlines()
+        assert header.split() == ["token", "state", "cooling", "until", "ok", "refused"], text
+        parsed = {}
+        for row in rows:
+            m = ROW.match(row)
+            assert m, f"unexpected tokens.status row {row!r} in:\n{text}"
+            parsed[m[1]] = (m[2], m[3], int(m[4]), int(m[5]))
+        return parsed
+
+    def stop(self) -> None:
+        if self.web is not None:
+            self.web.close()
+        super().stop()
+
+
+@pytest.fixture
+def rules(tmp_path, upstream) -> Path:
+    """test_recovery_e2e's rules (round robin, cooldown 300 s, captcha command with ttl 300)."""
+    (tmp_path / "fetch.py").write_text(FETCH)
+    text = RULES.format(port=upstream.port, python=json.dumps(sys.executable), strategy="round_robin", breaker=10)
+    return write_rules(tmp_path, text)
+
+
+@pytest.fixture
+def mitmweb(rules, tmp_path) -> Iterator[Mitmweb]:
+    web = Mitmweb(rules, tmp_path)
+    try:
+        yield web.start()
+    finally:
+        web.stop()
+
+
+def sessions(upstream) -> list[str]:
+    return [r.cookie("session") for r in upstream.app.received]
+
+
+def send(mitmweb, upstream, n: int) -> list[str]:
+    """n requests through the proxy, each answered 200; the session cookies the upstream got."""
+    upstream.app.received.clear()
+    for _ in range(n):
+        answer = post(mitmweb, upstream)
+        assert answer.status_code == 200, answer.text
+    return sessions(upstream)
+
+
+def test_status_lists_every_token_masked(mitmweb):
+    text = mitmweb.call("tokens.status")
+    for token in TOKENS:
+        assert token not in text and token[:-4] not in text
+    assert mitmweb.status() == {s: ("active", "-", 0, 0) for s in SUFFIXES}
+    assert [row.split()[0] for row in text.splitlines()[1:]] == [f"…{s}" for s in SUFFIXES]  # file order
+
+
+def test_refused_token_is_cooling_until_reset(mitmweb, upstream):
+    upstream.app.tokens = {TOKENS[1], TOKENS[2]}
+    assert post(mitmweb, upstream).status_code == 200
+    assert sessions(upstream) == [TOKENS[0], TOKENS[1]]  # refused, then replayed with the next token
+
+    status = mitmweb.status()
+    state, until, ok, refused = status[SUFFIXES[0]]
+    assert (state, ok, refused) == ("cooling", 0, 1)
+    expected = datetime.datetime.now() + datetime.timedelta(seconds=300)  # the rules' cooldown
+    assert abs((datetime.datetime.fromisoformat(until) - expected).total_seconds()) < 10
+    assert status[SUFFIXES[1]] == ("active", "-", 1, 0)
+    assert status[SUFFIXES[2]] == ("active", "-", 0, 0)
+
+    upstream.app.tokens = set(TOKENS)
+    assert TOKENS[0] not in send(mitmweb, upstream, 3)  # passed over while cooling
+
+    assert mitmweb.call("tokens.reset") is None
+    assert mitmweb.status()[SUFFIXES[0]] == ("active", "-", 0, 1)
+    assert TOKENS[0] in send(mitmweb, upstream, 3)  # in the rotation again
+    mitmweb.wait_for_log(r"tokens: cooldowns cleared")
+
+
+def test_disable_and_enable_by_suffix(mitmweb, upstream):
+    assert mitmweb.call("tokens.disable", SUFFIXES[1]) is None
+    assert [v[0] for v in mitmweb.status().values()] == ["active", "disabled", "active"]
+    sent = send(mitmweb, upstream, 6)
+    assert TOKENS[1] not in sent
+    assert set(sent) == {TOKENS[0], TOKENS[2]}
+
+    assert mitmweb.call("tokens.enable", f"…{SUFFIXES[1]}") is None  # as tokens.status shows it
+    assert [v[0] for v in mitmweb.status().values()] == ["active"] * 3
+    assert set(send(mitmweb, upstream, 3)) == set(TOKENS)
+    mitmweb.wait_for_log(rf"tokens: …{SUFFIXES[1]} disabled")
+    mitmweb.wait_for_log(rf"tokens: …{SUFFIXES[1]} enabled")
+
+    assert mitmweb.command("tokens.disable", "zzzz") == {"error": "no token ends with 'zzzz'"}
+    assert [v[0] for v in mitmweb.status().values()] == ["active"] * 3
+    assert set(send(mitmweb, upstream, 3)) == set(TOKENS)
+
+
+def test_captcha_refresh_runs_the_command_again(mitmweb, upstream, rules):
+    runs = rules.parent / "runs.txt"
+    assert post(mitmweb, upstream).status_code == 200
+    assert runs.read_text() == "1"
+    assert upstream.app.received[-1].header("x-captcha-token") == "cap-1-captcha-value"
+
+    assert mitmweb.call("captcha.refresh") is None
+    mitmweb.wait_for_log(r"captcha: new value", count=2)  # the fetch goes on after the command answered
+    assert runs.read_text() == "2"
+
+    upstream.app.received.clear()
+    assert post(mitmweb, upstream).status_code == 200
+    assert upstream.app.received[-1].header("x-captcha-token") == "cap-2-captcha-value"  # not cap-1 (ttl 300 s)
+    assert runs.read_text() == "2"
