@@ -24,25 +24,30 @@ class Breaker:
         self.spec = spec
         self.clock = clock
         self.open_until = 0.0
-        self._recent: dict[str, float] = {}  # token key -> time of its latest refusal
+        self._recent: dict[str, tuple[float, float]] = {}  # token key -> (time refused, cooldown before)
 
     @property
     def is_open(self) -> bool:
         return self.clock() < self.open_until
 
-    def refused(self, key: str) -> bool:
-        """Count a refusal of the token with this key; True when this refusal opens the breaker."""
+    def refused(self, key: str, cooling_before: float) -> dict[str, float] | None:
+        """Count a refusal of the token with this key (`cooling_before`: its cooldown end
+        before this refusal). When this refusal opens the breaker, returns the cooldowns
+        to put back for the tokens refused in the window: blame is not theirs."""
         now = self.clock()
-        self._recent[key] = now
-        self._recent = {k: t for k, t in self._recent.items() if now - t <= self.spec.window}
+        first_before = self._recent[key][1] if key in self._recent else cooling_before
+        self._recent[key] = (now, first_before)
+        self._recent = {k: v for k, v in self._recent.items() if now - v[0] <= self.spec.window}
         if self.is_open or len(self._recent) < self.spec.tokens:
-            return False
+            return None
         self.open_until = now + self.spec.pause
+        restore = {k: before for k, (_, before) in self._recent.items()}
         self._recent.clear()
         logger.log(
             ALERT,
             f"tokens: {self.spec.tokens} different tokens were refused within {self.spec.window:g} s; the cause is "
             f"probably not the tokens (headers, captcha, IP address). For the next {self.spec.pause:g} s refusals "
-            "go to the client as they are and no token is cooled down. Check the refused flows in mitmweb.",
+            "go to the client as they are and no token is cooled down (the cooldowns these refusals set are "
+            "undone). Check the refused flows in mitmweb.",
         )
-        return True
+        return restore

@@ -24,10 +24,10 @@ class TokenCommands:
         pool = self.state.tokens
         rows = [f"{'token':<8} {'state':<9} {'cooling until':<20} {'ok':>6} {'refused':>8}"]
         for state, h in pool.status():
-            until = datetime.datetime.fromtimestamp(h.cooling_until).isoformat(" ", "seconds") if state == "cooling" else "-"
+            until = _when(h.cooling_until) if state == "cooling" else "-"
             rows.append(f"{h.suffix:<8} {state:<9} {until:<20} {h.successes:>6} {h.refusals:>8}")
         if self.state.breaker.is_open:
-            until = datetime.datetime.fromtimestamp(self.state.breaker.open_until).isoformat(" ", "seconds")
+            until = _when(self.state.breaker.open_until)
             rows.append(f"breaker open until {until}: refusals go to the client as they are")
         return "\n".join(rows)
 
@@ -64,3 +64,10 @@ class TokenCommands:
             raise exceptions.CommandError("the rules file has no captcha source")
         # commands are synchronous: the fetch goes on in the background (keep a reference to it)
         self.refreshing = asyncio.get_running_loop().create_task(self.state.captcha.fresh(stale=None))
+
+
+def _when(timestamp: float) -> str:
+    try:
+        return datetime.datetime.fromtimestamp(timestamp).isoformat(" ", "seconds")
+    except (OverflowError, OSError, ValueError):
+        return "far future"

@@ -242,9 +242,11 @@ def _cookie_name(name: str) -> str:
 
 
 def _cookie_value(environ: Mapping[str, str], text: str) -> Template:
-    if any(c in text for c in ";,"):
+    template = parse_template(text, environ)
+    literal = "".join(p for p in template.parts if isinstance(p, str))  # {env:...} already expanded
+    if any(c in literal for c in ";,"):
         raise ValueError(f"a cookie value cannot contain ';' or ',': {text!r}")
-    return parse_template(text, environ)
+    return template
 
 
 def _regex(text: str) -> re.Pattern[str]:
@@ -272,10 +274,11 @@ def _build_rule(v: dict[str, Any], at: At, where: dict[str, At]) -> Rule:
     if not v["headers"] and not v["cookies"]:
         at.fail("a rule needs 'headers' or 'cookies' (or both)")
     rule = Rule(v["name"] or at.path, v["match"], v["headers"], v["cookies"])
-    if rule.uses and any(h.matches_everything for h in rule.match.hosts):
+    broad = [h.text for h in rule.match.hosts if h.too_broad]
+    if rule.uses and broad:
         placeholders = " and ".join(f"{{{p}}}" for p in sorted(rule.uses, reverse=True))
         where["match"].key("host", _host_node(where["match"])).fail(
-            f"this rule sends {placeholders} but its host matches every host; "
+            f"this rule sends {placeholders} but its host {broad[0]!r} could match any host; "
             "that would send tokens to every host: name the hosts this rule is for"
         )
     return rule

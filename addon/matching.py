@@ -15,8 +15,8 @@ from typing import Generic, Protocol, TypeVar
 from mitmproxy import flowfilter, http
 
 _HOST_CHARS = re.compile(r"^[A-Za-z0-9._*?\[\]!-]+$")
-_WILDCARDS_ONLY = re.compile(r"^[*?.]+$")
 _METHOD = re.compile(r"^[A-Za-z]+$")
+_IPV6 = re.compile(r"^\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\]")
 
 
 def _glob_regex(glob: str, flags: int = 0) -> re.Pattern[str]:
@@ -37,7 +37,7 @@ class HostGlob:
     host: re.Pattern[str]
     port: int | None  # None: any port
     exact: str | None  # the host itself, lower-case, when the glob has no wildcard
-    matches_everything: bool
+    too_broad: bool  # could match hosts nobody named: no fixed label to pin it (`*`, `[a-z]*`, `*.com`)
 
     def matches(self, host: str, port: int) -> bool:
         return (self.port is None or self.port == port) and self.host.match(host) is not None
@@ -52,7 +52,7 @@ def parse_host_glob(text: str) -> HostGlob:
     glob, port = text.strip(), None
     if "://" in glob or "/" in glob:
         raise ValueError(f"bad host {text!r}: give a host name or glob, without a scheme or path (path: goes in its own key)")
-    if glob.startswith("["):  # an IPv6 literal, maybe with a port
+    if _IPV6.match(glob):  # an IPv6 literal, maybe with a port
         inner, _, rest = glob[1:].partition("]")
         if rest and not rest.startswith(":"):
             raise ValueError(f"bad host {text!r}")
@@ -68,12 +68,13 @@ def parse_host_glob(text: str) -> HostGlob:
     if not glob or (":" not in glob and not _HOST_CHARS.match(glob)):
         raise ValueError(f"bad host {text!r}: only letters, digits, '.', '-', '_' and the glob characters * ? [ ] may appear")
     is_exact = not any(c in glob for c in "*?[")
+    fixed_labels = [label for label in glob.split(".") if label and not any(c in label for c in "*?[]!")]
     return HostGlob(
         text=text,
         host=_glob_regex(glob.lower(), re.IGNORECASE),
         port=port,
         exact=glob.lower() if is_exact else None,
-        matches_everything=bool(_WILDCARDS_ONLY.match(glob)),
+        too_broad=not is_exact and len(fixed_labels) < 2,
     )
 
 

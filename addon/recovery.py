@@ -14,6 +14,7 @@ The retry is a small state machine, in the manner of httpx's auth flows:
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from mitmproxy import ctx, http
@@ -26,7 +27,7 @@ from addon.rewrite import apply_plan
 from addon.rewriter import REPLAY_KEY, Rewriter, Sent
 from addon.template import CAPTCHA, TOKEN
 from addon.tokens import token_key
-from addon.verdict import retry_after, verdict
+from addon.verdict import applies, retry_after, verdict
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,13 @@ class Recovery:
         if sent is None or config is None:
             return
         action = self._action(config, flow.response, sent.values)
+        if action is not None and flow.response.stream:
+            # mitmproxy streamed it (stream_large_bodies, late): the client has it already
+            logger.warning(f"not retried {flow.request.pretty_url}: the {flow.response.status_code} was "
+                           "streamed to the client before it could be judged (stream_large_bodies)")
+            return
         if action is None:
-            self._settled(flow.response, sent.values)
+            self._settled(flow.response, sent.values, sent.at)
             return
         await self._recover(flow, sent, action, config)
 
@@ -69,15 +75,11 @@ class Recovery:
     def _action(self, config: Config, response: http.Response, values: dict[str, str]) -> str | None:
         """What this answer means for a request sent with these values (None: pass it on)."""
         action = verdict(config.on_response, response)
-        if action == ROTATE and TOKEN not in values:
-            return None
-        if action == REFRESH_CAPTCHA and CAPTCHA not in values:
-            return None
-        return action
+        return action if applies(action, values) else None
 
-    def _settled(self, response: http.Response, values: dict[str, str]) -> None:
+    def _settled(self, response: http.Response, values: dict[str, str], sent_at: float) -> None:
         if TOKEN in values and response.status_code < 400:
-            self.state.tokens.succeeded(values[TOKEN])
+            self.state.tokens.succeeded(values[TOKEN], sent_at)
 
     async def _recover(self, flow: http.HTTPFlow, sent: Sent, action: str, config: Config) -> None:
         max_attempts = config.tokens.max_attempts if config.tokens else DEFAULT_MAX_ATTEMPTS
@@ -104,16 +106,18 @@ class Recovery:
                 outcome = "no other token to try" if action == ROTATE else "no fresh captcha value"
                 break
             values = next_values
+            sent_at = time.time()
             copy = await self._attempt(flow, sent, values, len(attempts) + 1)
-            if copy.response is None:
+            if copy.response is None or copy.response.stream:
                 attempts.append(Attempt(None, values))
-                outcome = f"attempt {len(attempts)} failed: {copy.error.msg if copy.error else 'no answer'}"
+                why = copy.error.msg if copy.error else "the answer was too large to hold (stream_large_bodies)"
+                outcome = f"attempt {len(attempts)} failed: {why}"
                 break
             last = copy.response
             attempts.append(Attempt(last.status_code, values))
             action = self._action(config, last, values)
             if action is None:
-                self._settled(last, values)
+                self._settled(last, values, sent_at)
                 break
         recovered = action is None and len(attempts) > 1
         if last is not flow.response:
@@ -128,21 +132,18 @@ class Recovery:
         flow.comment = f"{flow.comment}\n{note}" if flow.comment else note
 
     def _refused(self, token: str, response: http.Response) -> None:
-        pool = self.state.tokens
+        pool, key = self.state.tokens, token_key(token)
+        before = pool.health[key].cooling_until if key in pool.health else 0.0
         if pool.refused(token, retry_after(response)):
-            until = pool.health[token_key(token)].cooling_until - pool.clock()
+            until = pool.health[key].cooling_until - pool.clock()
             logger.info(f"tokens: {mask(token)} refused ({response.status_code}); passed over for {until:.0f} s")
-        self.state.breaker.refused(token_key(token))
+        undo = self.state.breaker.refused(key, before)
+        if undo is not None:
+            pool.restore(undo)
 
     async def _next_values(self, action: str, values: dict[str, str], tried: set[str]) -> dict[str, str] | None:
         """The values for the next attempt: another token (rotate) or a fresh captcha value."""
         new = dict(values)
-        if action == ROTATE:
-            token = self.state.tokens.replacement(values[TOKEN], exclude=tried)
-            if token is None:
-                return None
-            tried.add(token)
-            new[TOKEN] = token
         captcha = self.state.captcha
         if CAPTCHA in values and captcha is not None:
             fresh = await captcha.fresh(stale=values[CAPTCHA])
@@ -150,6 +151,12 @@ class Recovery:
                 return None
             if fresh is not None:
                 new[CAPTCHA] = fresh
+        if action == ROTATE:  # after the await: a token refused meanwhile is not chosen
+            token = self.state.tokens.replacement(values[TOKEN], exclude=tried)
+            if token is None:
+                return None
+            tried.add(token)
+            new[TOKEN] = token
         return new
 
     async def _attempt(self, flow: http.HTTPFlow, sent: Sent, values: dict[str, str], n: int) -> http.HTTPFlow:

@@ -9,6 +9,7 @@ changes (the trap of mitmproxy issue #4245).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -90,6 +91,9 @@ def apply_plan(plan: Plan, request: http.Request, values: Mapping[str, str]) -> 
             else:
                 rendered = edit.value.render(values)
                 secrets = ", ".join(f"{p} {mask(values[p])}" for p in sorted(edit.value.uses))
+                if not _fits(kind, rendered):
+                    lines.append(f"{label} not set by {edit.rule}: the {secrets} value cannot go in a {kind}")
+                    continue
                 lines.append(f"{label} ← {edit.rule}" + (f" ({secrets})" if secrets else ""))
             if kind == "cookie":
                 cookie_edits[edit.name] = rendered
@@ -101,6 +105,15 @@ def apply_plan(plan: Plan, request: http.Request, values: Mapping[str, str]) -> 
         new = edit_cookie_headers(request.headers.get_all("cookie"), cookie_edits)
         request.headers.set_all("Cookie", new)
     return lines
+
+
+_HEADER_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_COOKIE_UNSAFE = re.compile(r"[\x00-\x20\x7f;,\\\"]")
+
+
+def _fits(kind: str, value: str) -> bool:
+    """A drawn value (a token or captcha from a file or command) must not break out of its place."""
+    return not (_COOKIE_UNSAFE if kind == "cookie" else _HEADER_UNSAFE).search(value)
 
 
 def describe(plan: Plan, lines: list[str]) -> str:

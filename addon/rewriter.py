@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ from addon.template import CAPTCHA, TOKEN
 
 logger = logging.getLogger(__name__)
 
-METADATA_KEY = "rewrite"  # flow.metadata: {"rules": [...], "streaming": bool, "retryable": bool}
+METADATA_KEY = "rewrite"  # flow.metadata: {"rules": [...], "streaming": bool, "injected": ["token", ...]}
 REPLAY_KEY = "rewrite.attempt"  # flow.metadata of a copy the recovery replays: {"of": id, "attempt": n}
 
 
@@ -25,6 +26,7 @@ class Sent:
 
     plan: Plan
     values: dict[str, str]
+    at: float  # wall-clock time the values were drawn
 
 
 class Rewriter:
@@ -38,29 +40,35 @@ class Rewriter:
         config = self.state.config
         if config is None:
             return
+        if flow.request.stream:
+            # stream_large_bodies sent the headers before this hook: too late to change them
+            if config.index.candidates(flow.request.host, flow.request.port):
+                logger.warning(f"rules: not applied to {flow.request.pretty_url}: its body was streamed (stream_large_bodies)")
+            return
         plan = plan_request(config, flow)
         if plan is None:
             return
         values: dict[str, str] = {}
+        if CAPTCHA in plan.uses and self.state.captcha is not None:
+            captcha = await self.state.captcha.get()
+            if captcha is not None:
+                values[CAPTCHA] = captcha
+        # the token is drawn after the last await, so a token refused meanwhile is never sent
         if TOKEN in plan.uses:
             token = self.state.tokens.draw()
             if token is None:
                 self._no_tokens(flow)
                 return
             values[TOKEN] = token
-        if CAPTCHA in plan.uses and self.state.captcha is not None:
-            captcha = await self.state.captcha.get()
-            if captcha is not None:
-                values[CAPTCHA] = captcha
         lines = apply_plan(plan, flow.request, values)
         flow.comment = describe(plan, lines)
         flow.metadata[METADATA_KEY] = {
             "rules": [r.name for r in plan.rules],
             "streaming": plan.streaming,
-            "retryable": bool(values),
+            "injected": sorted(values),
         }
         if values:
-            self.sent[flow] = Sent(plan, values)
+            self.sent[flow] = Sent(plan, values, time.time())
 
     def _no_tokens(self, flow: http.HTTPFlow) -> None:
         assert self.state.config is not None and self.state.config.tokens is not None

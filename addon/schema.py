@@ -10,6 +10,7 @@ of pre-commit's cfgv. Semantic checks (globs, placeholders, filters) plug in as
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -140,6 +141,8 @@ Bool = Scalar((_BOOL,), "true or false")
 
 def Number(minimum: float = 0) -> Scalar:
     def at_least(v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError(f"expected a finite number, got {v}")
         if v < minimum:
             raise ValueError(f"expected a number of at least {minimum}, got {v}")
         return v

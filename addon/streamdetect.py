@@ -13,6 +13,7 @@ import json
 from mitmproxy import http
 
 MAX_JSON_BODY = 32 * 1024 * 1024  # bytes, decoded; larger bodies are not parsed
+MAX_COMPRESSED_BODY = 64 * 1024  # bytes; larger compressed bodies are not decoded (a zip bomb stays shut)
 
 
 def is_streaming(request: http.Request, json_field: tuple[str, ...]) -> bool:
@@ -22,6 +23,8 @@ def is_streaming(request: http.Request, json_field: tuple[str, ...]) -> bool:
     if not raw or len(raw) > MAX_JSON_BODY:
         return False
     if "content-encoding" in request.headers:
+        if len(raw) > MAX_COMPRESSED_BODY:
+            return False
         try:
             body = request.get_content(strict=True)
         except ValueError:  # an unknown or broken content-encoding

@@ -40,11 +40,13 @@ class StreamTap:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         assert flow.response
         record = flow.metadata.get(METADATA_KEY)
-        if record is None or flow.response.stream or REPLAY_KEY in flow.metadata:
-            return  # replays are buffered: the request that made them hands their answer on
+        if record is None:
+            return
         config = self.state.config
-        if record["retryable"] and config and may_retry(config.on_response, flow.response.status_code):
-            return  # may be retried: the client must not see any of it before the decision
+        if REPLAY_KEY in flow.metadata or flow.response.stream:
+            return  # a replay's answer is handed on whole by the request that made it
+        if config and may_retry(config.on_response, flow.response.status_code, record["injected"]):
+            return  # held: the client must not see any of it before it is judged
         is_sse = flow.response.headers.get("content-type", "").lower().startswith("text/event-stream")
         if is_sse or record["streaming"]:
             flow.response.stream = BodyCopy(self.state.stream_copy_limit)
@@ -55,6 +57,9 @@ class StreamTap:
         if not isinstance(tap, BodyCopy):
             return
         flow.response.raw_content = bytes(tap.kept)
+        flow.response.stream = True  # done: let the copy go, but say the body was streamed
         if tap.seen > len(tap.kept):
             note = f"streamed body: {tap.seen} bytes, the first {len(tap.kept)} kept"
+            if "content-encoding" in flow.response.headers:
+                note += " (compressed, so the part kept may not decode)"
             flow.comment = f"{flow.comment}\n{note}" if flow.comment else note

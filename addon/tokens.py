@@ -62,6 +62,7 @@ def token_key(token: str) -> str:
 class Health:
     suffix: str  # masked, for people: "…a1b2"
     cooling_until: float = 0.0  # wall-clock seconds; in the past means active
+    refused_at: float = 0.0  # when it was last marked as refused
     disabled: bool = False
     successes: int = 0
     refusals: int = 0
@@ -162,14 +163,24 @@ class TokenPool:
             self.on_change()
             return False
         health.cooling_until = now + max(self.cooldown, retry_after or 0)
+        health.refused_at = now
         self.on_change()
         return True
 
-    def succeeded(self, token: str) -> None:
-        """A success proves a token works: it is active again if it was cooling."""
+    def succeeded(self, token: str, sent_at: float) -> None:
+        """A success proves a token works: it is active again if it was cooling, unless
+        the request that succeeded was sent before the refusal (a long stream, say)."""
         health = self._health(token)
         health.successes += 1
-        health.cooling_until = 0.0
+        if sent_at > health.refused_at:
+            health.cooling_until = 0.0
+        self.on_change()
+
+    def restore(self, cooling_until: dict[str, float]) -> None:
+        """Put cooldowns back as they were (the breaker undoes the refusals that opened it)."""
+        for key, until in cooling_until.items():
+            if key in self.health:
+                self.health[key].cooling_until = until
         self.on_change()
 
     # by hand
@@ -208,6 +219,7 @@ class TokenPool:
             key: {
                 "suffix": h.suffix,
                 "cooling_until": h.cooling_until,
+                "refused_at": h.refused_at,
                 "disabled": h.disabled,
                 "successes": h.successes,
                 "refusals": h.refusals,
@@ -222,6 +234,7 @@ class TokenPool:
                 self.health[key] = Health(
                     suffix=str(entry["suffix"]),
                     cooling_until=float(entry["cooling_until"]),
+                    refused_at=float(entry.get("refused_at", 0.0)),
                     disabled=bool(entry["disabled"]),
                     successes=int(entry["successes"]),
                     refusals=int(entry["refusals"]),

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import email.utils
 import time
+from collections.abc import Collection
 
 from mitmproxy import http
 
-from addon.config import PASS, ResponseRule
+from addon.config import PASS, REFRESH_CAPTCHA, ROTATE, ResponseRule
+from addon.template import CAPTCHA, TOKEN
 
 BODY_SEARCH_LIMIT = 1024 * 1024  # bytes of a decoded body that `body:` regexes look at
+MAX_RETRY_AFTER = 24 * 3600.0  # seconds; an upstream asking for more is taken to mean a day
+
+
+def applies(action: str | None, injected: Collection[str]) -> bool:
+    """Can this action retry a request into which these placeholders were put?"""
+    return (action == ROTATE and TOKEN in injected) or (action == REFRESH_CAPTCHA and CAPTCHA in injected)
 
 
 def verdict(rules: tuple[ResponseRule, ...], response: http.Response) -> str | None:
@@ -28,11 +36,12 @@ def verdict(rules: tuple[ResponseRule, ...], response: http.Response) -> str | N
     return None
 
 
-def may_retry(rules: tuple[ResponseRule, ...], status: int) -> bool:
-    """Could an answer with this status be retried? (Decided before the body is read.)"""
+def may_retry(rules: tuple[ResponseRule, ...], status: int, injected: Collection[str]) -> bool:
+    """Could an answer with this status be retried? Decided before the body is read, so a
+    rule whose `body` might match counts; the first rule without `body` ends the search."""
     for rule in rules:
         if status in rule.statuses:
-            if rule.action != PASS:
+            if applies(rule.action, injected):
                 return True
             if rule.body is None:
                 return False
@@ -45,9 +54,9 @@ def retry_after(response: http.Response, now: float | None = None) -> float | No
     if not value:
         return None
     if value.isdigit():
-        return float(value)
+        return min(float(value), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return min(max(0.0, when.timestamp() - (time.time() if now is None else now)), MAX_RETRY_AFTER)

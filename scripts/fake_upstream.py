@@ -64,6 +64,7 @@ class ProtectedAPI:
     rejected_captchas: set[str] = field(default_factory=set)  # refused as "recaptcha validation failed"
     retry_after: str | None = None  # sent with every refusal of an account token
     refuse_all: str | None = None  # refuse every request with this message (like an IP ban)
+    padding: dict[int, int] = field(default_factory=dict)  # status -> bytes of filler in JSON answers
     chunks: int = 5
     interval: float = 0.2  # seconds between streamed events
     log: bool = False
@@ -127,6 +128,8 @@ class ProtectedAPI:
         return None
 
     async def _json(self, send, status: int, obj, extra_headers=()) -> None:
+        if self.padding.get(status):
+            obj = {**obj, "padding": "x" * self.padding[status]}
         data = json.dumps(obj).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), *extra_headers]
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -168,11 +168,14 @@ BAD = [
      "3:18: rules[0].cookies.s: a cookie value cannot contain ';' or ',': 'a;b'"),
     # tokens must not leave for every host
     ("rules:\n  - match: {host: '*'}\n    headers: {X: '{token}'}\n" + TOK,
-     "2:19: rules[0].match.host: this rule sends {token} but its host matches every host; "
+     "2:19: rules[0].match.host: this rule sends {token} but its host '*' could match any host; "
      "that would send tokens to every host: name the hosts this rule is for"),
-    ("rules:\n  - match: {host: [a.com, '*:443']}\n    cookies: {s: '{captcha}'}\ncaptcha: {env: HOME}\n",
-     "2:19: rules[0].match.host: this rule sends {captcha} but its host matches every host; "
+    ("rules:\n  - match: {host: [a.com, '[a-z]*:443']}\n    cookies: {s: '{captcha}'}\ncaptcha: {env: HOME}\n",
+     "2:19: rules[0].match.host: this rule sends {captcha} but its host '[a-z]*:443' could match any host; "
      "that would send tokens to every host: name the hosts this rule is for"),
+    ("rules:\n  - match: {host: a.com}\n    cookies: {s: 'x{env:SEMI}'}\n",
+     "3:18: rules[0].cookies.s: a cookie value cannot contain ';' or ',': 'x{env:SEMI}'"),
+    (R + "captcha: {env: HOME, ttl: .inf}\n", "4:27: captcha.ttl: expected a finite number, got inf"),
     # the sections a placeholder needs
     ("rules:\n  - match: {host: a.com}\n    headers: {X: '{token}'}\n",
      "2:5: rules[0]: this rule uses {token} but the file has no 'tokens' section"),
@@ -211,7 +214,7 @@ BAD = [
 def test_bad_file_gets_one_exact_message(tmp_path, text, message):
     path = write(tmp_path, text)
     with pytest.raises(RulesError) as e:
-        load_config(path, environ={"HOME": "/root"})
+        load_config(path, environ={"HOME": "/root", "SEMI": "a;b"})
     assert str(e.value) == f"{path}:" + message.replace("{dir}", str(tmp_path))
 
 

@@ -26,11 +26,23 @@ def test_host_glob(glob, host, port, hit):
     assert parse_host_glob(glob).matches(host, port) is hit
 
 
-def test_host_glob_knows_exact_and_everything():
+def test_host_glob_knows_exact_hosts():
     assert parse_host_glob("A.com:1").exact == "a.com"
     assert parse_host_glob("*.a.com").exact is None
-    assert parse_host_glob("*").matches_everything and parse_host_glob("*.*:443").matches_everything
-    assert not parse_host_glob("*.a.com").matches_everything
+
+
+@pytest.mark.parametrize(
+    "glob, broad",
+    [
+        # could match hosts nobody named: no two fixed labels pin them
+        ("*", True), ("*.*:443", True), ("[a-z]*", True), ("[!.]*", True), ("*.com", True), ("api*", True),
+        # named hosts, or a wildcard under a fixed domain
+        ("*.example.com", False), ("api.example.com", False), ("localhost", False), ("127.0.0.1:*", False),
+        ("api-?.example.com", False),
+    ],
+)
+def test_too_broad_host_globs(glob, broad):
+    assert parse_host_glob(glob).too_broad is broad
 
 
 @pytest.mark.parametrize("bad", ["http://a.com", "a.com/x", "a b", "a.com:0", "a.com:x", "", "a[b"])

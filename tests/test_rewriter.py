@@ -81,7 +81,7 @@ def test_matching_request_is_rewritten_and_explained(addons):
         "cookie session ← account (token …1111)",
         "cookie tracking removed by account",
     ])
-    assert f.metadata[METADATA_KEY] == {"rules": ["ua", "plain", "account"], "streaming": False, "retryable": True}
+    assert f.metadata[METADATA_KEY] == {"rules": ["ua", "plain", "account"], "streaming": False, "injected": ["captcha", "token"]}
 
 
 def test_streaming_request_gets_the_streaming_rules(addons):
@@ -146,3 +146,39 @@ def test_failed_captcha_skips_only_that_header(tmp_path, caplog):
     assert f.request.headers["X-Captcha-Token"] == "from-client"
     assert f.request.headers["Cookie"] == "session=tok-alpha-000000001111"
     assert "x-captcha-token not set by account: no captcha value" in f.comment
+
+
+@pytest.mark.parametrize(
+    "token, where",
+    [("tok-with;semicolon-0001", "cookie"), ("tok-with\x01control-0001", "header")],
+    ids=["semicolon into a cookie", "control character into a header"],
+)
+def test_drawn_values_that_would_break_out_of_their_place_are_not_set(tmp_path, token, where):
+    rules = RULES if where == "cookie" else RULES.replace('x-captcha-token: "{captcha}"', 'x-token: "{token}"')
+    loader = RulesLoader()
+    rewriter = Rewriter(loader)
+    with taddons.context(loader, rewriter) as tctx:
+        tctx.configure(loader, rules=str(write_rules(tmp_path, rules, tokens=[token])))
+        f = run(rewriter, flow(cookie="a=1"))
+    if where == "cookie":
+        assert f.request.headers["Cookie"] == "a=1"
+        assert "cookie session not set by account: the token …0001 value cannot go in a cookie" in f.comment
+    else:
+        assert "X-Token" not in f.request.headers
+        assert "x-token not set by account: the token …0001 value cannot go in a header" in f.comment
+
+
+def test_a_token_refused_while_the_captcha_is_fetched_is_not_sent(addons):
+    loader, rewriter = addons
+    first, second = loader.tokens._tokens[:2]
+    real_get = loader.captcha.get
+
+    async def slow_get():
+        value = await real_get()
+        loader.tokens.refused(first)  # another flow's 403 marks the token meanwhile
+        return value
+
+    loader.tokens.strategy = "sticky"
+    loader.captcha.get = slow_get
+    f = run(rewriter, flow())
+    assert f.request.headers["Cookie"] == f"session={second}"

@@ -61,3 +61,11 @@ def test_broken_compression_is_not_streaming(encoding):
 def test_huge_body_is_not_parsed():
     body = b'{"stream": true, "pad": "' + b"x" * MAX_JSON_BODY + b'"}'
     assert not is_streaming(req(body), F)
+
+
+def test_large_compressed_body_is_not_decoded():
+    from addon.streamdetect import MAX_COMPRESSED_BODY
+
+    body = gzip.compress(json.dumps({"stream": True, "pad": "x" * 10}).encode() + b" " * 0)
+    body += b"\0" * (MAX_COMPRESSED_BODY + 1 - len(body))  # past the limit: not even tried
+    assert not is_streaming(req(body, content_encoding="gzip"), F)

@@ -4,24 +4,27 @@ import pytest
 from mitmproxy.test import taddons, tflow
 
 from addon.loader import RulesLoader
-from addon.rewriter import METADATA_KEY
+from addon.rewriter import METADATA_KEY, REPLAY_KEY
 from addon.streamtap import BodyCopy, StreamTap
+from helpers import write_rules
 
 
 @pytest.fixture
-def tap():
+def tap(tmp_path):
     loader = RulesLoader()
     tap = StreamTap(loader)
     with taddons.context(loader, tap) as tctx:
-        tctx.configure(loader, stream_copy_limit="10")
+        rules = write_rules(tmp_path, "rules:\n  - match: {host: a.com}\n    headers: {X: '{token}'}\ntokens: {file: tokens.txt}\n")
+        tctx.configure(loader, stream_copy_limit="10", rules=str(rules))
         yield tap
 
 
-def flow(matched=True, streaming=False, ctype="application/json"):
+def flow(matched=True, streaming=False, ctype="application/json", status=200, injected=()):
     f = tflow.tflow(resp=True)
+    f.response.status_code = status
     f.response.headers["content-type"] = ctype
     if matched:
-        f.metadata[METADATA_KEY] = {"rules": ["r"], "streaming": streaming, "retryable": False}
+        f.metadata[METADATA_KEY] = {"rules": ["r"], "streaming": streaming, "injected": injected}
     return f
 
 
@@ -46,7 +49,28 @@ def test_chunks_pass_unchanged_and_a_capped_copy_is_kept(tap):
     assert [f.response.stream(c) for c in chunks] == chunks
     tap.response(f)
     assert f.response.raw_content == b"data: 1\n\nd"
+    assert f.response.stream is True  # the copy is let go
     assert f.comment == "streamed body: 18 bytes, the first 10 kept"
+
+
+@pytest.mark.parametrize(
+    "f, held",
+    [
+        (flow(status=403, injected=["token"], ctype="text/event-stream"), True),  # default on_response: rotate on 403
+        (flow(status=403, injected=["captcha"], ctype="text/event-stream"), False),  # rotate needs a token
+        (flow(status=200, injected=["token"], ctype="text/event-stream"), False),
+    ],
+)
+def test_answers_that_may_be_retried_are_held(tap, f, held):
+    tap.responseheaders(f)
+    assert isinstance(f.response.stream, BodyCopy) is not held
+
+
+def test_replayed_attempts_are_held(tap):
+    f = flow(ctype="text/event-stream")
+    f.metadata[REPLAY_KEY] = {"of": "x", "attempt": 2}
+    tap.responseheaders(f)
+    assert not f.response.stream
 
 
 def test_existing_stream_setting_is_respected(tap):

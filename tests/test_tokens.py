@@ -122,8 +122,25 @@ def test_cooling_tokens_are_used_only_when_no_active_one_is_left_soonest_first(c
 def test_success_makes_a_cooling_token_active(clock):
     pool = TokenPool(["a"], clock=clock)
     pool.refused("a")
-    pool.succeeded("a")
+    pool.succeeded("a", sent_at=clock.now + 1)
     assert pool.status()[0][0] == "active" and pool.status()[0][1].successes == 1
+
+
+def test_success_of_a_request_sent_before_the_refusal_keeps_the_cooldown(clock):
+    pool = TokenPool(["a"], clock=clock)
+    sent_at = clock.now  # a long stream starts with "a"
+    clock.now += 10
+    pool.refused("a", retry_after=3600)
+    clock.now += 10
+    pool.succeeded("a", sent_at)  # ... and finishes after "a" was refused
+    assert pool.status()[0][0] == "cooling" and pool.status()[0][1].successes == 1
+
+
+def test_restore_puts_cooldowns_back(clock):
+    pool = TokenPool(["a", "b"], clock=clock)
+    pool.refused("a")
+    pool.restore({token_key("a"): 0.0, "unknown-key": 5.0})
+    assert [s for s, _ in pool.status()] == ["active", "active"]
 
 
 def test_disabled_tokens_are_never_drawn(clock):
@@ -171,7 +188,8 @@ def test_every_change_is_announced(clock):
     pool = TokenPool(["tok-aaaaaaaa-1111"], clock=clock)
     pool.on_change = lambda: changes.append(1)
     pool.refused("tok-aaaaaaaa-1111")
-    pool.succeeded("tok-aaaaaaaa-1111")
+    pool.succeeded("tok-aaaaaaaa-1111", clock.now)
     pool.set_disabled("1111", True)
     pool.reset()
-    assert len(changes) == 4
+    pool.restore({})
+    assert len(changes) == 5

@@ -50,14 +50,29 @@ def test_body_regex_reads_compressed_bodies():
     assert verdict(RULES, r) == "refresh_captcha"
 
 
-@pytest.mark.parametrize("status, retry", [(403, True), (401, True), (500, True), (429, False), (200, False)])
-def test_may_retry_is_decided_on_status(status, retry):
-    assert may_retry(RULES, status) is retry
+@pytest.mark.parametrize(
+    "status, injected, retry",
+    [
+        (403, ["token"], True),
+        (403, ["captcha"], True),  # the body might say recaptcha validation failed
+        (401, ["token"], True),
+        (401, ["captcha"], False),  # rotate needs a token
+        (500, ["token"], True),
+        (429, ["token"], False),
+        (200, ["token", "captcha"], False),
+    ],
+)
+def test_may_retry_is_decided_on_status_and_what_was_put_in(status, injected, retry):
+    assert may_retry(RULES, status, injected) is retry
 
 
 @pytest.mark.parametrize(
     "value, seconds",
-    [("120", 120.0), ("", None), ("soon", None), ("Thu, 01 Jan 1970 00:01:40 GMT", 40.0), ("Thu, 01 Jan 1970 00:00:00 GMT", 0.0)],
+    [
+        ("120", 120.0), ("", None), ("soon", None),
+        ("Thu, 01 Jan 1970 00:01:40 GMT", 40.0), ("Thu, 01 Jan 1970 00:00:00 GMT", 0.0),
+        ("99999999999999", 86400.0),  # capped at a day
+    ],  # fmt: skip
 )
 def test_retry_after(value, seconds):
     r = resp(403, retry_after=value) if value else resp(403)

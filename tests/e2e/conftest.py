@@ -88,6 +88,7 @@ def _fresh_upstream(request):
             app.tokens = set(TOKENS)
             app.rejected_captchas = set()
             app.retry_after = app.refuse_all = None
+            app.padding = {}
 
 
 class Proxy:

@@ -178,13 +178,15 @@ def test_breaker_stops_rotation_when_every_token_is_refused(make_rules, start_pr
     upstream.app.received.clear()
     second = post(proxy, upstream)
     assert second.status_code == 403 and second.json()["error"]["message"] == "access denied for your IP address"
-    assert len(upstream.app.received) == 1  # passed to the client as it is
+    (passed,) = upstream.app.received  # passed to the client as it is, with the next token in the rotation
+    assert passed.cookie("session") == TOKENS[1]
     proxy.stop()
     log = proxy.log()
     assert log.count("3 different tokens were refused within 60 s; the cause is probably not the tokens") == 1
     health = state(rules)
     assert health[_key("tok-delta-0000000004444")]["cooling_until"] == 0
-    assert health[_key(TOKENS[2])]["refusals"] == 1
+    assert [health[_key(t)]["refusals"] for t in TOKENS] == [1, 1, 1]  # counted (not while open), ...
+    assert [health[_key(t)]["cooling_until"] for t in TOKENS] == [0, 0, 0]  # ... but no good token cooled
 
 
 def test_token_health_survives_a_restart(make_rules, start_proxy, upstream):
@@ -295,6 +297,26 @@ def test_recovery_over_https_and_http2(tmp_path, start_proxy, upstream_tls):
         (TOKENS[0], "2", 403), (TOKENS[1], "2", 403), (TOKENS[2], "2", 200),
     ]  # fmt: skip
     assert len({r.body for r in upstream_tls.app.received}) == 1
+
+
+@pytest.mark.parametrize("large", [403, 200], ids=["large refusal", "large answer to the retry"])
+def test_answers_mitmproxy_streams_by_size_are_not_lost(make_rules, start_proxy, upstream, large):
+    """With stream_large_bodies, mitmproxy streams a body past the limit whatever an addon says:
+    a large refusal has reached the client before it can be judged, and a large answer to a
+    replay goes nowhere. Neither may be lost, sent twice, or leave the client hanging."""
+    upstream.app.tokens = {TOKENS[1]}
+    upstream.app.padding = {large: 50_000}
+    rules = make_rules()
+    proxy = start_proxy(rules, "--set", "stream_large_bodies=10k")
+    answer = post(proxy, upstream)
+    assert answer.status_code == 403 and answer.json()["error"]["message"] == "unknown account"
+    if large == 403:
+        assert len(answer.content) > 50_000
+        assert [r.status for r in upstream.app.received] == [403]  # not replayed behind the client's back
+        proxy.wait_for_log("the 403 was streamed to the client before it could be judged")
+    else:
+        assert [r.status for r in upstream.app.received] == [403, 200]
+        proxy.wait_for_log(r"attempt 2 failed: the answer was too large to hold \(stream_large_bodies\)")
 
 
 def _key(token: str) -> str:

@@ -231,7 +231,7 @@ def test_tokens_file_edited_while_running(proxy, upstream, rules):
         ("rules:\n  - match: {host: a.com}\n    heders: {X: y}\n",
          "rules.yaml:3:5: rules[0]: unknown key 'heders' (did you mean 'headers'?)"),
         ("rules:\n  - match: {host: '*'}\n    headers: {X: '{token}'}\ntokens: {file: tokens.txt}\n",
-         "rules.yaml:2:19: rules[0].match.host: this rule sends {token} but its host matches every host; "
+         "rules.yaml:2:19: rules[0].match.host: this rule sends {token} but its host '*' could match any host; "
          "that would send tokens to every host: name the hosts this rule is for"),
         ("rules:\n  - match: {host: a.com}\n    headers: {X: '{token}'}\ntokens: {file: nope.txt}\n",
          "rules.yaml:4:16: tokens.file: tokens file not found: {dir}/nope.txt"),
