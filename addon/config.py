@@ -124,6 +124,15 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.en
     return rules_schema(file.resolve().parent, file, environ).check(root)
 
 
+def json_schema() -> dict[str, Any]:
+    """The rules file's JSON Schema, from the same definitions the loader checks against."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "rules file of the mitmproxy rules addon",
+        **rules_schema(Path("."), Path("rules.yaml"), {}).json_schema(),
+    }
+
+
 def rules_schema(base: Path, file: Path, environ: Mapping[str, str]) -> Record:
     """The whole file, as data; `base` is the folder relative paths start from."""
     template = Str(partial(parse_template, environ=environ), "a string")
@@ -131,11 +140,15 @@ def rules_schema(base: Path, file: Path, environ: Mapping[str, str]) -> Record:
     match = Record(
         "match",
         {
-            "host": Field(SeqOf(Str(matching.parse_host_glob, "a host glob"), single=True, min_items=1), required=True),
-            "path": Field(SeqOf(Str(matching.parse_path_glob, "a path glob"), single=True), default=()),
-            "method": Field(SeqOf(Str(matching.parse_method, "an HTTP method"), single=True), default=()),
-            "stream": Field(Bool),
-            "filter": Field(Str(matching.parse_filter, "a mitmproxy filter expression")),
+            "host": Field(SeqOf(Str(matching.parse_host_glob, "a host glob"), single=True, min_items=1), required=True,
+                          doc="Host glob(s) of the host the proxy connects to; host:port also pins the port."),
+            "path": Field(SeqOf(Str(matching.parse_path_glob, "a path glob"), single=True), default=(),
+                          doc="Glob(s) over the request path without the query, like /v1/*."),
+            "method": Field(SeqOf(Str(matching.parse_method, "an HTTP method"), single=True), default=(),
+                            doc="HTTP method(s), like POST."),
+            "stream": Field(Bool, doc="true: only streaming requests; false: only the others."),
+            "filter": Field(Str(matching.parse_filter, "a mitmproxy filter expression"),
+                            doc="Any mitmproxy filter expression, judged on the request as the client sent it."),
         },
         build=lambda v, at, where: matching.Match(
             hosts=v["host"], paths=v["path"], methods=frozenset(v["method"]), stream=v["stream"], filter=v["filter"]
@@ -144,19 +157,27 @@ def rules_schema(base: Path, file: Path, environ: Mapping[str, str]) -> Record:
     rule = Record(
         "rule",
         {
-            "name": Field(Str()),
-            "match": Field(match, required=True),
-            "headers": Field(MapOf(Nullable(template), _header_name, "a mapping of header names to values"), default=()),
-            "cookies": Field(MapOf(Nullable(cookie_value), _cookie_name, "a mapping of cookie names to values"), default=()),
+            "name": Field(Str(), doc="Shown in logs and in mitmweb comments."),
+            "match": Field(match, required=True, doc="Every condition given must hold."),
+            "headers": Field(
+                MapOf(Nullable(template), _header_name, "a mapping of header names to values"), default=(),
+                doc="Header values replace every existing value; null removes the header. "
+                "Placeholders: {token}, {captcha}, {env:NAME}; {{ and }} are literal braces.",
+            ),
+            "cookies": Field(
+                MapOf(Nullable(cookie_value), _cookie_name, "a mapping of cookie names to values"), default=(),
+                doc="Edits single cookies in the Cookie header; null removes one; the others stay byte for byte.",
+            ),
         },
         build=_build_rule,
     )
     return Record(
         "rules file",
         {
-            "rules": Field(SeqOf(rule), required=True),
+            "rules": Field(SeqOf(rule), required=True, doc="Top to bottom; every matching rule applies; a later rule wins."),
             "stream": Field(
-                Record("stream", {"json_field": Field(Str(_dotted_path), default=("stream",))},
+                Record("stream", {"json_field": Field(Str(_dotted_path), default=("stream",),
+                                                      doc="Dotted path into a JSON body; true there means streaming.")},
                        build=lambda v, at, where: StreamSpec(v["json_field"])),
                 default=StreamSpec(),
             ),
@@ -164,11 +185,15 @@ def rules_schema(base: Path, file: Path, environ: Mapping[str, str]) -> Record:
                 Record(
                     "tokens",
                     {
-                        "file": Field(Str(partial(_existing_file, base, "tokens")), required=True),
-                        "strategy": Field(Choice("round_robin", "sticky"), default="round_robin"),
-                        "max_attempts": Field(Int(1), default=3),
-                        "cooldown": Field(Number(0), default=300),
-                        "state_file": Field(Str(lambda name: base / name)),
+                        "file": Field(Str(partial(_existing_file, base, "tokens")), required=True,
+                                      doc="One token per line; blank lines and # comments are skipped."),
+                        "strategy": Field(Choice("round_robin", "sticky"), default="round_robin",
+                                          doc="round_robin: the next token for every request; sticky: one until refused."),
+                        "max_attempts": Field(Int(1), default=3, doc="Tries per request, the first included."),
+                        "cooldown": Field(Number(0), default=300,
+                                          doc="Seconds a refused token is passed over; a longer Retry-After wins."),
+                        "state_file": Field(Str(lambda name: base / name),
+                                            doc="Where token health is kept (default: beside the tokens file)."),
                         "breaker": Field(
                             Record(
                                 "breaker",
@@ -202,7 +227,8 @@ def rules_schema(base: Path, file: Path, environ: Mapping[str, str]) -> Record:
                                 ),
                                 required=True,
                             ),
-                            "action": Field(Choice(ROTATE, REFRESH_CAPTCHA, PASS), required=True),
+                            "action": Field(Choice(ROTATE, REFRESH_CAPTCHA, PASS), required=True,
+                                            doc="rotate: the next token; refresh_captcha: a new captcha value; pass: no retry."),
                         },
                         build=lambda v, at, where: ResponseRule(
                             frozenset(v["match"]["status"]), v["match"]["body"], v["action"]
@@ -218,8 +244,8 @@ def rules_schema(base: Path, file: Path, environ: Mapping[str, str]) -> Record:
                         "file": Field(Str(partial(_existing_file, base, "captcha"))),
                         "env": Field(Str()),
                         "command": Field(SeqOf(Str(), single=True, min_items=1)),
-                        "ttl": Field(Number(0), default=0),
-                        "timeout": Field(Number(0.1), default=10),
+                        "ttl": Field(Number(0), default=0, doc="Seconds one value is reused; 0 fetches one per request."),
+                        "timeout": Field(Number(0.1), default=10, doc="Seconds a captcha command may run."),
                     },
                     build=partial(_build_captcha, base, environ),
                 )

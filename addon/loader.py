@@ -19,7 +19,7 @@ from addon import statefile
 from addon.breaker import Breaker
 from addon.captcha import CaptchaSource
 from addon.config import BreakerSpec, Config, load_config
-from addon.schema import RulesError
+from addon.schema import RulesError, RulesErrors
 from addon.tokens import TokenPool, TokensFileError, read_tokens
 from addon.watch import FileWatcher
 
@@ -81,8 +81,11 @@ class RulesLoader:
             config = load_config(path)
             tokens = read_tokens(config.tokens.file) if config.tokens else ()
         except (RulesError, TokensFileError) as e:
+            more = ""
+            if isinstance(e, RulesErrors) and len(e.errors) > 1:
+                more = f" (and {len(e.errors) - 1} more problem(s): `python -m addon check {path}` lists them all)"
             kept = "; the last good rules stay in force" if self.config else ""
-            logger.error(f"{e}{kept}")
+            logger.error(f"{e}{more}{kept}")
             return
         self.config = config
         if config.tokens:

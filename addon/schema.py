@@ -42,6 +42,31 @@ class RulesError(ValueError):
         super().__init__(f"{file}:{line}:{column}: {problem}")
 
 
+class RulesErrors(RulesError):
+    """Several problems at once: reads as the first, and `errors` lists them all in file order."""
+
+    def __init__(self, errors: list[RulesError]) -> None:
+        self.errors = sorted(errors, key=lambda e: (e.line, e.column))
+        first = self.errors[0]
+        super().__init__(first.file, first.line, first.column, first.problem)
+
+
+def _gather(errors: list[RulesError], check: Callable[[], Any]) -> Any:
+    """Run one check, collecting its problems instead of stopping at them."""
+    try:
+        return check()
+    except RulesErrors as e:
+        errors.extend(e.errors)
+    except RulesError as e:
+        errors.append(e)
+    return None
+
+
+def _raise_if(errors: list[RulesError]) -> None:
+    if errors:
+        raise RulesErrors(errors)
+
+
 @dataclass(frozen=True)
 class At:
     """A node of the document, with the file it came from and its path."""
@@ -58,9 +83,12 @@ class At:
     def column(self) -> int:
         return self.node.start_mark.column + 1 if self.node else 1
 
-    def fail(self, problem: str) -> NoReturn:
+    def error(self, problem: str) -> RulesError:
         where = f"{self.path}: " if self.path else ""
-        raise RulesError(self.file, self.line, self.column, where + problem)
+        return RulesError(self.file, self.line, self.column, where + problem)
+
+    def fail(self, problem: str) -> NoReturn:
+        raise self.error(problem)
 
     def kind(self) -> str:
         return _KIND.get(self.node.tag, self.node.tag) if self.node else "nothing"
@@ -99,6 +127,10 @@ class Type:
     def describe(self) -> str:
         raise NotImplementedError
 
+    def json_schema(self) -> dict[str, Any]:
+        """The same type in JSON Schema, for editors (semantic checks such as globs stay with the loader)."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class Scalar(Type):
@@ -126,6 +158,18 @@ class Scalar(Type):
 
     def describe(self) -> str:
         return self.what
+
+    def json_schema(self) -> dict[str, Any]:
+        if self.choices is not None:
+            return {"enum": list(self.choices)}
+        types = sorted({_JSON_TYPE[t] for t in self.tags})
+        schema: dict[str, Any] = {"type": types[0] if len(types) == 1 else types}
+        if self.what not in ("a string", "true or false", "a number", "a whole number"):
+            schema["description"] = self.what
+        return schema
+
+
+_JSON_TYPE = {_STR: "string", _BOOL: "boolean", _INT: "integer", _FLOAT: "number"}
 
 
 def Str(convert: Callable[[str], Any] | None = None, what: str = "a string") -> Scalar:
@@ -177,6 +221,9 @@ class Nullable(Type):
     def describe(self) -> str:
         return f"{self.inner.describe()} or null"
 
+    def json_schema(self) -> dict[str, Any]:
+        return {"anyOf": [self.inner.json_schema(), {"type": "null"}]}
+
 
 @dataclass(frozen=True)
 class SeqOf(Type):
@@ -188,7 +235,11 @@ class SeqOf(Type):
 
     def check(self, at: At) -> tuple[Any, ...]:
         if isinstance(at.node, yaml.SequenceNode):
-            items = tuple(self.inner.check(at.index(i, n)) for i, n in enumerate(at.node.value))
+            errors: list[RulesError] = []
+            items = tuple(
+                _gather(errors, lambda i=i, n=n: self.inner.check(at.index(i, n))) for i, n in enumerate(at.node.value)
+            )
+            _raise_if(errors)
             if len(items) < self.min_items:
                 at.fail(f"expected at least {self.min_items} item(s), got {len(items)}")
             return items
@@ -199,6 +250,12 @@ class SeqOf(Type):
     def describe(self) -> str:
         many = f"a list of {self.inner.describe()}"
         return f"{self.inner.describe()} or {many}" if self.single else many
+
+    def json_schema(self) -> dict[str, Any]:
+        many: dict[str, Any] = {"type": "array", "items": self.inner.json_schema()}
+        if self.min_items:
+            many["minItems"] = self.min_items
+        return {"anyOf": [self.inner.json_schema(), many]} if self.single else many
 
 
 def _mapping_pairs(at: At) -> list[tuple[str, At, At]]:
@@ -228,17 +285,23 @@ class MapOf(Type):
 
     def check(self, at: At) -> tuple[tuple[str, Any], ...]:
         out = []
+        errors: list[RulesError] = []
         for name, key_at, child in _mapping_pairs(at):
             if self.key_check is not None:
                 try:
                     name = self.key_check(name)
                 except ValueError as e:
-                    key_at.fail(str(e))
-            out.append((name, self.value.check(child)))
+                    errors.append(key_at.error(str(e)))
+                    continue
+            out.append((name, _gather(errors, lambda child=child: self.value.check(child))))
+        _raise_if(errors)
         return tuple(out)
 
     def describe(self) -> str:
         return self.what
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"type": "object", "description": self.what, "additionalProperties": self.value.json_schema()}
 
 
 @dataclass(frozen=True)
@@ -268,21 +331,37 @@ class Record(Type):
         pairs = _mapping_pairs(at)
         values: dict[str, Any] = {}
         where: dict[str, At] = {}
+        errors: list[RulesError] = []
         for name, key_at, child in pairs:
             spec = self.fields.get(name)
             if spec is None:
                 close = difflib.get_close_matches(name, list(self.fields), 1)
                 hint = f"did you mean {close[0]!r}?" if close else "expected one of " + ", ".join(self.fields)
-                At(at.file, key_at.node, at.path).fail(f"unknown key {name!r} ({hint})")
-            values[name] = spec.type.check(child)
+                errors.append(At(at.file, key_at.node, at.path).error(f"unknown key {name!r} ({hint})"))
+                continue
+            values[name] = _gather(errors, lambda spec=spec, child=child: spec.type.check(child))
             where[name] = child
         for name, spec in self.fields.items():
             if name not in values:
                 if spec.required:
-                    at.fail(f"missing required key {name!r}")
+                    errors.append(at.error(f"missing required key {name!r}"))
                 values[name] = spec.default
+        _raise_if(errors)  # cross-field checks in `build` need every field good
         return self.build(values, at, where)
 
     def describe(self) -> str:
         return f"a mapping ({self.name})"
+
+    def json_schema(self) -> dict[str, Any]:
+        properties = {}
+        for name, spec in self.fields.items():
+            prop = spec.type.json_schema()
+            if spec.doc:
+                prop = {**prop, "description": spec.doc}
+            properties[name] = prop
+        schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
+        required = [name for name, spec in self.fields.items() if spec.required]
+        if required:
+            schema["required"] = required
+        return schema
 

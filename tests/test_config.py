@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from addon.config import DEFAULT_ON_RESPONSE, BreakerSpec, TokensSpec, load_config
-from addon.schema import RulesError
+from addon.schema import RulesError, RulesErrors
 
 GOOD = """\
 rules:
@@ -228,3 +228,19 @@ def test_rules_file_not_utf8(tmp_path):
     path.write_bytes(b"rules: \xff\n")
     with pytest.raises(RulesError, match=r"rules.yaml:1:1: cannot read the rules file: 'utf-8' codec"):
         load_config(path)
+
+
+def test_every_problem_is_reported_in_file_order(tmp_path):
+    text = """\
+        rules:
+          - match: {host: 'https://a.com', path: v1}
+            heders: {X: y}
+          - match: {host: a.com}
+            headers: {X: '{tokn}'}
+        tokens: {file: nope.txt, strategy: sticki}
+        """
+    path = write(tmp_path, text)
+    with pytest.raises(RulesErrors) as e:
+        load_config(path)
+    assert [f"{x.line}:{x.column}" for x in e.value.errors] == ["2:19", "2:42", "3:5", "5:18", "6:16", "6:36"]
+    assert str(e.value) == str(e.value.errors[0])  # reads as the first, for the proxy's one-line message

@@ -96,15 +96,15 @@ class Proxy:
 
     tool = "mitmdump"
 
-    def __init__(self, rules: Path, workdir: Path, *extra: str) -> None:
+    def __init__(self, rules: Path, workdir: Path, *extra: str, addon: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.confdir = workdir / "mitmproxy-conf"
         self.logfile = workdir / f"{self.tool}-{self.port}.log"
+        script = ["-s", str(ROOT / "addon" / "main.py"), "--set", f"rules={rules}"] if addon else []
         self.args = [
-            str(MITMDUMP.with_name(self.tool)), "-s", str(ROOT / "addon" / "main.py"),
-            "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
-            "--set", f"rules={rules}", "--set", f"confdir={self.confdir}",
+            str(MITMDUMP.with_name(self.tool)), *script,
+            "--listen-host", "127.0.0.1", "--listen-port", str(self.port), "--set", f"confdir={self.confdir}",
             "--set", "ssl_insecure=true", "--set", "flow_detail=0",
             *extra,
         ]  # fmt: skip

@@ -1,0 +1,49 @@
+"""`python -m addon check`: load a rules file as the proxy would and report every problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from addon.config import Config, load_config
+from addon.schema import RulesError, RulesErrors
+from addon.tokens import TokensFileError, read_tokens
+
+
+def check(path: Path) -> tuple[bool, list[str]]:
+    """(ok, lines to print): a one-line summary, or one line per problem."""
+    try:
+        config = load_config(path)
+    except RulesErrors as e:
+        return False, [str(x) for x in e.errors]
+    except RulesError as e:
+        return False, [str(e)]
+    problems: list[str] = []
+    tokens: tuple[str, ...] = ()
+    if config.tokens:
+        try:
+            tokens = read_tokens(config.tokens.file)
+        except TokensFileError as e:
+            problems.append(str(e))
+        else:
+            if not tokens:
+                problems.append(f"{config.tokens.file}: the tokens file has no tokens (requests that need one would get a 503)")
+    if config.captcha and config.captcha.file:
+        try:
+            if not config.captcha.file.read_text(encoding="utf-8-sig").strip():
+                problems.append(f"{config.captcha.file}: the captcha file is empty")
+        except (OSError, UnicodeDecodeError) as e:
+            problems.append(f"{config.captcha.file}: cannot read the captcha file: {e}")
+    if problems:
+        return False, problems
+    return True, [summary(config, len(tokens))]
+
+
+def summary(config: Config, tokens: int) -> str:
+    hosts = sorted({h.text for rule in config.rules for h in rule.match.hosts})
+    shown = ", ".join(hosts[:5]) + (f" and {len(hosts) - 5} more" if len(hosts) > 5 else "")
+    parts = [f"{len(config.rules)} rule(s) for {len(hosts)} host(s) ({shown})"]
+    if config.tokens:
+        parts.append(f"{tokens} token(s) from {config.tokens.file} ({config.tokens.strategy})")
+    if config.captcha:
+        parts.append(f"captcha from {config.captcha.describe()}")
+    return "ok: " + ", ".join(parts)

@@ -1,0 +1,206 @@
+"""`python -m addon explain`: what the rules would do to a request, without sending anything.
+
+Requests come from a saved mitmproxy flows file (`mitmdump -w`), a curl command
+line, or a method and URL. For each: is it streaming, which rules match, the
+request as it would leave the proxy with each change annotated, and, for saved
+flows with a response, what the `on_response` rules would do with it. Token and
+captcha values are shown masked; a captcha command is not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from mitmproxy import connection, exceptions, http, io
+from mitmproxy.net.http.url import hostport as url_hostport
+
+from addon import statefile
+from addon.config import PASS, REFRESH_CAPTCHA, ROTATE, Config
+from addon.masking import mask
+from addon.rewrite import apply_plan, plan_request
+from addon.template import CAPTCHA, TOKEN
+from addon.tokens import TokenPool, TokensFileError, read_tokens
+from addon.verdict import applies, verdict
+
+
+class InputError(ValueError):
+    """A request to explain cannot be read."""
+
+
+ACTIONS = {
+    ROTATE: "retry with the next token (and a fresh captcha value)",
+    REFRESH_CAPTCHA: "retry with the same token and a fresh captcha value",
+    PASS: "hand it to the client as it is",
+}
+
+# curl options this understands; the others that take a value are skipped with it
+_CURL_SKIP_WITH_VALUE = {
+    "-x", "--proxy", "-o", "--output", "-m", "--max-time", "--connect-timeout", "--cacert", "--capath",
+    "-u", "--user", "-w", "--write-out", "--retry", "-E", "--cert", "--key", "--resolve", "--proxy-cacert",
+}  # fmt: skip
+
+
+def flows_from_file(path: Path) -> list[http.HTTPFlow]:
+    try:
+        flows = [f for f in io.read_flows_from_paths([str(path)]) if isinstance(f, http.HTTPFlow)]
+    except exceptions.FlowReadException as e:
+        raise InputError(f"{path}: cannot read flows: {e}") from None
+    if not flows:
+        raise InputError(f"{path}: no HTTP flows in the file")
+    return flows
+
+
+def flow_from_curl(command: str) -> http.HTTPFlow:
+    """A flow from a curl command line, as copied from a browser's developer tools."""
+    try:
+        words = shlex.split(command)
+    except ValueError as e:
+        raise InputError(f"cannot split the curl command: {e}") from None
+    if words[:1] == ["curl"]:
+        words = words[1:]
+    method, url, headers, body = None, None, [], None
+    it = iter(words)
+    for word in it:
+        opt, eq, inline = word.partition("=") if word.startswith("--") else (word, "", "")
+        def value() -> str:  # noqa: E306
+            if eq:
+                return inline
+            try:
+                return next(it)
+            except StopIteration:
+                raise InputError(f"curl option {opt} needs a value") from None
+        if opt in ("-X", "--request"):
+            method = value()
+        elif opt in ("-H", "--header"):
+            name, sep, val = value().partition(":")
+            if not sep:
+                raise InputError(f"bad curl header {name!r}: expected 'Name: value'")
+            headers.append((name.strip(), val.strip()))
+        elif opt in ("-d", "--data", "--data-raw", "--data-binary", "--data-ascii"):
+            data = value()
+            body = (body + "&" if body else "") + data
+        elif opt == "--json":
+            body = value()
+            headers += [("Content-Type", "application/json"), ("Accept", "application/json")]
+        elif opt in ("-b", "--cookie"):
+            headers.append(("Cookie", value()))
+        elif opt in ("-A", "--user-agent"):
+            headers.append(("User-Agent", value()))
+        elif opt == "--url":
+            url = value()
+        elif opt in _CURL_SKIP_WITH_VALUE:
+            value()
+        elif opt.startswith("-"):
+            continue  # a flag without a value: -s, -N, --compressed, --http2, ...
+        elif url is None:
+            url = word
+        else:
+            raise InputError(f"more than one URL in the curl command: {url} and {word}")
+    if url is None:
+        raise InputError("no URL in the curl command")
+    if body is not None and not any(k.lower() == "content-type" for k, _ in headers):
+        headers.append(("Content-Type", "application/x-www-form-urlencoded"))  # as curl does
+    return make_flow(method or ("POST" if body is not None else "GET"), url, headers, body)
+
+
+def make_flow(method: str, url: str, headers: Sequence[tuple[str, str]], body: str | None) -> http.HTTPFlow:
+    try:
+        fields = http.Headers([(k.encode(), v.encode()) for k, v in headers])
+        request = http.Request.make(method.upper(), url, (body or "").encode(), fields)
+    except ValueError as e:
+        raise InputError(f"bad request {method} {url}: {e}") from None
+    if body is None:
+        request.headers.pop("content-length", None)
+    if "host" not in request.headers:
+        request.headers.insert(0, "Host", url_hostport(request.scheme, request.host, request.port))
+    client = connection.Client(peername=("127.0.0.1", 0), sockname=("127.0.0.1", 0), timestamp_start=time.time())
+    flow = http.HTTPFlow(client, connection.Server(address=(request.host, request.port)))
+    flow.request = request
+    return flow
+
+
+def stand_in_values(config: Config) -> dict[str, str]:
+    """Masked stand-ins for the values the proxy would draw (it would draw the real ones)."""
+    values: dict[str, str] = {}
+    if config.tokens:
+        try:
+            pool = TokenPool(read_tokens(config.tokens.file), config.tokens.strategy)
+        except TokensFileError:
+            pool = TokenPool()
+        if config.tokens.state_file and config.tokens.state_file.exists():
+            pool.load_state(statefile.load_state(config.tokens.state_file))
+        token = pool.draw()
+        if token is not None:
+            values[TOKEN] = mask(token)
+    if config.captcha:
+        spec = config.captcha
+        if spec.command is not None:
+            values[CAPTCHA] = "‹captcha from the command, not run›"
+        else:
+            try:
+                raw = spec.file.read_text(encoding="utf-8-sig") if spec.file else os.environ.get(spec.env or "", "")
+            except (OSError, UnicodeDecodeError):
+                raw = ""
+            if raw.strip():
+                values[CAPTCHA] = mask(raw.strip())
+    return values
+
+
+def explain(config: Config, flow: http.HTTPFlow, values: dict[str, str]) -> Iterator[str]:
+    req = flow.request
+    yield f"{req.method} {req.pretty_url}"
+    plan = plan_request(config, flow)
+    if plan is None:
+        yield "  no rule matches: the request leaves the proxy as it came"
+        return
+    yield f"  streaming: {'yes' if plan.streaming else 'no'}"
+    yield f"  rules: {', '.join(r.name for r in plan.rules)}"
+    sent = req.copy()
+    notes = apply_plan(plan, sent, values)
+    decided = {e.name.lower(): e.rule for e in plan.headers}
+    cookie_note = "; ".join(
+        f"{e.name} removed by {e.rule}" if e.value is None else f"{e.name} ← {e.rule}" for e in plan.cookies
+    )
+    yield "  as it would leave the proxy:"
+    yield f"    {sent.method} {sent.path} {sent.http_version}"
+    for key, shown in sent.headers.items(multi=True):
+        note = ""
+        if key.lower() in decided:
+            note = f"   ← {decided[key.lower()]}"
+        elif key.lower() == "cookie" and cookie_note:
+            note = f"   ({cookie_note})"
+        yield f"    {key}: {shown}{note}"
+    for e in plan.headers:
+        if e.value is None and e.name in req.headers:
+            yield f"    (removed) {e.name}   ← {e.rule}"
+    for line in notes:
+        if "not set" in line:
+            yield f"  note: {line}"
+    if flow.response is not None:
+        injected = [p for p in (TOKEN, CAPTCHA) if p in plan.uses]
+        action = verdict(config.on_response, flow.response)
+        if not applies(action, injected):
+            action = PASS
+        yield f"  response {flow.response.status_code}: {action}: {ACTIONS[action]}"
+
+
+def requests_from_args(args: argparse.Namespace) -> list[http.HTTPFlow]:
+    if args.flows:
+        return flows_from_file(Path(args.flows))
+    if args.curl:
+        return [flow_from_curl(args.curl)]
+    if not args.request or len(args.request) != 2:
+        raise InputError("give --flows FILE, --curl 'curl ...', or METHOD URL")
+    method, url = args.request
+    headers = []
+    for h in args.header or []:
+        name, sep, value = h.partition(":")
+        if not sep:
+            raise InputError(f"bad header {h!r}: expected 'Name: value'")
+        headers.append((name.strip(), value.strip()))
+    return [make_flow(method, url, headers, args.data)]
