@@ -113,8 +113,12 @@ def parse_document(text: str, file: str) -> At:
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = e.problem or e.context or "cannot be parsed"
         raise RulesError(file, line, col, f"invalid YAML: {problem}") from e
-    except yaml.YAMLError as e:  # e.g. a byte sequence the reader rejects
-        raise RulesError(file, 1, 1, f"invalid YAML: {e}") from e
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow
+        before = text[: e.position]
+        line, col = before.count("\n") + 1, e.position - (before.rfind("\n") + 1) + 1
+        raise RulesError(file, line, col, f"invalid YAML: character {e.character:#06x} is not allowed") from e
+    except yaml.YAMLError as e:
+        raise RulesError(file, 1, 1, "invalid YAML: " + " ".join(str(e).split())) from e
     return At(file, node)
 
 

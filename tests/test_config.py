@@ -244,3 +244,10 @@ def test_every_problem_is_reported_in_file_order(tmp_path):
         load_config(path)
     assert [f"{x.line}:{x.column}" for x in e.value.errors] == ["2:19", "2:42", "3:5", "5:18", "6:16", "6:36"]
     assert str(e.value) == str(e.value.errors[0])  # reads as the first, for the proxy's one-line message
+
+
+def test_a_character_yaml_does_not_allow(tmp_path):
+    path = write(tmp_path, "rules:\n  - match: {host: a\x1f.com}\n")
+    with pytest.raises(RulesError) as e:
+        load_config(path)
+    assert str(e.value) == f"{path}:2:20: invalid YAML: character 0x001f is not allowed"

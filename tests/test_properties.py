@@ -1,0 +1,142 @@
+"""Property-based tests: random requests, cookies, rules files and tokens files never break the addon."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import string
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mitmproxy.test import taddons, tflow
+
+from addon.config import load_config
+from addon.cookies import edit_cookie_headers
+from addon.loader import RulesLoader
+from addon.rewriter import Rewriter
+from addon.schema import RulesError
+from addon.streamdetect import is_streaming
+from addon.tokens import TokensFileError, read_tokens
+from helpers import TOKENS, write_rules
+
+RULES = """\
+rules:
+  - name: ua
+    match: {host: "*.example.com"}
+    headers: {User-Agent: Mozilla/5.0, X-Debug: null}
+  - name: secret
+    match: {host: api.example.com, path: /v1/*}
+    headers: {X-Token: "{token}"}
+    cookies: {session: "{token}", tracking: null}
+tokens: {file: tokens.txt}
+"""
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+token_chars = string.ascii_letters + string.digits + "-_.~!#$&'*+^`|"
+cookie_name = st.text(token_chars, min_size=1, max_size=8)
+cookie_value = st.text(string.ascii_letters + string.digits + "-_.~!#$&'*+^`|/:?@[]()=", max_size=12)
+cookie_pair = st.builds(lambda n, v: f"{n}={v}", cookie_name, cookie_value) | st.text(token_chars, max_size=5)
+cookie_header = st.lists(cookie_pair, max_size=6).map("; ".join)
+hosts = st.sampled_from(["api.example.com", "www.example.com", "example.com", "api.example.com.evil.net", "evil.net", "API.EXAMPLE.COM"])
+paths = st.sampled_from(["/", "/v1/chat", "/v1/", "/v2/x", "/v1/chat?stream=true", "//v1/x"])
+json_bodies = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["stream", "a", "options"]), inner, max_size=3),
+    max_leaves=8,
+).map(lambda v: json.dumps(v).encode())
+bodies = json_bodies | st.binary(max_size=200)
+header_names = st.sampled_from(["Accept", "X-Debug", "X-Token", "User-Agent", "Content-Encoding", "X-Other"])
+header_values = st.text(string.printable.strip() + " ", max_size=20).map(str.strip)
+
+
+@st.composite
+def requests(draw):
+    f = tflow.tflow()
+    f.request.method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "get"]))
+    f.request.host = draw(hosts)
+    f.request.port = draw(st.sampled_from([80, 443, 8443]))
+    f.request.path = draw(paths)
+    f.request.headers.clear()
+    for name, value in draw(st.lists(st.tuples(header_names, header_values), max_size=5)):
+        f.request.headers.add(name, value)
+    if draw(st.booleans()):
+        f.request.headers.add("Cookie", draw(cookie_header))
+    f.request.raw_content = draw(bodies)
+    return f
+
+
+@given(values=st.lists(cookie_header, max_size=3), edits=st.dictionaries(cookie_name, st.none() | cookie_value, max_size=3))
+def test_cookie_edits_leave_every_other_cookie_byte_identical(values, edits):
+    out = edit_cookie_headers(values, edits)
+    others = lambda vs: [p.strip() for v in vs for p in v.split(";") if p.split("=", 1)[0].strip() not in edits]  # noqa: E731
+    assert [p for p in others(out) if p] == [p for p in others(values) if p]
+    for name, value in edits.items():
+        mine = [p.strip() for v in out for p in v.split(";") if p.split("=", 1)[0].strip() == name]
+        assert mine == ([] if value is None else [f"{name}={value}"])
+
+
+@given(body=bodies, encoding=st.sampled_from([None, "gzip", "br", "deflate", "zstd", "identity", "x-bogus"]))
+def test_stream_detection_never_raises(body, encoding):
+    f = tflow.tflow()
+    f.request.raw_content = body
+    if encoding:
+        f.request.headers["content-encoding"] = encoding
+    assert is_streaming(f.request, ("stream",)) in (True, False)
+
+
+@SETTINGS
+@given(flows=st.lists(requests(), min_size=1, max_size=4))
+def test_random_requests_never_break_the_rewriter(tmp_path_factory, flows):
+    folder = tmp_path_factory.mktemp("rules")
+    loader = RulesLoader()
+    rewriter = Rewriter(loader)
+    with taddons.context(loader, rewriter) as tctx:
+        tctx.configure(loader, rules=str(write_rules(folder, RULES)))
+        for f in flows:
+            before = f.request.get_state()
+            asyncio.run(rewriter.request(f))
+            host = f.request.host.lower()
+            sent_token = any(t in (v or "") for t in TOKENS for v in f.request.headers.values())
+            if host != "api.example.com" or not f.request.path.startswith("/v1/"):
+                assert not sent_token  # a secret never leaves for a host or path its rule does not name
+            if not host.endswith(".example.com"):
+                assert f.request.get_state() == before and f.comment == ""  # untouched, exactly
+
+
+yaml_texts = st.one_of(
+    st.text(max_size=200),
+    st.sampled_from([RULES]).flatmap(lambda t: st.integers(0, len(t)).map(lambda n: t[:n])),  # truncated
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["rules", "match", "host", "headers", "cookies", "tokens", "file", "x"]), inner, max_size=4),
+        max_leaves=12,
+    ).map(lambda v: json.dumps(v)),  # JSON is YAML: random structures with the right key names
+)
+
+
+@SETTINGS
+@given(text=yaml_texts)
+def test_any_rules_file_loads_or_gets_one_located_error(tmp_path_factory, text):
+    folder = tmp_path_factory.mktemp("rules")
+    path = write_rules(folder, "")
+    path.write_text(text)
+    try:
+        load_config(path)
+    except RulesError as e:
+        assert str(e).startswith(f"{path}:{e.line}:{e.column}: ") and "\n" not in e.problem
+
+
+@SETTINGS
+@given(data=st.binary(max_size=300) | st.lists(st.sampled_from(["tok-a", "# c", "", "  ", "\ufefftok-b", "tok-a", "t\tb"]), max_size=8).map(lambda ls: "\r\n".join(ls).encode()))
+def test_any_tokens_file_reads_or_gets_a_clear_error(tmp_path_factory, data):
+    path = Path(tmp_path_factory.mktemp("tokens")) / "tokens.txt"
+    path.write_bytes(data)
+    try:
+        tokens = read_tokens(path)
+    except TokensFileError as e:
+        assert str(e).startswith(f"{path}: ")
+    else:
+        assert len(set(tokens)) == len(tokens) and all(t == t.strip() and t and not t.startswith("#") for t in tokens)
