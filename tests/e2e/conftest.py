@@ -25,6 +25,8 @@ from fake_upstream import ProtectedAPI, UpstreamServer
 from helpers import TOKENS
 
 ROOT = Path(__file__).resolve().parents[2]
+# captcha values the tests' captcha sources produce (and the upstream accepts)
+SECRET_CAPTCHAS = ["cap-e2e-captcha-value-0042", "cap-1-captcha-value", "cap-2-captcha-value", "cap-test-value-9999"]
 MITMDUMP = ROOT / ".venv" / "bin" / "mitmdump"
 
 
@@ -105,7 +107,7 @@ class Proxy:
         self.args = [
             str(MITMDUMP.with_name(self.tool)), *script,
             "--listen-host", "127.0.0.1", "--listen-port", str(self.port), "--set", f"confdir={self.confdir}",
-            "--set", "ssl_insecure=true", "--set", "flow_detail=0",
+            "--set", "ssl_insecure=true", "--set", "flow_detail=0", "--set", "termlog_verbosity=debug",
             *extra,
         ]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
@@ -158,6 +160,12 @@ def start_proxy(tmp_path) -> Iterator:
     yield start
     for p in started:
         p.stop()
+    # nothing the addon writes may hold a whole token or captcha value: logs at every level, state files
+    secrets = [*TOKENS, *SECRET_CAPTCHAS]
+    written = [p.log() for p in started] + [f.read_text() for f in tmp_path.rglob("*.state.json")]
+    for text in written:
+        leaked = [s for s in secrets if s in text]
+        assert not leaked, f"secret values written whole: {leaked}"
 
 
 def run_mitmdump(rules: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
