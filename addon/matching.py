@@ -156,6 +156,7 @@ class RuleIndex(Generic[R]):
             for h in hosts - {None}:
                 self._exact.setdefault(h, []).append(i)
         self._memo: dict[tuple[str, int], tuple[R, ...]] = {}
+        self.plans: dict[tuple, object] = {}  # rewrite.plan_request's folded edits per matched-rule set
 
     def candidates(self, host: str, port: int) -> tuple[R, ...]:
         key = (host, port)

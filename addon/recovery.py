@@ -161,11 +161,12 @@ class Recovery:
 
     async def _attempt(self, flow: http.HTTPFlow, sent: Sent, values: dict[str, str], n: int) -> http.HTTPFlow:
         """Send the request again through mitmproxy with new values; the copy is its own flow."""
-        copy = flow.copy()
-        copy.response = None
-        copy.error = None
+        # not flow.copy(): that would copy the refused answer too; connections are copied, since
+        # ReplayHandler changes the server connection it is given (in upstream mode)
+        copy = http.HTTPFlow(flow.client_conn.copy(), flow.server_conn.copy())
+        copy.request = flow.request.copy()
+        copy.metadata = dict(flow.metadata)
         copy.is_replay = "request"
-        copy.marked = ""
         copy.metadata[REPLAY_KEY] = {"of": flow.id, "attempt": n}
         apply_plan(sent.plan.dynamic(), copy.request, values)
         secret = values.get(TOKEN) or values.get(CAPTCHA, "")

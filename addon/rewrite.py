@@ -9,6 +9,7 @@ changes (the trap of mitmproxy issue #4245).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -36,8 +37,8 @@ class Plan:
     headers: tuple[Edit, ...]
     cookies: tuple[Edit, ...]
 
-    @property
-    def uses(self) -> frozenset[str]:
+    @functools.cached_property
+    def uses(self) -> frozenset[str]:  # computed once per plan; plans are memoised per matched-rule set
         return frozenset().union(*(e.value.uses for e in self.headers + self.cookies if e.value is not None))
 
     def dynamic(self) -> Plan:
@@ -58,6 +59,17 @@ def plan_request(config: Config, flow: http.HTTPFlow) -> Plan | None:
     rules = tuple(r for r in candidates if r.match.matches_rest(flow, streaming))
     if not rules:
         return None
+    # the edits depend only on which rules matched: fold them once per combination
+    key = (streaming, *(id(r) for r in rules))
+    plan = config.index.plans.get(key)
+    if plan is None:
+        if len(config.index.plans) >= 1024:
+            config.index.plans.clear()
+        plan = config.index.plans[key] = _fold(rules, streaming)
+    return plan
+
+
+def _fold(rules: tuple[Rule, ...], streaming: bool) -> Plan:
     headers: dict[str, Edit] = {}
     cookies: dict[str, Edit] = {}
     for rule in rules:
@@ -78,6 +90,7 @@ def apply_plan(plan: Plan, request: http.Request, values: Mapping[str, str]) -> 
     """
     lines: list[str] = []
     cookie_edits: dict[str, str | None] = {}
+    header_edits: dict[bytes, tuple[str, str | None]] = {}
     for kind, edits in (("header", plan.headers), ("cookie", plan.cookies)):
         for edit in edits:
             label = edit.name if kind == "header" else f"cookie {edit.name}"
@@ -97,14 +110,34 @@ def apply_plan(plan: Plan, request: http.Request, values: Mapping[str, str]) -> 
                 lines.append(f"{label} ← {edit.rule}" + (f" ({secrets})" if secrets else ""))
             if kind == "cookie":
                 cookie_edits[edit.name] = rendered
-            elif rendered is None:
-                request.headers.pop(edit.name, None)
             else:
-                request.headers[edit.name] = rendered
+                header_edits[edit.name.lower().encode()] = (edit.name, rendered)
+    if header_edits:
+        _edit_headers(request.headers, header_edits)
     if cookie_edits:
         new = edit_cookie_headers(request.headers.get_all("cookie"), cookie_edits)
         request.headers.set_all("Cookie", new)
     return lines
+
+
+def _edit_headers(headers: http.Headers, edits: dict[bytes, tuple[str, str | None]]) -> None:
+    """Every header edit in one pass over the fields, with the result of `headers[name] = value` and
+    `headers.pop(name)` done one by one (each of which is a pass of its own in mitmproxy's MultiDict)."""
+    fields: list[tuple[bytes, bytes]] = []
+    done: set[bytes] = set()
+    for k, v in headers.fields:
+        lk = k.lower()
+        if lk not in edits:
+            fields.append((k, v))
+        elif lk not in done:  # the first occurrence keeps its place and spelling; repeats go
+            done.add(lk)
+            value = edits[lk][1]
+            if value is not None:
+                fields.append((k, value.encode("utf-8", "surrogateescape")))
+    for lk, (name, value) in edits.items():
+        if lk not in done and value is not None:
+            fields.append((name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape")))
+    headers.fields = tuple(fields)
 
 
 _HEADER_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")

@@ -100,6 +100,20 @@ class At:
         return At(self.file, node, f"{self.path}[{i}]")
 
 
+_FAST_LOADER = getattr(yaml, "CSafeLoader", None)  # libyaml, when PyYAML was built with it
+
+
+def _compose(text: str) -> yaml.Node | None:
+    """libyaml's composer (the same nodes and marks, about four times faster on a large file); on any
+    error the pure-Python one runs again so that messages keep their usual wording."""
+    if _FAST_LOADER is not None:
+        try:
+            return yaml.compose(text, Loader=_FAST_LOADER)
+        except yaml.YAMLError:
+            pass
+    return yaml.compose(text, Loader=yaml.SafeLoader)
+
+
 def parse_document(text: str, file: str) -> At:
     """Parse YAML text into a located root node.
 
@@ -107,7 +121,7 @@ def parse_document(text: str, file: str) -> At:
         RulesError: the text is not valid YAML.
     """
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = _compose(text)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)

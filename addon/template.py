@@ -8,6 +8,7 @@ and `{captcha}` are drawn for each request.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -26,7 +27,7 @@ class Template:
     parts: tuple[str | tuple[str], ...]  # a 1-tuple names a dynamic placeholder
     source: str
 
-    @property
+    @functools.cached_property
     def uses(self) -> frozenset[str]:
         return frozenset(p[0] for p in self.parts if isinstance(p, tuple))
 
