@@ -1,0 +1,1317 @@
+"""Benchmarks of the addon against bare mitmdump, on loopback only; writes BENCHMARKS.md.
+
+Run it through `scripts/bench` (which sets up .venv and installs wrk when it is missing):
+
+    scripts/bench             # the full run (about 6.5 minutes on 2 cores), writes BENCHMARKS.md
+    scripts/bench --quick     # under 2 minutes, fewer and shorter rounds; writes only a scratch copy
+    scripts/bench --only 1,2  # some scenarios (numbers as in issue 4's table)
+    scripts/bench --quick --addon ../other-worktree/addon/main.py   # measure a change kept elsewhere
+
+Every process listens on 127.0.0.1 only; every run is bounded in requests or seconds.
+On a machine with two cores or more, each mitmdump is pinned to the second core and the
+load generator, the upstreams and this driver to the first, so that the proxy under test
+has a core to itself and the numbers measure it, not the client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv" / "bin"
+PYTHON = VENV / "python"
+MITMDUMP = VENV / "mitmdump"
+SERVERS = ROOT / "scripts" / "bench_servers.py"
+ADDON_MAIN = ROOT / "addon" / "main.py"  # --addon: another checkout's, to compare a change
+
+CPUS = sorted(os.sched_getaffinity(0))
+PINNED = len(CPUS) >= 2
+PROXY_CPUS = {CPUS[-1]} if PINNED else None
+OTHER_CPUS = set(CPUS[:-1]) if PINNED else None
+
+UA_BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
+UA_SDK = "OpenAI/Python 1.54.0"
+CHAT_BODY = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in five words."}],"stream":false}'
+STREAM_BODY = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in five words."}],"stream":true}'
+SDK_HEADERS = [
+    ("User-Agent", UA_SDK), ("Accept", "application/json"), ("Content-Type", "application/json"),
+    ("X-Stainless-Lang", "python"), ("X-Stainless-OS", "Linux"), ("X-Stainless-Runtime", "CPython"),
+    ("X-Stainless-Package-Version", "1.54.0"), ("Cookie", "theme=dark; tracking=abc123; session=none"),
+]  # fmt: skip
+
+
+@dataclass
+class Settings:
+    quick: bool
+    rounds: int  # interleaved rounds of the throughput and latency scenarios
+    tput_seconds: float  # one wrk run, throughput
+    lat_seconds: float  # one wrk run, latency
+    connections: int  # wrk connections, throughput
+    sse_rounds: int
+    big_bytes: int  # scenario 5
+    recovery_rounds: int  # scenario 6
+    storm_rounds: int  # scenario 7
+    captcha_rounds: int  # scenario 8
+    startup_rounds: int  # scenario 9
+    reload_rounds: int
+
+
+FULL = Settings(False, rounds=6, tput_seconds=8, lat_seconds=5, connections=10, sse_rounds=5, big_bytes=1 << 30,
+                recovery_rounds=30, storm_rounds=8, captcha_rounds=3, startup_rounds=5, reload_rounds=5)
+QUICK = Settings(True, rounds=2, tput_seconds=3, lat_seconds=2, connections=10, sse_rounds=2, big_bytes=256 << 20,
+                 recovery_rounds=10, storm_rounds=2, captcha_rounds=1, startup_rounds=2, reload_rounds=2)
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"process {proc.args[0]} exited with {proc.returncode} before listening on {port}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s") from None
+            time.sleep(0.005)
+
+
+class Proc:
+    """A child process with its output in a log file; stopped by its own pid only."""
+
+    running: list[Proc] = []
+
+    def __init__(self, name: str, args: list[str], workdir: Path, cpus: set[int] | None, port: int) -> None:
+        self.name, self.args, self.cpus, self.port = name, [str(a) for a in args], cpus, port
+        self.logfile = workdir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+
+    def start(self, wait: bool = True) -> Proc:
+        cpus = self.cpus
+        log = open(self.logfile, "ab")
+        self.started_at = time.perf_counter()
+        self.proc = subprocess.Popen(
+            self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )  # fmt: skip
+        log.close()
+        Proc.running.append(self)
+        if wait:
+            wait_for_port(self.port, proc=self.proc)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self in Proc.running:
+            Proc.running.remove(self)
+
+    def status_kib(self, field_name: str) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+        raise KeyError(field_name)
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for p in list(cls.running):
+            p.stop()
+
+
+class Proxy(Proc):
+    def __init__(self, name: str, workdir: Path, rules: Path | None = None, extra: tuple[str, ...] = ()) -> None:
+        port = free_port()
+        args = [MITMDUMP, "--listen-host", "127.0.0.1", "--listen-port", str(port),
+                "--set", f"confdir={workdir / 'mitmproxy-conf'}", "--set", "flow_detail=0"]  # fmt: skip
+        if rules is not None:
+            args += ["-s", ADDON_MAIN, "--set", f"rules={rules}"]
+        super().__init__(name, [*args, *extra], workdir, PROXY_CPUS, port)
+        self.rules = rules
+
+    def errors(self) -> list[str]:
+        return [line for line in self.log().splitlines() if re.search(r"error|traceback|exception", line, re.I)]
+
+
+def upstream(kind: str, workdir: Path, *extra: str) -> Proc:
+    port = free_port()
+    return Proc(f"upstream-{kind}", [PYTHON, SERVERS, kind, "--port", str(port), *extra], workdir, OTHER_CPUS, port).start()
+
+
+# ----------------------------------------------------------------------------- HTTP clients
+
+
+def build_request(method: str, port: int, path: str, headers: list[tuple[str, str]], body: bytes = b"",
+                  absolute: bool = True) -> bytes:
+    target = f"http://127.0.0.1:{port}{path}" if absolute else path
+    lines = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", *(f"{k}: {v}" for k, v in headers)]
+    if body or method in ("POST", "PUT"):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class BodyReader:
+    """Incremental HTTP/1.1 response parsing over a blocking socket: yields (arrival time, decoded bytes)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.status = 0
+        self.headers: dict[str, str] = {}
+
+    def _recv(self) -> float:
+        data = self.sock.recv(1 << 20)
+        if not data:
+            raise ConnectionError("connection closed early")
+        self.buf += data
+        return time.time()
+
+    def head(self) -> None:
+        while (end := self.buf.find(b"\r\n\r\n")) < 0:
+            self._recv()
+        lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+        del self.buf[: end + 4]
+        self.status = int(lines[0].split()[1])
+        self.headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+
+    def body(self):
+        now = time.time()
+        if "chunked" in self.headers.get("transfer-encoding", ""):
+            while True:
+                while (eol := self.buf.find(b"\r\n")) < 0:
+                    now = self._recv()
+                size = int(bytes(self.buf[:eol]).split(b";")[0], 16)
+                del self.buf[: eol + 2]
+                if size == 0:
+                    while self.buf.find(b"\r\n") < 0:
+                        self._recv()
+                    return
+                while size > 0:
+                    if not self.buf:
+                        now = self._recv()
+                    take = min(size, len(self.buf))
+                    yield now, bytes(self.buf[:take])
+                    del self.buf[:take]
+                    size -= take
+                while len(self.buf) < 2:
+                    now = self._recv()
+                del self.buf[:2]
+        else:
+            left = int(self.headers.get("content-length", "0"))
+            while left > 0:
+                if not self.buf:
+                    now = self._recv()
+                take = min(left, len(self.buf))
+                yield now, bytes(self.buf[:take])
+                del self.buf[:take]
+                left -= take
+
+
+def fetch(port: int, request: bytes, timeout: float = 30) -> tuple[int, dict[str, str], bytes, float]:
+    """One request on a fresh connection: (status, headers, body, seconds from connect to the last byte)."""
+    t0 = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(request)
+        reader = BodyReader(sock)
+        reader.head()
+        body = b"".join(piece for _, piece in reader.body())
+    return reader.status, reader.headers, body, time.perf_counter() - t0
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+    if "chunked" in headers.get("transfer-encoding", ""):
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")
+                return status, body
+            body += (await reader.readexactly(size + 2))[:-2]
+    return status, await reader.readexactly(int(headers.get("content-length", "0")))
+
+
+def burst(port: int, per_connection: list[list[bytes]], timeout: float = 120) -> tuple[float, list[int], list[bytes]]:
+    """Open one connection per list, then send each list's requests in turn on its connection, all
+    connections at once. Returns the wall time from the first send to the last answer."""
+
+    async def main():
+        conns = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port) for _ in per_connection))
+        statuses: list[int] = []
+        bodies: list[bytes] = []
+
+        async def run(conn, requests):
+            reader, writer = conn
+            for req in requests:
+                writer.write(req)
+                status, body = await _read_response(reader)
+                statuses.append(status)
+                bodies.append(body)
+            writer.close()
+
+        t0 = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*(run(c, r) for c, r in zip(conns, per_connection))), timeout)
+        return time.perf_counter() - t0, statuses, bodies
+
+    return asyncio.run(main())
+
+
+# ----------------------------------------------------------------------------- wrk
+
+NOOP_SCRIPT = '''"""The addon's addons with every hook they have, each doing nothing: what mitmproxy charges for
+dispatching events to a script of that shape. Generated by scripts/bench from {main}."""
+
+import importlib.util
+import inspect
+import logging
+
+from mitmproxy import hooks
+
+_spec = importlib.util.spec_from_file_location("_bench_real_addon", {main!r})
+_real = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_real)
+_NAMES = set(hooks.all_hooks) | {{"load", "configure", "running", "done", "requestheaders", "request",
+                                  "responseheaders", "response", "error"}}
+
+
+async def _async_nothing(self, *args):
+    pass
+
+
+def _nothing(self, *args):
+    pass
+
+
+def _stub(addon):
+    kind = type(addon)
+    methods = {{name: (_async_nothing if inspect.iscoroutinefunction(getattr(kind, name)) else _nothing)
+               for name in dir(kind) if name in _NAMES and callable(getattr(kind, name))}}
+    return type("Nothing" + kind.__name__, (), methods)()
+
+
+addons = [_stub(a) for a in _real.addons]
+logging.getLogger(__name__).info(f"bench: {{len(addons)}} do-nothing addons")
+'''
+
+WRK_LUA = """
+wrk.method = "POST"
+wrk.path = "{path}"
+wrk.body = '{body}'
+{headers}
+done = function(summary, latency, requests)
+  io.write(string.format("BENCH requests=%d duration_us=%d connect=%d read=%d write=%d status=%d timeout=%d "
+    .. "p50=%d p90=%d p99=%d max=%d\\n",
+    summary.requests, summary.duration, summary.errors.connect, summary.errors.read, summary.errors.write,
+    summary.errors.status, summary.errors.timeout, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max))
+end
+"""
+
+
+def write_wrk_script(workdir: Path, upstream_port: int) -> Path:
+    headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in [("Host", f"127.0.0.1:{upstream_port}"), *SDK_HEADERS])
+    path = workdir / "chat.lua"
+    path.write_text(WRK_LUA.format(path=f"http://127.0.0.1:{upstream_port}/v1/chat/completions",
+                                   body=CHAT_BODY.decode(), headers=headers))
+    return path
+
+
+def wrk(proxy: Proxy, script: Path, seconds: float, connections: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(script),
+         f"http://127.0.0.1:{proxy.port}/"],
+        capture_output=True, text=True, timeout=seconds + 60,
+        preexec_fn=(lambda: os.sched_setaffinity(0, OTHER_CPUS)) if OTHER_CPUS else None,
+    )  # fmt: skip
+    m = re.search(r"^BENCH (.*)$", out.stdout, re.M)
+    if not m:
+        raise RuntimeError(f"wrk gave no result:\n{out.stdout}\n{out.stderr}")
+    r = {k: float(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+    errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+    if errors:
+        raise RuntimeError(f"wrk through {proxy.name}: {errors:g} errors ({m.group(1)})")
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    return r
+
+
+# ----------------------------------------------------------------------------- rules files
+
+
+def realistic_rules(hosts: list[str]) -> list[str]:
+    """The ten rules of scenario 1, as YAML list items."""
+    h = json.dumps(hosts)
+    return [
+        f"""  - name: browser-like
+    match: {{host: {h}, path: /v1/*}}
+    headers:
+      User-Agent: "{UA_BROWSER}"
+      X-Stainless-Lang: null
+      X-Stainless-OS: null
+      X-Stainless-Runtime: null
+      X-Stainless-Package-Version: null""",
+        f"""  - name: browser-hints
+    match: {{host: {h}, path: /v1/*}}
+    headers:
+      Sec-Ch-Ua: '"Chromium";v="126", "Not.A/Brand";v="24"'
+      Sec-Ch-Ua-Platform: '"Linux"'
+      Accept-Language: "en-US,en;q=0.9\"""",
+        f"""  - name: origin
+    match: {{host: {h}, method: [POST, PUT, PATCH]}}
+    headers: {{Origin: "https://chat.example.com", Referer: "https://chat.example.com/"}}""",
+        f"""  - name: stream-accept
+    match: {{host: {h}, stream: true}}
+    headers: {{Accept: text/event-stream}}""",
+        f"""  - name: json-accept
+    match: {{host: {h}, stream: false}}
+    headers: {{Accept: application/json}}""",
+        f"""  - name: account
+    match: {{host: {h}, path: /v1/*, method: [GET, POST]}}
+    headers: {{X-Captcha-Token: "{{captcha}}"}}
+    cookies: {{session: "{{token}}", tracking: null}}""",
+        f"""  - name: no-debug
+    match: {{host: {h}, filter: "~h X-Debug"}}
+    headers: {{X-Debug: null}}""",
+        f"""  - name: uploads
+    match: {{host: {h}, path: "/v1/files*", method: PUT}}
+    headers: {{Content-Disposition: attachment}}""",
+        f"""  - name: status-page
+    match: {{host: status.example.com}}
+    headers: {{User-Agent: "{UA_BROWSER}"}}""",
+        """  - name: internal-tools
+    match: {host: "*.internal.example.net", path: /api/*}
+    headers: {X-Team: bench}""",
+    ]
+
+
+def other_rules(hosts: list[str], n: int) -> list[str]:
+    """Rules that do not apply to the benchmark's requests: 4 % for the same host on other paths,
+    the rest for other hosts (exact names, one in ten a wildcard, one in fifty with a filter)."""
+    h = json.dumps(hosts)
+    out = []
+    for i in range(n):
+        if i % 25 == 0:
+            out.append(f"""  - name: tenant-{i}
+    match: {{host: {h}, path: "/v2/tenant{i}/*", method: [GET, POST]}}
+    headers: {{X-Tenant: t{i}}}""")
+        elif i % 10 == 1:
+            out.append(f"""  - name: wildcard-{i}
+    match: {{host: "*.t{i}.example.org", path: /api/*}}
+    headers: {{X-Rule: w{i}, User-Agent: "bench/{i}"}}""")
+        elif i % 50 == 2:
+            out.append(f"""  - name: filtered-{i}
+    match: {{host: "api{i}.svc{i % 37}.example.com", filter: "~h X-Rule-{i} & ~m POST"}}
+    headers: {{X-Rule: f{i}}}""")
+        else:
+            out.append(f"""  - name: host-{i}
+    match: {{host: ["api{i}.svc{i % 37}.example.com", "api{i}.svc{i % 37}.example.com:8443"], path: /v1/*}}
+    headers: {{X-Rule: h{i}, Accept: application/json}}
+    cookies: {{region: r{i % 7}}}""")
+    return out
+
+
+def rules_file(path: Path, rules: list[str], tokens: Path, captcha: str, strategy: str = "round_robin") -> Path:
+    text = f"""# generated by scripts/bench
+rules:
+{chr(10).join(rules)}
+
+stream:
+  json_field: stream
+
+tokens:
+  file: {tokens.name}
+  strategy: {strategy}
+  max_attempts: 3
+  cooldown: 300
+  state_file: {tokens.stem}.{path.stem}.state.json
+  breaker: {{tokens: 3, window: 60, pause: 300}}
+
+on_response:
+  - match: {{status: 403, body: "(?i)recaptcha validation failed"}}
+    action: refresh_captcha
+  - match: {{status: [401, 403]}}
+    action: rotate
+
+captcha:
+{captcha}
+"""
+    path.write_text(text)
+    return path
+
+
+def thousand(hosts: list[str]) -> list[str]:
+    real, other = realistic_rules(hosts), other_rules(hosts, 990)
+    return other[:500] + real[:5] + other[500:] + real[5:]
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def med(xs):
+    return statistics.median(xs)
+
+
+def span(xs, unit: str = "", fmt: str = "{:.0f}") -> str:
+    return f"{fmt.format(med(xs))}{unit} ({fmt.format(min(xs))}–{fmt.format(max(xs))})"
+
+
+@dataclass
+class Result:
+    number: int
+    scenario: str
+    measure: str
+    target: str
+    result: str
+    met: bool | None  # None: not judged
+    details: list[str] = field(default_factory=list)
+    raw: dict = field(default_factory=dict)
+
+
+def rotate(items: list, r: int) -> list:
+    """Round r runs the variants in a rotated order, so that no variant is always first."""
+    return items[r % len(items):] + items[: r % len(items)]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------- the bench
+
+
+class Bench:
+    def __init__(self, s: Settings, workdir: Path) -> None:
+        self.s, self.w = s, workdir
+        self.results: dict[int, Result] = {}
+        self.notes: list[str] = []
+        self.captcha_value = "cap-bench-" + os.urandom(8).hex()
+        (workdir / "captcha.txt").write_text(self.captcha_value + "\n")
+        (workdir / "tokens.txt").write_text("".join(f"tok-bench-{i:04d}-{os.urandom(4).hex()}\n" for i in range(4)))
+        self.recovery_tokens = [f"tok-recovery-a-{os.urandom(6).hex()}", f"tok-recovery-b-{os.urandom(6).hex()}"]
+        (workdir / "tokens-recovery.txt").write_text("\n".join(self.recovery_tokens) + "\n")
+        self.fast: Proc | None = None
+        self.protected: Proc | None = None
+        self.proxies: dict[str, Proxy] = {}
+
+    # set-up
+
+    def captcha_file(self) -> str:
+        return "  file: captcha.txt\n  ttl: 110"
+
+    def start_common(self) -> None:
+        log("starting the fast upstream and the three proxies (bare, addon with 10 rules, addon with 1,000 rules)")
+        self.fast = upstream("fast", self.w)
+        hosts = ["api.example.com", f"127.0.0.1:{self.fast.port}", f"localhost:{self.fast.port}"]
+        tokens = self.w / "tokens.txt"
+        self.rules10 = rules_file(self.w / "rules10.yaml", realistic_rules(hosts), tokens, self.captcha_file())
+        self.rules1000 = rules_file(self.w / "rules1000.yaml", thousand(hosts), tokens, self.captcha_file())
+        # the first start creates mitmproxy's CA in the confdir; the others find it there
+        self.proxies["bare"] = Proxy("bare", self.w).start()
+        self.proxies["addon-10"] = Proxy("addon-10", self.w, self.rules10).start()
+        self.proxies["addon-1000"] = Proxy("addon-1000", self.w, self.rules1000).start()
+        self.check_rewrites()
+
+    def check_rewrites(self) -> None:
+        """Before measuring anything: the addon proxies apply the rules, bare mitmdump does not."""
+        assert self.fast
+        req = build_request("POST", self.fast.port, "/v1/echo", SDK_HEADERS, CHAT_BODY)
+        for name, proxy in self.proxies.items():
+            status, _, body, _ = fetch(proxy.port, req)
+            got = {k.lower(): v.strip() for k, v in json.loads(body)["headers"]}
+            rewritten = (got.get("user-agent") == UA_BROWSER and got.get("x-captcha-token") == self.captcha_value
+                         and "session=tok-bench-" in got.get("cookie", "") and "tracking" not in got.get("cookie", "")
+                         and "x-stainless-lang" not in got and got.get("origin") == "https://chat.example.com")
+            if status != 200 or rewritten != name.startswith("addon"):
+                raise RuntimeError(f"{name}: unexpected upstream view (status {status}): {got}")
+        log("checked: the addon proxies rewrite the benchmark request (token, captcha, cookies, headers); bare does not")
+
+    # scenarios 1 and 2
+
+    def throughput(self) -> None:
+        s = self.s
+        assert self.fast
+        script = write_wrk_script(self.w, self.fast.port)
+        noop = self.w / "noop_script.py"
+        noop.write_text(NOOP_SCRIPT.format(main=str(ADDON_MAIN)))
+        self.proxies["noop-script"] = Proxy("noop-script", self.w, extra=("-s", str(noop))).start()
+        names = ["bare", "noop-script", "addon-10", "addon-1000"]
+        for name in names:  # warm-up, not recorded
+            wrk(self.proxies[name], script, 1, s.connections)
+        rps: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(s.rounds):
+            for name in rotate(names, r):
+                rps[name].append(wrk(self.proxies[name], script, s.tput_seconds, s.connections)["rps"])
+            log(f"throughput round {r + 1}/{s.rounds}: " + ", ".join(f"{n} {rps[n][-1]:.0f} req/s" for n in names))
+        noop_log = self.proxies["noop-script"].log()
+        found = re.search(r"bench: (\d+) do-nothing addons", noop_log)
+        self.addon_count = int(found.group(1)) if found else "?"
+        self.proxies.pop("noop-script").stop()
+        noop_ratios = [a / b for a, b in zip(rps["noop-script"], rps["bare"])]
+        for number, name, target in ((1, "addon-10", 0.95), (2, "addon-1000", 0.90)):
+            ratios = [a / b for a, b in zip(rps[name], rps["bare"])]
+            self.results[number] = Result(
+                number,
+                "small JSON POSTs, " + ("realistic rules file (10 rules)" if number == 1 else "1,000 rules (990 for other hosts/paths)"),
+                "req/s addon ÷ req/s bare, same load",
+                f"≥ {target:.2f}",
+                f"**{med(ratios):.3f}** ({min(ratios):.3f}–{max(ratios):.3f}); addon {span(rps[name])} req/s, "
+                f"bare {span(rps['bare'])} req/s; for scale, the addon's {self.addon_count} addons with do-nothing hooks: "
+                f"{med(noop_ratios):.3f} ({min(noop_ratios):.3f}–{max(noop_ratios):.3f})",
+                med(ratios) >= target,
+                raw={"rps": rps[name], "bare_rps": rps["bare"], "noop_script_rps": rps["noop-script"], "ratios": ratios},
+            )
+
+    # scenario 3
+
+    def latency(self) -> None:
+        s = self.s
+        assert self.fast
+        script = self.w / "chat.lua"
+        if not script.exists():
+            script = write_wrk_script(self.w, self.fast.port)
+        names = ["bare", "addon-10", "addon-1000"]
+        p50: dict[str, list[float]] = {n: [] for n in names}
+        p99: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(s.rounds):
+            for name in rotate(names, r):
+                out = wrk(self.proxies[name], script, s.lat_seconds, 1)
+                p50[name].append(out["p50"] / 1000)
+                p99[name].append(out["p99"] / 1000)
+            log(f"latency round {r + 1}/{s.rounds}: " + ", ".join(f"{n} p50 {p50[n][-1]:.3f} ms p99 {p99[n][-1]:.3f} ms" for n in names))
+        d50 = [a - b for a, b in zip(p50["addon-10"], p50["bare"])]
+        d99 = [a - b for a, b in zip(p99["addon-10"], p99["bare"])]
+        d50k = [a - b for a, b in zip(p50["addon-1000"], p50["bare"])]
+        d99k = [a - b for a, b in zip(p99["addon-1000"], p99["bare"])]
+        f = "{:.3f}"
+        self.results[3] = Result(
+            3, "added latency at low load (1 connection, one request at a time)", "p50 and p99, addon − bare",
+            "p50 ≤ 0.3 ms",
+            f"10 rules: p50 **+{span(d50, ' ms', f)}**, p99 +{span(d99, ' ms', f)}; "
+            f"1,000 rules: p50 +{span(d50k, ' ms', f)}, p99 +{span(d99k, ' ms', f)}; "
+            f"bare p50 {span(p50['bare'], ' ms', f)}, p99 {span(p99['bare'], ' ms', f)}",
+            med(d50) <= 0.3 and med(d50k) <= 0.3,
+            raw={"p50": p50, "p99": p99},
+        )
+
+    # scenario 4
+
+    def sse(self) -> None:
+        s = self.s
+        assert self.fast
+        events, interval_ms = 50, 20
+        path = f"/v1/chat/completions?events={events}&interval_ms={interval_ms}"
+        warm_direct = build_request("GET", self.fast.port, "/v1/models", SDK_HEADERS[:2], absolute=False)
+        warm_proxy = build_request("GET", self.fast.port, "/v1/models", SDK_HEADERS[:2])
+        variants = {
+            "direct": (self.fast.port, build_request("POST", self.fast.port, path, SDK_HEADERS, STREAM_BODY, absolute=False)),
+            "addon-10": (self.proxies["addon-10"].port, build_request("POST", self.fast.port, path, SDK_HEADERS, STREAM_BODY)),
+            "bare": (self.proxies["bare"].port, build_request("POST", self.fast.port, path, SDK_HEADERS, STREAM_BODY)),
+            "bare-stream": (0, build_request("POST", self.fast.port, path, SDK_HEADERS, STREAM_BODY)),
+        }
+        streaming_bare = Proxy("bare-stream", self.w, extra=("--set", "stream_large_bodies=1")).start()
+        variants["bare-stream"] = (streaming_bare.port, variants["bare-stream"][1])
+        first: dict[str, list[float]] = {n: [] for n in variants}
+        lags: dict[str, list[list[float]]] = {n: [] for n in variants}
+        arrivals: dict[str, list[list[float]]] = {n: [] for n in variants}
+        try:
+            for r in range(s.sse_rounds):
+                for name in rotate(list(variants), r):
+                    port, req = variants[name]
+                    f_, l_, a_ = self._sse_once(port, req, warm_direct if name == "direct" else warm_proxy)
+                    if len(l_) != events:
+                        raise RuntimeError(f"SSE through {name}: {len(l_)} events, expected {events}")
+                    first[name].append(f_)
+                    lags[name].append(l_)
+                    arrivals[name].append(a_)
+                log(f"SSE round {r + 1}/{s.sse_rounds}: first event " + ", ".join(f"{n} {first[n][-1]:.1f} ms" for n in variants))
+        finally:
+            streaming_bare.stop()
+        # per event: when it arrived (from the request's start) through the addon, minus when the same
+        # event arrived in the direct run of the same round; events leave the upstream on a fixed schedule
+        late = [a - d for ra, rd in zip(arrivals["addon-10"], arrivals["direct"]) for a, d in zip(ra, rd)]
+        late_stream = [a - d for ra, rd in zip(arrivals["bare-stream"], arrivals["direct"]) for a, d in zip(ra, rd)]
+        extra = [a - d for ra, rd in zip(lags["addon-10"], lags["direct"]) for a, d in zip(ra, rd)]
+        all_addon = [x for run in lags["addon-10"] for x in run]
+        all_direct = [x for run in lags["direct"] for x in run]
+        f = "{:.2f}"
+        self.results[4] = Result(
+            4, f"SSE: {events} events {interval_ms} ms apart", "first-event delay; per-event lag (arrival − upstream send) vs direct",
+            "every event within 5 ms of direct",
+            f"arrival vs direct, worst of {len(late)} events **+{max(late):.2f} ms** (median +{med(late):.2f} ms); "
+            f"first event after the request: direct {span(first['direct'], ' ms', f)}, addon {span(first['addon-10'], ' ms', f)}, "
+            f"bare mitmdump with stream_large_bodies=1 {span(first['bare-stream'], ' ms', f)} (its worst event +{max(late_stream):.2f} ms), "
+            f"bare mitmdump as is {span(first['bare'], ' ms', '{:.0f}')} (it buffers the whole stream); "
+            f"per-event lag after the upstream sent it: addon median {med(all_addon):.2f} ms, max {max(all_addon):.2f} ms, "
+            f"direct median {med(all_direct):.2f} ms (addon − direct per event: worst +{max(extra):.2f} ms)",
+            max(late) <= 5.0,
+            raw={"first": first, "late": late, "late_bare_stream": late_stream, "extra_lag": extra},
+        )
+
+    def _sse_once(self, port: int, request: bytes, warm: bytes) -> tuple[float, list[float], list[float]]:
+        """One stream on a kept-alive connection that has carried a small request first, as an SDK's
+        connection pool would have it (a fresh connection through mitmproxy costs about 2 ms more)."""
+        lags: list[float] = []
+        arrivals: list[float] = []
+        first = None
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(warm)
+            warm_reader = BodyReader(sock)
+            warm_reader.head()
+            for _ in warm_reader.body():
+                pass
+            if warm_reader.buf:
+                raise RuntimeError("SSE scenario: unexpected bytes after the warm-up answer")
+            t0 = time.time()
+            sock.sendall(request)
+            reader = BodyReader(sock)
+            reader.head()
+            pending = b""
+            for arrived, piece in reader.body():
+                pending += piece
+                while b"\n\n" in pending:
+                    event, pending = pending.split(b"\n\n", 1)
+                    data = event.partition(b"data: ")[2]
+                    if data == b"[DONE]":
+                        continue
+                    sent_at = json.loads(data)["sent_at"]
+                    if first is None:
+                        first = (arrived - t0) * 1000
+                    lags.append((arrived - sent_at) * 1000)
+                    arrivals.append((arrived - t0) * 1000)
+        return first or 0.0, lags, arrivals
+
+    # scenario 5
+
+    def memory(self) -> None:
+        s = self.s
+        assert self.fast
+        proxy = Proxy("addon-10-memory", self.w, self.rules10).start()
+        try:
+            headers = [*SDK_HEADERS[:1], ("Accept", "text/event-stream"), *SDK_HEADERS[2:]]
+            warm = build_request("GET", self.fast.port, "/v1/big?bytes=65536", headers)
+            fetch(proxy.port, warm)
+            time.sleep(0.5)
+            idle = proxy.status_kib("VmRSS")
+            try:
+                Path(f"/proc/{proxy.pid}/clear_refs").write_text("5")  # reset the peak (VmHWM) to now
+                hwm_reset = True
+            except OSError:
+                hwm_reset = False
+            peak = [idle]
+            stop = threading.Event()
+
+            def sample():
+                while not stop.is_set():
+                    try:
+                        peak.append(proxy.status_kib("VmRSS"))
+                    except (OSError, KeyError):
+                        pass
+                    stop.wait(0.02)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            req = build_request("GET", self.fast.port, f"/v1/big?bytes={s.big_bytes}", headers)
+            t0 = time.perf_counter()
+            got = 0
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=60) as sock:
+                sock.sendall(req)
+                reader = BodyReader(sock)
+                reader.head()
+                for _, piece in reader.body():
+                    got += len(piece)
+            seconds = time.perf_counter() - t0
+            stop.set()
+            sampler.join()
+            hwm = proxy.status_kib("VmHWM") if hwm_reset else max(peak)
+            top = max(max(peak), hwm)
+            after = proxy.status_kib("VmRSS")
+        finally:
+            proxy.stop()
+        if got != s.big_bytes:
+            raise RuntimeError(f"memory scenario: got {got} bytes of {s.big_bytes}")
+        growth = (top - idle) / 1024
+        size = f"{s.big_bytes / (1 << 30):g} GiB" if s.big_bytes >= 1 << 30 else f"{s.big_bytes >> 20} MiB"
+        self.results[5] = Result(
+            5, f"one {size} streamed response (SSE, through a token rule)", "mitmdump peak RSS over idle during the transfer",
+            "< 50 MiB",
+            f"**+{growth:.1f} MiB** (idle {idle / 1024:.1f} MiB, peak {top / 1024:.1f} MiB, after {after / 1024:.1f} MiB); "
+            f"{s.big_bytes / seconds / (1 << 20):.0f} MiB/s",
+            growth < 50,
+            raw={"idle_kib": idle, "peak_kib": top, "seconds": seconds, "bytes": got},
+        )
+
+    # scenarios 6 and 7: the protected upstream
+
+    def start_protected(self) -> None:
+        a, b = self.recovery_tokens
+        self.protected = upstream("protected", self.w, "--accept", a)
+        self.accepted = a
+        hosts = ["api.example.com", f"127.0.0.1:{self.protected.port}"]
+        rules = rules_file(self.w / "rules-recovery.yaml", realistic_rules(hosts), self.w / "tokens-recovery.txt",
+                           self.captcha_file(), strategy="sticky")
+        self.proxies["addon-recovery"] = Proxy("addon-recovery", self.w, rules).start()
+        # the first request makes token a the sticky one
+        status, _, _, _ = fetch(self.proxies["addon-recovery"].port, self._sdk_request())
+        if status != 200:
+            raise RuntimeError(f"recovery set-up: status {status}")
+
+    def _sdk_request(self) -> bytes:
+        assert self.protected
+        return build_request("POST", self.protected.port, "/v1/chat/completions", SDK_HEADERS, CHAT_BODY)
+
+    def _ready_request(self, absolute: bool = True) -> bytes:
+        """The request as the service wants it, for bare mitmdump and for the direct round trip."""
+        assert self.protected
+        headers = [("User-Agent", UA_BROWSER), ("Accept", "application/json"), ("Content-Type", "application/json"),
+                   ("X-Captcha-Token", self.captcha_value), ("Cookie", f"theme=dark; session={self.accepted}")]
+        return build_request("POST", self.protected.port, "/v1/chat/completions", headers, CHAT_BODY, absolute)
+
+    def _control(self, path: str, body: bytes = b"") -> dict:
+        assert self.protected
+        _, _, answer, _ = fetch(self.protected.port, build_request("POST", self.protected.port, path, [], body, absolute=False))
+        return json.loads(answer)
+
+    def _flip(self) -> None:
+        """The upstream now refuses the token the proxy uses and accepts the other one."""
+        a, b = self.recovery_tokens
+        self.accepted = b if self.accepted == a else a
+        self._control("/__bench/accept", self.accepted.encode())
+
+    def recovery(self) -> None:
+        s = self.s
+        assert self.protected
+        proxy = self.proxies["addon-recovery"]
+        lat: dict[str, list[float]] = {"direct": [], "plain": [], "recovered": []}
+        self._control("/__bench/clear")
+        for r in range(s.recovery_rounds):
+            order = rotate(["direct", "recovered", "plain"], r)
+            for kind in order:
+                if kind == "direct":
+                    status, _, _, t = fetch(self.protected.port, self._ready_request(absolute=False))
+                elif kind == "plain":
+                    status, _, _, t = fetch(proxy.port, self._sdk_request())
+                else:
+                    self._flip()
+                    status, _, _, t = fetch(proxy.port, self._sdk_request())
+                if status != 200:
+                    raise RuntimeError(f"recovery scenario: {kind} request answered {status}")
+                lat[kind].append(t * 1000)
+        seen = self._control("/__bench/count")
+        refused = seen["statuses"].count(403)
+        if refused != s.recovery_rounds:
+            raise RuntimeError(f"recovery scenario: the upstream refused {refused} requests, expected {s.recovery_rounds}")
+        extra = [rec - pl for rec, pl in zip(lat["recovered"], lat["plain"])]
+        budget = med(lat["direct"]) + 2
+        f = "{:.2f}"
+        self.results[6] = Result(
+            6, "recovery: a request refused once, then served", "its latency − a plain request's (both through the addon)",
+            "≤ one upstream round trip + 2 ms",
+            f"**+{med(lat['recovered']) - med(lat['plain']):.2f} ms** (paired per round: {span(extra, ' ms', f)}); "
+            f"budget {budget:.2f} ms = direct round trip {span(lat['direct'], ' ms', f)} + 2 ms; "
+            f"plain {span(lat['plain'], ' ms', f)}, recovered {span(lat['recovered'], ' ms', f)}; "
+            f"{s.recovery_rounds} rounds, fresh connection per request",
+            med(lat["recovered"]) - med(lat["plain"]) <= budget,
+            raw=lat,
+        )
+
+    def storm(self) -> None:
+        s = self.s
+        assert self.protected
+        addon, bare = self.proxies["addon-recovery"], self.proxies["bare"]
+        walls: dict[str, list[float]] = {"storm": [], "plain": [], "plain-400-connections": [], "addon-200-plain": []}
+        refused_counts = []
+        for r in range(s.storm_rounds):
+            for kind in rotate(list(walls), r):
+                self._control("/__bench/clear")
+                if kind == "storm":
+                    self._flip()
+                    wall, statuses, _ = burst(addon.port, [[self._sdk_request()] for _ in range(200)])
+                    expect = 200
+                elif kind == "addon-200-plain":
+                    wall, statuses, _ = burst(addon.port, [[self._sdk_request()] for _ in range(200)])
+                    expect = 200
+                elif kind == "plain-400-connections":
+                    wall, statuses, _ = burst(bare.port, [[self._ready_request()] for _ in range(400)])
+                    expect = 400
+                else:
+                    req = self._ready_request()
+                    wall, statuses, _ = burst(bare.port, [[req, req] for _ in range(200)])
+                    expect = 400
+                seen = self._control("/__bench/count")
+                if statuses.count(200) != expect:
+                    raise RuntimeError(f"storm scenario ({kind}): {statuses.count(200)} of {expect} served")
+                if kind == "storm":
+                    refused_counts.append(seen["statuses"].count(403))
+                walls[kind].append(wall * 1000)
+                time.sleep(0.3)
+            log(f"storm round {r + 1}/{s.storm_rounds}: storm {walls['storm'][-1]:.0f} ms "
+                f"({refused_counts[-1]} refused), 400 plain through bare {walls['plain'][-1]:.0f} ms")
+        ratios = [a / b for a, b in zip(walls["storm"], walls["plain"])]
+        ratios400 = [a / b for a, b in zip(walls["storm"], walls["plain-400-connections"])]
+        self.results[7] = Result(
+            7, "storm: 200 concurrent requests refused with the same token", "wall time ÷ 400 plain requests through bare mitmdump",
+            "all served; ≤ 1.5×",
+            f"all 200 served every round; **{med(ratios):.2f}×** ({min(ratios):.2f}–{max(ratios):.2f}); "
+            f"storm {span(walls['storm'], ' ms')}, plain {span(walls['plain'], ' ms')}; "
+            f"refused (and replayed) per storm: {span(refused_counts)} of 200; "
+            f"against 400 plain requests on 400 connections instead: {med(ratios400):.2f}× "
+            f"({span(walls['plain-400-connections'], ' ms')}); 200 requests through the addon with no refusal: "
+            f"{span(walls['addon-200-plain'], ' ms')}",
+            med(ratios) <= 1.5,
+            raw={**walls, "refused": refused_counts},
+        )
+
+    # scenario 8
+
+    def captcha(self) -> None:
+        s = self.s
+        assert self.fast
+        counter = self.w / "captcha-runs.txt"
+        cmd = self.w / "bench-captcha.sh"
+        cmd.write_text(f'#!/bin/sh\necho run >> "{counter}"\nsleep 0.2\necho "cap-cmd-$$-$(date +%s%N)"\n')
+        cmd.chmod(0o755)
+        hosts = ["api.example.com", f"127.0.0.1:{self.fast.port}"]
+        rules = rules_file(self.w / "rules-captcha.yaml", realistic_rules(hosts), self.w / "tokens.txt",
+                           f'  command: ["./{cmd.name}"]\n  ttl: 110\n  timeout: 10')
+        runs, walls, distinct = [], [], []
+        req = build_request("POST", self.fast.port, "/v1/echo", SDK_HEADERS, CHAT_BODY)
+        for r in range(s.captcha_rounds):
+            counter.write_text("")
+            proxy = Proxy(f"addon-captcha-{r}", self.w, rules).start()
+            try:
+                wall, statuses, bodies = burst(proxy.port, [[req] for _ in range(100)])
+            finally:
+                proxy.stop()
+            if statuses.count(200) != 100:
+                raise RuntimeError(f"captcha scenario: {statuses.count(200)} of 100 answered 200")
+            values = {dict((k.lower(), v.strip()) for k, v in json.loads(b)["headers"]).get("x-captcha-token") for b in bodies}
+            runs.append(len(counter.read_text().split()))
+            walls.append(wall * 1000)
+            distinct.append(len(values))
+        self.results[8] = Result(
+            8, "captcha command (takes 0.2 s) with ttl, 100 concurrent requests", "command runs", "exactly 1",
+            f"**{', '.join(map(str, runs))}** (one per round, {len(runs)} round(s), fresh proxy each); "
+            f"distinct values sent: {', '.join(map(str, distinct))}; burst wall {span(walls, ' ms')}",
+            all(n == 1 for n in runs) and all(d == 1 for d in distinct),
+            raw={"runs": runs, "walls": walls},
+        )
+
+    # scenario 9
+
+    def startup_reload(self) -> None:
+        s = self.s
+        assert self.fast
+        names = {"bare": None, "addon-10": self.rules10, "addon-1000": self.rules1000}
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(s.startup_rounds):
+            for name in rotate(list(names), r):
+                p = Proxy(f"startup-{name}", self.w, names[name])
+                p.start(wait=False)
+                try:
+                    wait_for_port(p.port, proc=p.proc)
+                    times[name].append(time.perf_counter() - p.started_at)
+                finally:
+                    p.stop()
+            log(f"start-up round {r + 1}/{s.startup_rounds}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in names))
+        added = [a - b for a, b in zip(times["addon-1000"], times["bare"])]
+        load = self._load_config_seconds(self.rules1000)
+        reload = self._reload()
+        f2 = "{:.2f}"
+        f3 = "{:.3f}"
+        self.results[9] = Result(
+            9, "start-up and hot reload of a 1,000-rule file", "seconds", "< 1 s each",
+            f"start-up: added over bare **+{span(added, ' s', f2)}** (to listening: bare {span(times['bare'], ' s', f2)}, "
+            f"10 rules {span(times['addon-10'], ' s', f2)}, 1,000 rules {span(times['addon-1000'], ' s', f2)}); "
+            f"parsing the file: {load['first'] * 1000:.0f} ms cold, {load['warm'] * 1000:.0f} ms warm; "
+            f"hot reload: edit → applied **{span(reload['applied'], ' s', f2)}** (includes the watcher's 1 s poll), "
+            f"longest stall of requests during a reload {span(reload['stall'], ' s', f3)}",
+            med(added) < 1 and max(reload["applied"]) < 1.0 + 1.0 and med(reload["stall"]) < 1,
+            raw={"startup": times, "load": load, "reload": reload},
+        )
+
+    def _load_config_seconds(self, rules: Path) -> dict[str, float]:
+        code = (
+            "import sys, time, json\n"
+            f"sys.path.insert(0, {str(ADDON_MAIN.parent.parent)!r})\n"
+            "t = time.perf_counter(); import addon.config; imp = time.perf_counter() - t\n"
+            "runs = []\n"
+            "for _ in range(4):\n"
+            f"    t = time.perf_counter(); addon.config.load_config({str(rules)!r}); runs.append(time.perf_counter() - t)\n"
+            "print(json.dumps({'import': imp, 'first': runs[0], 'warm': sorted(runs[1:])[1]}))\n"
+        )
+        out = subprocess.run([str(PYTHON), "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+        if out.returncode:
+            raise RuntimeError(out.stderr)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def _reload(self) -> dict[str, list[float]]:
+        """Edit the 1,000-rule file under a running proxy; poll through it until the upstream sees the edit."""
+        assert self.fast
+        src = self.rules1000.read_text()
+        path = self.w / "rules1000-reload.yaml"
+        path.write_text(src)
+        proxy = Proxy("addon-1000-reload", self.w, path).start()
+        req = build_request("POST", self.fast.port, "/v1/echo", SDK_HEADERS, CHAT_BODY)
+        applied, stall = [], []
+        try:
+            for r in range(self.s.reload_rounds):
+                time.sleep(1.2)  # let a poll of the unchanged file pass
+                marker = f"Safari/537.36 rev{r}"
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(src.replace("Safari/537.36", marker))
+                t0 = time.perf_counter()
+                os.replace(tmp, path)  # an editor's atomic save
+                longest = 0.0
+                while True:
+                    status, _, body, t = fetch(proxy.port, req)
+                    longest = max(longest, t)
+                    got = {k.lower(): v.strip() for k, v in json.loads(body)["headers"]}
+                    if marker in got.get("user-agent", ""):
+                        applied.append(time.perf_counter() - t0)
+                        break
+                    if time.perf_counter() - t0 > 10:
+                        raise RuntimeError(f"reload: the edit was not applied within 10 s\n{proxy.log()[-2000:]}")
+                    time.sleep(0.005)
+                # a few more requests after the reload, so the stall includes any slowness right after it
+                for _ in range(5):
+                    longest = max(longest, fetch(proxy.port, req)[3])
+                stall.append(longest)
+                log(f"reload round {r + 1}/{self.s.reload_rounds}: applied after {applied[-1]:.2f} s, longest request {longest * 1000:.0f} ms")
+        finally:
+            proxy.stop()
+        return {"applied": applied, "stall": stall}
+
+    # report
+
+    def check_logs(self) -> None:
+        for name, proxy in self.proxies.items():
+            bad = [e for e in proxy.errors() if "error" in e.lower()]
+            if bad:
+                self.notes.append(f"`{name}` logged {len(bad)} error line(s), e.g. `{bad[0][:200]}`")
+
+
+def cpu_busy_seconds() -> float:
+    """Seconds of CPU time all processes used so far (from /proc/stat), to tell how much the rest of the
+    machine took during the run."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = [int(x) for x in fields]
+    busy = sum(ticks[:8]) - ticks[3] - ticks[4]  # all but idle and iowait (guest time is in user)
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def machine() -> list[str]:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kib / (1 << 20):.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0].split("Copyright")[0].strip()
+    mitm = subprocess.run([str(PYTHON), "-c", "import mitmproxy.version as v; print(v.VERSION)"], capture_output=True, text=True).stdout.strip()
+    pyver = subprocess.run([str(PYTHON), "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True).stdout.strip()
+    os_name = platform.platform()
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                os_name = line.split("=", 1)[1].strip('"') + f", kernel {platform.release()}"
+    except OSError:
+        pass
+    return [
+        f"{cpu}, {os.cpu_count()} logical CPUs{mem}",
+        os_name,
+        f"Python {pyver}, mitmproxy {mitm}, {wrk_version}",
+        ("mitmdump pinned to CPU " + ",".join(map(str, sorted(PROXY_CPUS or ()))) + "; wrk, the upstreams and the "
+         "driver to CPU " + ",".join(map(str, sorted(OTHER_CPUS or ())))) if PINNED else "one CPU: nothing pinned",
+    ]
+
+
+def render(bench: Bench, s: Settings, started: float, argv: list[str]) -> str:
+    when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    took = time.monotonic() - started
+    cmd = "scripts/bench" + (" " + " ".join(argv) if argv else "")
+    rows = []
+    for n in sorted(bench.results):
+        r = bench.results[n]
+        met = {True: "met", False: "**missed**", None: "–"}[r.met]
+        rows.append(f"| {n} | {r.scenario} | {r.measure} | {r.target} | {r.result} | {met} |")
+    m = machine()
+    out = [
+        "# Benchmarks",
+        "",
+        f"Results of one run of `{cmd}` ({'quick' if s.quick else 'full'} settings), {when}, {took / 60:.1f} minutes. "
+        "Scenarios and targets are those of issue 4. Figures are medians over the rounds, with the minimum and maximum "
+        "in brackets; every ratio compares runs made side by side in the same run, alternating between the variants.",
+        "",
+        "| # | scenario | measure | target | result | |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+    if bench.notes:
+        out += ["Notes from this run:", "", *(f"- {n}" for n in bench.notes), ""]
+    out += [
+        "## Machine",
+        "",
+        *(f"- {line}" for line in m),
+        "",
+        "## Reproduce",
+        "",
+        "```sh",
+        "scripts/bench            # the full run; rewrites this file",
+        "scripts/bench --quick    # under 2 minutes, to check a change; writes a scratch copy, prints the table",
+        "scripts/bench --only 1,2 # some scenarios",
+        "scripts/bench --quick --addon ../other/addon/main.py  # measure a change kept in another worktree",
+        "```",
+        "",
+        "`scripts/bench` runs `scripts/setup requirements-dev.txt` (nothing to install beyond the pinned test "
+        "requirements) and, when `wrk` is missing, installs it from the Debian/Ubuntu archive with "
+        "`apt-get install wrk` (as root, or through sudo). Nothing else is needed; everything runs on 127.0.0.1.",
+        "",
+        "## Method",
+        "",
+        f"- **Processes.** An upstream, the proxies, the load generator and the driver are separate processes on "
+        "127.0.0.1. " + ("Each mitmdump is pinned to its own core and everything else to the other, so the proxy "
+                         "under test never competes with the client for a CPU. " if PINNED else "")
+        + "All proxies run with `--set flow_detail=0` (no per-flow output, which would otherwise dominate) and the "
+        "default options otherwise; the addon proxies add `-s addon/main.py --set rules=…`.",
+        "- **Upstreams.** `scripts/bench_servers.py fast`: a minimal asyncio HTTP/1.1 server (it serves about 100,000 "
+        "small requests per second on one core, two orders of magnitude above mitmdump) answering a 300-byte chat "
+        "completion, Server-Sent Events on a fixed schedule, or a large event stream. `scripts/bench_servers.py "
+        "protected`: the demo's `ProtectedAPI` (scripts/fake_upstream.py) under hypercorn, with a control route "
+        "that sets which tokens it accepts.",
+        "- **The request.** A `POST /v1/chat/completions` as the OpenAI Python SDK sends it (SDK `User-Agent`, "
+        "`X-Stainless-*` headers, cookies `theme`, `tracking`, `session`, a 100-byte JSON body with "
+        "`\"stream\": false`), in absolute form to the proxy. Before measuring, the bench checks through a `/echo` "
+        "route that the addon proxies rewrite it (browser `User-Agent`, `X-Stainless-*` removed, `Origin`, "
+        "captcha header, `session` cookie set to a token, `tracking` removed) and bare mitmdump does not.",
+        "- **Rules files.** The realistic file has 10 rules: browser headers, client-hint headers, `Origin` on "
+        "POST/PUT/PATCH, `Accept` by stream detection on the JSON body (two rules), `{captcha}` from a file "
+        "(ttl 110 s) and `{token}` (4 tokens, round robin) in a cookie with another cookie removed, a `filter:` "
+        "rule, an upload rule (other path and method), and two rules for other hosts; 8 of them are checked against the "
+        "request and 5 apply (12 header edits, 2 cookie edits). The 1,000-rule file adds 990: 40 for the same host "
+        "on other paths, 851 for other exact hosts (20 of them with a filter), 99 with wildcard hosts "
+        "(`*.tN.example.org`). Both files also have "
+        "`on_response`, tokens with a state file and a breaker, as in rules.yaml.",
+        f"- **1, 2: throughput.** `wrk -t1 -c{s.connections} -d{s.tput_seconds:g}s` with a Lua script that sends "
+        f"the request above, through each proxy in turn (bare; a script made of the addon's own addons with every hook "
+        "replaced by one that does nothing, to show what mitmproxy charges for any such script; 10 rules; 1,000 rules; the order rotates "
+        "each round), "
+        f"{s.rounds} rounds after a 1-second warm-up each. A run with any error or non-2xx answer is an error. The "
+        "ratio is computed per round (addon ÷ bare of the same round), then its median is taken.",
+        f"- **3: latency.** The same with one connection (`-c1`), {s.lat_seconds:g} s per run, {s.rounds} rounds: "
+        "one request at a time, so nothing queues. p50 and p99 come from wrk's latency histogram (microseconds). "
+        "The difference is taken per round.",
+        f"- **4: SSE.** The upstream sends 50 events 20 ms apart, each stamped with its send time; the client "
+        f"(this driver, a blocking socket) stamps each event's arrival. Lag = arrival − send. The same stream is "
+        f"fetched directly, through the addon (10 rules; the JSON body says `\"stream\": true`), through bare "
+        f"mitmdump with `stream_large_bodies=1` (mitmproxy streaming on its own, for scale) and through bare mitmdump "
+        f"as is, {s.sse_rounds} rounds. Each stream goes on a kept-alive connection that has carried one small "
+        "request first, as in an SDK's connection pool. The target is judged on every single event: its arrival time (from the "
+        "start of the request) through the addon minus the arrival time of the same event in the direct run of the "
+        "same round; the events leave the upstream on a fixed schedule from the moment the request reached it, so "
+        "this includes the extra time the request took to get there.",
+        f"- **5: memory.** A fresh addon proxy; after one small warm-up stream, idle RSS is read, the kernel's peak "
+        f"counter is reset (`/proc/PID/clear_refs`), then {s.big_bytes >> 20} MiB of `text/event-stream` in 64 KiB "
+        "events are fetched through it with `Accept: text/event-stream` (the `account` rule puts a token in, so the "
+        "answer goes through the addon's retry check before it streams) while RSS is also sampled every 20 ms. Growth = peak − idle. "
+        "Bare mitmdump is not measured here: without `stream_large_bodies` it holds the whole body in memory.",
+        f"- **6: recovery.** Against the protected upstream, the addon with the 10 rules and two tokens "
+        f"(`sticky`). Each round (the order rotates) makes three requests, each on a fresh connection: direct to "
+        "the upstream with the headers it wants (the upstream round trip); through the addon, plain; and through "
+        "the addon after the upstream was told to refuse the token in use, so that it is refused once and replayed "
+        f"with the other token. {s.recovery_rounds} rounds; the bench checks that the upstream refused exactly one "
+        "request per round. Target: median(recovered) − median(plain) ≤ median(direct) + 2 ms.",
+        f"- **7: storm.** The upstream is told to refuse the sticky token, then 200 connections (opened first) "
+        "each send one request through the addon at once; every one must end in a 200. Against it: the same 200 "
+        "connections each sending two ready-made requests (the headers and token the upstream wants) through bare "
+        "mitmdump: 400 requests, 400 upstream answers, like the storm's 200 refusals plus 200 replays. "
+        "For context, also measured in the same rounds: 400 ready-made requests on 400 connections through bare "
+        "mitmdump, and 200 SDK requests through the addon that are not refused. "
+        f"Wall time from the first send to the last answer; {s.storm_rounds} rounds, alternating. The storm's "
+        "row also says how many of the 200 were actually refused: a request that draws its token after the "
+        "first refusal was handled already gets the next token and is not refused at all.",
+        f"- **8: captcha.** The captcha source is a command that appends to a counter file and sleeps 0.2 s "
+        f"(`ttl: 110`). A fresh proxy per round, 100 connections opened, then one request each at once; the "
+        "counter must say 1 and the upstream must have seen one value.",
+        f"- **9: start-up and reload.** Start-up: from spawning mitmdump to its port accepting connections, bare, "
+        f"10 rules and 1,000 rules, {s.startup_rounds} rounds; the addon's share is the difference to bare mitmdump "
+        "of the same round. Parsing: `load_config` on the 1,000-rule file in a fresh interpreter, first call and "
+        f"warm. Reload: under a running proxy the file is replaced (atomic rename) with one header value changed; "
+        "requests through the proxy every 5 ms tell when the upstream first sees the new value (this includes the "
+        "watcher's 1-second poll), and the slowest of those requests is the stall the reload caused; "
+        f"{s.reload_rounds} rounds. Met when the added start-up is under 1 s, the edit is applied within the "
+        "poll interval plus 1 s, and the stall is under 1 s.",
+        "",
+    ]
+    raw = {n: r.raw for n, r in sorted(bench.results.items())}
+    out += ["<details><summary>Raw figures of this run (JSON)</summary>", "", "```json",
+            json.dumps(raw, separators=(",", ":")),
+            "```", "", "</details>", ""]
+    return "\n".join(out)
+
+
+KEEP_MARKER = "<!-- written by hand below this line; scripts/bench keeps it when it rewrites the file -->"
+
+
+def round_floats(o):
+    if isinstance(o, float):
+        return round(o, 4)
+    if isinstance(o, dict):
+        return {k: round_floats(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [round_floats(v) for v in o]
+    return o
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds (under 2 minutes)")
+    parser.add_argument("--only", help="comma-separated scenario numbers (1-9)")
+    parser.add_argument("--rounds", type=int, help="rounds of the throughput and latency scenarios")
+    parser.add_argument("--out", type=Path, help="where to write the report (default: BENCHMARKS.md for a full run "
+                                                 "of every scenario, a file in the work folder otherwise)")
+    parser.add_argument("--workdir", type=Path, help="scratch folder (default: a new one under /tmp/bench)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, rules files)")
+    parser.add_argument("--addon", type=Path, help="the addon's main.py to measure (default: this checkout's); "
+                                                   "to try a change kept in another worktree")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        print("wrk is not installed; run scripts/bench (it installs it) or apt-get install wrk", file=sys.stderr)
+        return 2
+    global ADDON_MAIN
+    if args.addon:
+        ADDON_MAIN = args.addon.resolve()
+    s = QUICK if args.quick else FULL
+    if args.rounds:
+        s.rounds = args.rounds
+    only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 10))
+    if args.workdir:
+        workdir = args.workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        base = Path(tempfile.gettempdir()) / "bench"
+        base.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix="run-", dir=base))
+    if OTHER_CPUS:
+        os.sched_setaffinity(0, OTHER_CPUS)
+    started = time.monotonic()
+    busy0, own0 = cpu_busy_seconds(), own_cpu_seconds()
+    bench = Bench(s, workdir)
+    if args.addon:
+        bench.notes.append(f"The addon measured is {ADDON_MAIN}, not this checkout's.")
+    argv = [a for a in sys.argv[1:]]
+    log(f"{'quick' if s.quick else 'full'} run of scenarios {sorted(only)}; scratch folder {workdir}")
+    ok = False
+    try:
+        bench.start_common()
+        if 1 in only or 2 in only:
+            bench.throughput()
+            if 2 not in only:
+                bench.results.pop(2)
+            if 1 not in only:
+                bench.results.pop(1)
+        if 3 in only:
+            bench.latency()
+        if 4 in only:
+            bench.sse()
+        if 6 in only or 7 in only:
+            bench.start_protected()
+            if 6 in only:
+                bench.recovery()
+            if 7 in only:
+                bench.storm()
+        if 8 in only:
+            bench.captcha()
+        if 9 in only:
+            bench.startup_reload()
+        if 5 in only:
+            bench.memory()
+        bench.check_logs()
+        ok = True
+    finally:
+        Proc.stop_all()
+        wall = time.monotonic() - started
+        foreign = max(0.0, (cpu_busy_seconds() - busy0) - (own_cpu_seconds() - own0))
+        bench.notes.append(
+            f"Other processes on the machine used {foreign:.0f} CPU-seconds during the {wall:.0f} s run "
+            f"({100 * foreign / wall:.0f}% of one CPU)" + ("; figures may be disturbed by them." if foreign / wall > 0.05 else ".")
+        )
+        if bench.results:
+            for r in bench.results.values():
+                r.raw = round_floats(r.raw)
+            report = render(bench, s, started, argv)
+            full = not s.quick and only == set(range(1, 10)) and ok and not args.addon
+            scratch = Path(tempfile.gettempdir()) / "bench" / ("BENCHMARKS-quick.md" if s.quick else "BENCHMARKS-partial.md")
+            out = args.out or (ROOT / "BENCHMARKS.md" if full else scratch)
+            if out.exists() and KEEP_MARKER in out.read_text():
+                # the analysis written by hand below the marker stays; only the measured part is replaced
+                report += "\n" + KEEP_MARKER + out.read_text().split(KEEP_MARKER, 1)[1]
+            out.write_text(report)
+            print()
+            print("\n".join(line for line in report.splitlines() if line.startswith("|")))
+            print(f"\nreport written to {out}; took {(time.monotonic() - started) / 60:.1f} min")
+        if ok and not args.keep and not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        elif not ok:
+            print(f"logs kept in {workdir}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
