@@ -34,6 +34,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fake_upstream  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv" / "bin"
 PYTHON = VENV / "python"
@@ -89,17 +92,7 @@ def free_port() -> int:
 
 
 def wait_for_port(port: int, timeout: float = 30, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"process {proc.args[0]} exited with {proc.returncode} before listening on {port}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s") from None
-            time.sleep(0.005)
+    fake_upstream.wait_for_port(port, timeout, proc, poll=0.005)
 
 
 class Proc:

@@ -168,7 +168,7 @@ async def serve_fast(port: int) -> None:
 
 def serve_protected(port: int, accept: list[str]) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from fake_upstream import ProtectedAPI  # noqa: E402
+    from fake_upstream import ProtectedAPI, read_body  # noqa: E402
     from hypercorn.asyncio import serve  # noqa: E402
     from hypercorn.config import Config  # noqa: E402
 
@@ -176,12 +176,7 @@ def serve_protected(port: int, accept: list[str]) -> None:
 
     async def app(scope, receive, send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/__bench/"):
-            body = b""
-            while True:
-                message = await receive()
-                body += message.get("body", b"")
-                if not message.get("more_body"):
-                    break
+            body = await read_body(receive)
             if scope["path"] == "/__bench/accept":
                 api.tokens = {t for t in body.decode().split() if t}
                 answer = {"accepted": len(api.tokens)}

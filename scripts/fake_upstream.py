@@ -77,12 +77,7 @@ class ProtectedAPI:
                 await send({"type": kind + ".complete"})
                 if kind == "lifespan.shutdown":
                     return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
         rec = Received(
             scope["method"], scope["path"], scope["query_string"].decode(), scope["http_version"], headers, body, time.time()
@@ -211,17 +206,29 @@ def demo_tokens(path: Path) -> set[str]:
     return {t for t in lines if t and not t.startswith("#") and "expired" not in t}
 
 
-def wait_for_port(port: int, timeout: float = 15.0) -> None:
-    """Return once something accepts connections on 127.0.0.1:port."""
+def wait_for_port(port: int, timeout: float = 15.0, proc=None, poll: float = 0.05) -> None:
+    """Return once something accepts connections on 127.0.0.1:port (`proc`: fail early if it exits)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
         except OSError:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"process {proc.args[0]} exited with {proc.returncode} before listening on {port}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s") from None
-            time.sleep(0.05)
+            time.sleep(poll)
+
+
+async def read_body(receive) -> bytes:
+    """The whole request body of an ASGI request."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
 
 
 def main() -> None:
