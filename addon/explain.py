@@ -77,10 +77,7 @@ def flow_from_curl(command: str) -> http.HTTPFlow:
         if opt in ("-X", "--request"):
             method = value()
         elif opt in ("-H", "--header"):
-            name, sep, val = value().partition(":")
-            if not sep:
-                raise InputError(f"bad curl header {name!r}: expected 'Name: value'")
-            headers.append((name.strip(), val.strip()))
+            headers.append(_header(value(), "curl header"))
         elif opt in ("-d", "--data", "--data-raw", "--data-binary", "--data-ascii"):
             data = value()
             body = (body + "&" if body else "") + data
@@ -197,10 +194,12 @@ def requests_from_args(args: argparse.Namespace) -> list[http.HTTPFlow]:
     if not args.request or len(args.request) != 2:
         raise InputError("give --flows FILE, --curl 'curl ...', or METHOD URL")
     method, url = args.request
-    headers = []
-    for h in args.header or []:
-        name, sep, value = h.partition(":")
-        if not sep:
-            raise InputError(f"bad header {h!r}: expected 'Name: value'")
-        headers.append((name.strip(), value.strip()))
+    headers = [_header(h, "header") for h in args.header or []]
     return [make_flow(method, url, headers, args.data)]
+
+
+def _header(text: str, what: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep:
+        raise InputError(f"bad {what} {text!r}: expected 'Name: value'")
+    return name.strip(), value.strip()

@@ -218,25 +218,23 @@ class BodyReader:
                     while self.buf.find(b"\r\n") < 0:
                         self._recv()
                     return
-                while size > 0:
-                    if not self.buf:
-                        now = self._recv()
-                    take = min(size, len(self.buf))
-                    yield now, bytes(self.buf[:take])
-                    del self.buf[:take]
-                    size -= take
+                now = yield from self._exactly(size, now)
                 while len(self.buf) < 2:
                     now = self._recv()
                 del self.buf[:2]
         else:
-            left = int(self.headers.get("content-length", "0"))
-            while left > 0:
-                if not self.buf:
-                    now = self._recv()
-                take = min(left, len(self.buf))
-                yield now, bytes(self.buf[:take])
-                del self.buf[:take]
-                left -= take
+            yield from self._exactly(int(self.headers.get("content-length", "0")), now)
+
+    def _exactly(self, size: int, now: float):
+        """Yield (arrival time, bytes) for the next `size` body bytes; return the last arrival time."""
+        while size > 0:
+            if not self.buf:
+                now = self._recv()
+            take = min(size, len(self.buf))
+            yield now, bytes(self.buf[:take])
+            del self.buf[:take]
+            size -= take
+        return now
 
 
 def fetch(port: int, request: bytes, timeout: float = 30) -> tuple[int, dict[str, str], bytes, float]:
