@@ -37,6 +37,7 @@ class RulesLoader:
         self._watcher = FileWatcher()
         self._state_file: Path | None = None
         self._save_pending: asyncio.TimerHandle | None = None
+        self._save_problem: str | None = None  # the last failure to write the state file, logged once
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -142,7 +143,14 @@ class RulesLoader:
         try:
             statefile.save_state(self._state_file, self.tokens.to_state())
         except OSError as e:
-            logger.error(f"tokens: cannot write the state file {self._state_file}: {e}; token health is kept in memory only")
+            problem = f"tokens: cannot write the state file {self._state_file}: {e.strerror or e}"
+            if problem != self._save_problem:  # once, not at every change of token health
+                logger.error(f"{problem}; token health is kept in memory only until it can be written")
+            self._save_problem = problem
+            return
+        if self._save_problem is not None:
+            logger.info(f"tokens: the state file {self._state_file} is written again")
+            self._save_problem = None
 
     def _captcha_changed(self) -> None:
         if self.captcha is not None:

@@ -6,6 +6,9 @@ HTTP/2 and the other addons all apply, and each attempt is a flow of its own in
 mitmweb), with only the token (and a fresh captcha value) changed. The client
 gets the answer of the attempt that worked, or the last refusal when none did.
 
+A retry that gets no whole answer within `retry_timeout` seconds is hung up
+(its upstream connections are closed) and counts as a failed attempt.
+
 The retry is a small state machine, in the manner of httpx's auth flows:
 `verdict` decides what an answer means, `_next_values` what to try next,
 `_attempt` performs one try, and `max_attempts` bounds the loop.
@@ -13,11 +16,14 @@ The retry is a small state machine, in the manner of httpx's auth flows:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.flow import Error
+from mitmproxy.hooks import UpdateHook
 from mitmproxy.addons.clientplayback import ReplayHandler
 
 from addon.config import REFRESH_CAPTCHA, ROTATE, Config
@@ -32,6 +38,7 @@ from addon.verdict import applies, retry_after, verdict
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_ATTEMPTS = 3  # for captcha-only flows, when the file has no tokens section
+HANG_UP_GRACE = 5.0  # seconds a hung-up replay gets to wind down before its task is cancelled
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,23 @@ class Recovery:
     def __init__(self, state: RulesLoader, rewriter: Rewriter) -> None:
         self.state = state
         self.rewriter = rewriter
+        self.timeout = 120.0
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "retry_timeout",
+            int,
+            120,
+            "Seconds a retry of a refused request (see on_response in the rules) may take to "
+            "get its whole answer. A retry that takes longer is hung up and counts as a failed "
+            "attempt: the client gets the refusal it replaced.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "retry_timeout" in updated:
+            if ctx.options.retry_timeout <= 0:
+                raise exceptions.OptionsError("retry_timeout must be a positive number of seconds")
+            self.timeout = float(ctx.options.retry_timeout)
 
     async def response(self, flow: http.HTTPFlow) -> None:
         if REPLAY_KEY in flow.metadata or flow.response is None:
@@ -66,6 +90,12 @@ class Recovery:
             return
         if action is None:
             self._settled(flow.response, sent.values, sent.at)
+            return
+        if action == ROTATE and CAPTCHA in sent.plan.uses and CAPTCHA not in sent.values:
+            # the captcha source failed and the request went without its value: that, not the
+            # token, is the likely cause, and rotating would mark good tokens refused
+            logger.warning(f"not retried {flow.request.pretty_url}: the {flow.response.status_code} is not blamed on "
+                           "the token, as the request went without its captcha value (the captcha source failed)")
             return
         await self._recover(flow, sent, action, config)
 
@@ -108,7 +138,7 @@ class Recovery:
             values = next_values
             sent_at = time.time()
             copy = await self._attempt(flow, sent, values, len(attempts) + 1)
-            if copy.response is None or copy.response.stream:
+            if copy.error or copy.response is None or copy.response.stream:
                 attempts.append(Attempt(None, values))
                 why = copy.error.msg if copy.error else "the answer was too large to hold (stream_large_bodies)"
                 outcome = f"attempt {len(attempts)} failed: {why}"
@@ -171,8 +201,22 @@ class Recovery:
         apply_plan(sent.plan.dynamic(), copy.request, values)
         secret = values.get(TOKEN) or values.get(CAPTCHA, "")
         copy.comment = f"attempt {n} of flow {flow.id[:8]}, with {'token' if TOKEN in values else 'captcha'} {mask(secret)}"
-        await ReplayHandler(copy, ctx.options).replay()
+        handler = ReplayHandler(copy, ctx.options)
+        replay = asyncio.ensure_future(handler.replay())
+        if not (await asyncio.wait({replay}, timeout=self.timeout))[0]:
+            await _hang_up(handler, replay)
+            copy.error = Error(f"no whole answer within {self.timeout:g} s (retry_timeout)")
+            ctx.master.addons.trigger(UpdateHook([copy]))  # so mitmweb shows why
         return copy
+
+
+async def _hang_up(handler: ReplayHandler, replay: asyncio.Future) -> None:
+    """Close a replay's upstream connections; mitmproxy then ends its flow with an error."""
+    for io in handler.transports.values():
+        if io.handler:
+            io.handler.cancel()
+    if not (await asyncio.wait({replay}, timeout=HANG_UP_GRACE))[0]:
+        replay.cancel()
 
 
 def _take_response(flow: http.HTTPFlow, response: http.Response) -> None:
