@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from mitmproxy import http, io
 
 from fake_upstream import ProtectedAPI, UpstreamServer
 from helpers import TOKENS
@@ -108,6 +109,7 @@ class Proxy:
             str(MITMDUMP.with_name(self.tool)), *script,
             "--listen-host", "127.0.0.1", "--listen-port", str(self.port), "--set", f"confdir={self.confdir}",
             "--set", "ssl_insecure=true", "--set", "flow_detail=0", "--set", "termlog_verbosity=debug",
+            "--set", f"save_stream_file={workdir / f'{self.tool}-{self.port}.mitm'}",  # scanned for secrets
             *extra,
         ]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
@@ -160,12 +162,28 @@ def start_proxy(tmp_path) -> Iterator:
     yield start
     for p in started:
         p.stop()
-    # nothing the addon writes may hold a whole token or captcha value: logs at every level, state files
+    assert_no_secrets(tmp_path)
+
+
+def written(folder: Path) -> Iterator[tuple[str, str]]:
+    """(where, text) for what the proxies in this folder wrote: logs (at debug level), state files,
+    and in the flows they saved, every comment and the bodies of answers the proxy made itself."""
+    for f in [*folder.rglob("mitm*-*.log"), *folder.rglob("*.state.json")]:
+        yield str(f), f.read_text(errors="replace")
+    for f in folder.rglob("*.mitm"):
+        with open(f, "rb") as stream:
+            for flow in io.FlowReader(stream).stream():
+                yield f"{f}: comment of flow {flow.id}", flow.comment
+                if isinstance(flow, http.HTTPFlow) and flow.response and flow.server_conn.timestamp_start is None:
+                    yield f"{f}: body of flow {flow.id}", flow.response.get_text(strict=False) or ""
+
+
+def assert_no_secrets(folder: Path, *outputs: str) -> None:
+    """No whole token or captcha value in anything the addon wrote, or in these outputs."""
     secrets = [*TOKENS, *SECRET_CAPTCHAS]
-    written = [p.log() for p in started] + [f.read_text() for f in tmp_path.rglob("*.state.json")]
-    for text in written:
+    for where, text in [*written(folder), *(("command output", o) for o in outputs)]:
         leaked = [s for s in secrets if s in text]
-        assert not leaked, f"secret values written whole: {leaked}"
+        assert not leaked, f"secret values written whole in {where}: {leaked}"
 
 
 def run_mitmdump(rules: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:

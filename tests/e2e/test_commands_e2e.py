@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import Proxy, free_port
+from conftest import Proxy, assert_no_secrets, free_port
 from helpers import TOKENS, write_rules
 from test_recovery_e2e import FETCH, RULES, post
 
@@ -42,6 +42,7 @@ class Mitmweb(Proxy):
             "--set", "web_open_browser=false",
         )  # fmt: skip
         self.web: httpx.Client | None = None
+        self.outputs: list[str] = []  # every command answer, scanned for secrets
 
     def start(self) -> Mitmweb:
         super().start()
@@ -62,6 +63,7 @@ class Mitmweb(Proxy):
             headers={"X-XSRFToken": self.web.cookies["_xsrf"]},
         )
         assert answer.status_code == 200, f"{name}: HTTP {answer.status_code} {answer.text}\n{self.log()}"
+        self.outputs.append(answer.text)
         return answer.json()
 
     def call(self, name: str, *arguments: str) -> Any:
@@ -104,6 +106,7 @@ def mitmweb(rules, tmp_path) -> Iterator[Mitmweb]:
         yield web.start()
     finally:
         web.stop()
+    assert_no_secrets(tmp_path, *web.outputs)
 
 
 def sessions(upstream) -> list[str]:
