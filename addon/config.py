@@ -113,11 +113,17 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.en
     file = Path(path)
     shown = str(path)
     try:
-        text = file.read_text(encoding="utf-8-sig")
+        raw = file.read_bytes()
     except FileNotFoundError:
         raise RulesError(shown, 1, 1, "rules file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RulesError(shown, 1, 1, f"cannot read the rules file: {e}") from None
+    except OSError as e:
+        raise RulesError(shown, 1, 1, f"cannot read the rules file: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line_start = raw.rfind(b"\n", 0, e.start) + 1
+        line, column = raw.count(b"\n", 0, e.start) + 1, e.start - line_start + 1
+        raise RulesError(shown, line, column, f"the rules file is not UTF-8 text (byte 0x{raw[e.start]:02x})") from None
     root = schema.parse_document(text, shown)
     if root.node is None:
         root.fail("the rules file is empty; it needs at least a 'rules:' list")

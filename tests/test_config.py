@@ -225,9 +225,15 @@ def test_missing_rules_file(tmp_path):
 
 def test_rules_file_not_utf8(tmp_path):
     path = tmp_path / "rules.yaml"
-    path.write_bytes(b"rules: \xff\n")
-    with pytest.raises(RulesError, match=r"rules.yaml:1:1: cannot read the rules file: 'utf-8' codec"):
+    path.write_bytes(b"# r\xc3\xa8gles\nrules: \xff\n")
+    with pytest.raises(RulesError, match=r"rules.yaml:2:8: the rules file is not UTF-8 text \(byte 0xff\)$"):
         load_config(path)
+
+
+def test_rules_file_unreadable(tmp_path):
+    (tmp_path / "rules.yaml").mkdir()
+    with pytest.raises(RulesError, match=r"rules.yaml:1:1: cannot read the rules file: Is a directory$"):
+        load_config(tmp_path / "rules.yaml")
 
 
 def test_every_problem_is_reported_in_file_order(tmp_path):
