@@ -116,15 +116,17 @@ class Match:
     def matches_rest(self, flow: http.HTTPFlow, streaming: bool) -> bool:
         """Every condition but the host, which `RuleIndex.candidates` has judged."""
         req = flow.request
-        if self.methods and req.method.upper() not in self.methods:
+        return self.matches_shape(req.method.upper(), req.path.partition("?")[0], streaming) and (
+            self.filter is None or bool(self.filter(flow))
+        )
+
+    def matches_shape(self, method: str, path: str, streaming: bool) -> bool:
+        """Method (upper case), path (without the query) and streaming: all but the host and the filter."""
+        if self.methods and method not in self.methods:
             return False
-        if self.paths:
-            path = req.path.partition("?")[0]
-            if not any(p.match(path) for p in self.paths):
-                return False
-        if self.stream is not None and self.stream != streaming:
+        if self.paths and not any(p.match(path) for p in self.paths):
             return False
-        return self.filter is None or bool(self.filter(flow))
+        return self.stream is None or self.stream == streaming
 
 
 class HasMatch(Protocol):
@@ -156,7 +158,9 @@ class RuleIndex(Generic[R]):
             for h in hosts - {None}:
                 self._exact.setdefault(h, []).append(i)
         self._memo: dict[tuple[str, int], tuple[R, ...]] = {}
-        self.plans: dict[tuple, object] = {}  # rewrite.plan_request's folded edits per matched-rule set
+        # rewrite.plan_request's memos: folded edits per matched-rule set, and what matches per request shape
+        self.plans: dict[tuple, object] = {}
+        self.requests: dict[tuple, object] = {}
 
     def candidates(self, host: str, port: int) -> tuple[R, ...]:
         key = (host, port)

@@ -41,6 +41,10 @@ class Plan:
     def uses(self) -> frozenset[str]:  # computed once per plan; plans are memoised per matched-rule set
         return frozenset().union(*(e.value.uses for e in self.headers + self.cookies if e.value is not None))
 
+    @functools.cached_property
+    def compiled(self) -> _Compiled:
+        return _compile(self)
+
     def dynamic(self) -> Plan:
         """Only the edits whose values are drawn per request ({token}, {captcha}): what a retry changes."""
 
@@ -50,23 +54,46 @@ class Plan:
         return replace(self, headers=drawn(self.headers), cookies=drawn(self.cookies))
 
 
+_MEMO_LIMIT = 4096  # entries in each of the index's memos before it starts over
+
+
 def plan_request(config: Config, flow: http.HTTPFlow) -> Plan | None:
     """The edits the matching rules make, or None when no rule matches."""
-    candidates = config.index.candidates(flow.request.host, flow.request.port)
+    req = flow.request
+    candidates = config.index.candidates(req.host, req.port)
     if not candidates:
         return None
-    streaming = is_streaming(flow.request, config.stream.json_field)
-    rules = tuple(r for r in candidates if r.match.matches_rest(flow, streaming))
-    if not rules:
-        return None
-    # the edits depend only on which rules matched: fold them once per combination
+    streaming = is_streaming(req, config.stream.json_field)
+    # all conditions but filters depend only on the request's shape: judge each shape once
+    method, path = req.method.upper(), req.path.partition("?")[0]
+    shape = (req.host, req.port, method, path, streaming)
+    judged = config.index.requests.get(shape)
+    if judged is None:
+        maybe = tuple(r for r in candidates if r.match.matches_shape(method, path, streaming))
+        filtered = any(r.match.filter for r in maybe)
+        plan = _plan(config, maybe, streaming) if maybe and not filtered else None
+        judged = _remember(config.index.requests, shape, (maybe, filtered, plan))
+    maybe, filtered, plan = judged
+    if not filtered:
+        return plan
+    rules = tuple(r for r in maybe if r.match.filter is None or r.match.filter(flow))
+    return _plan(config, rules, streaming) if rules else None
+
+
+def _plan(config: Config, rules: tuple[Rule, ...], streaming: bool) -> Plan:
+    """The edits depend only on which rules matched: they are folded once per combination."""
     key = (streaming, *(id(r) for r in rules))
     plan = config.index.plans.get(key)
     if plan is None:
-        if len(config.index.plans) >= 1024:
-            config.index.plans.clear()
-        plan = config.index.plans[key] = _fold(rules, streaming)
+        plan = _remember(config.index.plans, key, _fold(rules, streaming))
     return plan
+
+
+def _remember(memo: dict, key: tuple, value):
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    memo[key] = value
+    return value
 
 
 def _fold(rules: tuple[Rule, ...], streaming: bool) -> Plan:
@@ -82,45 +109,103 @@ def _fold(rules: tuple[Rule, ...], streaming: bool) -> Plan:
     return Plan(rules, streaming, tuple(headers.values()), tuple(cookies.values()))
 
 
+@dataclass(frozen=True)
+class _Compiled:
+    """A plan made ready to apply: everything that does not depend on drawn values, done once."""
+
+    head: str  # the first line of the flow comment
+    # lower-case name -> (name, value; None removes), in plan order; drawn values are filled in per request
+    headers: dict[bytes, tuple[bytes, bytes | None]]
+    cookies: dict[str, str | None]
+    steps: tuple[str | tuple[str, Edit], ...]  # comment lines, and (kind, edit) where a value is drawn
+    drawn: bool  # any (kind, edit) steps at all
+
+
+def _compile(plan: Plan) -> _Compiled:
+    headers: dict[bytes, tuple[bytes, bytes | None]] = {}
+    cookies: dict[str, str | None] = {}
+    steps: list[str | tuple[str, Edit]] = []
+    for kind, edits in (("header", plan.headers), ("cookie", plan.cookies)):
+        for edit in edits:
+            label = edit.name if kind == "header" else f"cookie {edit.name}"
+            value: str | None = None
+            if edit.value is None:
+                steps.append(f"{label} removed by {edit.rule}")
+            elif edit.value.uses:
+                steps.append((kind, edit))  # its place in `headers`/`cookies` is kept; filled in per request
+            else:
+                value = edit.value.render({})
+                if not _fits(kind, value):
+                    steps.append(f"{label} not set by {edit.rule}: the value cannot go in a {kind}")
+                    continue
+                steps.append(f"{label} ← {edit.rule}")
+            if kind == "cookie":
+                cookies[edit.name] = value
+            else:
+                headers[edit.name.lower().encode()] = (_encode(edit.name), None if value is None else _encode(value))
+    kind = "streaming" if plan.streaming else "non-streaming"
+    head = f"rules: {', '.join(r.name for r in plan.rules)} ({kind} request)"
+    return _Compiled(head, headers, cookies, tuple(steps), any(not isinstance(s, str) for s in steps))
+
+
 def apply_plan(plan: Plan, request: http.Request, values: Mapping[str, str]) -> list[str]:
     """Edit the request; returns one line per edit for the flow's comment.
 
     An edit whose placeholder has no value (its source failed) is skipped and
     the line says so.
     """
-    lines: list[str] = []
-    cookie_edits: dict[str, str | None] = {}
-    header_edits: dict[bytes, tuple[str, str | None]] = {}
-    for kind, edits in (("header", plan.headers), ("cookie", plan.cookies)):
-        for edit in edits:
-            label = edit.name if kind == "header" else f"cookie {edit.name}"
-            if edit.value is None:
-                rendered = None
-                lines.append(f"{label} removed by {edit.rule}")
-            elif edit.value.uses - values.keys():
-                missing = ", ".join(sorted(edit.value.uses - values.keys()))
-                lines.append(f"{label} not set by {edit.rule}: no {missing} value")
+    compiled = plan.compiled
+    headers, cookies = compiled.headers, compiled.cookies
+    if not compiled.drawn:
+        lines = list(compiled.steps)  # all strings
+    else:
+        headers, cookies = dict(headers), dict(cookies)  # the plan's own stay as compiled
+        lines = []
+        for step in compiled.steps:
+            if isinstance(step, str):
+                lines.append(step)
                 continue
-            else:
-                rendered = edit.value.render(values)
-                secrets = ", ".join(f"{p} {mask(values[p])}" for p in sorted(edit.value.uses))
-                if not _fits(kind, rendered):
-                    lines.append(f"{label} not set by {edit.rule}: the {secrets} value cannot go in a {kind}")
-                    continue
-                lines.append(f"{label} ← {edit.rule}" + (f" ({secrets})" if secrets else ""))
+            kind, edit = step
+            line, rendered = _render(kind, edit, values)
+            lines.append(line)
             if kind == "cookie":
-                cookie_edits[edit.name] = rendered
+                if rendered is None:
+                    del cookies[edit.name]
+                else:
+                    cookies[edit.name] = rendered
             else:
-                header_edits[edit.name.lower().encode()] = (edit.name, rendered)
-    if header_edits:
-        _edit_headers(request.headers, header_edits)
-    if cookie_edits:
-        new = edit_cookie_headers(request.headers.get_all("cookie"), cookie_edits)
+                lk = edit.name.lower().encode()
+                if rendered is None:
+                    del headers[lk]
+                else:
+                    headers[lk] = (headers[lk][0], _encode(rendered))
+    if headers:
+        _edit_headers(request.headers, headers)
+    if cookies:
+        new = edit_cookie_headers(request.headers.get_all("cookie"), cookies)
         request.headers.set_all("Cookie", new)
     return lines
 
 
-def _edit_headers(headers: http.Headers, edits: dict[bytes, tuple[str, str | None]]) -> None:
+def _render(kind: str, edit: Edit, values: Mapping[str, str]) -> tuple[str, str | None]:
+    """The comment line for an edit with drawn values, and its value (None: skipped)."""
+    assert edit.value is not None
+    label = edit.name if kind == "header" else f"cookie {edit.name}"
+    missing = edit.value.uses - values.keys()
+    if missing:
+        return f"{label} not set by {edit.rule}: no {', '.join(sorted(missing))} value", None
+    rendered = edit.value.render(values)
+    secrets = ", ".join(f"{p} {mask(values[p])}" for p in sorted(edit.value.uses))
+    if not _fits(kind, rendered):
+        return f"{label} not set by {edit.rule}: the {secrets} value cannot go in a {kind}", None
+    return f"{label} ← {edit.rule} ({secrets})", rendered
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _edit_headers(headers: http.Headers, edits: dict[bytes, tuple[bytes, bytes | None]]) -> None:
     """Every header edit in one pass over the fields, with the result of `headers[name] = value` and
     `headers.pop(name)` done one by one (each of which is a pass of its own in mitmproxy's MultiDict)."""
     fields: list[tuple[bytes, bytes]] = []
@@ -133,10 +218,10 @@ def _edit_headers(headers: http.Headers, edits: dict[bytes, tuple[str, str | Non
             done.add(lk)
             value = edits[lk][1]
             if value is not None:
-                fields.append((k, value.encode("utf-8", "surrogateescape")))
+                fields.append((k, value))
     for lk, (name, value) in edits.items():
         if lk not in done and value is not None:
-            fields.append((name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape")))
+            fields.append((name, value))
     headers.fields = tuple(fields)
 
 
@@ -151,6 +236,4 @@ def _fits(kind: str, value: str) -> bool:
 
 def describe(plan: Plan, lines: list[str]) -> str:
     """The mitmweb comment of a rewritten flow."""
-    kind = "streaming" if plan.streaming else "non-streaming"
-    head = f"rules: {', '.join(r.name for r in plan.rules)} ({kind} request)"
-    return "\n".join([head, *lines])
+    return "\n".join([plan.compiled.head, *lines])

@@ -182,3 +182,18 @@ def test_a_token_refused_while_the_captcha_is_fetched_is_not_sent(addons):
     loader.captcha.get = slow_get
     f = run(rewriter, flow())
     assert f.request.headers["Cookie"] == f"session={second}"
+
+
+def test_filters_are_judged_per_request_though_the_shape_is_remembered(addons):
+    _, rewriter = addons
+    for sent_captcha in [False, True, False, True]:  # the same host, method, path and body each time
+        f = run(rewriter, flow(**({"X_Captcha_Token": "mine"} if sent_captcha else {})))
+        assert ("X-Echo" in f.request.headers) is sent_captcha
+        assert ("only-if-client-sent-it" in f.metadata[METADATA_KEY]["rules"]) is sent_captcha
+
+
+def test_the_query_does_not_change_which_rules_match_but_the_path_does(addons):
+    _, rewriter = addons
+    assert "account" in run(rewriter, flow(path="/v1/chat?x=1")).metadata[METADATA_KEY]["rules"]
+    assert "account" not in run(rewriter, flow(path="/v2/chat?x=1")).metadata[METADATA_KEY]["rules"]
+    assert "account" in run(rewriter, flow(path="/v1/other")).metadata[METADATA_KEY]["rules"]
