@@ -22,9 +22,9 @@ import time
 from dataclasses import dataclass
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.addons.clientplayback import ReplayHandler
 from mitmproxy.flow import Error
 from mitmproxy.hooks import UpdateHook
-from mitmproxy.addons.clientplayback import ReplayHandler
 
 from addon.config import REFRESH_CAPTCHA, ROTATE, Config
 from addon.loader import RulesLoader
