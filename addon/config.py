@@ -6,6 +6,7 @@ never look at YAML. Paths inside the file are relative to the file's folder.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import shlex
@@ -118,11 +119,13 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.en
         raise RulesError(shown, 1, 1, "rules file not found") from None
     except OSError as e:
         raise RulesError(shown, 1, 1, f"cannot read the rules file: {e.strerror or e}") from None
+    raw = raw.removeprefix(codecs.BOM_UTF8)
     try:
-        text = raw.decode("utf-8-sig")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line_start = raw.rfind(b"\n", 0, e.start) + 1
-        line, column = raw.count(b"\n", 0, e.start) + 1, e.start - line_start + 1
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = len(raw[line_start : e.start].decode("utf-8")) + 1  # in characters, as YAML's marks count
         raise RulesError(shown, line, column, f"the rules file is not UTF-8 text (byte 0x{raw[e.start]:02x})") from None
     root = schema.parse_document(text, shown)
     if root.node is None:

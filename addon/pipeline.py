@@ -20,6 +20,8 @@ from addon.streamtap import StreamTap
 
 
 class Pipeline:
+    name = "mitm_rules"  # mitmproxy's name for it (the class name alone is too common to be unique)
+
     def __init__(self) -> None:
         self.guard = SelfGuard()
         self.rules = RulesLoader()

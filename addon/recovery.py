@@ -203,19 +203,32 @@ class Recovery:
         copy.comment = f"attempt {n} of flow {flow.id[:8]}, with {'token' if TOKEN in values else 'captcha'} {mask(secret)}"
         handler = ReplayHandler(copy, ctx.options)
         replay = asyncio.ensure_future(handler.replay())
-        if not (await asyncio.wait({replay}, timeout=self.timeout))[0]:
-            await _hang_up(handler, replay)
+        try:
+            finished = (await asyncio.wait({replay}, timeout=self.timeout))[0]
+        except asyncio.CancelledError:  # the proxy is shutting down: take the replay with us
+            replay.cancel()
+            raise
+        if not finished:
+            await _hang_up(handler, replay, copy)
             copy.error = Error(f"no whole answer within {self.timeout:g} s (retry_timeout)")
-            ctx.master.addons.trigger(UpdateHook([copy]))  # so mitmweb shows why
+            await ctx.master.addons.trigger_event(UpdateHook([copy]))  # so mitmweb shows why
+        elif not replay.cancelled() and replay.exception() is not None:
+            copy.error = Error(f"the replay failed: {replay.exception()!r}")
         return copy
 
 
-async def _hang_up(handler: ReplayHandler, replay: asyncio.Future) -> None:
-    """Close a replay's upstream connections; mitmproxy then ends its flow with an error."""
+async def _hang_up(handler: ReplayHandler, replay: asyncio.Future, copy: http.HTTPFlow) -> None:
+    """Stop a replay wherever it is: held in a hook (or intercepted), it is killed, so it is never
+    sent; on the wire, its upstream connections are closed and mitmproxy ends it with an error."""
+    copy.resume()
+    if copy.killable:
+        copy.kill()
     for io in handler.transports.values():
         if io.handler:
             io.handler.cancel()
     if not (await asyncio.wait({replay}, timeout=HANG_UP_GRACE))[0]:
+        for task in list(handler.hook_tasks):
+            task.cancel()
         replay.cancel()
 
 

@@ -223,10 +223,18 @@ def test_missing_rules_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-def test_rules_file_not_utf8(tmp_path):
+@pytest.mark.parametrize(
+    "raw, where",
+    [
+        (b"# r\xc3\xa8gles\nrules: \xff\n", "2:8"),
+        (b"\xef\xbb\xbf# \xc3\xa9\xc3\xa9 \xff\n", "1:6"),  # after a BOM; columns count characters
+    ],
+    ids=["second line", "BOM and accents"],
+)
+def test_rules_file_not_utf8(tmp_path, raw, where):
     path = tmp_path / "rules.yaml"
-    path.write_bytes(b"# r\xc3\xa8gles\nrules: \xff\n")
-    with pytest.raises(RulesError, match=r"rules.yaml:2:8: the rules file is not UTF-8 text \(byte 0xff\)$"):
+    path.write_bytes(raw)
+    with pytest.raises(RulesError, match=rf"rules.yaml:{where}: the rules file is not UTF-8 text \(byte 0xff\)$"):
         load_config(path)
 
 

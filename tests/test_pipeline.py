@@ -10,18 +10,36 @@ from mitmproxy.test import taddons, tflow
 
 from addon.pipeline import Pipeline
 
-LIFECYCLE = {"load", "configure", "running", "done"}
+HOOKS = set(hooks.all_hooks) | {"load", "configure", "running", "done"}
 
 
-def test_every_hook_of_every_part_is_routed():
+def test_every_hook_of_every_part_is_called_in_the_order_of_the_parts(monkeypatch):
     pipeline = Pipeline()
+    # the order the parts ran in as separate addons
     parts = [pipeline.guard, pipeline.rules, pipeline.rewriter, pipeline.tap, pipeline.recovery, *pipeline.addons]
-    hook_names = set(hooks.all_hooks) | LIFECYCLE
+    calls: list[tuple[str, str]] = []
     for part in parts:
-        for name in hook_names & set(dir(type(part))):
-            assert callable(getattr(pipeline, name, None)), f"{type(part).__name__}.{name} is not routed"
-            if inspect.iscoroutinefunction(getattr(part, name)):
-                assert inspect.iscoroutinefunction(getattr(pipeline, name)), f"{name} must await its part"
+        for name in HOOKS & set(dir(type(part))):
+            monkeypatch.setattr(part, name, _recorder(calls, part, name, getattr(part, name)))
+    for name in sorted(HOOKS):
+        calls.clear()
+        hook = getattr(pipeline, name, None)
+        if hook is not None:
+            result = hook(*[object()] * len(inspect.signature(hook).parameters))
+            if inspect.isawaitable(result):
+                asyncio.run(result)
+        expected = [(type(p).__name__, name) for p in parts if name in dir(type(p))]
+        assert calls == expected, f"pipeline.{name}"
+
+
+def _recorder(calls, part, name, real):
+    if inspect.iscoroutinefunction(real):
+        async def record(*args):
+            calls.append((type(part).__name__, name))
+    else:
+        def record(*args):
+            calls.append((type(part).__name__, name))
+    return record
 
 
 def test_commands_are_registered_through_the_child():

@@ -64,14 +64,25 @@ class ScriptedUpstream:
         self.script: deque[Step] = deque()
         self.received: list[Request] = []
         self.released = threading.Event()  # set to let hanging steps go
+        self.hung_up = threading.Event()  # set when the proxy closed a hanging connection
         self._lock = threading.Lock()
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
 
     def hang(self, conn: socket.socket) -> bool:
-        """Read the request, then say nothing until released."""
-        self.released.wait()
+        """Read the request, then say nothing until the proxy hangs up (or the test releases it)."""
+        conn.settimeout(0.05)
+        while not self.released.is_set():
+            try:
+                if not conn.recv(1):
+                    self.hung_up.set()
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                self.hung_up.set()
+                break
         return False
 
     def stop(self) -> None:

@@ -74,7 +74,26 @@ def test_retry_that_hangs_is_hung_up_after_the_timeout(account, scripted):
     assert first.status_code == 403 and first.json()["error"] == "unknown account"
     proxy.wait_for_log(r"not recovered .*: 403 with …1111 → error with …2222 "
                        r"\(attempt 2 failed: no whole answer within 1 s \(retry_timeout\)\)")
+    assert scripted.hung_up.wait(10), "the proxy did not close the hanging connection"
     assert get(proxy, scripted.port).status_code == 200
+
+
+SLOW_REPLAY_HOOK = """\
+import asyncio
+
+async def request(flow):
+    if flow.is_replay == "request":
+        await asyncio.sleep(2)  # another addon holding the retry past retry_timeout
+"""
+
+
+def test_retry_held_in_a_hook_past_the_timeout_is_never_sent(tmp_path, account, scripted):
+    (tmp_path / "slow.py").write_text(SLOW_REPLAY_HOOK)
+    proxy = account("--set", "retry_timeout=1", "-s", str(tmp_path / "slow.py"))
+    scripted.script.append(refuse())
+    assert get(proxy, scripted.port).status_code == 403
+    proxy.wait_for_log(r"attempt 2 failed: no whole answer within 1 s")
+    assert [r.cookie("session") for r in scripted.received] == TOKENS[:1]  # the retry was killed, not sent
 
 
 @pytest.mark.parametrize("close", [True, False], ids=["connection close", "keep-alive"])
@@ -120,7 +139,8 @@ def test_failing_captcha_command_blames_no_token(account, scripted, kind):
     proxy.wait_for_log(r"captcha: command .* failed: " + message if kind != "silent" else message)
     proxy.wait_for_log(r"not retried .*: the 403 is not blamed on the token, as the request went without its captcha")
     assert get(proxy, scripted.port).status_code == 200
-    assert [r.cookie("session") for r in scripted.received] == TOKENS[:2]  # no retry; the first token not passed over
+    assert [r.cookie("session") for r in scripted.received] == TOKENS[:2]  # no retry
+    assert "refused (403)" not in proxy.log()  # and the token is not passed over
     assert all("x-captcha-token" not in r.headers for r in scripted.received)
 
 
@@ -186,7 +206,9 @@ def test_tokens_file_replaced_truncated_and_deleted_under_load(tmp_path, protect
         replacement.write_text(f"tok-unknown-00000004444\n{TOKENS[2]}\n")
         os.replace(replacement, tokens)
         protected.wait_for_log(r"re-read .*tokens.txt: 2 token\(s\)")
-        tokens.write_text(f"{TOKENS[2]}\ntok-bra")  # cut off mid-line: the stub is just a token the upstream refuses
+        cut = tmp_path / "tokens.cut"  # cut off mid-line: the stub is just a token the upstream refuses
+        cut.write_text(f"{TOKENS[2]}\ntok-bra")
+        os.replace(cut, tokens)  # at once, so no poll sees a half-written file (that is the 503 test below)
         protected.wait_for_log(r"re-read .*tokens.txt: 2 token\(s\)", count=2)
         tokens.unlink()
         protected.wait_for_log(r"tokens.txt: tokens file not found; the 2 token\(s\) read before stay in use")

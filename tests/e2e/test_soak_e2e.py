@@ -31,7 +31,7 @@ def test_refusals_handed_to_the_client_are_failures(tmp_path):
     assert report.refused >= 10
     assert report.failures == Counter({"status 403": report.refused})
     assert report.recovered == 0
-    assert [c.name for c in report.criteria() if not c.ok] == ["client-visible failures"]
+    assert "client-visible failures" in [c.name for c in report.criteria() if not c.ok]
 
 
 def _sse(events: int, done: bool = True) -> bytes:
