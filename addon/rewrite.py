@@ -179,11 +179,11 @@ def apply_plan(plan: Plan, request: http.Request, values: Mapping[str, str]) -> 
                     del headers[lk]
                 else:
                     headers[lk] = (headers[lk][0], _encode(rendered))
-    if headers:
-        _edit_headers(request.headers, headers)
-    if cookies:
-        new = edit_cookie_headers(request.headers.get_all("cookie"), cookies)
-        request.headers.set_all("Cookie", new)
+    if b"cookie" in headers:  # the Cookie header itself is edited: cookie edits apply to the result
+        _edit_fields(request.headers, headers, {})
+        headers = {}
+    if headers or cookies:
+        _edit_fields(request.headers, headers, cookies)
     return lines
 
 
@@ -205,24 +205,43 @@ def _encode(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def _edit_headers(headers: http.Headers, edits: dict[bytes, tuple[bytes, bytes | None]]) -> None:
-    """Every header edit in one pass over the fields, with the result of `headers[name] = value` and
-    `headers.pop(name)` done one by one (each of which is a pass of its own in mitmproxy's MultiDict)."""
-    fields: list[tuple[bytes, bytes]] = []
+def _edit_fields(
+    headers: http.Headers, edits: dict[bytes, tuple[bytes, bytes | None]], cookies: dict[str, str | None]
+) -> None:
+    """Every header and cookie edit in one pass over the fields.
+
+    The result is that of `headers[name] = value` and `headers.pop(name)` done one by one, then
+    `headers.set_all("Cookie", edited values)`: each of those is a pass of its own in mitmproxy's
+    MultiDict. A header keeps the place and spelling of its first occurrence, repeats go, and new
+    headers are appended in plan order; edited Cookie values take the places of the old ones.
+    """
+    fields: list[tuple[bytes, bytes] | None] = []
     done: set[bytes] = set()
-    for k, v in headers.fields:
-        lk = k.lower()
-        if lk not in edits:
-            fields.append((k, v))
-        elif lk not in done:  # the first occurrence keeps its place and spelling; repeats go
+    cookie_at: list[tuple[int, bytes]] = []  # the Cookie fields' places and spellings, filled in below
+    old_cookies: list[str] = []
+    for field in headers.fields:
+        lk = field[0].lower()
+        if cookies and lk == b"cookie":
+            cookie_at.append((len(fields), field[0]))
+            old_cookies.append(field[1].decode("utf-8", "surrogateescape"))
+            fields.append(None)
+        elif lk not in edits:
+            fields.append(field)
+        elif lk not in done:
             done.add(lk)
             value = edits[lk][1]
             if value is not None:
-                fields.append((k, value))
+                fields.append((field[0], value))
     for lk, (name, value) in edits.items():
         if lk not in done and value is not None:
             fields.append((name, value))
-    headers.fields = tuple(fields)
+    if cookies:
+        new = [_encode(v) for v in edit_cookie_headers(old_cookies, cookies)]
+        for (at, name), value in zip(cookie_at, new):
+            fields[at] = (name, value)
+        # as set_all: places left over stay empty; values left over go at the end
+        fields.extend((b"Cookie", value) for value in new[len(cookie_at) :])
+    headers.fields = tuple(f for f in fields if f is not None)
 
 
 _HEADER_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")

@@ -17,12 +17,16 @@ MAX_COMPRESSED_BODY = 64 * 1024  # bytes; larger compressed bodies are not decod
 
 
 def is_streaming(request: http.Request, json_field: tuple[str, ...]) -> bool:
-    if "text/event-stream" in request.headers.get("accept", ""):
-        return True
+    encoded = False
+    for name, value in request.headers.fields:  # one pass (each Headers lookup is a pass of its own)
+        name = name.lower()
+        if name == b"accept" and b"text/event-stream" in value:
+            return True
+        encoded = encoded or name == b"content-encoding"
     raw = request.raw_content
     if not raw or len(raw) > MAX_JSON_BODY:
         return False
-    if "content-encoding" in request.headers:
+    if encoded:
         if len(raw) > MAX_COMPRESSED_BODY:
             return False
         try:

@@ -140,3 +140,41 @@ def test_any_tokens_file_reads_or_gets_a_clear_error(tmp_path_factory, data):
         assert str(e).startswith(f"{path}: ")
     else:
         assert len(set(tokens)) == len(tokens) and all(t == t.strip() and t and not t.startswith("#") for t in tokens)
+
+
+edit_names = st.sampled_from(["Accept", "accept", "X-Debug", "User-Agent", "X-New", "Cookie", "cookie"])
+
+
+@SETTINGS
+@given(
+    fields=st.lists(st.tuples(edit_names | header_names, header_values), max_size=8),
+    cookie_fields=st.lists(cookie_header, max_size=3),
+    edits=st.dictionaries(edit_names, st.none() | header_values, max_size=4),
+    cookies=st.dictionaries(st.sampled_from(["session", "theme", "new"]), st.none() | cookie_value, max_size=3),
+)
+def test_one_pass_edit_equals_mitmproxys_own_operations(fields, cookie_fields, edits, cookies):
+    """apply_plan's one pass over the fields gives what mitmproxy's Headers operations give one by one."""
+    from mitmproxy import http
+
+    from addon.rewrite import _edit_fields
+
+    given = http.Headers([(k.encode(), v.encode()) for k, v in fields + [("Cookie", c) for c in cookie_fields]])
+    by_lower = {}
+    for name, value in edits.items():  # as the plan folds them: one edit per name, the last spelling wins
+        by_lower.pop(name.lower(), None)
+        by_lower[name.lower()] = (name, value)
+    expected = given.copy()
+    for name, value in by_lower.values():
+        if value is None:
+            expected.pop(name, None)
+        else:
+            expected[name] = value
+    if cookies:
+        expected.set_all("Cookie", edit_cookie_headers(expected.get_all("cookie"), cookies))
+    got = given.copy()
+    one_pass = {lk.encode(): (n.encode(), None if v is None else v.encode()) for lk, (n, v) in by_lower.items()}
+    if b"cookie" in one_pass:  # as apply_plan does: Cookie edited as a header first
+        _edit_fields(got, one_pass, {})
+        one_pass = {}
+    _edit_fields(got, one_pass, cookies)
+    assert got.fields == expected.fields
