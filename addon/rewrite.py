@@ -191,11 +191,12 @@ def _render(kind: str, edit: Edit, values: Mapping[str, str]) -> tuple[str, str 
     """The comment line for an edit with drawn values, and its value (None: skipped)."""
     assert edit.value is not None
     label = edit.name if kind == "header" else f"cookie {edit.name}"
-    missing = edit.value.uses - values.keys()
+    uses = edit.value.sorted_uses
+    missing = [p for p in uses if p not in values]
     if missing:
-        return f"{label} not set by {edit.rule}: no {', '.join(sorted(missing))} value", None
+        return f"{label} not set by {edit.rule}: no {', '.join(missing)} value", None
     rendered = edit.value.render(values)
-    secrets = ", ".join(f"{p} {mask(values[p])}" for p in sorted(edit.value.uses))
+    secrets = ", ".join(f"{p} {mask(values[p])}" for p in uses)
     if not _fits(kind, rendered):
         return f"{label} not set by {edit.rule}: the {secrets} value cannot go in a {kind}", None
     return f"{label} ← {edit.rule} ({secrets})", rendered

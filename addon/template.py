@@ -31,6 +31,10 @@ class Template:
     def uses(self) -> frozenset[str]:
         return frozenset(p[0] for p in self.parts if isinstance(p, tuple))
 
+    @functools.cached_property
+    def sorted_uses(self) -> tuple[str, ...]:
+        return tuple(sorted(self.uses))
+
     def render(self, values: Mapping[str, str]) -> str:
         return "".join(p if isinstance(p, str) else values[p[0]] for p in self.parts)
 

@@ -210,7 +210,12 @@ class TokenPool:
         return [(self.health[k].state(now), self.health[k]) for k in self._keys]
 
     def _health(self, token: str) -> Health:
-        return self.health.setdefault(token_key(token), Health(mask(token)))
+        i = self._position.get(token)  # a token of the file has its key already
+        key = self._keys[i] if i is not None else token_key(token)
+        health = self.health.get(key)
+        if health is None:
+            health = self.health[key] = Health(mask(token))
+        return health
 
     # persistence: plain data, keyed by hash
 
