@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from mitmproxy import flowfilter, http
+from mitmproxy import flowfilter
 
 _HOST_CHARS = re.compile(r"^[A-Za-z0-9._*?\[\]!-]+$")
 _METHOD = re.compile(r"^[A-Za-z]+$")
@@ -113,15 +113,9 @@ class Match:
     def matches_host(self, host: str, port: int) -> bool:
         return any(h.matches(host, port) for h in self.hosts)
 
-    def matches_rest(self, flow: http.HTTPFlow, streaming: bool) -> bool:
-        """Every condition but the host, which `RuleIndex.candidates` has judged."""
-        req = flow.request
-        return self.matches_shape(req.method.upper(), req.path.partition("?")[0], streaming) and (
-            self.filter is None or bool(self.filter(flow))
-        )
-
     def matches_shape(self, method: str, path: str, streaming: bool) -> bool:
-        """Method (upper case), path (without the query) and streaming: all but the host and the filter."""
+        """Method (upper case), path (without the query) and streaming: every condition but the host
+        (`RuleIndex.candidates` judges it) and the filter (judged per request, on the flow)."""
         if self.methods and method not in self.methods:
             return False
         if self.paths and not any(p.match(path) for p in self.paths):

@@ -127,7 +127,7 @@ def _compile(plan: Plan) -> _Compiled:
     steps: list[str | tuple[str, Edit]] = []
     for kind, edits in (("header", plan.headers), ("cookie", plan.cookies)):
         for edit in edits:
-            label = edit.name if kind == "header" else f"cookie {edit.name}"
+            label = _label(kind, edit)
             value: str | None = None
             if edit.value is None:
                 steps.append(f"{label} removed by {edit.rule}")
@@ -190,7 +190,7 @@ def apply_plan(plan: Plan, request: http.Request, values: Mapping[str, str]) -> 
 def _render(kind: str, edit: Edit, values: Mapping[str, str]) -> tuple[str, str | None]:
     """The comment line for an edit with drawn values, and its value (None: skipped)."""
     assert edit.value is not None
-    label = edit.name if kind == "header" else f"cookie {edit.name}"
+    label = _label(kind, edit)
     uses = edit.value.sorted_uses
     missing = [p for p in uses if p not in values]
     if missing:
@@ -200,6 +200,10 @@ def _render(kind: str, edit: Edit, values: Mapping[str, str]) -> tuple[str, str 
     if not _fits(kind, rendered):
         return f"{label} not set by {edit.rule}: the {secrets} value cannot go in a {kind}", None
     return f"{label} ← {edit.rule} ({secrets})", rendered
+
+
+def _label(kind: str, edit: Edit) -> str:
+    return edit.name if kind == "header" else f"cookie {edit.name}"
 
 
 def _encode(text: str) -> bytes:
