@@ -9,6 +9,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mitmproxy.net.encoding import encode
 from mitmproxy.test import taddons, tflow
 
 from addon.config import load_config
@@ -84,6 +85,15 @@ def test_stream_detection_never_raises(body, encoding):
     if encoding:
         f.request.headers["content-encoding"] = encoding
     assert is_streaming(f.request, ("stream",)) in (True, False)
+
+
+@given(body=json_bodies, encoding=st.sampled_from(["gzip", "br", "deflate", "zstd", "identity"]))
+def test_a_compressed_json_body_is_judged_as_the_plain_one(body, encoding):
+    plain, packed = tflow.tflow(), tflow.tflow()
+    plain.request.raw_content = body
+    packed.request.headers["content-encoding"] = encoding
+    packed.request.raw_content = encode(body, encoding)
+    assert is_streaming(packed.request, ("stream",)) is is_streaming(plain.request, ("stream",))
 
 
 @SETTINGS
