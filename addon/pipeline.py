@@ -1,10 +1,11 @@
 """The one addon object mitmproxy sees: it hands each hook to the parts that use it.
 
 mitmproxy looks every hook up on every addon object for every event of every
-flow, whether the object has that hook or not. With the parts registered as
-six addons, that dispatch alone cost about 3 % of throughput (BENCHMARKS.md);
-as one object it costs a sixth of that. The parts keep one concern each; this
-class only routes, in the order they ran as separate addons.
+flow, whether the object has that hook or not. A script shaped like the six
+parts, with hooks that do nothing, ran at 0.95–0.97 of bare mitmdump's
+throughput; shaped like this one object, at 0.96–0.99 (BENCHMARKS.md). The
+parts keep one concern each; this class only routes, in the order they ran as
+separate addons.
 """
 
 from __future__ import annotations
