@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -219,6 +220,18 @@ def wait_for_port(port: int, timeout: float = 15.0, proc=None, poll: float = 0.0
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s") from None
             time.sleep(poll)
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """Ask a child process to end (SIGTERM, so mitmdump runs its shut-down hooks); kill it after `timeout`."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 async def read_body(receive) -> bytes:

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fake_upstream import ProtectedAPI, Received, UpstreamServer, wait_for_port  # noqa: E402
+from fake_upstream import ProtectedAPI, Received, UpstreamServer, stop_process, wait_for_port  # noqa: E402
 from soak_probe import PROBE_HOST  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -279,13 +279,7 @@ class Mitmdump:
         return sum(1 for line in text.splitlines() if re.search(r"error|exception|traceback", line, re.I))
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 # ----------------------------------------------------------------------------- the client

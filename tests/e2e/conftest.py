@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from mitmproxy import http, io
 
-from fake_upstream import ProtectedAPI, UpstreamServer
+from fake_upstream import ProtectedAPI, UpstreamServer, stop_process
 from helpers import TOKENS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,13 +140,7 @@ class Proxy:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._log.close()
 
 
