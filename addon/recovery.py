@@ -21,7 +21,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.addons.clientplayback import ReplayHandler
 from mitmproxy.flow import Error
 from mitmproxy.hooks import UpdateHook
@@ -191,14 +191,21 @@ class Recovery:
 
     async def _attempt(self, flow: http.HTTPFlow, sent: Sent, values: dict[str, str], n: int) -> http.HTTPFlow:
         """Send the request again through mitmproxy with new values; the copy is its own flow."""
-        # not flow.copy(): that would copy the refused answer too; connections are copied, since
-        # ReplayHandler changes the server connection it is given (in upstream mode)
-        copy = http.HTTPFlow(flow.client_conn.copy(), flow.server_conn.copy())
+        # not flow.copy(): that would copy the refused answer, and copying a connection costs more
+        # than the rest of a retry's set-up. The client is the same one (ReplayHandler replays from a
+        # copy of its own); the server is a new one, not yet connected, by the same route: ReplayHandler
+        # sets its `via` in upstream mode, and mitmproxy replaces it with the connection it makes.
+        server = connection.Server(
+            address=flow.server_conn.address,
+            via=flow.server_conn.via,
+            transport_protocol=flow.server_conn.transport_protocol,
+        )
+        copy = http.HTTPFlow(flow.client_conn, server)
         copy.request = flow.request.copy()
         copy.metadata = dict(flow.metadata)
         copy.is_replay = "request"
         copy.metadata[REPLAY_KEY] = {"of": flow.id, "attempt": n}
-        apply_plan(sent.plan.dynamic(), copy.request, values)
+        apply_plan(sent.plan.dynamic, copy.request, values)
         secret = values.get(TOKEN) or values.get(CAPTCHA, "")
         copy.comment = f"attempt {n} of flow {flow.id[:8]}, with {'token' if TOKEN in values else 'captcha'} {mask(secret)}"
         handler = ReplayHandler(copy, ctx.options)

@@ -45,8 +45,10 @@ class Plan:
     def compiled(self) -> _Compiled:
         return _compile(self)
 
+    @functools.cached_property
     def dynamic(self) -> Plan:
-        """Only the edits whose values are drawn per request ({token}, {captcha}): what a retry changes."""
+        """Only the edits whose values are drawn per request ({token}, {captcha}): what a retry changes.
+        Computed once per plan, so its compiled form is too."""
 
         def drawn(edits: tuple[Edit, ...]) -> tuple[Edit, ...]:
             return tuple(e for e in edits if e.value is not None and e.value.uses)

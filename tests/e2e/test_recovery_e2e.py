@@ -16,6 +16,7 @@ import openai
 import pytest
 from mitmproxy import io
 
+from conftest import Proxy
 from helpers import TOKENS, write_rules
 
 RULES = """\
@@ -297,6 +298,34 @@ def test_recovery_over_https_and_http2(tmp_path, start_proxy, upstream_tls):
         (TOKENS[0], "2", 403), (TOKENS[1], "2", 403), (TOKENS[2], "2", 200),
     ]  # fmt: skip
     assert len({r.body for r in upstream_tls.app.received}) == 1
+
+
+def test_recovery_in_upstream_mode_goes_through_the_upstream_proxy(make_rules, start_proxy, upstream, tmp_path):
+    """With `--mode upstream:`, the retry takes the same route as the refused request."""
+    upstream.app.tokens = {TOKENS[1]}
+    rules = make_rules()
+    outer = Proxy(rules, tmp_path, addon=False).start()  # a bare mitmdump between the addon and the upstream
+    try:
+        proxy = start_proxy(rules, "--save-stream-file", str(tmp_path / "flows.mitm"), "--mode", f"upstream:{outer.url}")
+        answer = post(proxy, upstream)
+    finally:
+        outer.stop()
+    assert answer.status_code == 200
+    assert [(r.cookie("session"), r.status) for r in upstream.app.received] == [(TOKENS[0], 403), (TOKENS[1], 200)]
+    with open(outer.logfile.with_suffix(".mitm"), "rb") as f:
+        through_outer = [fl.request.cookies["session"] for fl in io.FlowReader(f).stream()]
+    assert through_outer == [TOKENS[0], TOKENS[1]]
+    (replay,) = [f for f in saved_flows(proxy, rules) if f.is_replay]
+    assert replay.server_conn.via == ("http", ("127.0.0.1", outer.port))
+
+
+def test_recovery_in_reverse_mode(make_rules, start_proxy, upstream):
+    upstream.app.tokens = {TOKENS[1]}
+    proxy = start_proxy(make_rules(), "--mode", f"reverse:http://127.0.0.1:{upstream.port}")
+    with httpx.Client(timeout=60) as client:
+        answer = client.post(f"{proxy.url}/v1/chat/completions", content=BODY)
+    assert answer.status_code == 200 and answer.json()["object"] == "chat.completion"
+    assert [(r.cookie("session"), r.status) for r in upstream.app.received] == [(TOKENS[0], 403), (TOKENS[1], 200)]
 
 
 @pytest.mark.parametrize("large", [403, 200], ids=["large refusal", "large answer to the retry"])
