@@ -575,13 +575,15 @@ class Bench:
         noop_ratios = [a / b for a, b in zip(rps["noop-script"], rps["bare"])]
         for number, name, target in ((1, "addon-10", 0.95), (2, "addon-1000", 0.90)):
             ratios = [a / b for a, b in zip(rps[name], rps["bare"])]
+            shape = f"{self.addon_count} addon object" + ("" if self.addon_count == 1 else "s")
             self.results[number] = Result(
                 number,
                 "small JSON POSTs, " + ("realistic rules file (10 rules)" if number == 1 else "1,000 rules (990 for other hosts/paths)"),
                 "req/s addon ÷ req/s bare, same load",
                 f"≥ {target:.2f}",
                 f"**{med(ratios):.3f}** ({min(ratios):.3f}–{max(ratios):.3f}); addon {span(rps[name])} req/s, "
-                f"bare {span(rps['bare'])} req/s; for scale, the addon's {self.addon_count} addons with do-nothing hooks: "
+                f"bare {span(rps['bare'])} req/s; for scale, a script shaped like the addon ({shape}) with hooks "
+                f"that do nothing: "
                 f"{med(noop_ratios):.3f} ({min(noop_ratios):.3f}–{max(noop_ratios):.3f})",
                 med(ratios) >= target,
                 raw={"rps": rps[name], "bare_rps": rps["bare"], "noop_script_rps": rps["noop-script"], "ratios": ratios},
