@@ -193,8 +193,9 @@ class Recovery:
         """Send the request again through mitmproxy with new values; the copy is its own flow."""
         # not flow.copy(): that would copy the refused answer, and copying a connection costs more
         # than the rest of a retry's set-up. The client is the same one (ReplayHandler replays from a
-        # copy of its own); the server is a new one, not yet connected, by the same route: ReplayHandler
-        # sets its `via` in upstream mode, and mitmproxy replaces it with the connection it makes.
+        # copy of its own). The server is a new one, not yet connected, that mitmproxy replaces with
+        # the connection it makes; it keeps the refused flow's route (`via`), which ReplayHandler sets
+        # itself only when the first --mode is upstream mode.
         server = connection.Server(
             address=flow.server_conn.address,
             via=flow.server_conn.via,
