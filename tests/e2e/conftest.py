@@ -104,12 +104,13 @@ class Proxy:
         self.url = f"http://127.0.0.1:{self.port}"
         self.confdir = workdir / "mitmproxy-conf"
         self.logfile = workdir / f"{self.tool}-{self.port}.log"
+        self.flows_file = workdir / f"{self.tool}-{self.port}.mitm"  # save_stream_file; scanned for secrets
         script = ["-s", str(ROOT / "addon" / "main.py"), "--set", f"rules={rules}"] if addon else []
         self.args = [
             str(MITMDUMP.with_name(self.tool)), *script,
             "--listen-host", "127.0.0.1", "--listen-port", str(self.port), "--set", f"confdir={self.confdir}",
             "--set", "ssl_insecure=true", "--set", "flow_detail=0", "--set", "termlog_verbosity=debug",
-            "--set", f"save_stream_file={workdir / f'{self.tool}-{self.port}.mitm'}",  # scanned for secrets
+            "--set", f"save_stream_file={self.flows_file}",
             *extra,
         ]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
@@ -142,6 +143,11 @@ class Proxy:
     def stop(self) -> None:
         stop_process(self.proc)
         self._log.close()
+
+    def saved_flows(self) -> list[http.HTTPFlow]:
+        """The flows it saved; stop it first, so that the file is whole."""
+        with open(self.flows_file, "rb") as f:
+            return list(io.FlowReader(f).stream())
 
 
 @pytest.fixture

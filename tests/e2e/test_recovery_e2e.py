@@ -300,26 +300,25 @@ def test_recovery_over_https_and_http2(tmp_path, start_proxy, upstream_tls):
     assert len({r.body for r in upstream_tls.app.received}) == 1
 
 
-@pytest.mark.parametrize("first_mode", [None, "regular"], ids=["upstream mode", "upstream mode after a regular one"])
-def test_recovery_in_upstream_mode_goes_through_the_upstream_proxy(make_rules, start_proxy, upstream, tmp_path, first_mode):
+@pytest.mark.parametrize("regular_first", [False, True], ids=["upstream mode", "upstream mode after a regular one"])
+def test_recovery_in_upstream_mode_goes_through_the_upstream_proxy(make_rules, start_proxy, upstream, tmp_path, regular_first):
     """With `--mode upstream:`, the retry takes the same route as the refused request. mitmproxy's
     replay routes through the upstream proxy only when the first mode is upstream mode; with
     another mode first, the route comes from the refused flow's server connection."""
     upstream.app.tokens = {TOKENS[1]}
     rules = make_rules()
     outer = Proxy(rules, tmp_path, addon=False).start()  # a bare mitmdump between the addon and the upstream
-    modes = ["--mode", f"regular@{free_port()}"] if first_mode else []
+    modes = ["--mode", f"regular@{free_port()}"] if regular_first else []
     try:
-        proxy = start_proxy(rules, "--save-stream-file", str(tmp_path / "flows.mitm"), *modes, "--mode", f"upstream:{outer.url}")
+        proxy = start_proxy(rules, *modes, "--mode", f"upstream:{outer.url}")
         answer = post(proxy, upstream)
     finally:
         outer.stop()
     assert answer.status_code == 200
     assert [(r.cookie("session"), r.status) for r in upstream.app.received] == [(TOKENS[0], 403), (TOKENS[1], 200)]
-    with open(outer.logfile.with_suffix(".mitm"), "rb") as f:
-        through_outer = [fl.request.cookies["session"] for fl in io.FlowReader(f).stream()]
-    assert through_outer == [TOKENS[0], TOKENS[1]]
-    (replay,) = [f for f in saved_flows(proxy, rules) if f.is_replay]
+    assert [f.request.cookies["session"] for f in outer.saved_flows()] == [TOKENS[0], TOKENS[1]]
+    proxy.stop()
+    (replay,) = [f for f in proxy.saved_flows() if f.is_replay]
     assert replay.server_conn.via == ("http", ("127.0.0.1", outer.port))
 
 
@@ -339,9 +338,8 @@ def test_recovery_over_https_in_upstream_mode(tmp_path, start_proxy, upstream_tl
         outer.stop()
     assert answer.status_code == 200
     assert [(r.cookie("session"), r.status) for r in upstream_tls.app.received] == [(TOKENS[0], 403), (TOKENS[1], 200)]
-    with open(outer.logfile.with_suffix(".mitm"), "rb") as f:
-        flows = [fl for fl in io.FlowReader(f).stream() if fl.request.method != "CONNECT"]
-    assert [(fl.request.scheme, fl.request.cookies["session"]) for fl in flows] == [("https", TOKENS[0]), ("https", TOKENS[1])]
+    flows = [f for f in outer.saved_flows() if f.request.method != "CONNECT"]
+    assert [(f.request.scheme, f.request.cookies["session"]) for f in flows] == [("https", TOKENS[0]), ("https", TOKENS[1])]
 
 
 def test_recovery_in_reverse_mode(make_rules, start_proxy, upstream):
