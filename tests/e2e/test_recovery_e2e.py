@@ -61,15 +61,16 @@ print(f"cap-{n}-captcha-value")
 BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
 
+def rules_for(folder, port, strategy="round_robin", breaker=10, tokens=None):
+    """The rules above for an upstream on this port, with the captcha command beside them."""
+    (folder / "fetch.py").write_text(FETCH)
+    text = RULES.format(port=port, python=json.dumps(sys.executable), strategy=strategy, breaker=breaker)
+    return write_rules(folder, text, tokens=tokens)
+
+
 @pytest.fixture
 def make_rules(tmp_path, upstream):
-    (tmp_path / "fetch.py").write_text(FETCH)
-
-    def make(strategy="round_robin", breaker=10, tokens=None):
-        text = RULES.format(port=upstream.port, python=json.dumps(sys.executable), strategy=strategy, breaker=breaker)
-        return write_rules(tmp_path, text, tokens=tokens)
-
-    return make
+    return lambda **kw: rules_for(tmp_path, upstream.port, **kw)
 
 
 def start(start_proxy, rules):
@@ -286,10 +287,7 @@ def test_successful_streams_still_stream(make_rules, start_proxy, upstream):
 
 def test_recovery_over_https_and_http2(tmp_path, start_proxy, upstream_tls):
     upstream_tls.app.tokens = {TOKENS[2]}
-    (tmp_path / "fetch.py").write_text(FETCH)
-    rules = write_rules(tmp_path, RULES.format(
-        port=upstream_tls.port, python=json.dumps(sys.executable), strategy="round_robin", breaker=10,
-    ))  # fmt: skip
+    rules = rules_for(tmp_path, upstream_tls.port)
     proxy = start(start_proxy, rules)
     with httpx.Client(proxy=proxy.url, verify=proxy.ca, http2=True, timeout=60) as client:
         answer = client.post(f"https://127.0.0.1:{upstream_tls.port}/v1/chat/completions", content=BODY)
@@ -325,10 +323,7 @@ def test_recovery_in_upstream_mode_goes_through_the_upstream_proxy(make_rules, s
 def test_recovery_over_https_in_upstream_mode(tmp_path, start_proxy, upstream_tls):
     """HTTPS through an upstream proxy (CONNECT): the retry tunnels through it too."""
     upstream_tls.app.tokens = {TOKENS[1]}
-    (tmp_path / "fetch.py").write_text(FETCH)
-    rules = write_rules(tmp_path, RULES.format(
-        port=upstream_tls.port, python=json.dumps(sys.executable), strategy="round_robin", breaker=10,
-    ))  # fmt: skip
+    rules = rules_for(tmp_path, upstream_tls.port)
     outer = Proxy(rules, tmp_path, addon=False).start()
     try:
         proxy = start_proxy(rules, "--mode", f"upstream:{outer.url}")
