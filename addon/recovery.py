@@ -209,7 +209,7 @@ class Recovery:
         apply_plan(sent.plan.dynamic, copy.request, values)
         secret = values.get(TOKEN) or values.get(CAPTCHA, "")
         copy.comment = f"attempt {n} of flow {flow.id[:8]}, with {'token' if TOKEN in values else 'captcha'} {mask(secret)}"
-        handler = ReplayHandler(copy, ctx.options)
+        handler = _Replay(copy, ctx.options)
         replay = asyncio.ensure_future(handler.replay())
         try:
             finished = (await asyncio.wait({replay}, timeout=self.timeout))[0]
@@ -225,7 +225,26 @@ class Recovery:
         return copy
 
 
-async def _hang_up(handler: ReplayHandler, replay: asyncio.Future, copy: http.HTTPFlow) -> None:
+class _Replay(ReplayHandler):
+    """mitmproxy's ReplayHandler, keeping the tasks that run its hooks, so that a hang-up can cancel
+    one held in another addon's hook (mitmproxy 11 kept them per handler as `hook_tasks`; 12 keeps
+    them in one set for the whole process, with no way to tell whose they are)."""
+
+    def __init__(self, flow: http.HTTPFlow, options) -> None:
+        super().__init__(flow, options)
+        self.hook_runs: set[asyncio.Task] = set()
+
+    async def hook_task(self, hook) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.hook_runs.add(task)
+        try:
+            await super().hook_task(hook)
+        finally:
+            self.hook_runs.discard(task)
+
+
+async def _hang_up(handler: _Replay, replay: asyncio.Future, copy: http.HTTPFlow) -> None:
     """Stop a replay wherever it is: held in a hook (or intercepted), it is killed, so it is never
     sent; on the wire, its upstream connections are closed and mitmproxy ends it with an error."""
     copy.resume()
@@ -235,7 +254,7 @@ async def _hang_up(handler: ReplayHandler, replay: asyncio.Future, copy: http.HT
         if io.handler:
             io.handler.cancel()
     if not (await asyncio.wait({replay}, timeout=HANG_UP_GRACE))[0]:
-        for task in list(handler.hook_tasks):
+        for task in list(handler.hook_runs):
             task.cancel()
         replay.cancel()
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fake_upstream  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT / ".venv" / "bin"
+VENV = Path(sys.executable).parent  # the venv running this script
 PYTHON = VENV / "python"
 MITMDUMP = VENV / "mitmdump"
 SERVERS = ROOT / "scripts" / "bench_servers.py"

@@ -52,9 +52,9 @@ def main() -> int:
     print(f"    {direct.status_code} {direct.json()['error']['message']}\n")
 
     port = free_port()
-    log = open(ROOT / ".venv" / "demo-mitmdump.log", "w")
+    log = open(Path(sys.prefix) / "demo-mitmdump.log", "w")
     proxy = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "mitmdump"), "-s", "addon/main.py", "--listen-host", "127.0.0.1",
+        [str(Path(sys.executable).with_name("mitmdump")), "-s", "addon/main.py", "--listen-host", "127.0.0.1",
          "--listen-port", str(port), "--set", "rules=rules.yaml", "--set", "flow_detail=0"],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )  # fmt: skip

@@ -46,7 +46,7 @@ from fake_upstream import ProtectedAPI, Received, UpstreamServer, stop_process, 
 from soak_probe import PROBE_HOST  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-MITMDUMP = ROOT / ".venv" / "bin" / "mitmdump"
+MITMDUMP = Path(sys.executable).with_name("mitmdump")  # of the venv running this
 PROBE = ROOT / "scripts" / "soak_probe.py"
 
 TOKENS = [f"soak-token-{i:02d}-000000000{i:02d}" for i in range(20)]

@@ -9,8 +9,10 @@ import datetime
 import ipaddress
 import os
 import re
+import secrets
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+import httpx
 from mitmproxy import http, io
+from mitmproxy.version import VERSION as MITMPROXY_VERSION
 
 from fake_upstream import ProtectedAPI, UpstreamServer, stop_process
 from helpers import TOKENS
@@ -28,7 +32,8 @@ from helpers import TOKENS
 ROOT = Path(__file__).resolve().parents[2]
 # captcha values the tests' captcha sources produce (and the upstream accepts)
 SECRET_CAPTCHAS = ["cap-e2e-captcha-value-0042", "cap-1-captcha-value", "cap-2-captcha-value", "cap-test-value-9999"]
-MITMDUMP = ROOT / ".venv" / "bin" / "mitmdump"
+MITMDUMP = Path(sys.executable).with_name("mitmdump")  # of the venv running this
+MITMPROXY_MAJOR = int(MITMPROXY_VERSION.split(".")[0])
 
 
 def free_port() -> int:
@@ -148,6 +153,42 @@ class Proxy:
         """The flows it saved; stop it first, so that the file is whole."""
         with open(self.flows_file, "rb") as f:
             return list(io.FlowReader(f).stream())
+
+
+class Mitmweb(Proxy):
+    """A real `mitmweb -s addon/main.py`: proxy and web UI on free loopback ports, with a client
+    of the web API (`web`) that is let in as mitmweb's own web app is: on mitmproxy 12 the web
+    token (`web_password`, sent as `Authorization: Bearer`), and on both lines tornado's XSRF
+    check, which wants the `X-XSRFToken` header to echo the XSRF cookie (`_xsrf` on 11,
+    `_mitmproxy_xsrf` on 12)."""
+
+    tool = "mitmweb"
+
+    def __init__(self, rules: Path, workdir: Path, *extra: str) -> None:
+        self.web_port = free_port()
+        self.web_url = f"http://127.0.0.1:{self.web_port}"
+        self.web_token = secrets.token_hex(16)
+        web = ["--set", f"web_port={self.web_port}", "--set", "web_host=127.0.0.1", "--set", "web_open_browser=false"]
+        if MITMPROXY_MAJOR >= 12:
+            web += ["--set", f"web_password={self.web_token}"]
+        super().__init__(rules, workdir, *web, *extra)
+        self.web: httpx.Client | None = None
+
+    def start(self) -> Mitmweb:
+        super().start()
+        self.wait_for_log(r"Web server listening at", timeout=30)
+        xsrf = secrets.token_hex(16)
+        self.web = httpx.Client(
+            base_url=self.web_url, timeout=15,
+            headers={"Authorization": f"Bearer {self.web_token}", "X-XSRFToken": xsrf},
+            cookies={"_xsrf": xsrf, "_mitmproxy_xsrf": xsrf},
+        )  # fmt: skip
+        return self
+
+    def stop(self) -> None:
+        if self.web is not None:
+            self.web.close()
+        super().stop()
 
 
 @pytest.fixture

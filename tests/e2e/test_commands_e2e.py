@@ -1,10 +1,9 @@
 """End to end: the addon's commands, called the way mitmweb's command bar calls them.
 
 A real `mitmweb -s addon/main.py` runs in front of the local upstream; the
-commands go through mitmweb's own HTTP API (mitmproxy 11.0.2:
-`POST /commands/<name>` with `{"arguments": [...]}`, guarded by tornado's XSRF
-check: the `_xsrf` cookie that `GET /` sets, echoed in an `X-XSRFToken`
-header, as mitmweb's web app does). Assertions are on what the commands
+commands go through mitmweb's own HTTP API (`POST /commands/<name>` with
+`{"arguments": [...]}`, as mitmweb's web app sends them; conftest.Mitmweb
+passes its authentication on both mitmproxy lines). Assertions are on what the commands
 answer and on what the upstream receives afterwards.
 """
 
@@ -21,7 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import Proxy, assert_no_secrets, free_port
+import conftest
+from conftest import assert_no_secrets
 from helpers import TOKENS, write_rules
 from test_recovery_e2e import FETCH, RULES, post
 
@@ -29,29 +29,12 @@ SUFFIXES = [t[-4:] for t in TOKENS]
 ROW = re.compile(r"^…(\w{4}) +(active|cooling|disabled) +(-|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) +(\d+) +(\d+)$")
 
 
-class Mitmweb(Proxy):
-    """A real `mitmweb -s addon/main.py` process: proxy and web UI on free loopback ports."""
-
-    tool = "mitmweb"
+class Mitmweb(conftest.Mitmweb):
+    """mitmweb, with its command bar's API."""
 
     def __init__(self, rules: Path, workdir: Path) -> None:
-        self.web_port = free_port()
-        self.web_url = f"http://127.0.0.1:{self.web_port}"
-        super().__init__(
-            rules, workdir, "--set", f"web_port={self.web_port}", "--set", "web_host=127.0.0.1",
-            "--set", "web_open_browser=false",
-        )  # fmt: skip
-        self.web: httpx.Client | None = None
+        super().__init__(rules, workdir)
         self.outputs: list[str] = []  # every command answer, scanned for secrets
-
-    def start(self) -> Mitmweb:
-        super().start()
-        self.wait_for_log(r"Web server listening at", timeout=30)
-        self.web = httpx.Client(base_url=self.web_url, timeout=15)
-        index = self.web.get("/")  # the page sets the _xsrf cookie, as for a browser
-        assert index.status_code == 200, f"GET / answered {index.status_code}:\n{self.log()}"
-        assert self.web.cookies.get("_xsrf"), f"mitmweb set no _xsrf cookie:\n{self.log()}"
-        return self
 
     def command(self, name: str, *arguments: str) -> dict[str, Any]:
         """POST /commands/<name> as mitmweb's command bar does; the JSON answer
@@ -60,7 +43,6 @@ class Mitmweb(Proxy):
         answer = self.web.post(
             f"/commands/{name}",
             json={"arguments": list(arguments)},
-            headers={"X-XSRFToken": self.web.cookies["_xsrf"]},
         )
         assert answer.status_code == 200, f"{name}: HTTP {answer.status_code} {answer.text}\n{self.log()}"
         self.outputs.append(answer.text)
@@ -84,11 +66,6 @@ class Mitmweb(Proxy):
             assert m, f"unexpected tokens.status row {row!r} in:\n{text}"
             parsed[m[1]] = (m[2], m[3], int(m[4]), int(m[5]))
         return parsed
-
-    def stop(self) -> None:
-        if self.web is not None:
-            self.web.close()
-        super().stop()
 
 
 @pytest.fixture

@@ -80,20 +80,39 @@ def test_retry_that_hangs_is_hung_up_after_the_timeout(account, scripted):
 
 SLOW_REPLAY_HOOK = """\
 import asyncio
+import logging
 
 async def request(flow):
     if flow.is_replay == "request":
-        await asyncio.sleep(2)  # another addon holding the retry past retry_timeout
+        try:
+            await asyncio.sleep({seconds})  # another addon holding the retry past retry_timeout
+        except asyncio.CancelledError:
+            logging.warning("slow hook: cancelled")
+            raise
+        logging.warning("slow hook: done")
 """
 
 
 def test_retry_held_in_a_hook_past_the_timeout_is_never_sent(tmp_path, account, scripted):
-    (tmp_path / "slow.py").write_text(SLOW_REPLAY_HOOK)
+    (tmp_path / "slow.py").write_text(SLOW_REPLAY_HOOK.format(seconds=2))
     proxy = account("--set", "retry_timeout=1", "-s", str(tmp_path / "slow.py"))
     scripted.script.append(refuse())
     assert get(proxy, scripted.port).status_code == 403
     proxy.wait_for_log(r"attempt 2 failed: no whole answer within 1 s")
+    proxy.wait_for_log(r"slow hook: done")  # the hook let go of the killed retry, within the grace period
     assert [r.cookie("session") for r in scripted.received] == TOKENS[:1]  # the retry was killed, not sent
+
+
+def test_retry_held_in_a_hook_past_the_grace_period_has_its_hook_cancelled(tmp_path, account, scripted):
+    (tmp_path / "slow.py").write_text(SLOW_REPLAY_HOOK.format(seconds=60))
+    proxy = account("--set", "retry_timeout=1", "-s", str(tmp_path / "slow.py"))
+    scripted.script.append(refuse())
+    assert get(proxy, scripted.port).status_code == 403  # after retry_timeout and the grace period
+    proxy.wait_for_log(r"attempt 2 failed: no whole answer within 1 s")
+    proxy.wait_for_log(r"slow hook: cancelled")
+    assert get(proxy, scripted.port).status_code == 200  # the proxy goes on serving
+    assert [r.cookie("session") for r in scripted.received] == [TOKENS[0], TOKENS[1]]  # the retry was never sent
+    assert "Addon error" not in proxy.log() and "Traceback" not in proxy.log()
 
 
 @pytest.mark.parametrize("close", [True, False], ids=["connection close", "keep-alive"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from conftest import Proxy, free_port
+from conftest import Mitmweb
 from helpers import write_rules
 
 RULES = "rules:\n  - match: {host: a.example}\n    headers: {X: y}\n"
@@ -13,24 +13,16 @@ RULES = "rules:\n  - match: {host: a.example}\n    headers: {X: y}\n"
 
 @pytest.fixture
 def mitmweb(tmp_path):
-    web_port = free_port()
-
-    class Web(Proxy):
-        tool = "mitmweb"
-
-    web = Web(write_rules(tmp_path, RULES), tmp_path, "--set", f"web_port={web_port}",
-              "--set", "web_host=127.0.0.1", "--set", "web_open_browser=false").start()  # fmt: skip
-    web.wait_for_log("Web server listening at", timeout=30)
-    web.web_port = web_port
+    web = Mitmweb(write_rules(tmp_path, RULES), tmp_path).start()
     yield web
     web.stop()
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "127.0.0.2"])
 def test_proxied_requests_to_mitmweb_are_refused(mitmweb, host):
-    direct = httpx.get(f"http://127.0.0.1:{mitmweb.web_port}/flows")
-    assert direct.status_code == 200  # mitmweb itself works, opened directly
-    with httpx.Client(proxy=mitmweb.url, timeout=30) as client:
+    assert mitmweb.web.get("/flows").status_code == 200  # mitmweb itself works, opened directly
+    # through the proxy it is refused, even for a client that knows mitmweb's token (12.x)
+    with httpx.Client(proxy=mitmweb.url, timeout=30, headers=mitmweb.web.headers) as client:
         proxied = client.get(f"http://{host}:{mitmweb.web_port}/flows")
     assert proxied.status_code == 403
     assert "is this proxy or its web interface" in proxied.text
