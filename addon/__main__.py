@@ -1,4 +1,4 @@
-"""Tools for rules files: `python -m addon check|explain|schema` (run from the repository root)."""
+"""Tools for rules files: `mitm-rules check|explain|schema` (also `python -m addon …` from the repository root)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from addon.schema import RulesError, RulesErrors
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m addon", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mitm-rules", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("check", help="load a rules file as the proxy would; print ok or every problem")

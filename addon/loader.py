@@ -34,6 +34,7 @@ class RulesLoader:
         self.breaker = Breaker()
         self.captcha: CaptchaSource | None = None
         self.stream_copy_limit = 1024 * 1024
+        self.mitmproxy_stores_streamed = False  # mitmproxy 12.1+ with store_streamed_bodies: it keeps them whole
         self._watcher = FileWatcher()
         self._state_file: Path | None = None
         self._save_pending: asyncio.TimerHandle | None = None
@@ -54,7 +55,9 @@ class RulesLoader:
             "1m",
             "How much of a streamed response body (Server-Sent Events, or the answer to a "
             "streaming request) to keep on the flow, so that mitmweb can show it. The client "
-            "always gets the whole body. Sizes like 512k or 1m.",
+            "always gets the whole body. Sizes like 512k or 1m. With mitmproxy's own "
+            "store_streamed_bodies (mitmproxy 12.1 and later) set, mitmproxy keeps the whole body "
+            "instead and this limit does not apply.",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -63,6 +66,8 @@ class RulesLoader:
                 self.stream_copy_limit = human.parse_size(ctx.options.stream_copy_limit) or 0
             except ValueError as e:
                 raise exceptions.OptionsError(f"Cannot parse stream_copy_limit: {e}") from e
+        if "store_streamed_bodies" in updated:  # an option of mitmproxy 12.1 and later
+            self.mitmproxy_stores_streamed = bool(ctx.options.store_streamed_bodies)
         if "rules" in updated:
             self.reload_rules()
 
@@ -107,6 +112,8 @@ class RulesLoader:
         if config.captcha:
             summary += f", captcha from {config.captcha.describe()}"
         logger.info(f"rules: loaded {path}: {summary}")
+        if not config.rules:
+            logger.warning(f"rules: {path} has no rules: every request passes unchanged")
 
     def reload_tokens(self) -> None:
         assert self.config is not None and self.config.tokens is not None

@@ -17,6 +17,7 @@ from addon.guard import SelfGuard
 from addon.loader import RulesLoader
 from addon.recovery import Recovery
 from addon.rewriter import Rewriter
+from addon.startup import OptionCheck
 from addon.streamtap import StreamTap
 
 
@@ -29,12 +30,14 @@ class Pipeline:
         self.rewriter = Rewriter(self.rules)
         self.tap = StreamTap(self.rules)
         self.recovery = Recovery(self.rules, self.rewriter)
+        self.options_check = OptionCheck()
         # a child addon (mitmproxy traverses `addons`), for its commands: it has no hooks
         self.addons = [TokenCommands(self.rules)]
 
     def load(self, loader) -> None:
         self.rules.load(loader)
         self.recovery.load(loader)
+        self.options_check.load(loader)
 
     def configure(self, updated: set[str]) -> None:
         self.rules.configure(updated)

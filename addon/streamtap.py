@@ -49,7 +49,9 @@ class StreamTap:
             return  # held: the client must not see any of it before it is judged
         is_sse = flow.response.headers.get("content-type", "").lower().startswith("text/event-stream")
         if is_sse or record["streaming"]:
-            flow.response.stream = BodyCopy(self.state.stream_copy_limit)
+            # mitmproxy 12.1+ keeps a streamed body itself when asked (store_streamed_bodies): a copy
+            # of ours would only replace its whole body with the first stream_copy_limit bytes
+            flow.response.stream = True if self.state.mitmproxy_stores_streamed else BodyCopy(self.state.stream_copy_limit)
 
     def response(self, flow: http.HTTPFlow) -> None:
         assert flow.response

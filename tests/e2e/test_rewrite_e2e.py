@@ -16,7 +16,7 @@ import openai
 import pytest
 from mitmproxy import io
 
-from conftest import ROOT, run_mitmdump
+from conftest import MITMPROXY_MAJOR, ROOT, run_mitmdump
 from helpers import TOKENS, write_rules
 
 RULES = """\
@@ -202,6 +202,23 @@ def test_flow_comments_explain_the_rewrite(proxy, upstream, rules):
     assert TOKENS[0] not in flow.comment and "cap-e2e-captcha-value-0042" not in flow.comment
     assert b"data: [DONE]" in flow.response.raw_content  # the streamed body's copy, for mitmweb
     assert TOKENS[0] not in proxy.log()
+
+
+@pytest.mark.parametrize(
+    "extra, kept",
+    [
+        ([], 100),  # the addon's copy, capped
+        pytest.param(["--set", "store_streamed_bodies=true"], None, id="store_streamed_bodies",
+                     marks=pytest.mark.skipif(MITMPROXY_MAJOR < 12, reason="an option of mitmproxy 12.1 and later")),
+    ],
+)
+def test_streamed_body_kept_for_mitmweb(rules, start_proxy, upstream, extra, kept):
+    proxy = start_proxy(rules, "--set", "stream_copy_limit=100", *extra)
+    with httpx.Client(proxy=proxy.url, timeout=30) as client:
+        whole = client.post(f"http://127.0.0.1:{upstream.port}/v1/chat/completions", content=chat(True)).read()
+    proxy.stop()
+    (flow,) = proxy.saved_flows()
+    assert len(whole) > 100 and flow.response.raw_content == (whole if kept is None else whole[:kept])
 
 
 def test_hot_reload_and_a_bad_edit_keeps_the_last_good_rules(proxy, upstream, rules):
