@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -123,6 +124,11 @@ class Proxy:
     @property
     def ca(self) -> str:
         return str(self.confdir / "mitmproxy-ca-cert.pem")
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        """Trusts this proxy's CA (for httpx's `verify`)."""
+        return ssl.create_default_context(cafile=self.ca)
 
     def start(self) -> Proxy:
         self._log = open(self.logfile, "wb")

@@ -289,7 +289,7 @@ def test_recovery_over_https_and_http2(tmp_path, start_proxy, upstream_tls):
     upstream_tls.app.tokens = {TOKENS[2]}
     rules = rules_for(tmp_path, upstream_tls.port)
     proxy = start(start_proxy, rules)
-    with httpx.Client(proxy=proxy.url, verify=proxy.ca, http2=True, timeout=60) as client:
+    with httpx.Client(proxy=proxy.url, verify=proxy.ssl_context, http2=True, timeout=60) as client:
         answer = client.post(f"https://127.0.0.1:{upstream_tls.port}/v1/chat/completions", content=BODY)
     assert answer.status_code == 200 and answer.http_version == "HTTP/2"
     assert [(r.cookie("session"), r.http_version, r.status) for r in upstream_tls.app.received] == [
@@ -327,7 +327,7 @@ def test_recovery_over_https_in_upstream_mode(tmp_path, start_proxy, upstream_tl
     outer = Proxy(rules, tmp_path, addon=False).start()
     try:
         proxy = start_proxy(rules, "--mode", f"upstream:{outer.url}")
-        with httpx.Client(proxy=proxy.url, verify=proxy.ca, timeout=60) as client:
+        with httpx.Client(proxy=proxy.url, verify=proxy.ssl_context, timeout=60) as client:
             answer = client.post(f"https://127.0.0.1:{upstream_tls.port}/v1/chat/completions", content=BODY)
     finally:
         outer.stop()

@@ -135,7 +135,7 @@ def test_httpx_sse_chunks_arrive_as_sent(proxy, upstream):
 
 def test_https_http2_request_and_stream(proxy, upstream_tls):
     url = f"https://127.0.0.1:{upstream_tls.port}/v1/chat/completions"
-    with httpx.Client(proxy=proxy.url, verify=proxy.ca, http2=True, timeout=30) as client:
+    with httpx.Client(proxy=proxy.url, verify=proxy.ssl_context, http2=True, timeout=30) as client:
         plain = client.post(url, content=chat(False))
         with client.stream("POST", url, content=chat(True)) as response:
             events = read_sse(response)
