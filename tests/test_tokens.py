@@ -113,10 +113,10 @@ def test_has_replacement_says_whether_there_is_one_and_changes_nothing(clock):
     assert pool.draw() == "a"
     pool.set_disabled("c", True)
     assert pool.has_replacement("a", exclude={"a"}) is True
+    assert pool.draw() == "a"  # still on "a": asking moved nothing (`replacement` moves sticky on)
     assert pool.has_replacement("a", exclude={"a", "b"}) is False  # c is disabled
     pool.refused("b")
     assert pool.has_replacement("a", exclude={"a"}) is True  # a cooling token is a last resort, still one
-    assert pool.draw() == "a"  # still on "a": asking moved nothing (`replacement` moves sticky on)
 
 
 def test_cooling_tokens_are_used_only_when_no_active_one_is_left_soonest_first(clock):
