@@ -117,7 +117,7 @@ class _Removal:
     """The comment line of a removal, kept only when the request had what it removes."""
 
     line: str
-    key: bytes | str  # the header's lower-case name (bytes) or the cookie's name (str), as the edit pass sees them
+    key: bytes | str  # as the edit pass finds them: a header's lower-case name (bytes), a cookie's name (str)
     edit: Edit
 
 
@@ -210,8 +210,8 @@ def apply_plan(
         return list(lines)
     # a removal is listed only when the request had the header or cookie: it removed something
     if removed is not None:
-        removed.update(s.edit for s in lines if s.__class__ is _Removal and s.key in found)
-    return [s if s.__class__ is str else s.line for s in lines if s.__class__ is str or s.key in found]
+        removed.update(s.edit for s in lines if isinstance(s, _Removal) and s.key in found)
+    return [s.line if isinstance(s, _Removal) else s for s in lines if not isinstance(s, _Removal) or s.key in found]
 
 
 def _render(kind: str, edit: Edit, values: Mapping[str, str]) -> tuple[str, str | None]:
