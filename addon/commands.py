@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+from collections.abc import Sequence
 
 from mitmproxy import command, exceptions
 
@@ -19,17 +20,23 @@ class TokenCommands:
         self.refreshing: asyncio.Task[str | None] | None = None
 
     @command.command("tokens.status")
-    def status(self) -> str:
-        """Each token (masked) with its state, cooldown end, successes and refusals."""
-        pool = self.state.tokens
-        rows = [f"{'token':<8} {'state':<9} {'cooling until':<20} {'ok':>6} {'refused':>8}"]
-        for state, h in pool.status():
-            until = _when(h.cooling_until) if state == "cooling" else "-"
-            rows.append(f"{h.suffix:<8} {state:<9} {until:<20} {h.successes:>6} {h.refusals:>8}")
+    def status(self) -> Sequence[str]:
+        """Each token (masked), one to a row: its state, cooldown end, successes and refusals.
+        The same rows go to the event log, where mitmweb shows them as rows."""
+        # the console shows a list one item to a row; mitmweb's command bar shows it as one line of
+        # JSON with its spaces run together, so each row names its fields rather than relying on a header
+        rows = []
+        for state, h in self.state.tokens.status():
+            if state == "cooling":
+                state = f"cooling until {_when(h.cooling_until)}"
+            rows.append(f"{h.suffix:<6} {state:<33} {h.successes:>6} ok {h.refusals:>6} refused")
+        if not rows:
+            rows.append("no tokens")  # never an empty list: the console's data viewer cannot show one
         if self.state.breaker.is_open:
             until = _when(self.state.breaker.open_until)
             rows.append(f"breaker open until {until}: refusals go to the client as they are")
-        return "\n".join(rows)
+        logger.info("tokens.status:\n" + "\n".join(rows))
+        return rows
 
     @command.command("tokens.reset")
     def reset(self) -> None:

@@ -9,13 +9,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 
-def edit_cookie_headers(values: list[str], edits: Mapping[str, str | None]) -> list[str]:
+def edit_cookie_headers(
+    values: list[str], edits: Mapping[str, str | None], present: set[str] | None = None
+) -> list[str]:
     """Apply `edits` (name -> new value, or None to remove) to the `Cookie` header values.
 
     A cookie that is set but absent is appended to the last header value (or
     makes a new one). When a name appears more than once, the first is set and
     the repeats are removed, so the upstream sees exactly one value.
-    Header values left empty by removals are dropped.
+    Header values left empty by removals are dropped. `present`, when given, gets
+    the names of the edited cookies the values had (so a removal can tell it removed one).
     """
     pending = dict(edits)
     seen: set[str] = set()
@@ -27,6 +30,8 @@ def edit_cookie_headers(values: list[str], edits: Mapping[str, str | None]) -> l
             if name not in edits:
                 kept.append(pair)
                 continue
+            if present is not None:
+                present.add(name)
             new = edits[name]
             if new is None or name in seen:
                 continue

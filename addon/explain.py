@@ -22,7 +22,7 @@ from mitmproxy.net.http.url import hostport as url_hostport
 from addon import statefile
 from addon.config import PASS, REFRESH_CAPTCHA, ROTATE, Config
 from addon.masking import mask
-from addon.rewrite import apply_plan, plan_request
+from addon.rewrite import Edit, apply_plan, plan_request
 from addon.template import CAPTCHA, TOKEN
 from addon.tokens import TokenPool, TokensFileError, read_tokens
 from addon.verdict import applies, verdict
@@ -158,10 +158,13 @@ def explain(config: Config, flow: http.HTTPFlow, values: dict[str, str]) -> Iter
     yield f"  streaming: {'yes' if plan.streaming else 'no'}"
     yield f"  rules: {', '.join(r.name for r in plan.rules)}"
     sent = req.copy()
-    notes = apply_plan(plan, sent, values)
+    removed: set[Edit] = set()  # as the flow comment: only what the request had
+    notes = apply_plan(plan, sent, values, removed)
     decided = {e.name.lower(): e.rule for e in plan.headers}
     cookie_note = "; ".join(
-        f"{e.name} removed by {e.rule}" if e.value is None else f"{e.name} ← {e.rule}" for e in plan.cookies
+        f"{e.name} removed by {e.rule}" if e.value is None else f"{e.name} ← {e.rule}"
+        for e in plan.cookies
+        if e.value is not None or e in removed
     )
     yield "  as it would leave the proxy:"
     yield f"    {sent.method} {sent.path} {sent.http_version}"
@@ -173,7 +176,7 @@ def explain(config: Config, flow: http.HTTPFlow, values: dict[str, str]) -> Iter
             note = f"   ({cookie_note})"
         yield f"    {key}: {shown}{note}"
     for e in plan.headers:
-        if e.value is None and e.name in req.headers:
+        if e.value is None and e in removed:
             yield f"    (removed) {e.name}   ← {e.rule}"
     for line in notes:
         if "not set" in line:

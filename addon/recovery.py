@@ -26,6 +26,7 @@ from mitmproxy.addons.clientplayback import ReplayHandler
 from mitmproxy.flow import Error
 from mitmproxy.hooks import UpdateHook
 
+from addon.comment import add_note
 from addon.config import REFRESH_CAPTCHA, ROTATE, Config
 from addon.loader import RulesLoader
 from addon.masking import mask
@@ -150,7 +151,7 @@ class Recovery:
                 self._settled(last, values, sent_at)
                 break
         recovered = action is None and len(attempts) > 1
-        if last is not flow.response:
+        if len(attempts) > 1:
             _take_response(flow, last)
         summary = " → ".join(a.describe() for a in attempts)
         if recovered:
@@ -158,8 +159,7 @@ class Recovery:
             logger.info(f"recovered {flow.request.method} {flow.request.pretty_url}: {summary}")
         else:
             logger.warning(f"not recovered {flow.request.method} {flow.request.pretty_url}: {summary} ({outcome})")
-        note = f"attempts: {summary}" + ("" if recovered else f" ({outcome})")
-        flow.comment = f"{flow.comment}\n{note}" if flow.comment else note
+        add_note(flow, f"attempts: {summary}" + ("" if recovered else f" ({outcome})"))
 
     def _refused(self, token: str, response: http.Response) -> None:
         pool, key = self.state.tokens, token_key(token)
@@ -172,7 +172,10 @@ class Recovery:
             pool.restore(undo)
 
     async def _next_values(self, action: str, values: dict[str, str], tried: set[str]) -> dict[str, str] | None:
-        """The values for the next attempt: another token (rotate) or a fresh captcha value."""
+        """The values for the next attempt: another token (rotate) or a fresh captcha value; None
+        when there is none, and then no captcha value is fetched for a retry that will not be sent."""
+        if action == ROTATE and not self.state.tokens.has_replacement(values[TOKEN], exclude=tried):
+            return None
         new = dict(values)
         captcha = self.state.captcha
         if CAPTCHA in values and captcha is not None:
@@ -260,10 +263,16 @@ async def _hang_up(handler: _Replay, replay: asyncio.Future, copy: http.HTTPFlow
 
 
 def _take_response(flow: http.HTTPFlow, response: http.Response) -> None:
-    """Give the client the answer of another attempt, in the original flow's response object."""
+    """Give the client the answer of the last attempt that had one (a retry's, or the flow's own when
+    no retry got one), in the original flow's response object, ending now. mitmweb's time column is
+    `response.timestamp_end - request.timestamp_start`: it then shows how long the client waited,
+    every retry included, not how long the refusal took."""
     assert flow.response is not None
-    flow.response.status_code = response.status_code
-    flow.response.reason = response.reason
-    flow.response.headers = response.headers.copy()
-    flow.response.raw_content = response.raw_content
-    flow.response.trailers = response.trailers.copy() if response.trailers else None
+    if response is not flow.response:
+        flow.response.status_code = response.status_code
+        flow.response.reason = response.reason
+        flow.response.headers = response.headers.copy()
+        flow.response.raw_content = response.raw_content
+        flow.response.trailers = response.trailers.copy() if response.trailers else None
+        flow.response.timestamp_start = response.timestamp_start
+    flow.response.timestamp_end = time.time()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 from mitmproxy import http
 
+from addon import comment
 from addon.config import Config, Rule
 from addon.cookies import edit_cookie_headers
 from addon.masking import mask
@@ -111,6 +112,15 @@ def _fold(rules: tuple[Rule, ...], streaming: bool) -> Plan:
     return Plan(rules, streaming, tuple(headers.values()), tuple(cookies.values()))
 
 
+@dataclass(frozen=True, slots=True)
+class _Removal:
+    """The comment line of a removal, kept only when the request had what it removes."""
+
+    line: str
+    key: bytes | str  # as the edit pass finds them: a header's lower-case name (bytes), a cookie's name (str)
+    edit: Edit
+
+
 @dataclass(frozen=True)
 class _Compiled:
     """A plan made ready to apply: everything that does not depend on drawn values, done once."""
@@ -119,20 +129,23 @@ class _Compiled:
     # lower-case name -> (name, value; None removes), in plan order; drawn values are filled in per request
     headers: dict[bytes, tuple[bytes, bytes | None]]
     cookies: dict[str, str | None]
-    steps: tuple[str | tuple[str, Edit], ...]  # comment lines, and (kind, edit) where a value is drawn
+    # comment lines; removals, whose lines depend on the request; (kind, edit) where a value is drawn
+    steps: tuple[str | _Removal | tuple[str, Edit], ...]
     drawn: bool  # any (kind, edit) steps at all
+    removals: bool  # any _Removal steps at all
 
 
 def _compile(plan: Plan) -> _Compiled:
     headers: dict[bytes, tuple[bytes, bytes | None]] = {}
     cookies: dict[str, str | None] = {}
-    steps: list[str | tuple[str, Edit]] = []
+    steps: list[str | _Removal | tuple[str, Edit]] = []
     for kind, edits in (("header", plan.headers), ("cookie", plan.cookies)):
         for edit in edits:
             label = _label(kind, edit)
             value: str | None = None
             if edit.value is None:
-                steps.append(f"{label} removed by {edit.rule}")
+                key = edit.name if kind == "cookie" else edit.name.lower().encode()
+                steps.append(_Removal(f"{label} removed by {edit.rule}", key, edit))
             elif edit.value.uses:
                 steps.append((kind, edit))  # its place in `headers`/`cookies` is kept; filled in per request
             else:
@@ -147,24 +160,30 @@ def _compile(plan: Plan) -> _Compiled:
                 headers[edit.name.lower().encode()] = (_encode(edit.name), None if value is None else _encode(value))
     kind = "streaming" if plan.streaming else "non-streaming"
     head = f"rules: {', '.join(r.name for r in plan.rules)} ({kind} request)"
-    return _Compiled(head, headers, cookies, tuple(steps), any(not isinstance(s, str) for s in steps))
+    drawn = any(isinstance(s, tuple) for s in steps)
+    removals = any(isinstance(s, _Removal) for s in steps)
+    return _Compiled(head, headers, cookies, tuple(steps), drawn, removals)
 
 
-def apply_plan(plan: Plan, request: http.Request, values: Mapping[str, str]) -> list[str]:
+def apply_plan(
+    plan: Plan, request: http.Request, values: Mapping[str, str], removed: set[Edit] | None = None
+) -> list[str]:
     """Edit the request; returns one line per edit for the flow's comment.
 
     An edit whose placeholder has no value (its source failed) is skipped and
-    the line says so.
+    the line says so. A removal has a line only when the request had the header
+    or cookie; `removed`, when given, gets those removals' edits.
     """
     compiled = plan.compiled
     headers, cookies = compiled.headers, compiled.cookies
+    lines: list | tuple  # of the steps' strings and _Removal, until the edits are done
     if not compiled.drawn:
-        lines = list(compiled.steps)  # all strings
+        lines = compiled.steps  # no (kind, edit) steps
     else:
         headers, cookies = dict(headers), dict(cookies)  # the plan's own stay as compiled
         lines = []
         for step in compiled.steps:
-            if isinstance(step, str):
+            if not isinstance(step, tuple):
                 lines.append(step)
                 continue
             kind, edit = step
@@ -181,12 +200,18 @@ def apply_plan(plan: Plan, request: http.Request, values: Mapping[str, str]) -> 
                     del headers[lk]
                 else:
                     headers[lk] = (headers[lk][0], _encode(rendered))
+    found: set[bytes | str] | None = set() if compiled.removals else None
     if b"cookie" in headers:  # the Cookie header itself is edited: cookie edits apply to the result
-        _edit_fields(request.headers, headers, {})
+        _edit_fields(request.headers, headers, {}, found)
         headers = {}
     if headers or cookies:
-        _edit_fields(request.headers, headers, cookies)
-    return lines
+        _edit_fields(request.headers, headers, cookies, found)
+    if found is None:
+        return list(lines)
+    # a removal is listed only when the request had the header or cookie: it removed something
+    if removed is not None:
+        removed.update(s.edit for s in lines if isinstance(s, _Removal) and s.key in found)
+    return [s.line if isinstance(s, _Removal) else s for s in lines if not isinstance(s, _Removal) or s.key in found]
 
 
 def _render(kind: str, edit: Edit, values: Mapping[str, str]) -> tuple[str, str | None]:
@@ -213,7 +238,10 @@ def _encode(text: str) -> bytes:
 
 
 def _edit_fields(
-    headers: http.Headers, edits: dict[bytes, tuple[bytes, bytes | None]], cookies: dict[str, str | None]
+    headers: http.Headers,
+    edits: dict[bytes, tuple[bytes, bytes | None]],
+    cookies: dict[str, str | None],
+    found: set[bytes | str] | None = None,
 ) -> None:
     """Every header and cookie edit in one pass over the fields.
 
@@ -221,6 +249,8 @@ def _edit_fields(
     `headers.set_all("Cookie", edited values)`: each of those is a pass of its own in mitmproxy's
     MultiDict. A header keeps the place and spelling of its first occurrence, repeats go, and new
     headers are appended in plan order; edited Cookie values take the places of the old ones.
+    `found`, when given, gets the lower-case names of the edited headers the fields had, and the
+    names of the edited cookies.
     """
     fields: list[tuple[bytes, bytes] | None] = []
     done: set[bytes] = set()
@@ -243,12 +273,14 @@ def _edit_fields(
         if lk not in done and value is not None:
             fields.append((name, value))
     if cookies:
-        new = [_encode(v) for v in edit_cookie_headers(old_cookies, cookies)]
+        new = [_encode(v) for v in edit_cookie_headers(old_cookies, cookies, found)]
         for (at, name), value in zip(cookie_at, new):
             fields[at] = (name, value)
         # as set_all: places left over stay empty; values left over go at the end
         fields.extend((b"Cookie", value) for value in new[len(cookie_at) :])
     headers.fields = tuple(f for f in fields if f is not None)
+    if found is not None:
+        found.update(done)
 
 
 _HEADER_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -262,4 +294,4 @@ def _fits(kind: str, value: str) -> bool:
 
 def describe(plan: Plan, lines: list[str]) -> str:
     """The mitmweb comment of a rewritten flow."""
-    return "\n".join([plan.compiled.head, *lines])
+    return comment.join([plan.compiled.head, *lines])

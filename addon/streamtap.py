@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from mitmproxy import http
 
+from addon.comment import add_note
 from addon.loader import RulesLoader
 from addon.rewriter import METADATA_KEY, REPLAY_KEY
 from addon.verdict import may_retry
@@ -64,4 +65,4 @@ class StreamTap:
             note = f"streamed body: {tap.seen} bytes, the first {len(tap.kept)} kept"
             if "content-encoding" in flow.response.headers:
                 note += " (compressed, so the part kept may not decode)"
-            flow.comment = f"{flow.comment}\n{note}" if flow.comment else note
+            add_note(flow, note)

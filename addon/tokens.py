@@ -132,6 +132,10 @@ class TokenPool:
             self._last = token
         return token
 
+    def has_replacement(self, refused: str, exclude: Iterable[str]) -> bool:
+        """Whether `replacement` would find a token now; unlike it, this changes nothing."""
+        return self._next_after(self._position.get(refused, -1), set(exclude) | {refused}) is not None
+
     def _usable(self, i: int, exclude: set[str], active_only: bool) -> bool:
         token = self._tokens[i]
         health = self.health[self._keys[i]]

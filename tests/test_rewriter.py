@@ -72,16 +72,71 @@ def test_matching_request_is_rewritten_and_explained(addons):
     assert "X-Debug" not in h
     assert "X-Echo" not in h  # judged on the request as sent: the client sent no captcha header
     assert h["Cookie"] == "a=1; session=tok-alpha-000000001111"
-    assert f.comment == "\n".join([
+    assert f.comment.splitlines() == [
         "rules: ua, plain, account (non-streaming request)",
-        "X-Debug removed by ua",
-        "Accept ← plain",
-        "x-captcha-token ← account (captcha …9999)",
-        "user-agent ← account",
-        "cookie session ← account (token …1111)",
-        "cookie tracking removed by account",
-    ])
+        "· X-Debug removed by ua",
+        "· Accept ← plain",
+        "· x-captcha-token ← account (captcha …9999)",
+        "· user-agent ← account",
+        "· cookie session ← account (token …1111)",
+        "· cookie tracking removed by account",
+    ]
     assert f.metadata[METADATA_KEY] == {"rules": ["ua", "plain", "account"], "streaming": False, "injected": ["captcha", "token"]}
+
+
+# the comment names a removal only when the request had what it removes (as explain does)
+@pytest.mark.parametrize(
+    "headers, removals",
+    [
+        # neither the header nor the cookie
+        ({}, []),
+        ({"cookie": "a=1; session=client"}, []),
+        # one or the other, in any spelling of the header's name
+        ({"x-debug": "1"}, ["· X-Debug removed by ua"]),
+        ({"X-DEBUG": "1", "cookie": "a=1"}, ["· X-Debug removed by ua"]),
+        ({"cookie": "tracking=t"}, ["· cookie tracking removed by account"]),
+        # a second Cookie header (as HTTP/2 splits them) that has it
+        ({"cookie": "a=1", "Cookie": "tracking=t"}, ["· cookie tracking removed by account"]),
+        # a cookie whose name only starts like it
+        ({"cookie": "trackingx=1; tracking_=2"}, []),
+    ],
+    ids=["nothing", "other cookies", "header", "header in capitals", "cookie", "cookie in a second header", "lookalike"],
+)
+def test_comment_lists_only_the_removals_that_happened(addons, headers, removals):
+    _, rewriter = addons
+    f = flow()
+    for name, value in headers.items():
+        f.request.headers.add(name, value)
+    run(rewriter, f)
+    assert "X-Debug" not in f.request.headers and "tracking" not in f.request.cookies
+    assert [line for line in f.comment.splitlines() if "removed" in line] == removals
+    assert len(f.comment.splitlines()) == 5 + len(removals)  # the other four edits are there either way
+
+
+def test_plans_without_drawn_values_list_only_the_removals_that_happened(tmp_path):
+    """The same for a plan with no {token} or {captcha}: its lines are written once, at load time."""
+    loader = RulesLoader()
+    rewriter = Rewriter(loader)
+    rules = """\
+    rules:
+      - name: strip
+        match: {host: a.com}
+        headers: {X-Debug: null, Accept: "*/*"}
+        cookies: {tracking: null}
+    """
+    with taddons.context(loader, rewriter) as tctx:
+        tctx.configure(loader, rules=str(write_rules(tmp_path, rules)))
+        bare = run(rewriter, flow(host="a.com"))
+        full = run(rewriter, flow(host="a.com", x_debug="1", cookie="tracking=t"))
+        again = run(rewriter, flow(host="a.com"))  # the plan's compiled lines are not changed by a request
+    assert bare.comment.splitlines() == ["rules: strip (non-streaming request)", "· Accept ← strip"]
+    assert again.comment == bare.comment
+    assert full.comment.splitlines() == [
+        "rules: strip (non-streaming request)",
+        "· X-Debug removed by strip",
+        "· Accept ← strip",
+        "· cookie tracking removed by strip",
+    ]
 
 
 def test_streaming_request_gets_the_streaming_rules(addons):

@@ -53,6 +53,15 @@ def test_chunks_pass_unchanged_and_a_capped_copy_is_kept(tap):
     assert f.comment == "streamed body: 18 bytes, the first 10 kept"
 
 
+def test_the_streamed_body_note_is_one_more_item_of_the_comment(tap):
+    f = flow(ctype="text/event-stream")
+    f.comment = "rules: sse (streaming request)\n· Accept ← sse"
+    tap.responseheaders(f)
+    f.response.stream(b"x" * 20)
+    tap.response(f)
+    assert f.comment == "rules: sse (streaming request)\n· Accept ← sse\n· streamed body: 20 bytes, the first 10 kept"
+
+
 @pytest.mark.parametrize(
     "f, held",
     [

@@ -108,6 +108,17 @@ def test_replacement_skips_tokens_already_tried(clock):
     assert pool.replacement("a", exclude={"a", "b", "c"}) is None
 
 
+def test_has_replacement_says_whether_there_is_one_and_changes_nothing(clock):
+    pool = TokenPool(["a", "b", "c"], strategy="sticky", clock=clock)
+    assert pool.draw() == "a"
+    pool.set_disabled("c", True)
+    assert pool.has_replacement("a", exclude={"a"}) is True
+    assert pool.draw() == "a"  # still on "a": asking moved nothing (`replacement` moves sticky on)
+    assert pool.has_replacement("a", exclude={"a", "b"}) is False  # c is disabled
+    pool.refused("b")
+    assert pool.has_replacement("a", exclude={"a"}) is True  # a cooling token is a last resort, still one
+
+
 def test_cooling_tokens_are_used_only_when_no_active_one_is_left_soonest_first(clock):
     pool = TokenPool(["a", "b", "c"], cooldown=100, clock=clock)
     pool.refused("b")

@@ -65,6 +65,13 @@ def test_connection_reset_during_a_retry_gives_the_refusal(account, scripted):
     assert get(proxy, scripted.port).status_code == 200
     sessions = [r.cookie("session") for r in scripted.received]
     assert sessions[:2] == TOKENS[:2] and sessions[2] != TOKENS[0]  # the refused token is passed over
+    proxy.stop()
+    flows = proxy.saved_flows()
+    (replay,) = [f for f in flows if f.is_replay]
+    original = next(f for f in flows if f.id == replay.metadata["rewrite.attempt"]["of"])
+    assert original.response.status_code == 403 and replay.response is None
+    # the client got the refusal, but only after the failed retry: mitmweb's time column says so
+    assert original.response.timestamp_end >= replay.error.timestamp > original.request.timestamp_start
 
 
 def test_retry_that_hangs_is_hung_up_after_the_timeout(account, scripted):

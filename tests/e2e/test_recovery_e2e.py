@@ -111,7 +111,7 @@ def test_refused_token_is_recovered_by_the_next(make_rules, start_proxy, upstrea
     original = next(f for f in flows if not f.is_replay)
     (replay,) = [f for f in flows if f.is_replay]
     assert original.marked == ":repeat:"
-    assert original.comment.splitlines()[-1] == f"attempts: 403 with …{TOKENS[0][-4:]} → 200 with …{TOKENS[1][-4:]}"
+    assert original.comment.splitlines()[-1] == f"· attempts: 403 with …{TOKENS[0][-4:]} → 200 with …{TOKENS[1][-4:]}"
     assert replay.is_replay == "request" and replay.response.status_code == 200
     assert replay.comment == f"attempt 2 of flow {original.id[:8]}, with token …{TOKENS[1][-4:]}"
     log = proxy.log()
@@ -131,8 +131,39 @@ def test_every_attempt_refused_gives_the_last_answer(make_rules, start_proxy, up
     assert original.marked == ""
     masks = [f"…{t[-4:]}" for t in TOKENS]
     assert original.comment.splitlines()[-1] == (
-        f"attempts: 403 with {masks[0]} → 403 with {masks[1]} → 403 with {masks[2]} (gave up after 3 attempts)"
+        f"· attempts: 403 with {masks[0]} → 403 with {masks[1]} → 403 with {masks[2]} (gave up after 3 attempts)"
     )
+    assert (rules.parent / "runs.txt").read_text() == "3"  # a captcha value for each attempt, none after the last
+
+
+def test_no_captcha_value_is_fetched_when_no_token_is_left_to_try(make_rules, start_proxy, upstream):
+    upstream.app.tokens = set()
+    rules = make_rules(tokens=TOKENS[:2])  # two tokens, three attempts allowed
+    proxy = start(start_proxy, rules)
+    assert post(proxy, upstream).status_code == 403
+    assert [r.cookie("session") for r in upstream.app.received] == TOKENS[:2]
+    assert [r.header("x-captcha-token") for r in upstream.app.received] == ["cap-1-captcha-value", "cap-2-captcha-value"]
+    original = next(f for f in saved_flows(proxy, rules) if not f.is_replay)
+    assert original.comment.splitlines()[-1] == (
+        f"· attempts: 403 with …{TOKENS[0][-4:]} → 403 with …{TOKENS[1][-4:]} (no other token to try)"
+    )
+    assert (rules.parent / "runs.txt").read_text() == "2"  # the command ran for the two attempts sent, not a third time
+
+
+def test_recovered_flow_is_timed_as_the_client_waited(make_rules, start_proxy, upstream):
+    """mitmweb's time column is response.timestamp_end - request.timestamp_start of the client's flow."""
+    upstream.app.tokens = {TOKENS[1]}
+    rules = make_rules()
+    proxy = start(start_proxy, rules)
+    assert post(proxy, upstream).status_code == 200
+    answered = time.time()
+    flows = saved_flows(proxy, rules)
+    original = next(f for f in flows if not f.is_replay)
+    (replay,) = [f for f in flows if f.is_replay]
+    assert original.request.timestamp_start < replay.request.timestamp_start
+    # the client's answer is the replay's: it began when the replay's did, and ended no earlier
+    assert original.response.timestamp_start == replay.response.timestamp_start
+    assert replay.response.timestamp_end <= original.response.timestamp_end <= answered
 
 
 def test_no_tokens_means_503_and_no_upstream_traffic(make_rules, start_proxy, upstream):

@@ -186,21 +186,29 @@ def test_concurrent_requests_share_one_captcha_run(proxy, upstream, rules):
 
 
 def test_flow_comments_explain_the_rewrite(proxy, upstream, rules):
+    url = f"http://127.0.0.1:{upstream.port}/v1/chat/completions"
     with httpx.Client(proxy=proxy.url, timeout=30) as client:
-        client.post(f"http://127.0.0.1:{upstream.port}/v1/chat/completions", content=chat(True)).read()
+        client.post(url, content=chat(True), headers={"X-Stainless-Lang": "python", "Cookie": "a=1; tracking=t"}).read()
+        client.post(url, content=chat(True), headers={"Cookie": "a=1"}).read()  # nothing to remove
     proxy.stop()
     with open(rules.parent / "flows.mitm", "rb") as f:
-        (flow,) = list(io.FlowReader(f).stream())
-    assert flow.comment.splitlines()[:6] == [
+        full, bare = list(io.FlowReader(f).stream())
+    done = [
         "rules: browser, sse-accept, account (streaming request)",
-        "User-Agent ← browser",
-        "X-Stainless-Lang removed by browser",
-        "Accept ← sse-accept",
-        "X-Captcha-Token ← account (captcha …0042)",
-        f"cookie session ← account (token …{TOKENS[0][-4:]})",
+        "· User-Agent ← browser",
+        "· X-Stainless-Lang removed by browser",
+        "· Accept ← sse-accept",
+        "· X-Captcha-Token ← account (captcha …0042)",
+        f"· cookie session ← account (token …{TOKENS[0][-4:]})",
+        "· cookie tracking removed by account",
     ]
-    assert TOKENS[0] not in flow.comment and "cap-e2e-captcha-value-0042" not in flow.comment
-    assert b"data: [DONE]" in flow.response.raw_content  # the streamed body's copy, for mitmweb
+    assert full.comment.splitlines() == done
+    assert bare.comment.splitlines() == [line for line in done if "removed" not in line][:4] + [
+        f"· cookie session ← account (token …{TOKENS[1][-4:]})"
+    ]
+    for flow in (full, bare):
+        assert TOKENS[0] not in flow.comment and "cap-e2e-captcha-value-0042" not in flow.comment
+        assert b"data: [DONE]" in flow.response.raw_content  # the streamed body's copy, for mitmweb
     assert TOKENS[0] not in proxy.log()
 
 
