@@ -11,6 +11,7 @@ separate addons.
 from __future__ import annotations
 
 from mitmproxy import http
+from mitmproxy.proxy import server_hooks
 
 from addon.commands import TokenCommands
 from addon.guard import SelfGuard
@@ -43,15 +44,21 @@ class Pipeline:
         self.rules.configure(updated)
         self.recovery.configure(updated)
 
-    def running(self) -> None:
-        self.guard.running()
+    async def running(self) -> None:
+        await self.guard.running()
         self.rules.running()
 
     def done(self) -> None:
         self.rules.done()
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        self.guard.requestheaders(flow)
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        await self.guard.server_connect(data)
+
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        await self.guard.http_connect(flow)
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        await self.guard.requestheaders(flow)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         await self.rewriter.request(flow)

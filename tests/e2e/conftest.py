@@ -105,8 +105,8 @@ class Proxy:
 
     tool = "mitmdump"
 
-    def __init__(self, rules: Path, workdir: Path, *extra: str, addon: bool = True) -> None:
-        self.port = free_port()
+    def __init__(self, rules: Path, workdir: Path, *extra: str, addon: bool = True, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.confdir = workdir / "mitmproxy-conf"
         self.logfile = workdir / f"{self.tool}-{self.port}.log"
@@ -170,8 +170,8 @@ class Mitmweb(Proxy):
 
     tool = "mitmweb"
 
-    def __init__(self, rules: Path, workdir: Path, *extra: str) -> None:
-        self.web_port = free_port()
+    def __init__(self, rules: Path, workdir: Path, *extra: str, web_port: int | None = None) -> None:
+        self.web_port = web_port or free_port()
         self.web_url = f"http://127.0.0.1:{self.web_port}"
         self.web_token = secrets.token_hex(16)
         web = ["--set", f"web_port={self.web_port}", "--set", "web_host=127.0.0.1", "--set", "web_open_browser=false"]
@@ -201,8 +201,8 @@ class Mitmweb(Proxy):
 def start_proxy(tmp_path) -> Iterator:
     started: list[Proxy] = []
 
-    def start(rules: Path, *extra: str) -> Proxy:
-        proxy = Proxy(rules, tmp_path, *extra).start()
+    def start(rules: Path, *extra: str, port: int | None = None) -> Proxy:
+        proxy = Proxy(rules, tmp_path, *extra, port=port).start()
         started.append(proxy)
         return proxy
 
