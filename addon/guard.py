@@ -27,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
+from collections.abc import Awaitable
 
 from mitmproxy import ctx, http
 from mitmproxy.log import ALERT
@@ -38,6 +40,7 @@ from addon.listeners import IPAddress, Listeners, bound_addresses, plain, resolv
 logger = logging.getLogger(__name__)
 
 _REFUSED = "is this proxy or its web interface"
+LISTENERS_TTL = 1.0  # seconds the listen addresses are taken as known (reading them is a syscall per socket)
 
 
 def _where(host: str, port: int, ip: IPAddress) -> str:
@@ -51,6 +54,7 @@ class SelfGuard:
         self._web: tuple[tuple[str, int], ...] = ()
         self._seen: tuple[tuple[str, int], ...] | None = None
         self._listeners = Listeners.of(())
+        self._fresh_until = 0.0  # time.monotonic() until which _listeners is taken as current
 
     async def running(self) -> None:
         addrs = self._proxy_addresses()
@@ -67,6 +71,7 @@ class SelfGuard:
             host, port = ctx.options.web_host, ctx.options.web_port
             self._web = (("127.0.0.1", port),)  # mitmweb's default, while a name in web_host resolves
             self._web = tuple(await bound_addresses(host, port))
+            self._fresh_until = 0.0  # read the listeners again at the next request, mitmweb's included
 
     @staticmethod
     def _proxy_addresses() -> list[tuple[str, int]]:
@@ -74,11 +79,19 @@ class SelfGuard:
         return [(str(a[0]), a[1]) for a in proxy.listen_addrs()] if proxy else []
 
     def _current(self) -> Listeners:
-        """The listeners now: the proxy's servers restart when their options change."""
-        seen = (*self._proxy_addresses(), *self._web)
-        if seen != self._seen:
-            self._seen, self._listeners = seen, Listeners.of(seen)
+        """The listeners now, read at most once a second: the proxy's servers restart when their
+        options change, and every request asks."""
+        now = time.monotonic()
+        if now >= self._fresh_until:
+            self._fresh_until = now + LISTENERS_TTL
+            seen = (*self._proxy_addresses(), *self._web)
+            if seen != self._seen:
+                self._seen, self._listeners = seen, Listeners.of(seen)
         return self._listeners
+
+    # The hooks below return a coroutine only for a destination on a port one of ours listens on
+    # (mitmproxy awaits what a hook returns): every other request and connection, nearly all of
+    # them, is let through without the cost of one.
 
     async def refused(self, host: str, port: int) -> IPAddress | None:
         """The address host:port resolves to that is one of ours, if any."""
@@ -90,15 +103,13 @@ class SelfGuard:
                 return ip
         return None
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
-            return
-        await self._answer(flow)
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        if flow.response or flow.error or not flow.live or flow.request.port not in self._current().ports:
+            return None
+        return self._answer(flow)
 
-    async def http_connect(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
-            return
-        await self._answer(flow)
+    def http_connect(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        return self.requestheaders(flow)
 
     async def _answer(self, flow: http.HTTPFlow) -> None:
         ip = await self.refused(flow.request.host, flow.request.port)
@@ -115,9 +126,13 @@ class SelfGuard:
             {"Content-Type": "text/plain; charset=utf-8"},
         )
 
-    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        if data.server.error or not data.server.address:
-            return
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> Awaitable[None] | None:
+        if data.server.error or not data.server.address or data.server.address[1] not in self._current().ports:
+            return None
+        return self._refuse_connection(data)
+
+    async def _refuse_connection(self, data: server_hooks.ServerConnectionHookData) -> None:
+        assert data.server.address is not None
         host, port = str(data.server.address[0]), data.server.address[1]
         ip = await self.refused(host, port)
         if ip is None:

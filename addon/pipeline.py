@@ -10,6 +10,8 @@ separate addons.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
@@ -51,14 +53,16 @@ class Pipeline:
     def done(self) -> None:
         self.rules.done()
 
-    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        await self.guard.server_connect(data)
+    # the guard's hooks return a coroutine only when there is something to look up (mitmproxy
+    # awaits what a hook returns): most requests and connections pass without one
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> Awaitable[None] | None:
+        return self.guard.server_connect(data)
 
-    async def http_connect(self, flow: http.HTTPFlow) -> None:
-        await self.guard.http_connect(flow)
+    def http_connect(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        return self.guard.http_connect(flow)
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        await self.guard.requestheaders(flow)
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        return self.guard.requestheaders(flow)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         await self.rewriter.request(flow)
