@@ -22,7 +22,7 @@ from mitmproxy.net.http.url import hostport as url_hostport
 from addon import statefile
 from addon.config import PASS, REFRESH_CAPTCHA, ROTATE, Config
 from addon.masking import mask
-from addon.rewrite import Edit, apply_plan, plan_request
+from addon.plan import Edit, apply_plan, plan_request
 from addon.template import CAPTCHA, TOKEN
 from addon.tokens import TokenPool, TokensFileError, read_tokens
 from addon.verdict import applies, verdict

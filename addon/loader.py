@@ -17,7 +17,7 @@ from mitmproxy.utils import human
 
 from addon import statefile
 from addon.breaker import Breaker
-from addon.captcha import CaptchaSource
+from addon.sources import CaptchaSource
 from addon.config import BreakerSpec, Config, load_config
 from addon.schema import RulesError, RulesErrors
 from addon.tokens import TokenPool, TokensFileError, read_tokens

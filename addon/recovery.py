@@ -30,7 +30,7 @@ from addon.comment import add_note
 from addon.config import REFRESH_CAPTCHA, ROTATE, Config
 from addon.loader import RulesLoader
 from addon.masking import mask
-from addon.rewrite import apply_plan
+from addon.plan import apply_plan
 from addon.rewriter import REPLAY_KEY, Rewriter, Sent
 from addon.template import CAPTCHA, TOKEN
 from addon.tokens import token_key

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from mitmproxy import http
 
 from addon.loader import RulesLoader
-from addon.rewrite import Plan, apply_plan, describe, plan_request
+from addon.plan import Plan, apply_plan, describe, plan_request
 from addon.template import CAPTCHA, TOKEN
 
 logger = logging.getLogger(__name__)

@@ -166,7 +166,7 @@ def test_one_pass_edit_equals_mitmproxys_own_operations(fields, cookie_fields, e
     """apply_plan's one pass over the fields gives what mitmproxy's Headers operations give one by one."""
     from mitmproxy import http
 
-    from addon.rewrite import _edit_fields
+    from addon.plan import _edit_fields
 
     given = http.Headers([(k.encode(), v.encode()) for k, v in fields + [("Cookie", c) for c in cookie_fields]])
     by_lower = {}

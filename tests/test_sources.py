@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from addon.captcha import CaptchaSource
+from addon.sources import CaptchaSource
 from addon.config import CaptchaSpec
 
 
