@@ -177,7 +177,7 @@ def test_explain_with_a_bad_rules_file(tmp_path):
     path = write_rules(tmp_path, "rules:\n  - match: {host: a.com}\n")
     result = run("explain", "--rules", str(path), "GET", "http://a.com/")
     assert result.returncode == 1
-    assert result.stderr == f"{path}:2:5: rules[0]: a rule needs 'headers' or 'cookies' (or both)\n"
+    assert result.stderr == f"{path}:2:5: rules[0]: a rule needs 'headers', 'cookies' or 'body'\n"
 
 
 def test_schema_command_matches_the_committed_file():
