@@ -24,7 +24,7 @@ from addon.cookies import edit_cookie_headers
 from addon.masking import mask
 from addon.schema import JsonLiteral
 from addon.streamdetect import is_streaming
-from addon.template import Template
+from addon.template import TOKEN, Template
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,11 @@ class Plan:
     def uses(self) -> frozenset[str]:  # computed once per plan; plans are memoised per matched-rule set
         edits = self.headers + self.cookies + self.body
         return frozenset().union(*(e.value.uses for e in edits if isinstance(e.value, Template)))
+
+    @functools.cached_property
+    def named(self) -> tuple[str, ...]:
+        """The named values the plan uses: all but {token}, which the rotation draws."""
+        return tuple(sorted(self.uses - {TOKEN}))
 
     @functools.cached_property
     def compiled(self) -> _Compiled:

@@ -53,7 +53,7 @@ class Rewriter:
         plan = plan_request(config, flow)
         if plan is None:
             return
-        values = await self._draw_values(plan) if plan.uses else {}
+        values = await self._draw_values(plan) if plan.named else {}
         # the token is drawn after the last await, so a token refused meanwhile is never sent
         if TOKEN in plan.uses:
             token = self.state.tokens.draw()
@@ -76,10 +76,10 @@ class Rewriter:
         A value whose source failed is left out (the edits that need it are skipped)."""
         values: dict[str, str] = {}
         wanted = []
-        for name in plan.uses:
+        for name in plan.named:
             source = self.state.values.get(name)
             if source is None:
-                continue  # {token}
+                continue
             value = source.cached()
             if value is not None:
                 values[name] = value
