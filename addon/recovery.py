@@ -106,9 +106,9 @@ class Recovery:
         if action.kind == ROTATE and missing:
             # a value's source failed and the request went without it: that, not the token, is the
             # likely cause, and rotating would mark good tokens refused
-            names = " and ".join(missing)
+            names, s = " and ".join(missing), "s" if len(missing) > 1 else ""
             logger.warning(f"not retried {flow.request.pretty_url}: the {flow.response.status_code} is not blamed on "
-                           f"the token, as the request went without its {names} value (the {names} source failed)")
+                           f"the token, as the request went without its {names} value{s} (the {names} source{s} failed)")
             return
         await self._recover(flow, sent, action, config)
 
