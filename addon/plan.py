@@ -67,7 +67,10 @@ class Plan:
         def drawn(edits: tuple[Edit, ...]) -> tuple[Edit, ...]:
             return tuple(e for e in edits if isinstance(e.value, Template) and e.value.uses)
 
-        return replace(self, headers=drawn(self.headers), cookies=drawn(self.cookies), body=drawn(self.body))
+        # body edits are made again all of them, in order, when any is drawn: a later one may remove
+        # or replace what holds an earlier one (params: null after params.x: "{token}")
+        body = self.body if drawn(self.body) else ()
+        return replace(self, headers=drawn(self.headers), cookies=drawn(self.cookies), body=body)
 
 
 _MEMO_LIMIT = 4096  # entries in each of the index's memos before it starts over

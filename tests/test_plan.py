@@ -186,11 +186,18 @@ def test_a_retry_applies_the_body_edits_again_with_its_values(config):
     assert body["recaptchaV3Token"] == body["model"] == "cap-second-value-0002"
     assert body["n"] == 2 and "debug" not in body  # the first attempt's other edits are still there
     assert retry.cookies["session"] == "tok-bravo-000000002222"
-    assert [e.name for e in plan.dynamic.body] == ["model", "recaptchaV3Token"]
+    assert [e.name for e in plan.dynamic.cookies] == ["session"]  # the headers and cookies with drawn values
+    assert plan.dynamic.body == plan.body  # and every body edit, in order (see the next test)
     assert lines == [
         "cookie session ← second (token …2222)",
+        "body params.temperature ← first",
         "body model ← second (captcha …0002)",
         "body recaptchaV3Token ← second (captcha …0002)",
+        "body stream ← second",
+        "body n ← second",
+        "body stop ← second",
+        "body meta ← second",
+        "body note ← second",
     ]
 
 
@@ -201,3 +208,23 @@ def test_a_value_with_secret_false_is_shown_whole(tmp_path, monkeypatch):
     f = flow()
     _, lines = edited(config, f)
     assert lines == ["cookie cf_clearance ← rules[0] (cf cf-clear-value-00aa)", "body c ← rules[0] (captcha …9999)"]
+
+
+def test_a_retry_keeps_a_later_rules_removal_of_what_holds_a_drawn_field(tmp_path):
+    rules = """\
+    rules:
+      - name: first
+        match: {host: a.example}
+        body: {params.session: "{token}", id: "{token}"}
+      - name: second
+        match: {host: a.example}
+        body: {params: null}
+    tokens: {file: tokens.txt}
+    """
+    config = load_config(write_rules(tmp_path, rules))
+    f = flow(body=b'{"params": {"a": 1}}')
+    plan, _ = edited(config, f)
+    assert json.loads(f.request.content) == {"id": VALUES["token"]}
+    retry = f.request.copy()
+    apply_plan(plan.dynamic, retry, {"token": "tok-bravo-000000002222"})
+    assert json.loads(retry.content) == {"id": "tok-bravo-000000002222"}
