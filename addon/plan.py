@@ -235,14 +235,16 @@ def apply_plan(
         headers = {}
     if headers or cookies:
         _edit_fields(request.headers, headers, cookies, found)
-    body_lines = _edit_body(compiled, request, values, removed) if compiled.body else []
+    body_lines = _edit_body(compiled, request, values, removed) if compiled.body else None
     if found is None:
-        return [*lines, *body_lines]
+        return list(lines) if body_lines is None else [*lines, *body_lines]
     # a removal is listed only when the request had the header or cookie: it removed something
     if removed is not None:
         removed.update(s.edit for s in lines if isinstance(s, _Removal) and s.key in found)
     kept = [s.line if isinstance(s, _Removal) else s for s in lines if not isinstance(s, _Removal) or s.key in found]
-    return [*kept, *body_lines]
+    if body_lines:
+        kept += body_lines
+    return kept
 
 
 def _edit_body(compiled: _Compiled, request: http.Request, values: Mapping[str, str], removed: set[Edit] | None) -> list[str]:
