@@ -27,12 +27,14 @@ def check(path: Path) -> tuple[bool, list[str]]:
         else:
             if not tokens:
                 problems.append(f"{config.tokens.file}: the tokens file has no tokens (requests that need one would get a 503)")
-    if config.captcha and config.captcha.file:
+    for name, spec in config.values.items():
+        if spec.file is None:
+            continue
         try:
-            if not config.captcha.file.read_text(encoding="utf-8-sig").strip():
-                problems.append(f"{config.captcha.file}: the captcha file is empty")
+            if not spec.file.read_text(encoding="utf-8-sig").strip():
+                problems.append(f"{spec.file}: the {name} file is empty")
         except (OSError, UnicodeDecodeError) as e:
-            problems.append(f"{config.captcha.file}: cannot read the captcha file: {e}")
+            problems.append(f"{spec.file}: cannot read the {name} file: {e}")
     if problems:
         return False, problems
     return True, [summary(config, len(tokens))]
@@ -44,6 +46,6 @@ def summary(config: Config, tokens: int) -> str:
     parts = [f"{len(config.rules)} rule(s) for {len(hosts)} host(s) ({shown})"]
     if config.tokens:
         parts.append(f"{tokens} token(s) from {config.tokens.file} ({config.tokens.strategy})")
-    if config.captcha:
-        parts.append(f"captcha from {config.captcha.describe()}")
+    for name, spec in config.values.items():
+        parts.append(f"{name} from {spec.describe()}")
     return "ok: " + ", ".join(parts)

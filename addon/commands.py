@@ -1,4 +1,4 @@
-"""Commands for the mitmproxy console and mitmweb's command bar: token health and the captcha."""
+"""Commands for the mitmproxy console and mitmweb's command bar: token health and the named values."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 class TokenCommands:
     def __init__(self, state: RulesLoader) -> None:
         self.state = state
-        self.refreshing: asyncio.Task[str | None] | None = None
+        self.refreshing: asyncio.Task[str | None] | None = None  # the last fetch a command started
 
     @command.command("tokens.status")
     def status(self) -> Sequence[str]:
@@ -69,8 +69,19 @@ class TokenCommands:
         """Fetch a new captcha value now; the log says when it has arrived."""
         if self.state.captcha is None:
             raise exceptions.CommandError("the rules file has no captcha source")
+        self.refresh_value("captcha")
+
+    @command.command("values.refresh")
+    def refresh_value(self, name: str) -> None:
+        """Fetch the named value (of the rules file's values:) anew now: a command runs again, a file
+        is read again. The log says when it has arrived."""
+        source = self.state.values.get(name)
+        if source is None:
+            known = ", ".join(self.state.values) or "none"
+            raise exceptions.CommandError(f"no value named {name!r} (the rules file has {known})")
+        source.invalidate()
         # commands are synchronous: the fetch goes on in the background (keep a reference to it)
-        self.refreshing = asyncio.get_running_loop().create_task(self.state.captcha.fresh(stale=None))
+        self.refreshing = asyncio.get_running_loop().create_task(source.get())
 
 
 def _when(timestamp: float) -> str:

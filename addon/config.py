@@ -7,21 +7,29 @@ never look at YAML. Paths inside the file are relative to the file's folder.
 from __future__ import annotations
 
 import codecs
+import difflib
+import functools
 import os
 import re
 import shlex
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from addon import matching, schema
-from addon.schema import At, Bool, Choice, Field, Int, MapOf, Nullable, Number, Record, RulesError, SeqOf, Str
-from addon.template import CAPTCHA, TOKEN, Template, parse_template
+from addon.schema import (
+    At, Bool, Choice, Field, Int, JsonLiteral, JsonValue, MapOf, Nullable, Number, Record, RulesError, SeqOf, Str,
+)  # fmt: skip
+from addon.template import CAPTCHA, DEFAULT_NAMES, TOKEN, Template, parse_template
 
 Edits = tuple[tuple[str, Template | None], ...]
+# (dotted path as written, a string with placeholders, a JSON value of another type, or None to remove)
+BodyEdits = tuple[tuple[str, Template | JsonLiteral | None], ...]
 
 
 @dataclass(frozen=True)
@@ -30,10 +38,12 @@ class Rule:
     match: matching.Match
     headers: Edits  # (header name as written, value or None to remove)
     cookies: Edits  # (cookie name, value or None to remove)
+    body: BodyEdits = ()  # fields of a JSON request body
 
     @property
     def uses(self) -> frozenset[str]:
-        return frozenset().union(*(t.uses for _, t in self.headers + self.cookies if t is not None))
+        values = [v for _, v in self.headers + self.cookies + self.body if isinstance(v, Template)]
+        return frozenset().union(*(t.uses for t in values))
 
 
 @dataclass(frozen=True)
@@ -61,7 +71,7 @@ class TokensSpec:
     breaker: BreakerSpec = BreakerSpec()
 
 
-ROTATE, REFRESH_CAPTCHA, PASS = "rotate", "refresh_captcha", "pass"
+ROTATE, REFRESH, REFRESH_CAPTCHA, PASS = "rotate", "refresh", "refresh_captcha", "pass"
 
 
 @dataclass(frozen=True)
@@ -70,20 +80,42 @@ class ResponseRule:
 
     statuses: frozenset[int]
     body: re.Pattern[str] | None
-    action: str  # rotate | refresh_captcha | pass
+    action: str  # rotate | refresh | refresh_captcha | pass
+    values: frozenset[str] = frozenset()  # for refresh: the values it may fetch anew (default: every refreshable one)
+
+    @property
+    def refreshes(self) -> frozenset[str]:
+        """The values this rule fetches anew (of those a request used): none for rotate and pass."""
+        if self.action == REFRESH_CAPTCHA:
+            return frozenset({CAPTCHA})
+        return self.values if self.action == REFRESH else frozenset()
 
 
 DEFAULT_ON_RESPONSE = (ResponseRule(frozenset({403}), None, ROTATE),)
 
 
+DEFAULT_WAIT = 30.0  # seconds a refresh of a file value waits for the file to change
+
+
 @dataclass(frozen=True)
-class CaptchaSpec:
+class ValueSpec:
+    """Where one named value comes from: exactly one of `file`, `env` and `command`."""
+
+    name: str
     ttl: float
     timeout: float
     cwd: Path
     file: Path | None = None
     env: str | None = None
     command: tuple[str, ...] | None = None
+    wait: float = DEFAULT_WAIT  # a file's refresh waits this long for the file to change
+    secret: bool = True  # False: logs, comments and explain show the value whole
+
+    @property
+    def refreshable(self) -> bool:
+        """Can a refresh bring another value? A command runs again and a file may be rewritten; the
+        environment does not change under a running proxy."""
+        return self.env is None
 
     def describe(self) -> str:
         if self.file is not None:
@@ -99,9 +131,14 @@ class Config:
     rules: tuple[Rule, ...]
     stream: StreamSpec
     tokens: TokensSpec | None
-    captcha: CaptchaSpec | None
+    values: Mapping[str, ValueSpec]  # by name; `captcha:` is values["captcha"]
     index: matching.RuleIndex[Rule]
     on_response: tuple[ResponseRule, ...] = DEFAULT_ON_RESPONSE
+
+    @functools.cached_property
+    def public(self) -> frozenset[str]:
+        """The names of the values that may be shown whole (`secret: false`)."""
+        return frozenset(name for name, spec in self.values.items() if not spec.secret)
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.environ) -> Config:
@@ -130,7 +167,20 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.en
     root = schema.parse_document(text, shown)
     if root.node is None:
         root.fail("the rules file is empty; it needs at least a 'rules:' list")
-    return rules_schema(file.resolve().parent, file, environ).check(root)
+    return rules_schema(file.resolve().parent, file, environ, _declared_values(root)).check(root)
+
+
+def _declared_values(root: At) -> frozenset[str]:
+    """The names the file gives values (`values:` keys, and `captcha:`), read ahead of the check, so
+    that a placeholder can be judged where it is written, wherever in the file `values:` comes."""
+    names: set[str] = set()
+    if isinstance(root.node, yaml.MappingNode):
+        for key, value in root.node.value:
+            if key.value == "values" and isinstance(value, yaml.MappingNode):
+                names.update(k.value for k, _ in value.value if isinstance(k, yaml.ScalarNode))
+            elif key.value == "captcha":
+                names.add(CAPTCHA)
+    return frozenset(names)
 
 
 def json_schema() -> dict[str, Any]:
@@ -142,10 +192,29 @@ def json_schema() -> dict[str, Any]:
     }
 
 
-def rules_schema(base: Path, file: Path, environ: Mapping[str, str]) -> Record:
-    """The whole file, as data; `base` is the folder relative paths start from."""
-    template = Str(partial(parse_template, environ=environ), "a string")
-    cookie_value = Str(partial(_cookie_value, environ), "a string")
+def rules_schema(base: Path, file: Path, environ: Mapping[str, str], names: frozenset[str] = frozenset()) -> Record:
+    """The whole file, as data; `base` is the folder relative paths start from; `names`: the values
+    the file declares (placeholders other than {token} and {captcha} must be one of them)."""
+    names = DEFAULT_NAMES | names
+    template = Str(partial(parse_template, environ=environ, names=names), "a string")
+    cookie_value = Str(partial(_cookie_value, environ, names), "a string")
+    body_value = JsonValue(Str(partial(parse_template, environ=environ, names=names, line_breaks=True), "a string"))
+    source = Record(
+        "value source",
+        {
+            "file": Field(Str(lambda name: base / name),
+                          doc="A file whose content, stripped, is the value; read again when it changes."),
+            "env": Field(Str(), doc="An environment variable, read once."),
+            "command": Field(SeqOf(Str(), single=True, min_items=1),
+                             doc="A command (run in the rules file's folder) whose standard output, stripped, is the value."),
+            "ttl": Field(Number(0), default=0,
+                         doc="Seconds one value is reused; 0: a command runs for every request, a file is kept until it changes."),
+            "timeout": Field(Number(0.1), default=10, doc="Seconds a command may run."),
+            "wait": Field(Number(0), doc="For a file: seconds a refresh waits for the file to change (default 30)."),
+            "secret": Field(Bool, default=True,
+                            doc="false: logs, flow comments and explain may show the value whole (default: masked, as tokens)."),
+        },
+    )
     match = Record(
         "match",
         {
@@ -176,6 +245,11 @@ def rules_schema(base: Path, file: Path, environ: Mapping[str, str]) -> Record:
             "cookies": Field(
                 MapOf(Nullable(cookie_value), _cookie_name, "a mapping of cookie names to values"), default=(),
                 doc="Edits single cookies in the Cookie header; null removes one; the others stay byte for byte.",
+            ),
+            "body": Field(
+                MapOf(body_value, _body_path, "a mapping of dotted paths to JSON values"), default=(),
+                doc="Edits fields of a JSON request body, by dotted path (params.model); null removes one; a "
+                "number, true/false, list or mapping is set as that JSON value; a string may hold placeholders.",
             ),
         },
         build=_build_rule,
@@ -236,28 +310,28 @@ def rules_schema(base: Path, file: Path, environ: Mapping[str, str]) -> Record:
                                 ),
                                 required=True,
                             ),
-                            "action": Field(Choice(ROTATE, REFRESH_CAPTCHA, PASS), required=True,
-                                            doc="rotate: the next token; refresh_captcha: a new captcha value; pass: no retry."),
+                            "action": Field(Choice(ROTATE, REFRESH, REFRESH_CAPTCHA, PASS), required=True,
+                                            doc="rotate: the next token; refresh: the same token and new values; "
+                                            "refresh_captcha: refresh with values [captcha]; pass: no retry."),
+                            "values": Field(SeqOf(Str(), single=True, min_items=1),
+                                            doc="For refresh: the values to fetch anew (default: every value from "
+                                            "a file or command the request used)."),
                         },
-                        build=lambda v, at, where: ResponseRule(
-                            frozenset(v["match"]["status"]), v["match"]["body"], v["action"]
-                        ),
+                        build=_build_response_rule,
                     )
                 ),
                 default=DEFAULT_ON_RESPONSE,
             ),
+            "values": Field(
+                MapOf(Record("value source", source.fields, build=partial(_build_source, base, environ)),
+                      _value_name, "a mapping of names to value sources"),
+                default=(),
+                doc="Named values for placeholders: {NAME} in a header, cookie or body value. "
+                "Each has one source: file, env or command.",
+            ),
             "captcha": Field(
-                Record(
-                    "captcha",
-                    {
-                        "file": Field(Str(partial(_existing_file, base, "captcha"))),
-                        "env": Field(Str()),
-                        "command": Field(SeqOf(Str(), single=True, min_items=1)),
-                        "ttl": Field(Number(0), default=0, doc="Seconds one value is reused; 0 fetches one per request."),
-                        "timeout": Field(Number(0.1), default=10, doc="Seconds a captcha command may run."),
-                    },
-                    build=partial(_build_captcha, base, environ),
-                )
+                Record("captcha", source.fields, build=partial(_build_source, base, environ)),
+                doc="The source of {captcha}; the same as values: {captcha: ...}.",
             ),
         },
         build=partial(_build_config, file),
@@ -276,8 +350,8 @@ def _cookie_name(name: str) -> str:
     return name
 
 
-def _cookie_value(environ: Mapping[str, str], text: str) -> Template:
-    template = parse_template(text, environ)
+def _cookie_value(environ: Mapping[str, str], names: frozenset[str], text: str) -> Template:
+    template = parse_template(text, environ, names)
     literal = "".join(p for p in template.parts if isinstance(p, str))  # {env:...} already expanded
     if any(c in literal for c in ";,"):
         raise ValueError(f"a cookie value cannot contain ';' or ',': {text!r}")
@@ -291,11 +365,28 @@ def _regex(text: str) -> re.Pattern[str]:
         raise ValueError(f"bad regular expression {text!r}: {e}") from None
 
 
-def _dotted_path(text: str) -> tuple[str, ...]:
+def _dotted_path(text: str, like: str = "'stream' or 'options.stream'") -> tuple[str, ...]:
     parts = tuple(text.split("."))
     if not all(parts):
-        raise ValueError(f"bad field path {text!r}: expected names separated by dots, like 'stream' or 'options.stream'")
+        raise ValueError(f"bad field path {text!r}: expected names separated by dots, like {like}")
     return parts
+
+
+def _body_path(text: str) -> str:
+    _dotted_path(text, "'recaptchaV3Token' or 'params.model'")
+    return text
+
+
+_VALUE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def _value_name(name: str) -> str:
+    if name == TOKEN:
+        raise ValueError("'token' is the rotation of the tokens file ({token}); give this value another name")
+    if not _VALUE_NAME.fullmatch(name) or name == "env":
+        raise ValueError(f"bad value name {name!r}: expected a letter or _, then letters, digits, _ or -, "
+                         "like cf_clearance")
+    return name
 
 
 def _existing_file(base: Path, what: str, name: str) -> Path:
@@ -306,9 +397,9 @@ def _existing_file(base: Path, what: str, name: str) -> Path:
 
 
 def _build_rule(v: dict[str, Any], at: At, where: dict[str, At]) -> Rule:
-    if not v["headers"] and not v["cookies"]:
-        at.fail("a rule needs 'headers' or 'cookies' (or both)")
-    rule = Rule(v["name"] or at.path, v["match"], v["headers"], v["cookies"])
+    if not v["headers"] and not v["cookies"] and not v["body"]:
+        at.fail("a rule needs 'headers', 'cookies' or 'body'")
+    rule = Rule(v["name"] or at.path, v["match"], v["headers"], v["cookies"], v["body"])
     broad = [h.text for h in rule.match.hosts if h.too_broad]
     if rule.uses and broad:
         placeholders = " and ".join(f"{{{p}}}" for p in sorted(rule.uses, reverse=True))
@@ -323,12 +414,17 @@ def _host_node(match_at: At) -> Any:
     return next(v for k, v in match_at.node.value if k.value == "host")
 
 
-def _build_captcha(base: Path, environ: Mapping[str, str], v: dict[str, Any], at: At, where: dict[str, At]) -> CaptchaSpec:
+def _build_source(base: Path, environ: Mapping[str, str], v: dict[str, Any], at: At, where: dict[str, At]) -> ValueSpec:
+    name = at.path.rpartition(".")[2]  # values.NAME, or captcha
     given = [k for k in ("file", "env", "command") if v[k] is not None]
     if len(given) != 1:
-        at.fail(f"give exactly one captcha source (file, env or command); got {', '.join(given) or 'none'}")
+        at.fail(f"give exactly one {name} source (file, env or command); got {', '.join(given) or 'none'}")
+    if v["file"] is not None and not v["file"].is_file():
+        where["file"].fail(f"{name} file not found: {v['file']}")
     if v["env"] is not None and v["env"] not in environ:
         where["env"].fail(f"environment variable {v['env']} is not set")
+    if v["wait"] is not None and v["file"] is None:
+        where["wait"].fail("wait is for a file source (a refresh runs a command again, and the environment never changes)")
     command = v["command"]
     if command is not None:
         if len(command) == 1 and " " in command[0]:
@@ -336,24 +432,79 @@ def _build_captcha(base: Path, environ: Mapping[str, str], v: dict[str, Any], at
         program = command[0]
         found = (base / program).is_file() if "/" in program else shutil.which(program) is not None
         if not found:
-            where["command"].fail(f"captcha command not found: {program} (relative paths start at {base})")
-    return CaptchaSpec(ttl=v["ttl"], timeout=v["timeout"], cwd=base, file=v["file"], env=v["env"], command=command)
+            where["command"].fail(f"{name} command not found: {program} (relative paths start at {base})")
+    return ValueSpec(
+        name=name, ttl=v["ttl"], timeout=v["timeout"], cwd=base, file=v["file"], env=v["env"], command=command,
+        wait=DEFAULT_WAIT if v["wait"] is None else v["wait"], secret=v["secret"],
+    )  # fmt: skip
+
+
+def _build_response_rule(v: dict[str, Any], at: At, where: dict[str, At]) -> ResponseRule:
+    if v["values"] is not None and v["action"] != REFRESH:
+        shorthand = "; refresh_captcha is refresh with values [captcha]" if v["action"] == REFRESH_CAPTCHA else ""
+        where["values"].fail(f"values goes with action refresh, not {v['action']}{shorthand}")
+    # refresh without values: every refreshable value, filled in by _build_config, which knows them
+    return ResponseRule(frozenset(v["match"]["status"]), v["match"]["body"], v["action"], frozenset(v["values"] or ()))
 
 
 def _build_config(file: Path, v: dict[str, Any], at: At, where: dict[str, At]) -> Config:
+    values: dict[str, ValueSpec] = dict(v["values"])
+    if v["captcha"] is not None:
+        if CAPTCHA in values:
+            where["captcha"].fail(
+                "captcha is given twice, here and in values; keep one (captcha: is short for values: {captcha: ...})"
+            )
+        values[CAPTCHA] = v["captcha"]
     rules: tuple[Rule, ...] = v["rules"]
     for i, rule in enumerate(rules):
-        for needed, section in ((TOKEN, "tokens"), (CAPTCHA, "captcha")):
-            if needed in rule.uses and v[section] is None:
-                where["rules"].index(i, where["rules"].node.value[i]).fail(
-                    f"this rule uses {{{needed}}} but the file has no '{section}' section"
-                )
+        if TOKEN in rule.uses and v["tokens"] is None:
+            where["rules"].index(i, where["rules"].node.value[i]).fail(
+                "this rule uses {token} but the file has no 'tokens' section"
+            )
+        missing = sorted(rule.uses - values.keys() - {TOKEN})
+        if missing:  # only {captcha} gets here: other names are checked where they are written
+            where["rules"].index(i, where["rules"].node.value[i]).fail(
+                f"this rule uses {{{missing[0]}}} but the file has no 'captcha' section (or values: {{{missing[0]}: ...}})"
+            )
+    refreshable = frozenset(name for name, spec in values.items() if spec.refreshable)
+    on_response = tuple(
+        _refresh_values(rule, refreshable, values, where["on_response"].index(i, where["on_response"].node.value[i]))
+        if rule.action == REFRESH else rule
+        for i, rule in enumerate(v["on_response"])
+    )  # fmt: skip
     return Config(
         file=file,
         rules=rules,
         stream=v["stream"],
         tokens=v["tokens"],
-        captcha=v["captcha"],
+        values=values,
         index=matching.RuleIndex(rules),
-        on_response=v["on_response"],
+        on_response=on_response,
     )
+
+
+def _refresh_values(rule: ResponseRule, refreshable: frozenset[str], values: Mapping[str, ValueSpec], at: At) -> ResponseRule:
+    """A refresh rule's values checked against the file's (or, not given, every refreshable one)."""
+    if not rule.values:
+        if not refreshable:
+            _key_at(at, "action").fail("action refresh needs a value from a file or command to fetch anew; "
+                                       "the file has none (values:)")
+        return replace(rule, values=refreshable)
+    names_at = _key_at(at, "values")
+    if isinstance(names_at.node, yaml.SequenceNode):
+        items = [(n.value, names_at.index(i, n)) for i, n in enumerate(names_at.node.value)]
+    else:
+        items = [(names_at.node.value, names_at)]
+    for name, where in items:
+        if name not in values:
+            close = difflib.get_close_matches(name, list(values), 1)
+            hint = f"did you mean {close[0]!r}?" if close else f"the file has {', '.join(values) or 'no values'}"
+            where.fail(f"no value named {name!r} ({hint})")
+        if name not in refreshable:
+            where.fail(f"{name} comes from an environment variable, which never changes under a running proxy: "
+                       "it cannot be refreshed")
+    return rule
+
+
+def _key_at(at: At, key: str) -> At:
+    return at.key(key, next(v for k, v in at.node.value if k.value == key))

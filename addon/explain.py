@@ -3,27 +3,29 @@
 Requests come from a saved mitmproxy flows file (`mitmdump -w`), a curl command
 line, or a method and URL. For each: is it streaming, which rules match, the
 request as it would leave the proxy with each change annotated, and, for saved
-flows with a response, what the `on_response` rules would do with it. Token and
-captcha values are shown masked; a captcha command is not run.
+flows with a response, what the `on_response` rules would do with it. Tokens and
+named values are shown masked (unless a value says `secret: false`); no command is run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from mitmproxy import connection, exceptions, http, io
 from mitmproxy.net.http.url import hostport as url_hostport
 
-from addon import statefile
-from addon.config import PASS, REFRESH_CAPTCHA, ROTATE, Config
+from addon import jsonbody, statefile
+from addon.config import PASS, REFRESH, REFRESH_CAPTCHA, ROTATE, Config
 from addon.masking import mask
-from addon.rewrite import Edit, apply_plan, plan_request
-from addon.template import CAPTCHA, TOKEN
+from addon.plan import Edit, Plan, apply_plan, plan_request
+from addon.template import TOKEN
 from addon.tokens import TokenPool, TokensFileError, read_tokens
 from addon.verdict import applies, verdict
 
@@ -34,7 +36,7 @@ class InputError(ValueError):
 
 ACTIONS = {
     ROTATE: "retry with the next token (and a fresh captcha value)",
-    REFRESH_CAPTCHA: "retry with the same token and a fresh captcha value",
+    REFRESH: "retry with the same token and a new {values}",
     PASS: "hand it to the client as it is",
 }
 
@@ -134,17 +136,16 @@ def stand_in_values(config: Config) -> dict[str, str]:
         token = pool.draw()
         if token is not None:
             values[TOKEN] = mask(token)
-    if config.captcha:
-        spec = config.captcha
+    for name, spec in config.values.items():
         if spec.command is not None:
-            values[CAPTCHA] = "‹captcha from the command, not run›"
-        else:
-            try:
-                raw = spec.file.read_text(encoding="utf-8-sig") if spec.file else os.environ.get(spec.env or "", "")
-            except (OSError, UnicodeDecodeError):
-                raw = ""
-            if raw.strip():
-                values[CAPTCHA] = mask(raw.strip())
+            values[name] = f"‹{name} from the command, not run›"
+            continue
+        try:
+            raw = spec.file.read_text(encoding="utf-8-sig") if spec.file else os.environ.get(spec.env or "", "")
+        except (OSError, UnicodeDecodeError):
+            raw = ""
+        if raw.strip():
+            values[name] = mask(raw.strip()) if spec.secret else raw.strip()
     return values
 
 
@@ -178,15 +179,47 @@ def explain(config: Config, flow: http.HTTPFlow, values: dict[str, str]) -> Iter
     for e in plan.headers:
         if e.value is None and e in removed:
             yield f"    (removed) {e.name}   ← {e.rule}"
+    yield from _body_lines(plan, sent, notes, removed)
     for line in notes:
-        if "not set" in line:
+        if "not set" in line or line.startswith("body not edited"):
             yield f"  note: {line}"
     if flow.response is not None:
-        injected = [p for p in (TOKEN, CAPTCHA) if p in plan.uses]
-        action = verdict(config.on_response, flow.response)
-        if not applies(action, injected):
-            action = PASS
-        yield f"  response {flow.response.status_code}: {action}: {ACTIONS[action]}"
+        rule = verdict(config.on_response, flow.response)
+        if not applies(rule, plan.uses):
+            yield f"  response {flow.response.status_code}: {PASS}: {ACTIONS[PASS]}"
+        else:
+            assert rule is not None
+            action = REFRESH if rule.action == REFRESH_CAPTCHA else rule.action
+            refreshed = " and ".join(sorted(rule.refreshes & plan.uses))
+            yield f"  response {flow.response.status_code}: {action}: {ACTIONS[action].format(values=refreshed)}"
+
+
+def _body_lines(plan: Plan, sent: http.Request, notes: list[str], removed: set[Edit]) -> Iterator[str]:
+    """The body fields the rules set, as they would leave the proxy, and those they removed."""
+    if not plan.body or any(line.startswith("body not edited") for line in notes):
+        return
+    try:
+        doc = jsonbody.read_object(sent)
+    except jsonbody.NotEditable:
+        return
+    not_set = {line.split(" not set by ")[0] for line in notes if line.startswith("body ") and " not set by " in line}
+    yield "    body (JSON):"
+    for e in plan.body:
+        if e.value is None:
+            if e in removed:
+                yield f"      (removed) {e.name}   ← {e.rule}"
+        elif f"body {e.name}" not in not_set:
+            found, value = _field(doc, e.name.split("."))
+            if found:  # (not when a later edit removed what holds it)
+                yield f"      {e.name}: {json.dumps(value, ensure_ascii=False)}   ← {e.rule}"
+
+
+def _field(doc: Any, path: list[str]) -> tuple[bool, Any]:
+    for key in path:
+        if not isinstance(doc, dict) or key not in doc:
+            return False, None
+        doc = doc[key]
+    return True, doc
 
 
 def requests_from_args(args: argparse.Namespace) -> list[http.HTTPFlow]:

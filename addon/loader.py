@@ -1,7 +1,7 @@
 """The `rules` option: load the rules file and what it names, and keep them current.
 
 This addon owns the configuration that the other addons read: the parsed rules,
-the token pool and the captcha source. A bad file at start-up is one error line
+the token pool and the sources of the named values (the captcha among them). A bad file at start-up is one error line
 (mitmproxy's start-up check then exits with status 1); a bad file later is
 logged and the last good configuration stays in force.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions
@@ -17,9 +18,10 @@ from mitmproxy.utils import human
 
 from addon import statefile
 from addon.breaker import Breaker
-from addon.captcha import CaptchaSource
 from addon.config import BreakerSpec, Config, load_config
 from addon.schema import RulesError, RulesErrors
+from addon.sources import ValueSource
+from addon.template import CAPTCHA
 from addon.tokens import TokenPool, TokensFileError, read_tokens
 from addon.watch import FileWatcher
 
@@ -32,13 +34,17 @@ class RulesLoader:
         self.tokens = TokenPool()
         self.tokens.on_change = self._state_changed
         self.breaker = Breaker()
-        self.captcha: CaptchaSource | None = None
+        self.values: dict[str, ValueSource] = {}  # by name, as the rules file's values: (and captcha:)
         self.stream_copy_limit = 1024 * 1024
         self.mitmproxy_stores_streamed = False  # mitmproxy 12.1+ with store_streamed_bodies: it keeps them whole
         self._watcher = FileWatcher()
         self._state_file: Path | None = None
         self._save_pending: asyncio.TimerHandle | None = None
         self._save_problem: str | None = None  # the last failure to write the state file, logged once
+
+    @property
+    def captcha(self) -> ValueSource | None:
+        return self.values.get(CAPTCHA)
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -99,18 +105,19 @@ class RulesLoader:
             self._use_state_file(config.tokens.state_file)
         self.breaker.spec = config.tokens.breaker if config.tokens else BreakerSpec()
         self.tokens.replace(tokens)
-        if config.captcha is None:
-            self.captcha = None
-        elif self.captcha is None or self.captcha.spec != config.captcha:
-            self.captcha = CaptchaSource(config.captcha)
+        kept = self.values  # a source whose spec is unchanged keeps its value
+        self.values = {
+            name: kept[name] if name in kept and kept[name].spec == spec else ValueSource(spec)
+            for name, spec in config.values.items()
+        }
         self._watch(config)
         summary = f"{len(config.rules)} rule(s)"
         if config.tokens:
             summary += f", {len(tokens)} token(s)"
             if not tokens:
                 logger.warning(f"rules: {config.tokens.file} has no tokens; requests that need one get a 503")
-        if config.captcha:
-            summary += f", captcha from {config.captcha.describe()}"
+        for name, spec in config.values.items():
+            summary += f", {name} from {spec.describe()}"
         logger.info(f"rules: loaded {path}: {summary}")
         if not config.rules:
             logger.warning(f"rules: {path} has no rules: every request passes unchanged")
@@ -159,14 +166,18 @@ class RulesLoader:
             logger.info(f"tokens: the state file {self._state_file} is written again")
             self._save_problem = None
 
-    def _captcha_changed(self) -> None:
-        if self.captcha is not None:
-            self.captcha.invalidate()
+    def _value_file_changed(self, path: Path) -> None:
+        """A value's file changed: the next request reads it again (a refresh that waits on it looks itself)."""
+        for source in self.values.values():
+            if source.spec.file == path:
+                source.invalidate()
+                logger.info(f"{source.name}: {path} changed; it is read again at the next request")
 
     def _watch(self, config: Config) -> None:
         paths = {Path(config.file): self.reload_rules}
         if config.tokens:
             paths[config.tokens.file] = self.reload_tokens
-        if config.captcha and config.captcha.file:
-            paths[config.captcha.file] = self._captcha_changed
+        for spec in config.values.values():
+            if spec.file is not None:
+                paths[spec.file] = partial(self._value_file_changed, spec.file)
         self._watcher.watch(paths)

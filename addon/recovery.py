@@ -3,8 +3,9 @@
 When an answer matches an `on_response` rule, the request is sent again through
 mitmproxy itself (`ReplayHandler`: upstream and reverse modes, TLS options,
 HTTP/2 and the other addons all apply, and each attempt is a flow of its own in
-mitmweb), with only the token (and a fresh captcha value) changed. The client
-gets the answer of the attempt that worked, or the last refusal when none did.
+mitmweb), with only the token (and fresh values, such as the captcha) changed, or
+with the same token and the values a `refresh` fetched anew. The client gets the
+answer of the attempt that worked, or the last refusal when none did.
 
 A retry that gets no whole answer within `retry_timeout` seconds is hung up
 (its upstream connections are closed) and counts as a failed attempt.
@@ -27,12 +28,12 @@ from mitmproxy.flow import Error
 from mitmproxy.hooks import UpdateHook
 
 from addon.comment import add_note
-from addon.config import REFRESH_CAPTCHA, ROTATE, Config
+from addon.config import REFRESH, ROTATE, Config
 from addon.loader import RulesLoader
 from addon.masking import mask
-from addon.rewrite import apply_plan
+from addon.plan import apply_plan
 from addon.rewriter import REPLAY_KEY, Rewriter, Sent
-from addon.template import CAPTCHA, TOKEN
+from addon.template import TOKEN
 from addon.tokens import token_key
 from addon.verdict import applies, retry_after, verdict
 
@@ -43,15 +44,24 @@ HANG_UP_GRACE = 5.0  # seconds a hung-up replay gets to wind down before its tas
 
 
 @dataclass(frozen=True)
+class Action:
+    """What an answer asks of the recovery: rotate (another token), or refresh these values (same token)."""
+
+    kind: str  # ROTATE or REFRESH
+    refresh: frozenset[str] = frozenset()  # for REFRESH: of the values the request used, those to fetch anew
+
+
+@dataclass(frozen=True)
 class Attempt:
     status: int | None  # None: no answer (the attempt failed)
     values: dict[str, str]
+    shown: str = ""  # the token, or the first value, as the comment and the log may show it
+    refreshed: str = ""  # e.g. "new cf_clearance …wxyz", when this attempt followed a refresh
 
     def describe(self) -> str:
-        secret = self.values.get(TOKEN) or self.values.get(CAPTCHA)
-        kind = "" if TOKEN in self.values else "captcha "
         status = str(self.status) if self.status is not None else "error"
-        return f"{status} with {kind}{mask(secret)}" if secret else status
+        text = f"{status} with {self.shown}" if self.shown else status
+        return f"{text} ({self.refreshed})" if self.refreshed else text
 
 
 class Recovery:
@@ -92,36 +102,56 @@ class Recovery:
         if action is None:
             self._settled(flow.response, sent.values, sent.at)
             return
-        if action == ROTATE and CAPTCHA in sent.plan.uses and CAPTCHA not in sent.values:
-            # the captcha source failed and the request went without its value: that, not the
-            # token, is the likely cause, and rotating would mark good tokens refused
+        missing = sorted(sent.plan.uses - sent.values.keys())
+        if action.kind == ROTATE and missing:
+            # a value's source failed and the request went without it: that, not the token, is the
+            # likely cause, and rotating would mark good tokens refused
+            names, s = " and ".join(missing), "s" if len(missing) > 1 else ""
             logger.warning(f"not retried {flow.request.pretty_url}: the {flow.response.status_code} is not blamed on "
-                           "the token, as the request went without its captcha value (the captcha source failed)")
+                           f"the token, as the request went without its {names} value{s} (the {names} source{s} failed)")
             return
         await self._recover(flow, sent, action, config)
 
     def error(self, flow: http.HTTPFlow) -> None:
         self.rewriter.sent.pop(flow, None)  # nothing to recover: the request never got an answer
 
-    def _action(self, config: Config, response: http.Response, values: dict[str, str]) -> str | None:
+    def _action(self, config: Config, response: http.Response, values: dict[str, str]) -> Action | None:
         """What this answer means for a request sent with these values (None: pass it on)."""
-        action = verdict(config.on_response, response)
-        return action if applies(action, values) else None
+        rule = verdict(config.on_response, response)
+        if not applies(rule, values):
+            return None
+        assert rule is not None
+        if rule.action == ROTATE:
+            return Action(ROTATE)
+        return Action(REFRESH, frozenset(name for name in rule.refreshes if name in values))
+
+    def _attempt_of(self, status: int | None, values: dict[str, str], refreshed: frozenset[str] = frozenset()) -> Attempt:
+        if TOKEN in values:
+            shown = mask(values[TOKEN])
+        else:
+            first = min(values, default=None)
+            shown = f"{first} {self._show(first, values[first])}" if first is not None else ""
+        news = ", ".join(f"new {name} {self._show(name, values[name])}" for name in sorted(refreshed))
+        return Attempt(status, values, shown, news)
+
+    def _show(self, name: str, value: str) -> str:
+        source = self.state.values.get(name)
+        return source.show(value) if source is not None else mask(value)
 
     def _settled(self, response: http.Response, values: dict[str, str], sent_at: float) -> None:
         if TOKEN in values and response.status_code < 400:
             self.state.tokens.succeeded(values[TOKEN], sent_at)
 
-    async def _recover(self, flow: http.HTTPFlow, sent: Sent, action: str, config: Config) -> None:
+    async def _recover(self, flow: http.HTTPFlow, sent: Sent, action: Action, config: Config) -> None:
         max_attempts = config.tokens.max_attempts if config.tokens else DEFAULT_MAX_ATTEMPTS
         assert flow.response is not None
-        attempts = [Attempt(flow.response.status_code, sent.values)]
+        attempts = [self._attempt_of(flow.response.status_code, sent.values)]
         last: http.Response = flow.response
         values = sent.values
         tried = {values[TOKEN]} if TOKEN in values else set()
         outcome = ""
         while True:
-            if action == ROTATE:
+            if action.kind == ROTATE:
                 if self.state.breaker.is_open:
                     outcome = "the breaker is open: refusals go to the client as they are"
                     break
@@ -133,19 +163,19 @@ class Recovery:
                 outcome = f"gave up after {max_attempts} attempts"
                 break
             next_values = await self._next_values(action, values, tried)
-            if next_values is None:
-                outcome = "no other token to try" if action == ROTATE else "no fresh captcha value"
+            if isinstance(next_values, str):
+                outcome = next_values
                 break
             values = next_values
             sent_at = time.time()
             copy = await self._attempt(flow, sent, values, len(attempts) + 1)
             if copy.error or copy.response is None or copy.response.stream:
-                attempts.append(Attempt(None, values))
+                attempts.append(self._attempt_of(None, values, action.refresh))
                 why = copy.error.msg if copy.error else "the answer was too large to hold (stream_large_bodies)"
                 outcome = f"attempt {len(attempts)} failed: {why}"
                 break
             last = copy.response
-            attempts.append(Attempt(last.status_code, values))
+            attempts.append(self._attempt_of(last.status_code, values, action.refresh))
             action = self._action(config, last, values)
             if action is None:
                 self._settled(last, values, sent_at)
@@ -171,23 +201,35 @@ class Recovery:
         if undo is not None:
             pool.restore(undo)
 
-    async def _next_values(self, action: str, values: dict[str, str], tried: set[str]) -> dict[str, str] | None:
-        """The values for the next attempt: another token (rotate) or a fresh captcha value; None
-        when there is none, and then no captcha value is fetched for a retry that will not be sent."""
-        if action == ROTATE and not self.state.tokens.has_replacement(values[TOKEN], exclude=tried):
-            return None
+    async def _next_values(self, action: Action, values: dict[str, str], tried: set[str]) -> dict[str, str] | str:
+        """The values for the next attempt, or why there are none (and then no value is fetched
+        for a retry that will not be sent).
+
+        rotate: another token, and fresh values from the commands the request used (a file or the
+        environment gives what it holds now); a source that fails leaves its old value. refresh:
+        the same token, and a new value for each value to refresh; if one cannot be had (its source
+        fails, or a file does not change within its wait), no retry, and no token is blamed.
+        """
+        if action.kind == ROTATE and not self.state.tokens.has_replacement(values[TOKEN], exclude=tried):
+            return "no other token to try"
         new = dict(values)
-        captcha = self.state.captcha
-        if CAPTCHA in values and captcha is not None:
-            fresh = await captcha.fresh(stale=values[CAPTCHA])
-            if fresh is None and action == REFRESH_CAPTCHA:
-                return None
-            if fresh is not None:
-                new[CAPTCHA] = fresh
-        if action == ROTATE:  # after the await: a token refused meanwhile is not chosen
+        names = sorted(action.refresh) if action.kind == REFRESH else sorted(n for n in values if n != TOKEN)
+        sources = [self.state.values[n] for n in names if n in self.state.values]
+        if action.kind == REFRESH:
+            fresh = await asyncio.gather(*(s.refresh(stale=values[s.name]) for s in sources))
+        else:
+            fresh = await asyncio.gather(*(s.fresh(stale=values[s.name]) for s in sources))
+        for source, value in zip(sources, fresh):
+            if value is not None:
+                new[source.name] = value
+            elif action.kind == REFRESH:
+                return f"no new {source.name} value"
+        if action.kind == REFRESH and not sources:
+            return "nothing to refresh"
+        if action.kind == ROTATE:  # after the await: a token refused meanwhile is not chosen
             token = self.state.tokens.replacement(values[TOKEN], exclude=tried)
             if token is None:
-                return None
+                return "no other token to try"
             tried.add(token)
             new[TOKEN] = token
         return new
@@ -210,8 +252,8 @@ class Recovery:
         copy.is_replay = "request"
         copy.metadata[REPLAY_KEY] = {"of": flow.id, "attempt": n}
         apply_plan(sent.plan.dynamic, copy.request, values)
-        secret = values.get(TOKEN) or values.get(CAPTCHA, "")
-        copy.comment = f"attempt {n} of flow {flow.id[:8]}, with {'token' if TOKEN in values else 'captcha'} {mask(secret)}"
+        shown = self._attempt_of(None, values).shown
+        copy.comment = f"attempt {n} of flow {flow.id[:8]}, with {'token ' if TOKEN in values else ''}{shown}"
         handler = _Replay(copy, ctx.options)
         replay = asyncio.ensure_future(handler.replay())
         try:

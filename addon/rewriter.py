@@ -1,7 +1,12 @@
-"""The request side: apply the matching rules' headers and cookies to each request."""
+"""The request hook: draw the values a request's plan needs, and apply the plan (addon/plan.py).
+
+Named values come from their sources (addon/sources.py); `{token}` is drawn last, after every
+await, so that a token refused meanwhile is never sent.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import weakref
@@ -10,8 +15,8 @@ from dataclasses import dataclass
 from mitmproxy import http
 
 from addon.loader import RulesLoader
-from addon.rewrite import Plan, apply_plan, describe, plan_request
-from addon.template import CAPTCHA, TOKEN
+from addon.plan import Plan, apply_plan, describe, plan_request
+from addon.template import TOKEN
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +27,7 @@ REPLAY_KEY = "rewrite.attempt"  # flow.metadata of a copy the recovery replays: 
 @dataclass(frozen=True)
 class Sent:
     """What went out with a flow: kept in memory only (it holds the values), so a
-    refused request can be sent again with only the token or captcha changed."""
+    refused request can be sent again with only the token or other values changed."""
 
     plan: Plan
     values: dict[str, str]
@@ -48,11 +53,7 @@ class Rewriter:
         plan = plan_request(config, flow)
         if plan is None:
             return
-        values: dict[str, str] = {}
-        if CAPTCHA in plan.uses and self.state.captcha is not None:
-            captcha = await self.state.captcha.get()
-            if captcha is not None:
-                values[CAPTCHA] = captcha
+        values = await self._draw_values(plan) if plan.named else {}
         # the token is drawn after the last await, so a token refused meanwhile is never sent
         if TOKEN in plan.uses:
             token = self.state.tokens.draw()
@@ -69,6 +70,31 @@ class Rewriter:
         }
         if values:
             self.sent[flow] = Sent(plan, values, time.time())
+
+    async def _draw_values(self, plan: Plan) -> dict[str, str]:
+        """The named values the plan uses: those at hand at once, the others fetched side by side.
+        A value whose source failed is left out (the edits that need it are skipped)."""
+        values: dict[str, str] = {}
+        wanted = []
+        for name in plan.named:
+            source = self.state.values.get(name)
+            if source is None:
+                continue
+            value = source.cached()
+            if value is not None:
+                values[name] = value
+            else:
+                wanted.append(source)
+        if len(wanted) == 1:
+            fetched = [await wanted[0].get()]
+        elif wanted:
+            fetched = await asyncio.gather(*(s.get() for s in wanted))
+        else:
+            fetched = []
+        for source, value in zip(wanted, fetched):
+            if value is not None:
+                values[source.name] = value
+        return values
 
     def _no_tokens(self, flow: http.HTTPFlow) -> None:
         assert self.state.config is not None and self.state.config.tokens is not None

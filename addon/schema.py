@@ -10,6 +10,8 @@ of pre-commit's cfgv. Semantic checks (globs, placeholders, filters) plug in as
 from __future__ import annotations
 
 import difflib
+import functools
+import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +33,8 @@ _KIND = {
     _FLOAT: "a number",
     "tag:yaml.org,2002:seq": "a list",
     "tag:yaml.org,2002:map": "a mapping",
+    "tag:yaml.org,2002:timestamp": "a date",
+    "tag:yaml.org,2002:binary": "binary data",
 }
 
 
@@ -241,6 +245,62 @@ class Nullable(Type):
 
     def json_schema(self) -> dict[str, Any]:
         return {"anyOf": [self.inner.json_schema(), {"type": "null"}]}
+
+
+@dataclass(frozen=True)
+class JsonLiteral:
+    """A JSON value other than a string with placeholders, as the rules file wrote it (kept as its
+    JSON text, so that every use gets an object of its own that later edits may change)."""
+
+    text: str
+
+    def value(self) -> Any:
+        return json.loads(self.text) if self.text[:1] in ("[", "{") else self._scalar
+
+    @functools.cached_property
+    def _scalar(self) -> Any:
+        return json.loads(self.text)
+
+
+@dataclass(frozen=True)
+class JsonValue(Type):
+    """Any JSON value, written in YAML: `null` (None: remove), a string (the inner type: a template), or
+    a number, boolean, list or mapping (a JsonLiteral, whose strings are taken as written)."""
+
+    string: Type
+
+    def check(self, at: At) -> Any:
+        node = at.node
+        if isinstance(node, yaml.ScalarNode) and node.tag == _NULL:
+            return None
+        if isinstance(node, yaml.ScalarNode) and node.tag == _STR:
+            return self.string.check(at)
+        return JsonLiteral(json.dumps(self._plain(at), ensure_ascii=False, separators=(",", ":")))
+
+    def _plain(self, at: At) -> Any:
+        node = at.node
+        if isinstance(node, yaml.SequenceNode):
+            errors: list[RulesError] = []
+            items = [_gather(errors, lambda i=i, n=n: self._plain(at.index(i, n))) for i, n in enumerate(node.value)]
+            _raise_if(errors)
+            return items
+        if isinstance(node, yaml.MappingNode):
+            errors = []
+            out = {name: _gather(errors, lambda child=child: self._plain(child)) for name, _, child in _mapping_pairs(at)}
+            _raise_if(errors)
+            return out
+        if isinstance(node, yaml.ScalarNode) and node.tag in (_STR, _NULL, _BOOL, _INT, _FLOAT):
+            value = yaml.constructor.SafeConstructor().construct_object(node)
+            if isinstance(value, float) and not math.isfinite(value):
+                at.fail(f"expected a finite number, got {value} (JSON has no such number)")
+            return value
+        at.fail(f"expected {self.describe()}, got {at.kind()}")
+
+    def describe(self) -> str:
+        return "a JSON value (a string, number, true or false, list, mapping or null)"
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"type": ["string", "number", "boolean", "array", "object", "null"]}
 
 
 @dataclass(frozen=True)

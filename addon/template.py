@@ -1,8 +1,9 @@
-"""Header and cookie values with placeholders: `{token}`, `{captcha}`, `{env:NAME}`.
+"""Header, cookie and body values with placeholders: `{token}`, `{NAME}`, `{env:NAME}`.
 
 `{{` and `}}` stand for literal braces. `{env:NAME}` is resolved when the rules
 file loads (the environment does not change under a running proxy); `{token}`
-and `{captcha}` are drawn for each request.
+(the rotation) and `{NAME}` (a named value of the `values:` section, such as
+`{captcha}`) are drawn for each request.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 TOKEN = "token"
 CAPTCHA = "captcha"
-_DYNAMIC = (TOKEN, CAPTCHA)
+DEFAULT_NAMES = frozenset({TOKEN, CAPTCHA})  # the placeholders every rules file may use
 _PIECE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 
 
@@ -39,13 +40,19 @@ class Template:
         return "".join(p if isinstance(p, str) else values[p[0]] for p in self.parts)
 
 
-def parse_template(text: str, environ: Mapping[str, str] = os.environ) -> Template:
-    """Compile a value; a line break or an unknown placeholder is an error.
+def parse_template(
+    text: str,
+    environ: Mapping[str, str] = os.environ,
+    names: frozenset[str] = DEFAULT_NAMES,
+    line_breaks: bool = False,
+) -> Template:
+    """Compile a value; an unknown placeholder is an error, and so is a line break unless
+    `line_breaks` (a JSON body's strings may have them). `names`: the placeholders drawn per request.
 
     Raises:
         ValueError: the value cannot be used as a header or cookie value.
     """
-    if "\r" in text or "\n" in text:
+    if not line_breaks and ("\r" in text or "\n" in text):
         raise ValueError("a header or cookie value cannot contain a line break")
     parts: list[str | tuple[str]] = []
     literal: list[str] = []
@@ -60,7 +67,7 @@ def parse_template(text: str, environ: Mapping[str, str] = os.environ) -> Templa
         if m.group(1) is None:
             raise ValueError(f"unmatched {piece!r} in {text!r} (write {piece * 2} for a literal brace)")
         name = m.group(1)
-        if name in _DYNAMIC:
+        if name in names:
             parts.append("".join(literal))
             literal = []
             parts.append((name,))
@@ -70,12 +77,14 @@ def parse_template(text: str, environ: Mapping[str, str] = os.environ) -> Templa
                 raise ValueError("{env:} needs a variable name, like {env:API_KEY}")
             if var not in environ:
                 raise ValueError(f"environment variable {var} (used as {{{name}}}) is not set")
-            if "\r" in environ[var] or "\n" in environ[var]:
+            if not line_breaks and ("\r" in environ[var] or "\n" in environ[var]):
                 raise ValueError(f"environment variable {var} (used as {{{name}}}) contains a line break")
             literal.append(environ[var])
         else:
-            close = difflib.get_close_matches(name, [*_DYNAMIC, "env:NAME"], 1)
-            hint = f"did you mean {{{close[0]}}}?" if close else "expected {token}, {captcha} or {env:NAME}"
+            known = sorted(names, key=lambda n: (n != TOKEN, n))
+            close = difflib.get_close_matches(name, [*known, "env:NAME"], 1)
+            expected = ", ".join(f"{{{n}}}" for n in known) + " or {env:NAME}"
+            hint = f"did you mean {{{close[0]}}}?" if close else f"expected {expected}"
             raise ValueError(f"unknown placeholder {{{name}}} ({hint})")
     literal.append(text[pos:])
     parts.append("".join(literal))

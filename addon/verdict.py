@@ -8,20 +8,25 @@ from collections.abc import Collection
 
 from mitmproxy import http
 
-from addon.config import PASS, REFRESH_CAPTCHA, ROTATE, ResponseRule
-from addon.template import CAPTCHA, TOKEN
+from addon.config import PASS, ROTATE, ResponseRule
+from addon.template import TOKEN
 
 BODY_SEARCH_LIMIT = 1024 * 1024  # bytes of a decoded body that `body:` regexes look at
 MAX_RETRY_AFTER = 24 * 3600.0  # seconds; an upstream asking for more is taken to mean a day
 
 
-def applies(action: str | None, injected: Collection[str]) -> bool:
-    """Can this action retry a request into which these placeholders were put?"""
-    return (action == ROTATE and TOKEN in injected) or (action == REFRESH_CAPTCHA and CAPTCHA in injected)
+def applies(rule: ResponseRule | None, injected: Collection[str]) -> bool:
+    """Can this rule retry a request into which these placeholders were put? Rotating needs a token;
+    refreshing, one of the values it refreshes."""
+    if rule is None:
+        return False
+    if rule.action == ROTATE:
+        return TOKEN in injected
+    return any(name in injected for name in rule.refreshes)
 
 
-def verdict(rules: tuple[ResponseRule, ...], response: http.Response) -> str | None:
-    """The action of the first rule that matches, or None to pass the answer on."""
+def verdict(rules: tuple[ResponseRule, ...], response: http.Response) -> ResponseRule | None:
+    """The first rule that matches, or None to pass the answer on (as a matching `pass` rule does)."""
     text: str | None = None
     for rule in rules:
         if response.status_code not in rule.statuses:
@@ -32,7 +37,7 @@ def verdict(rules: tuple[ResponseRule, ...], response: http.Response) -> str | N
                 text = body[:BODY_SEARCH_LIMIT].decode("utf-8", errors="replace")
             if not rule.body.search(text):
                 continue
-        return None if rule.action == PASS else rule.action
+        return None if rule.action == PASS else rule
     return None
 
 
@@ -41,7 +46,7 @@ def may_retry(rules: tuple[ResponseRule, ...], status: int, injected: Collection
     rule whose `body` might match counts; the first rule without `body` ends the search."""
     for rule in rules:
         if status in rule.statuses:
-            if applies(rule.action, injected):
+            if applies(rule, injected):
                 return True
             if rule.body is None:
                 return False

@@ -7,6 +7,12 @@ and an account token in the `session` cookie from its list of known tokens.
 Accepted calls to `/v1/chat/completions` answer like OpenAI's API, streamed as
 Server-Sent Events when the JSON body says `"stream": true`.
 
+Under `/nextjs-api/stream/` it behaves like a chat front-end of the kind issue 16
+describes: the account token in the `arena-auth-prod-v1` cookie, a Cloudflare
+clearance in the `cf_clearance` cookie (when `clearances` is set; otherwise a
+challenge page, "Just a moment..."), and the reCAPTCHA token in the JSON body's
+`recaptchaV3Token` (the body may be gzip- or deflate-encoded).
+
 Every request it receives is recorded (and printed with `--log`), so the demo
 and the tests can show exactly what arrived. Serves HTTP/1.1, and with a
 certificate HTTPS with HTTP/2. Only ever listens on loopback.
@@ -18,11 +24,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import socket
 import subprocess
 import threading
 import time
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -55,6 +64,23 @@ class Received:
             jar.load(value)
         return jar[name].value if name in jar else None
 
+    def decoded_body(self) -> bytes:
+        """The body without its Content-Encoding (gzip or deflate); ValueError when it does not decode."""
+        coding = (self.header("content-encoding") or "").strip().lower()
+        try:
+            if coding == "gzip":
+                return gzip.decompress(self.body)
+            if coding == "deflate":
+                return zlib.decompress(self.body)
+        except (OSError, EOFError, zlib.error) as e:
+            raise ValueError(f"the {coding} body does not decode: {e}") from None
+        if coding not in ("", "identity"):
+            raise ValueError(f"unknown content encoding {coding}")
+        return self.body
+
+    def json(self):
+        return json.loads(self.decoded_body())
+
 
 @dataclass
 class ProtectedAPI:
@@ -66,6 +92,10 @@ class ProtectedAPI:
     retry_after: str | None = None  # sent with every refusal of an account token
     refuse_all: str | None = None  # refuse every request with this message (like an IP ban)
     padding: dict[int, int] = field(default_factory=dict)  # status -> bytes of filler in JSON answers
+    # the chat front-end under /nextjs-api/stream/: the cf_clearance cookies it accepts (None: it asks for
+    # none), and what to call when it answers with a challenge page (a stand-in for a browser solving it)
+    clearances: set[str] | None = None
+    on_challenge: Callable[[], None] | None = None
     chunks: int = 5
     interval: float = 0.2  # seconds between streamed events
     log: bool = False
@@ -89,6 +119,8 @@ class ProtectedAPI:
             for k, v in rec.headers:
                 print(f"    {k}: {v}", flush=True)
         rec.status = 200
+        if rec.path.startswith(ARENA_PATH):
+            return await self._arena(send, rec)
         if rec.path == "/echo":
             return await self._json(send, 200, {"method": rec.method, "headers": rec.headers, "body": body.decode(errors="replace")})
         try:
@@ -123,6 +155,39 @@ class ProtectedAPI:
             return "unknown account"
         return None
 
+    async def _arena(self, send, rec: Received) -> None:
+        """The chat front-end: a challenge page without a good clearance, else its own refusals, else an answer."""
+        why = self.arena_refusal(rec) if self.protect else None
+        if why == CHALLENGE:
+            rec.status = 403
+            if self.on_challenge is not None:
+                self.on_challenge()
+            page = b"<!DOCTYPE html><html><head><title>Just a moment...</title></head><body>Checking your browser</body></html>"
+            headers = [(b"content-type", b"text/html; charset=UTF-8"), (b"content-length", str(len(page)).encode())]
+            await send({"type": "http.response.start", "status": 403, "headers": headers})
+            await send({"type": "http.response.body", "body": page})
+            return
+        if why:
+            rec.status = 403
+            return await self._json(send, 403, {"error": why})
+        return await self._json(send, 200, {"ok": True, "path": rec.path, "id": rec.json().get("id")})
+
+    def arena_refusal(self, rec: Received) -> str | None:
+        if "Mozilla/5.0" not in (rec.header("user-agent") or ""):
+            return "browser required"
+        if self.clearances is not None and rec.cookie("cf_clearance") not in self.clearances:
+            return CHALLENGE
+        if rec.cookie("arena-auth-prod-v1") not in self.tokens:
+            return "unknown account"
+        try:
+            body = rec.json()
+        except ValueError:
+            return "bad body"
+        captcha = body.get("recaptchaV3Token") if isinstance(body, dict) else None
+        if not isinstance(captcha, str) or not captcha.startswith("cap-") or captcha in self.rejected_captchas:
+            return "recaptcha validation failed"
+        return None
+
     async def _json(self, send, status: int, obj, extra_headers=()) -> None:
         if self.padding.get(status):
             obj = {**obj, "padding": "x" * self.padding[status]}
@@ -142,6 +207,10 @@ class ProtectedAPI:
             await send({"type": "http.response.body", "body": f"data: {json.dumps(event)}\n\n".encode(), "more_body": True})
         end = chunk(payload, {}, "stop", time.time())
         await send({"type": "http.response.body", "body": f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode()})
+
+
+ARENA_PATH = "/nextjs-api/stream/"
+CHALLENGE = "challenge"  # the refusal that is answered with a challenge page
 
 
 def completion(payload) -> dict:

@@ -19,12 +19,21 @@ def test_example_rules_point_editors_at_the_schema():
 
 def test_schema_knows_every_key_and_forbids_others():
     schema = json_schema()
-    assert set(schema["properties"]) == {"rules", "stream", "tokens", "captcha", "on_response"}
+    assert set(schema["properties"]) == {"rules", "stream", "tokens", "values", "captcha", "on_response"}
     rule = schema["properties"]["rules"]["items"]
     assert rule["additionalProperties"] is False and rule["required"] == ["match"]
     assert set(rule["properties"]["match"]["properties"]) == {"host", "path", "method", "stream", "filter"}
     headers = rule["properties"]["headers"]
     assert headers["additionalProperties"] == {"anyOf": [{"type": "string"}, {"type": "null"}]}
+    body = rule["properties"]["body"]
+    assert body["additionalProperties"] == {"type": ["string", "number", "boolean", "array", "object", "null"]}
+    source = schema["properties"]["values"]["additionalProperties"]
+    assert source["additionalProperties"] is False
+    assert set(source["properties"]) == {"file", "env", "command", "ttl", "timeout", "wait", "secret"}
+    assert schema["properties"]["captcha"]["properties"] == source["properties"]
+    response_rule = schema["properties"]["on_response"]["items"]
+    assert response_rule["properties"]["action"]["enum"] == ["rotate", "refresh", "refresh_captcha", "pass"]
+    assert set(response_rule["properties"]) == {"match", "action", "values"}
     strategy = schema["properties"]["tokens"]["properties"]["strategy"]
     assert strategy["enum"] == ["round_robin", "sticky"]
 

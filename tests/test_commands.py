@@ -90,3 +90,15 @@ def test_captcha_refresh_runs_the_source_again(tctx, tmp_path):
 def test_status_survives_a_cooldown_beyond_the_calendar(tctx):
     tctx.loader.tokens.health[next(iter(tctx.loader.tokens.health))].cooling_until = 1e18
     assert run(tctx, "tokens.status")[0].startswith(f"…{TOKENS[0][-4:]}  cooling until far future ")
+
+
+def test_values_refresh_names_the_value(tctx, tmp_path):
+    async def go():
+        await tctx.loader.captcha.get()
+        run(tctx, "values.refresh captcha")
+        await tctx.master.addons.get("tokencommands").refreshing
+
+    asyncio.run(go())
+    assert (tmp_path / "runs.txt").read_text() == "run\nrun\n"
+    with pytest.raises(exceptions.CommandError, match=r"^no value named 'cf' \(the rules file has captcha\)$"):
+        run(tctx, "values.refresh cf")

@@ -58,8 +58,9 @@ def test_good_file_becomes_records(tmp_path):
     assert rule.uses == {"token", "captcha"}
     assert config.stream.json_field == ("options", "stream")
     assert config.tokens.file == tmp_path / "tokens.txt" and config.tokens.strategy == "sticky"
-    assert config.captcha.file == tmp_path / "captcha.txt" and config.captcha.ttl == 110
-    assert config.captcha.cwd == tmp_path
+    captcha = config.values["captcha"]
+    assert captcha.file == tmp_path / "captcha.txt" and captcha.ttl == 110 and captcha.cwd == tmp_path
+    assert captcha.name == "captcha" and captcha.secret is True
     assert config.on_response == DEFAULT_ON_RESPONSE  # rotate on 403
 
 
@@ -87,6 +88,65 @@ def test_recovery_settings(tmp_path):
     assert (second.statuses, second.body, second.action) == ({401, 403}, None, "rotate")
 
 
+INTENDED = """\
+values:
+  captcha: {command: ["./mint-recaptcha"], ttl: 110}
+  cf_clearance: {file: cf_clearance.txt}
+rules:
+  - name: arena
+    match: {host: arena.example.com, path: /nextjs-api/stream/*}
+    headers: {User-Agent: "Mozilla/5.0 …"}
+    cookies: {cf_clearance: "{cf_clearance}", arena-auth-prod-v1: "{token}"}
+    body: {recaptchaV3Token: "{captcha}"}
+tokens: {file: tokens.txt}
+on_response:
+  - match: {status: 403, body: "(?i)just a moment"}
+    action: refresh
+    values: [cf_clearance]
+  - match: {status: 403, body: "(?i)recaptcha validation failed"}
+    action: refresh
+    values: [captcha]
+  - match: {status: [401, 403]}
+    action: rotate
+"""
+
+
+def test_the_intended_file_of_issue_16(tmp_path):
+    (tmp_path / "mint-recaptcha").write_text("#!/bin/sh\necho cap-x\n")
+    (tmp_path / "cf_clearance.txt").write_text("cf-1\n")
+    config = load_config(write(tmp_path, INTENDED))
+    (rule,) = config.rules
+    assert rule.uses == {"token", "captcha", "cf_clearance"}
+    assert [(path, value.source) for path, value in rule.body] == [("recaptchaV3Token", "{captcha}")]
+    captcha, clearance = config.values["captcha"], config.values["cf_clearance"]
+    assert (captcha.command, captcha.ttl, captcha.secret) == (("./mint-recaptcha",), 110, True)
+    assert (clearance.file, clearance.wait, clearance.ttl) == (tmp_path / "cf_clearance.txt", 30, 0)
+    assert [(r.action, r.refreshes) for r in config.on_response] == [
+        ("refresh", {"cf_clearance"}), ("refresh", {"captcha"}), ("rotate", frozenset())
+    ]
+
+
+def test_values_and_body_edits(tmp_path):
+    text = R.replace("headers: {X: y}", "body: {a.b: 1, c: [x, {d: null}], e: '{k} {env:E}', f: null, g: 1.5, h: false}") + (
+        "values:\n"
+        "  k: {file: captcha.txt, wait: 2.5, ttl: 5}\n"
+        "  shown: {env: E, secret: false}\n"
+        "on_response:\n"
+        "  - {match: {status: 403}, action: refresh}\n"
+        "  - {match: {status: 401}, action: refresh_captcha}\n"
+        "captcha: {env: E}\n"
+    )
+    config = load_config(write(tmp_path, text), environ={"E": "from-env"})
+    body = dict(config.rules[0].body)
+    assert [body[k].text for k in ("a.b", "c", "g", "h")] == ["1", '["x",{"d":null}]', "1.5", "false"]
+    assert body["e"].render({"k": "K"}) == "K from-env" and body["f"] is None
+    assert body["c"].value() is not body["c"].value()  # every use gets a list of its own
+    assert config.values["k"].wait == 2.5 and config.values["shown"].secret is False
+    assert config.public == {"shown"}
+    # refresh without values: every value from a file or a command (not the environment)
+    assert [r.refreshes for r in config.on_response] == [{"k"}, {"captcha"}]
+
+
 def test_state_file_defaults_to_beside_the_tokens_file(tmp_path):
     config = load_config(write(tmp_path, R + "tokens: {file: tokens.txt}\n"))
     assert config.tokens.state_file == tmp_path / "tokens.state.json"
@@ -96,7 +156,7 @@ def test_defaults(tmp_path):
     config = load_config(write(tmp_path, "rules:\n  - match: {host: a.com}\n    headers: {X: y}\n"))
     assert config.rules[0].name == "rules[0]"
     assert config.stream.json_field == ("stream",)
-    assert config.tokens is None and config.captcha is None
+    assert config.tokens is None and config.values == {}
 
 
 def test_paths_are_relative_to_the_rules_file(tmp_path, monkeypatch):
@@ -126,7 +186,7 @@ BAD = [
     ("stream: {}\n", "1:1: missing required key 'rules'"),
     # rules and their keys
     ("rules: {}\n", "1:8: rules: expected a list of a mapping (rule), got a mapping"),
-    ("rules:\n  - match: {host: a.com}\n", "2:5: rules[0]: a rule needs 'headers' or 'cookies' (or both)"),
+    ("rules:\n  - match: {host: a.com}\n", "2:5: rules[0]: a rule needs 'headers', 'cookies' or 'body'"),
     ("rules:\n  - match: {host: a.com}\n    heders: {X: y}\n",
      "3:5: rules[0]: unknown key 'heders' (did you mean 'headers'?)"),
     ("rules:\n  - headers: {X: y}\n", "2:5: rules[0]: missing required key 'match'"),
@@ -180,7 +240,7 @@ BAD = [
     ("rules:\n  - match: {host: a.com}\n    headers: {X: '{token}'}\n",
      "2:5: rules[0]: this rule uses {token} but the file has no 'tokens' section"),
     ("rules:\n  - match: {host: a.com}\n    headers: {X: '{captcha}'}\n",
-     "2:5: rules[0]: this rule uses {captcha} but the file has no 'captcha' section"),
+     "2:5: rules[0]: this rule uses {captcha} but the file has no 'captcha' section (or values: {captcha: ...})"),
     (R + "tokens: {file: missing.txt}\n", "4:16: tokens.file: tokens file not found: {dir}/missing.txt"),
     (R + "tokens: {file: tokens.txt, strategy: sticki}\n",
      "4:38: tokens.strategy: expected one of round_robin, sticky; got 'sticki' (did you mean 'sticky'?)"),
@@ -194,7 +254,7 @@ BAD = [
     (R + "captcha: {env: HOME, ttl: -1}\n", "4:27: captcha.ttl: expected a number of at least 0, got -1"),
     # recovery: tokens settings and on_response rules
     (R + "on_response: [{match: {status: 403}, action: retry}]\n",
-     "4:46: on_response[0].action: expected one of rotate, refresh_captcha, pass; got 'retry'"),
+     "4:46: on_response[0].action: expected one of rotate, refresh, refresh_captcha, pass; got 'retry'"),
     (R + "on_response: [{match: {status: 403, body: '('}, action: rotate}]\n",
      "4:43: on_response[0].match.body: bad regular expression '(': missing ), unterminated subpattern at position 0"),
     (R + "on_response: [{match: {body: x}, action: rotate}]\n", "4:23: on_response[0].match: missing required key 'status'"),
@@ -204,6 +264,53 @@ BAD = [
     (R + "tokens: {file: tokens.txt, breaker: {tokens: 1}}\n",
      "4:46: tokens.breaker.tokens: expected a whole number of at least 2, got 1"),
     (R + "tokens: {file: tokens.txt, cooldown: soon}\n", "4:38: tokens.cooldown: expected a number, got a string"),
+    # body edits
+    ("rules:\n  - match: {host: a.com}\n    body: {a..b: 1}\n",
+     "3:12: rules[0].body.a..b: bad field path 'a..b': expected names separated by dots, like 'recaptchaV3Token' or "
+     "'params.model'"),
+    ("rules:\n  - match: {host: a.com}\n    body: {.a: 1}\n",
+     "3:12: rules[0].body..a: bad field path '.a': expected names separated by dots, like 'recaptchaV3Token' or "
+     "'params.model'"),
+    ("rules:\n  - match: {host: a.com}\n    body: {a: .inf}\n",
+     "3:15: rules[0].body.a: expected a finite number, got inf (JSON has no such number)"),
+    ("rules:\n  - match: {host: a.com}\n    body: {a: [1, {b: 2001-01-01}]}\n",
+     "3:23: rules[0].body.a[1].b: expected a JSON value (a string, number, true or false, list, mapping or null), got a date"),
+    ("rules:\n  - match: {host: a.com}\n    body: {a: {1: x}}\n", "3:16: rules[0].body.a: keys must be strings"),
+    ("rules:\n  - match: {host: a.com}\n    body: {a: '{captcha'}\n",
+     "3:15: rules[0].body.a: unmatched '{' in '{captcha' (write {{ for a literal brace)"),
+    # named values
+    ("rules:\n  - match: {host: a.com}\n    headers: {X: '{cf_clearanse}'}\nvalues: {cf_clearance: {env: HOME}}\n",
+     "3:18: rules[0].headers.X: unknown placeholder {cf_clearanse} (did you mean {cf_clearance}?)"),
+    ("rules:\n  - match: {host: a.com}\n    body: {x: '{zz}'}\nvalues: {cf: {env: HOME}}\n",
+     "3:15: rules[0].body.x: unknown placeholder {zz} (expected {token}, {captcha}, {cf} or {env:NAME})"),
+    (R + "values: {token: {env: HOME}}\n",
+     "4:10: values.token: 'token' is the rotation of the tokens file ({token}); give this value another name"),
+    (R + "values: {'cf clearance': {env: HOME}}\n",
+     "4:10: values.cf clearance: bad value name 'cf clearance': expected a letter or _, then letters, digits, _ or -, "
+     "like cf_clearance"),
+    (R + "values: {cf: {}}\n", "4:14: values.cf: give exactly one cf source (file, env or command); got none"),
+    (R + "values: {cf: {file: nope.txt}}\n", "4:21: values.cf.file: cf file not found: {dir}/nope.txt"),
+    (R + "values: {cf: {command: ./nope.sh}}\n",
+     "4:24: values.cf.command: cf command not found: ./nope.sh (relative paths start at {dir})"),
+    (R + "values: {cf: {env: HOME, wait: 5}}\n",
+     "4:32: values.cf.wait: wait is for a file source (a refresh runs a command again, and the environment never changes)"),
+    (R + "values: {cf: {env: HOME, secret: no thanks}}\n", "4:34: values.cf.secret: expected true or false, got a string"),
+    (R + "values: {captcha: {env: HOME}}\ncaptcha: {env: HOME}\n",
+     "5:10: captcha: captcha is given twice, here and in values; keep one (captcha: is short for values: {captcha: ...})"),
+    # refresh
+    (R + "values: {cf: {file: captcha.txt}}\non_response: [{match: {status: 403}, action: refresh, values: [cf, cff]}]\n",
+     "5:68: on_response[0].values[1]: no value named 'cff' (did you mean 'cf'?)"),
+    (R + "values: {cf: {env: HOME}}\non_response: [{match: {status: 403}, action: refresh, values: cf}]\n",
+     "5:63: on_response[0].values: cf comes from an environment variable, which never changes under a running proxy: "
+     "it cannot be refreshed"),
+    (R + "on_response: [{match: {status: 403}, action: refresh}]\n",
+     "4:46: on_response[0].action: action refresh needs a value from a file or command to fetch anew; "
+     "the file has none (values:)"),
+    (R + "values: {cf: {file: captcha.txt}}\non_response: [{match: {status: 403}, action: rotate, values: [cf]}]\n",
+     "5:62: on_response[0].values: values goes with action refresh, not rotate"),
+    (R + "captcha: {file: captcha.txt}\non_response: [{match: {status: 403}, action: refresh_captcha, values: [captcha]}]\n",
+     "5:71: on_response[0].values: values goes with action refresh, not refresh_captcha; "
+     "refresh_captcha is refresh with values [captcha]"),
     (R + "stream: {json_field: 'a..b'}\n",
      "4:22: stream.json_field: bad field path 'a..b': expected names separated by dots, like 'stream' or "
      "'options.stream'"),

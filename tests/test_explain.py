@@ -53,3 +53,58 @@ def test_explain_and_the_comment_name_the_same_removals(tmp_path, headers, expla
         asyncio.run(rewriter.request(f))
     assert f.comment.startswith("rules: strip (non-streaming request)\n")
     assert [line for line in f.comment.splitlines() if "removed" in line] == commented
+
+
+ARENA = """\
+values:
+  captcha: {command: [./mint.sh], ttl: 110}
+  cf_clearance: {file: cf.txt}
+  shown: {env: SHOWN, secret: false}
+rules:
+  - name: arena
+    match: {host: arena.example.com}
+    cookies: {cf_clearance: "{cf_clearance}", arena-auth-prod-v1: "{token}"}
+    body: {recaptchaV3Token: "{captcha}", modality: "{shown}", debug: null, params.n: 2, bad.x: 1}
+tokens: {file: tokens.txt}
+on_response:
+  - match: {status: 403, body: "(?i)just a moment"}
+    action: refresh
+    values: [cf_clearance]
+  - match: {status: [401, 403]}
+    action: rotate
+"""
+
+
+def test_explain_shows_body_edits_masked_and_what_a_refresh_would_do(tmp_path, monkeypatch):
+    from mitmproxy.test import tutils
+
+    from addon.explain import stand_in_values
+
+    monkeypatch.setenv("SHOWN", "chat")
+    (tmp_path / "mint.sh").write_text("#!/bin/sh\necho cap-never-run\n")
+    (tmp_path / "mint.sh").chmod(0o755)
+    (tmp_path / "cf.txt").write_text("cf-clearance-value-00aa\n")
+    config = load_config(write_rules(tmp_path, ARENA, captcha=None))
+    values = stand_in_values(config)
+    assert values == {"token": "…1111", "captcha": "‹captcha from the command, not run›", "cf_clearance": "…00aa",
+                      "shown": "chat"}  # fmt: skip
+    body = '{"id": "x", "debug": true, "bad": "text"}'
+    f = make_flow("POST", "https://arena.example.com/x", [("Content-Type", "application/json")], body)
+    f.response = tutils.tresp(status_code=403, content=b"<title>Just a moment...</title>")
+    lines = list(explain(config, f, values))
+    assert lines[lines.index("    body (JSON):"):] == [
+        "    body (JSON):",
+        '      recaptchaV3Token: "‹captcha from the command, not run›"   ← arena',
+        '      modality: "chat"   ← arena',
+        "      (removed) debug   ← arena",
+        "      params.n: 2   ← arena",
+        "  note: body bad.x not set by arena: bad is a string, not an object",
+        "  response 403: refresh: retry with the same token and a new cf_clearance",
+    ]
+    assert "    Cookie: cf_clearance=…00aa; arena-auth-prod-v1=…1111   (cf_clearance ← arena; arena-auth-prod-v1 ← arena)" in lines
+
+
+def test_explain_says_when_the_body_is_not_a_json_object(tmp_path):
+    config = load_config(write_rules(tmp_path, "rules:\n  - match: {host: a.example}\n    body: {a: 1}\n"))
+    lines = list(explain(config, make_flow("POST", "http://a.example/x", [], "a=1"), {}))
+    assert lines[-1] == "  note: body not edited by rules[0]: the body is not JSON"

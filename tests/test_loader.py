@@ -1,5 +1,6 @@
 """The rules option: first load, hot reload, and keeping the last good configuration."""
 
+import asyncio
 import logging
 
 import pytest
@@ -87,3 +88,33 @@ def test_bad_stream_copy_limit(loaded):
         tctx.configure(loader, stream_copy_limit="lots")
     tctx.configure(loader, stream_copy_limit="2k")
     assert loader.stream_copy_limit == 2048
+
+
+VALUES = """\
+rules:
+  - match: {host: a.com}
+    cookies: {cf_clearance: "{cf}"}
+    headers: {X: "{captcha}"}
+values:
+  cf: {file: cf.txt}
+captcha: {file: captcha.txt}
+"""
+
+
+def test_a_value_file_that_changes_is_read_again(tmp_path, caplog):
+    (tmp_path / "cf.txt").write_text("cf-one-000000000001\n")
+    loader = RulesLoader()
+    with taddons.context(loader) as tctx:
+        tctx.configure(loader, rules=str(write_rules(tmp_path, VALUES)))
+        cf = loader.values["cf"]
+        assert asyncio.run(cf.get()) == "cf-one-000000000001"
+        (tmp_path / "cf.txt").write_text("cf-two-000000000002\n")
+        with caplog.at_level(logging.INFO):
+            loader._watcher.poll()
+        assert cf.cached() is None and asyncio.run(cf.get()) == "cf-two-000000000002"
+        assert f"cf: {tmp_path}/cf.txt changed; it is read again at the next request" in caplog.text
+        assert set(loader.values) == {"cf", "captcha"} and loader.captcha is loader.values["captcha"]
+        # a reload keeps the sources whose spec did not change, with their values
+        (tmp_path / "rules.yaml").write_text(VALUES.replace("X:", "Y:"))
+        loader._watcher.poll()
+        assert loader.values["cf"] is cf and cf.cached() == "cf-two-000000000002"

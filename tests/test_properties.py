@@ -166,7 +166,7 @@ def test_one_pass_edit_equals_mitmproxys_own_operations(fields, cookie_fields, e
     """apply_plan's one pass over the fields gives what mitmproxy's Headers operations give one by one."""
     from mitmproxy import http
 
-    from addon.rewrite import _edit_fields
+    from addon.plan import _edit_fields
 
     given = http.Headers([(k.encode(), v.encode()) for k, v in fields + [("Cookie", c) for c in cookie_fields]])
     by_lower = {}
@@ -188,3 +188,46 @@ def test_one_pass_edit_equals_mitmproxys_own_operations(fields, cookie_fields, e
         one_pass = {}
     _edit_fields(got, one_pass, cookies)
     assert got.fields == expected.fields
+
+
+BODY_RULES = """\
+rules:
+  - match: {host: api.example.com}
+    body: {a: "{token}", options.n: 2, stream: null}
+tokens: {file: tokens.txt}
+"""
+
+
+@SETTINGS
+@given(body=json_bodies | st.binary(max_size=50), encoding=st.sampled_from([None, "gzip", "br", "deflate", "zstd"]))
+def test_body_edits_leave_a_body_that_decodes_to_the_edits_or_the_body_as_it_came(tmp_path_factory, body, encoding):
+    from mitmproxy.net.encoding import decode
+
+    from addon.plan import apply_plan, plan_request
+
+    config = load_config(write_rules(tmp_path_factory.mktemp("r"), BODY_RULES))
+    f = tflow.tflow()
+    f.request.host, f.request.port = "api.example.com", 443
+    raw = encode(body, encoding) if encoding else body
+    f.request.raw_content = raw
+    if encoding:
+        f.request.headers["content-encoding"] = encoding
+    lines = apply_plan(plan_request(config, f), f.request, {"token": TOKENS[0]})
+    try:
+        sent = json.loads(body)
+    except ValueError:
+        sent = None
+    if not isinstance(sent, dict):
+        assert f.request.raw_content == raw and lines[-1].startswith("body not edited by rules[0]: ")
+        return
+    assert f.request.headers.get("content-encoding") == encoding
+    assert f.request.headers["content-length"] == str(len(f.request.raw_content))
+    got = json.loads(decode(f.request.raw_content, encoding) if encoding else f.request.raw_content)
+    assert got["a"] == TOKENS[0] and "stream" not in got
+    if isinstance(sent.get("options", {}), dict):
+        assert got["options"]["n"] == 2
+    else:
+        assert got["options"] == sent["options"] and "body options.n not set by rules[0]" in lines[1]
+    assert {k: v for k, v in got.items() if k not in ("a", "options", "stream")} == {
+        k: v for k, v in sent.items() if k not in ("a", "options", "stream")
+    }

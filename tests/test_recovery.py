@@ -7,9 +7,9 @@ import pytest
 from mitmproxy.test import taddons, tflow
 
 from addon import recovery
-from addon.config import REFRESH_CAPTCHA, ROTATE
+from addon.config import REFRESH, ROTATE
 from addon.loader import RulesLoader
-from addon.recovery import Recovery, _take_response
+from addon.recovery import Action, Recovery, _take_response
 from addon.rewriter import Rewriter
 from helpers import TOKENS, write_rules
 
@@ -73,14 +73,74 @@ SENT = {"token": TOKENS[0], "captcha": "cap-recovery-test-0"}
     "action, tried, expected, fetched",
     [
         # another token and a fresh captcha value
-        (ROTATE, {TOKENS[0]}, {"token": TOKENS[1], "captcha": "cap-recovery-test-1"}, 1),
+        (Action(ROTATE), {TOKENS[0]}, {"token": TOKENS[1], "captcha": "cap-recovery-test-1"}, 1),
         # every token tried: no retry follows, so no captcha value is fetched for it
-        (ROTATE, set(TOKENS), None, 0),
+        (Action(ROTATE), set(TOKENS), "no other token to try", 0),
         # the same token and a fresh captcha value
-        (REFRESH_CAPTCHA, {TOKENS[0]}, {"token": TOKENS[0], "captcha": "cap-recovery-test-1"}, 1),
+        (Action(REFRESH, frozenset({"captcha"})), {TOKENS[0]}, {"token": TOKENS[0], "captcha": "cap-recovery-test-1"}, 1),
     ],
     ids=["rotate", "rotate, no token left", "refresh captcha"],
 )
 def test_next_values_fetch_a_captcha_value_only_for_a_retry(recover, tmp_path, action, tried, expected, fetched):
     assert asyncio.run(recover._next_values(action, dict(SENT), set(tried))) == expected
     assert runs(tmp_path) == fetched
+
+
+CLEARANCE_RULES = """\
+rules:
+  - match: {host: a.com}
+    cookies: {session: "{token}", cf_clearance: "{cf_clearance}"}
+    body: {recaptchaV3Token: "{captcha}"}
+tokens: {file: tokens.txt}
+values:
+  captcha: {command: [./fetch.sh], ttl: 300}
+  cf_clearance: {file: cf.txt, wait: 0.5}
+on_response:
+  - {match: {status: 403, body: "(?i)just a moment"}, action: refresh, values: [cf_clearance]}
+  - {match: {status: 403}, action: refresh}
+"""
+
+
+@pytest.fixture
+def refresh(tmp_path):
+    fetch = tmp_path / "fetch.sh"
+    fetch.write_text("#!/bin/sh\necho run >> runs.txt\necho cap-recovery-test-$(wc -l < runs.txt)\n")
+    fetch.chmod(0o755)
+    (tmp_path / "cf.txt").write_text("cf-clearance-old-0001\n")
+    loader = RulesLoader()
+    rewriter = Rewriter(loader)
+    addon = Recovery(loader, rewriter)
+    with taddons.context(loader, rewriter, addon) as tctx:
+        tctx.configure(loader, rules=str(write_rules(tmp_path, CLEARANCE_RULES)))
+        yield addon
+
+
+SENT_CF = {"token": TOKENS[0], "captcha": "cap-recovery-test-0", "cf_clearance": "cf-clearance-old-0001"}
+
+
+def test_a_refresh_fetches_only_its_values_and_keeps_the_token(refresh, tmp_path):
+    (tmp_path / "cf.txt").write_text("cf-clearance-new-0002\n")  # as a browser script rewrites it
+    got = asyncio.run(refresh._next_values(Action(REFRESH, frozenset({"cf_clearance"})), dict(SENT_CF), {TOKENS[0]}))
+    assert got == {**SENT_CF, "cf_clearance": "cf-clearance-new-0002"}
+    assert runs(tmp_path) == 0  # the captcha command did not run
+
+
+def test_a_refresh_that_brings_no_new_value_is_no_retry(refresh, tmp_path):
+    got = asyncio.run(refresh._next_values(Action(REFRESH, frozenset({"cf_clearance"})), dict(SENT_CF), {TOKENS[0]}))
+    assert got == "no new cf_clearance value"  # the file did not change within its wait
+
+
+def test_refresh_without_values_refreshes_every_refreshable_value_the_request_used(refresh, tmp_path):
+    config = refresh.state.config
+    challenge = tflow.tresp(status_code=403, content=b"Just a moment...")
+    other = tflow.tresp(status_code=403, content=b"forbidden")
+    assert refresh._action(config, challenge, SENT_CF) == Action(REFRESH, frozenset({"cf_clearance"}))
+    assert refresh._action(config, other, SENT_CF) == Action(REFRESH, frozenset({"captcha", "cf_clearance"}))
+    assert refresh._action(config, other, {"token": TOKENS[0], "captcha": "c"}) == Action(REFRESH, frozenset({"captcha"}))
+    assert refresh._action(config, other, {"token": TOKENS[0]}) is None  # nothing to refresh: handed on
+
+
+def test_an_attempt_shows_the_token_and_the_new_values_masked(refresh):
+    attempt = refresh._attempt_of(200, {**SENT_CF, "cf_clearance": "cf-clearance-new-0002"}, frozenset({"cf_clearance"}))
+    assert attempt.describe() == f"200 with …{TOKENS[0][-4:]} (new cf_clearance …0002)"
+    assert refresh._attempt_of(403, {"captcha": "cap-recovery-test-0001"}).describe() == "403 with captcha …0001"

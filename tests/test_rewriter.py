@@ -252,3 +252,50 @@ def test_the_query_does_not_change_which_rules_match_but_the_path_does(addons):
     assert "account" in run(rewriter, flow(path="/v1/chat?x=1")).metadata[METADATA_KEY]["rules"]
     assert "account" not in run(rewriter, flow(path="/v2/chat?x=1")).metadata[METADATA_KEY]["rules"]
     assert "account" in run(rewriter, flow(path="/v1/other")).metadata[METADATA_KEY]["rules"]
+
+
+ARENA = """\
+values:
+  captcha: {command: [./mint.sh], ttl: 110}
+  cf_clearance: {file: cf.txt}
+rules:
+  - name: arena
+    match: {host: arena.example.com, path: /nextjs-api/stream/*}
+    headers: {User-Agent: "Mozilla/5.0 …"}
+    cookies: {cf_clearance: "{cf_clearance}", arena-auth-prod-v1: "{token}"}
+    body: {recaptchaV3Token: "{captcha}"}
+tokens: {file: tokens.txt}
+"""
+
+
+def test_named_values_go_into_cookies_and_the_body(tmp_path):
+    import gzip
+    import json
+
+    mint = tmp_path / "mint.sh"
+    mint.write_text("#!/bin/sh\necho run >> runs.txt\necho cap-minted-value-0042\n")
+    mint.chmod(0o755)
+    (tmp_path / "cf.txt").write_text("cf-clearance-value-00aa\n")
+    loader = RulesLoader()
+    rewriter = Rewriter(loader)
+    with taddons.context(loader, rewriter) as tctx:
+        tctx.configure(loader, rules=str(write_rules(tmp_path, ARENA, captcha=None)))
+        flows = []
+        for _ in range(2):
+            f = flow(host="arena.example.com", path="/nextjs-api/stream/create-evaluation", cookie="theme=dark",
+                     content_encoding="gzip")  # fmt: skip
+            f.request.raw_content = gzip.compress(b'{"id": "x", "recaptchaV3Token": ""}')
+            flows.append(run(rewriter, f))
+    first = flows[0].request
+    assert first.headers["Cookie"] == "theme=dark; cf_clearance=cf-clearance-value-00aa; arena-auth-prod-v1=tok-alpha-000000001111"
+    assert json.loads(gzip.decompress(first.raw_content)) == {"id": "x", "recaptchaV3Token": "cap-minted-value-0042"}
+    assert first.headers["content-length"] == str(len(first.raw_content))
+    assert flows[0].comment.splitlines() == [
+        "rules: arena (non-streaming request)",
+        "· User-Agent ← arena",
+        "· cookie cf_clearance ← arena (cf_clearance …00aa)",
+        "· cookie arena-auth-prod-v1 ← arena (token …1111)",
+        "· body recaptchaV3Token ← arena (captcha …0042)",
+    ]
+    assert flows[0].metadata[METADATA_KEY]["injected"] == ["captcha", "cf_clearance", "token"]
+    assert (tmp_path / "runs.txt").read_text() == "run\n"  # the second request reused it (ttl 110)

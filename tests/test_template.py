@@ -39,3 +39,15 @@ def test_errors(text, message):
     with pytest.raises(ValueError) as e:
         parse_template(text, {"NL": "a\nb"})
     assert str(e.value) == message
+
+
+def test_named_values_are_placeholders_when_the_file_declares_them():
+    names = frozenset({"token", "captcha", "cf_clearance"})
+    template = parse_template("{cf_clearance}-{token}", {}, names)
+    assert template.uses == {"cf_clearance", "token"} and template.render({"cf_clearance": "C", "token": "T"}) == "C-T"
+    with pytest.raises(ValueError, match=r"^unknown placeholder \{cf_clearance\} \(expected \{token\}, \{captcha\} or \{env:NAME\}\)$"):
+        parse_template("{cf_clearance}", {})  # not declared
+
+
+def test_a_body_string_may_have_line_breaks():
+    assert parse_template("a\nb {env:NL}", {"NL": "x\ny"}, line_breaks=True).render({}) == "a\nb x\ny"

@@ -4,7 +4,7 @@ import pytest
 from mitmproxy.test import tutils
 
 from addon.config import DEFAULT_ON_RESPONSE, ResponseRule
-from addon.verdict import may_retry, retry_after, verdict
+from addon.verdict import applies, may_retry, retry_after, verdict
 
 RULES = (
     ResponseRule(frozenset({403}), re.compile("(?i)recaptcha validation failed"), "refresh_captcha"),
@@ -35,11 +35,15 @@ def resp(status, body=b"", **headers):
     ],
 )
 def test_first_matching_rule_decides(response, action):
-    assert verdict(RULES, response) == action
+    assert action_of(verdict(RULES, response)) == action
+
+
+def action_of(rule):
+    return rule.action if rule is not None else None
 
 
 def test_default_rotates_on_403_only():
-    assert verdict(DEFAULT_ON_RESPONSE, resp(403)) == "rotate"
+    assert action_of(verdict(DEFAULT_ON_RESPONSE, resp(403))) == "rotate"
     assert verdict(DEFAULT_ON_RESPONSE, resp(401)) is None
 
 
@@ -47,7 +51,7 @@ def test_body_regex_reads_compressed_bodies():
     import gzip
 
     r = resp(403, gzip.compress(b"recaptcha validation failed"), content_encoding="gzip")
-    assert verdict(RULES, r) == "refresh_captcha"
+    assert action_of(verdict(RULES, r)) == "refresh_captcha"
 
 
 @pytest.mark.parametrize(
@@ -77,3 +81,28 @@ def test_may_retry_is_decided_on_status_and_what_was_put_in(status, injected, re
 def test_retry_after(value, seconds):
     r = resp(403, retry_after=value) if value else resp(403)
     assert retry_after(r, now=60.0) == seconds
+
+
+CLEARANCE = (
+    ResponseRule(frozenset({403}), re.compile("(?i)just a moment"), "refresh", frozenset({"cf_clearance"})),
+    ResponseRule(frozenset({403}), None, "rotate"),
+)
+
+
+@pytest.mark.parametrize(
+    "status, injected, retry",
+    [
+        (403, ["cf_clearance"], True),  # the body might be the challenge page
+        (403, ["captcha"], False),  # neither the value refresh fetches nor a token
+        (403, ["token"], True),
+    ],
+)
+def test_a_refresh_may_retry_a_request_that_used_one_of_its_values(status, injected, retry):
+    assert may_retry(CLEARANCE, status, injected) is retry
+
+
+def test_a_refresh_applies_to_the_requests_that_used_its_values():
+    challenge = verdict(CLEARANCE, resp(403, b"<title>Just a moment...</title>"))
+    assert challenge is CLEARANCE[0]
+    assert applies(challenge, {"token", "cf_clearance"}) and not applies(challenge, {"token"})
+    assert applies(RULES[0], {"captcha"}) and not applies(RULES[0], {"token"})  # refresh_captcha

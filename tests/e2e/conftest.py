@@ -33,6 +33,8 @@ from helpers import TOKENS
 ROOT = Path(__file__).resolve().parents[2]
 # captcha values the tests' captcha sources produce (and the upstream accepts)
 SECRET_CAPTCHAS = ["cap-e2e-captcha-value-0042", "cap-1-captcha-value", "cap-2-captcha-value", "cap-test-value-9999"]
+# named values of tests/e2e/test_values_e2e.py: clearances from a file, and a minted captcha for each run
+SECRET_VALUES = [*(f"cf-clearance-e2e-value-{n:04d}" for n in range(1, 6)), *(f"cap-minted-{n}-recaptcha-token" for n in range(1, 6))]
 MITMDUMP = Path(sys.executable).with_name("mitmdump")  # of the venv running this
 MITMPROXY_MAJOR = int(MITMPROXY_VERSION.split(".")[0])
 
@@ -98,6 +100,7 @@ def _fresh_upstream(request):
             app.rejected_captchas = set()
             app.retry_after = app.refuse_all = None
             app.padding = {}
+            app.clearances = app.on_challenge = None
 
 
 class Proxy:
@@ -226,8 +229,8 @@ def written(folder: Path) -> Iterator[tuple[str, str]]:
 
 
 def assert_no_secrets(folder: Path, *outputs: str) -> None:
-    """No whole token or captcha value in anything the addon wrote, or in these outputs."""
-    secrets = [*TOKENS, *SECRET_CAPTCHAS]
+    """No whole token, captcha or other named value in anything the addon wrote, or in these outputs."""
+    secrets = [*TOKENS, *SECRET_CAPTCHAS, *SECRET_VALUES]
     for where, text in [*written(folder), *(("command output", o) for o in outputs)]:
         leaked = [s for s in secrets if s in text]
         assert not leaked, f"secret values written whole in {where}: {leaked}"

@@ -60,7 +60,8 @@ def test_check_ok_prints_a_summary(rules, tmp_path):
 
 def test_check_the_example_rules_file():
     result = run("check")  # rules.yaml in the repository, as the README's guide does
-    assert result.returncode == 0 and result.stdout.startswith("ok: 4 rule(s) for 3 host(s)")
+    assert result.returncode == 0 and result.stdout.startswith("ok: 5 rule(s) for 4 host(s)")
+    assert result.stdout.rstrip().endswith(f"captcha from command ./scripts/fetch-captcha, cf_clearance from file {ROOT}/demo/cf_clearance.txt")
 
 
 def test_check_lists_every_problem(tmp_path):
@@ -177,7 +178,7 @@ def test_explain_with_a_bad_rules_file(tmp_path):
     path = write_rules(tmp_path, "rules:\n  - match: {host: a.com}\n")
     result = run("explain", "--rules", str(path), "GET", "http://a.com/")
     assert result.returncode == 1
-    assert result.stderr == f"{path}:2:5: rules[0]: a rule needs 'headers' or 'cookies' (or both)\n"
+    assert result.stderr == f"{path}:2:5: rules[0]: a rule needs 'headers', 'cookies' or 'body'\n"
 
 
 def test_schema_command_matches_the_committed_file():

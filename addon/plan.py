@@ -1,33 +1,38 @@
-"""Decide what the rules do to one request, then do it.
+"""Decide what the rules do to one request, then do it: the pure part of the request side.
 
 `plan_request` judges every rule against the request as the client sent it and
-folds the matching rules into one set of edits (for the same header or cookie a
-later rule wins). `apply_plan` then performs the edits with the values drawn
-for this request. Keeping the two apart means no rule ever sees another rule's
-changes (the trap of mitmproxy issue #4245).
+folds the matching rules into one set of edits (for the same header, cookie or
+body field a later rule wins). `apply_plan` then performs the edits with the
+values drawn for this request. Keeping the two apart means no rule ever sees
+another rule's changes (the trap of mitmproxy issue #4245). The hook that calls
+them, and draws the values, is addon/rewriter.py.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from mitmproxy import http
 
-from addon import comment
+from addon import comment, jsonbody
 from addon.config import Config, Rule
 from addon.cookies import edit_cookie_headers
 from addon.masking import mask
+from addon.schema import JsonLiteral
 from addon.streamdetect import is_streaming
-from addon.template import Template
+from addon.template import TOKEN, Template
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Edit:
-    name: str  # as the rule wrote it
-    value: Template | None  # None removes
+    name: str  # as the rule wrote it (a body field's dotted path)
+    value: Template | JsonLiteral | None  # None removes; a JsonLiteral only in body edits
     rule: str  # the name of the rule that decided it
 
 
@@ -37,10 +42,18 @@ class Plan:
     streaming: bool
     headers: tuple[Edit, ...]
     cookies: tuple[Edit, ...]
+    body: tuple[Edit, ...] = ()
+    public: frozenset[str] = frozenset()  # values that comments may show whole (secret: false)
 
     @functools.cached_property
     def uses(self) -> frozenset[str]:  # computed once per plan; plans are memoised per matched-rule set
-        return frozenset().union(*(e.value.uses for e in self.headers + self.cookies if e.value is not None))
+        edits = self.headers + self.cookies + self.body
+        return frozenset().union(*(e.value.uses for e in edits if isinstance(e.value, Template)))
+
+    @functools.cached_property
+    def named(self) -> tuple[str, ...]:
+        """The named values the plan uses: all but {token}, which the rotation draws."""
+        return tuple(sorted(self.uses - {TOKEN}))
 
     @functools.cached_property
     def compiled(self) -> _Compiled:
@@ -52,9 +65,12 @@ class Plan:
         Computed once per plan, so its compiled form is too."""
 
         def drawn(edits: tuple[Edit, ...]) -> tuple[Edit, ...]:
-            return tuple(e for e in edits if e.value is not None and e.value.uses)
+            return tuple(e for e in edits if isinstance(e.value, Template) and e.value.uses)
 
-        return replace(self, headers=drawn(self.headers), cookies=drawn(self.cookies))
+        # body edits are made again all of them, in order, when any is drawn: a later one may remove
+        # or replace what holds an earlier one (params: null after params.x: "{token}")
+        body = self.body if drawn(self.body) else ()
+        return replace(self, headers=drawn(self.headers), cookies=drawn(self.cookies), body=body)
 
 
 _MEMO_LIMIT = 4096  # entries in each of the index's memos before it starts over
@@ -88,7 +104,7 @@ def _plan(config: Config, rules: tuple[Rule, ...], streaming: bool) -> Plan:
     key = (streaming, *(id(r) for r in rules))
     plan = config.index.plans.get(key)
     if plan is None:
-        plan = _remember(config.index.plans, key, _fold(rules, streaming))
+        plan = _remember(config.index.plans, key, _fold(rules, streaming, config.public))
     return plan
 
 
@@ -99,9 +115,10 @@ def _remember(memo: dict, key: tuple, value):
     return value
 
 
-def _fold(rules: tuple[Rule, ...], streaming: bool) -> Plan:
+def _fold(rules: tuple[Rule, ...], streaming: bool, public: frozenset[str] = frozenset()) -> Plan:
     headers: dict[str, Edit] = {}
     cookies: dict[str, Edit] = {}
+    body: dict[str, Edit] = {}
     for rule in rules:
         for name, value in rule.headers:
             headers.pop(name.lower(), None)  # a later rule's spelling and position win
@@ -109,7 +126,11 @@ def _fold(rules: tuple[Rule, ...], streaming: bool) -> Plan:
         for name, value in rule.cookies:
             cookies.pop(name, None)
             cookies[name] = Edit(name, value, rule.name)
-    return Plan(rules, streaming, tuple(headers.values()), tuple(cookies.values()))
+        for path, body_value in rule.body:
+            body.pop(path, None)  # and its place: a later rule's edit is made after the earlier ones
+            body[path] = Edit(path, body_value, rule.name)
+    used = frozenset().union(*(r.uses for r in rules))
+    return Plan(rules, streaming, tuple(headers.values()), tuple(cookies.values()), tuple(body.values()), public & used)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +154,10 @@ class _Compiled:
     steps: tuple[str | _Removal | tuple[str, Edit], ...]
     drawn: bool  # any (kind, edit) steps at all
     removals: bool  # any _Removal steps at all
+    # body edits, in plan order: (path, edit); empty for most plans, which then never parse a body
+    body: tuple[tuple[tuple[str, ...], Edit], ...]
+    body_rules: str  # the rules that edit the body, for the line that says the body was not edited
+    public: frozenset[str]
 
 
 def _compile(plan: Plan) -> _Compiled:
@@ -162,7 +187,9 @@ def _compile(plan: Plan) -> _Compiled:
     head = f"rules: {', '.join(r.name for r in plan.rules)} ({kind} request)"
     drawn = any(isinstance(s, tuple) for s in steps)
     removals = any(isinstance(s, _Removal) for s in steps)
-    return _Compiled(head, headers, cookies, tuple(steps), drawn, removals)
+    body = tuple((tuple(e.name.split(".")), e) for e in plan.body)
+    body_rules = ", ".join(dict.fromkeys(e.rule for e in plan.body))
+    return _Compiled(head, headers, cookies, tuple(steps), drawn, removals, body, body_rules, plan.public)
 
 
 def apply_plan(
@@ -171,8 +198,10 @@ def apply_plan(
     """Edit the request; returns one line per edit for the flow's comment.
 
     An edit whose placeholder has no value (its source failed) is skipped and
-    the line says so. A removal has a line only when the request had the header
-    or cookie; `removed`, when given, gets those removals' edits.
+    the line says so. A removal has a line only when the request had the header,
+    cookie or body field; `removed`, when given, gets those removals' edits. Body
+    edits need a JSON object: any other body is left as it came, and one line
+    (and a debug log line) says why.
     """
     compiled = plan.compiled
     headers, cookies = compiled.headers, compiled.cookies
@@ -187,7 +216,7 @@ def apply_plan(
                 lines.append(step)
                 continue
             kind, edit = step
-            line, rendered = _render(kind, edit, values)
+            line, rendered = _render(kind, edit, values, compiled.public)
             lines.append(line)
             if kind == "cookie":
                 if rendered is None:
@@ -206,31 +235,81 @@ def apply_plan(
         headers = {}
     if headers or cookies:
         _edit_fields(request.headers, headers, cookies, found)
+    body_lines = _edit_body(compiled, request, values, removed) if compiled.body else None
     if found is None:
-        return list(lines)
+        return list(lines) if body_lines is None else [*lines, *body_lines]
     # a removal is listed only when the request had the header or cookie: it removed something
     if removed is not None:
         removed.update(s.edit for s in lines if isinstance(s, _Removal) and s.key in found)
-    return [s.line if isinstance(s, _Removal) else s for s in lines if not isinstance(s, _Removal) or s.key in found]
+    kept = [s.line if isinstance(s, _Removal) else s for s in lines if not isinstance(s, _Removal) or s.key in found]
+    if body_lines:
+        kept += body_lines
+    return kept
 
 
-def _render(kind: str, edit: Edit, values: Mapping[str, str]) -> tuple[str, str | None]:
+def _edit_body(compiled: _Compiled, request: http.Request, values: Mapping[str, str], removed: set[Edit] | None) -> list[str]:
+    """Every body edit, on the body parsed once and written once; one comment line per edit, or one
+    line saying why the body was left as it came."""
+    try:
+        doc = jsonbody.read_object(request)
+    except jsonbody.NotEditable as e:
+        return [_body_skipped(compiled, request, str(e))]
+    lines: list[str] = []
+    changed = False
+    for path, edit in compiled.body:
+        label = _label("body", edit)
+        if edit.value is None:
+            if jsonbody.remove_field(doc, path):  # listed only when there was one, as headers and cookies
+                changed = True
+                lines.append(f"{label} removed by {edit.rule}")
+                if removed is not None:
+                    removed.add(edit)
+            continue
+        if isinstance(edit.value, JsonLiteral):
+            value, line = edit.value.value(), f"{label} ← {edit.rule}"
+        elif edit.value.uses:
+            line, value = _render("body", edit, values, compiled.public)
+            if value is None:
+                lines.append(line)
+                continue
+        else:
+            value, line = edit.value.render({}), f"{label} ← {edit.rule}"
+        why = jsonbody.set_field(doc, path, value)
+        if why is None:
+            changed = True
+            lines.append(line)
+        else:
+            lines.append(f"{label} not set by {edit.rule}: {why}")
+    if changed:
+        try:
+            jsonbody.write_object(request, doc)
+        except jsonbody.NotEditable as e:
+            return [_body_skipped(compiled, request, str(e))]
+    return lines
+
+
+def _body_skipped(compiled: _Compiled, request: http.Request, why: str) -> str:
+    logger.debug(f"rules: body of {request.method} {request.pretty_url} not edited ({compiled.body_rules}): {why}")
+    return f"body not edited by {compiled.body_rules}: {why}"
+
+
+def _render(kind: str, edit: Edit, values: Mapping[str, str], public: frozenset[str] = frozenset()) -> tuple[str, str | None]:
     """The comment line for an edit with drawn values, and its value (None: skipped)."""
-    assert edit.value is not None
+    assert isinstance(edit.value, Template)
     label = _label(kind, edit)
     uses = edit.value.sorted_uses
     missing = [p for p in uses if p not in values]
     if missing:
         return f"{label} not set by {edit.rule}: no {', '.join(missing)} value", None
     rendered = edit.value.render(values)
-    secrets = ", ".join(f"{p} {mask(values[p])}" for p in uses)
+    secrets = ", ".join(f"{p} {values[p] if p in public else mask(values[p])}" for p in uses)
     if not _fits(kind, rendered):
         return f"{label} not set by {edit.rule}: the {secrets} value cannot go in a {kind}", None
     return f"{label} ← {edit.rule} ({secrets})", rendered
 
 
 def _label(kind: str, edit: Edit) -> str:
-    return edit.name if kind == "header" else f"cookie {edit.name}"
+    return edit.name if kind == "header" else f"{kind} {edit.name}"
 
 
 def _encode(text: str) -> bytes:
@@ -288,8 +367,9 @@ _COOKIE_UNSAFE = re.compile(r"[\x00-\x20\x7f;,\\\"]")
 
 
 def _fits(kind: str, value: str) -> bool:
-    """A drawn value (a token or captcha from a file or command) must not break out of its place."""
-    return not (_COOKIE_UNSAFE if kind == "cookie" else _HEADER_UNSAFE).search(value)
+    """A drawn value (a token or captcha from a file or command) must not break out of its place
+    (a JSON string holds any text: the serialiser escapes it)."""
+    return kind == "body" or not (_COOKIE_UNSAFE if kind == "cookie" else _HEADER_UNSAFE).search(value)
 
 
 def describe(plan: Plan, lines: list[str]) -> str:

@@ -1,0 +1,201 @@
+"""Where named values (`{captcha}`, `{cf_clearance}`, …) come from: a file, an environment variable or a command.
+
+A command's value is reused for `ttl` seconds (0: it runs for every request); while a run is under
+way, every request that needs the value waits for that one run (with ttl > 0), so a burst of requests
+runs it once. A file's value is kept until the file changes (the loader's watcher says so, then it
+is read again) or its `ttl` passes. An environment variable is read once.
+
+A refresh (`on_response` action `refresh`, after the upstream turned a value down) asks for a value
+other than the one turned down: a command runs again; a file is read again, waiting up to `wait`
+seconds for it to change (a browser script that solves a challenge rewrites it). Every refusal of
+the same value waits for the same refresh. A refresh that fails, or brings back the value turned
+down, gives None. A failed fetch is logged and yields None; the request then goes on without what
+needed it. Values are secrets: the log shows at most their last four characters, unless the spec
+says `secret: false`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import time
+from collections.abc import Callable
+
+from addon.config import ValueSpec
+from addon.masking import mask
+from addon.watch import signature
+
+logger = logging.getLogger(__name__)
+
+WAIT_POLL = 0.1  # seconds between looks at a file a refresh waits on
+
+
+class SourceError(Exception):
+    """A value source failed; the message says how, never the value."""
+
+
+class ValueSource:
+    def __init__(self, spec: ValueSpec, clock: Callable[[], float] = time.monotonic) -> None:
+        self.spec = spec
+        self._clock = clock
+        self._value: str | None = None
+        self._expires = 0.0
+        self._inflight: asyncio.Future[str | None] | None = None  # a fetch that requests share (ttl > 0)
+        self._renewing: asyncio.Future[str | None] | None = None  # a refresh, and the value it replaces
+        self._replaces: str | None = None
+        self.runs = 0  # fetches started, for status and tests
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def show(self, value: str) -> str:
+        """The value as logs and comments may show it."""
+        return value if not self.spec.secret else mask(value)
+
+    def invalidate(self) -> None:
+        """Forget the cached value; the next request fetches a new one."""
+        self._value = None
+
+    def cached(self) -> str | None:
+        """The value, when one is at hand without fetching (the request hook's fast path)."""
+        if self._value is not None and self._clock() < self._expires:
+            return self._value
+        return None
+
+    async def get(self) -> str | None:
+        value = self.cached()
+        if value is not None:
+            return value
+        if self.spec.ttl == 0 and self.spec.command is not None:
+            return await self._fetch()
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(self._fetch())
+            self._inflight.add_done_callback(self._fetched)
+        return await asyncio.shield(self._inflight)
+
+    def _fetched(self, fut: asyncio.Future[str | None]) -> None:
+        self._inflight = None
+
+    async def fresh(self, stale: str | None) -> str | None:
+        """A value for a retry with another token: a command runs again (refusals of the same value
+        share the run), a file or environment variable gives what it holds now. None: it failed."""
+        if self.spec.command is None:
+            return await self.get()
+        if stale is None or self._value == stale:
+            self.invalidate()
+        return await self.get()
+
+    async def refresh(self, stale: str | None) -> str | None:
+        """A value other than `stale` (the one the upstream just turned down), or None when the source
+        fails or has no other. Refusals of the same value share one refresh."""
+        if self._renewing is not None and self._replaces == stale:
+            return await asyncio.shield(self._renewing)
+        current = self.cached()
+        if current is not None and current != stale:
+            return current  # replaced already: by another refresh, a fetch past the ttl, or a change of the file
+        self._replaces = stale
+        self._renewing = asyncio.ensure_future(self._renew(stale))
+        self._renewing.add_done_callback(self._renewed)
+        return await asyncio.shield(self._renewing)
+
+    def _renewed(self, fut: asyncio.Future[str | None]) -> None:
+        if self._renewing is fut:
+            self._renewing = self._replaces = None
+
+    async def _renew(self, stale: str | None) -> str | None:
+        spec = self.spec
+        if spec.env is not None:
+            logger.warning(f"{self.name}: cannot be refreshed: an environment variable does not change under a running proxy")
+            return None
+        if spec.file is not None:
+            return await self._wait_for_change(stale)
+        value = await self._fetch()
+        if value is not None and value == stale:
+            logger.warning(f"{self.name}: {spec.describe()} gave the value the upstream turned down again")
+            return None
+        return value
+
+    async def _wait_for_change(self, stale: str | None) -> str | None:
+        """The file's value once it is another than `stale`, waiting up to `wait` seconds for that."""
+        spec = self.spec
+        assert spec.file is not None
+        deadline = self._clock() + spec.wait
+        seen = None
+        while True:
+            now = signature(spec.file)
+            if now != seen:  # read it at the start, then whenever it changed
+                seen = now
+                self.runs += 1
+                try:
+                    value = await self._read()
+                except SourceError:
+                    value = ""  # not there, or being rewritten: look again
+                if value and value != stale:
+                    return self._accept(value)
+            if self._clock() >= deadline:
+                logger.warning(f"{self.name}: {spec.describe()} did not change within {spec.wait:g} s (wait); "
+                               "the refusal goes to the client")
+                return None
+            await asyncio.sleep(WAIT_POLL)
+
+    async def _fetch(self) -> str | None:
+        """Read or run the source once."""
+        self.runs += 1
+        try:
+            value = await self._read()
+        except SourceError as e:
+            logger.error(f"{self.name}: {self.spec.describe()} failed: {e}; requests go on without the {self.name} value")
+            return None
+        return self._accept(value)
+
+    def _accept(self, value: str) -> str | None:
+        """Keep a value the source gave, if it can be used."""
+        what = f"{self.name}: {self.spec.describe()}"
+        if not value:
+            logger.error(f"{what} gave an empty value; requests go on without it")
+            return None
+        if "\r" in value or "\n" in value:
+            logger.error(f"{what} gave a value with a line break; requests go on without it")
+            return None
+        self._value = value
+        ttl = self.spec.ttl
+        self._expires = self._clock() + ttl if ttl or self.spec.command is not None else float("inf")
+        logger.info(f"{self.name}: new value {self.show(value)} from {self.spec.describe()}")
+        return value
+
+    async def _read(self) -> str:
+        spec = self.spec
+        if spec.file is not None:
+            try:
+                return spec.file.read_text(encoding="utf-8-sig").strip()
+            except (OSError, UnicodeDecodeError) as e:
+                raise SourceError(f"cannot read it: {e}") from None
+        if spec.env is not None:
+            return os.environ.get(spec.env, "").strip()
+        assert spec.command is not None
+        return await self._run(spec.command)
+
+    async def _run(self, command: tuple[str, ...]) -> str:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *command,
+                cwd=self.spec.cwd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as e:
+            raise SourceError(f"cannot start {shlex.join(command)}: {e.strerror}") from None
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), self.spec.timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise SourceError(f"timed out after {self.spec.timeout:g} s") from None
+        if proc.returncode != 0:
+            last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output on stderr"]
+            raise SourceError(f"exit status {proc.returncode} ({last[0][:200]})")
+        return out.decode(errors="replace").strip()

@@ -1,0 +1,192 @@
+"""End to end: the rules file of issue 16 (named values, a JSON body field, refresh on a challenge page)
+through a real mitmdump, with local stand-ins: the upstream's chat front-end (scripts/fake_upstream.py,
+/nextjs-api/stream/), a command that mints reCAPTCHA tokens, a clearance file a test rewrites as a
+browser script would. Assertions are on what the upstream received and what the client got.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from addon.tokens import token_key
+from helpers import TOKENS, write_rules
+
+# the file of issue 16, as written there; only the host is the local upstream's
+INTENDED = """\
+values:
+  captcha: {command: ["./mint-recaptcha"], ttl: 110}
+  cf_clearance: {file: cf_clearance.txt}
+rules:
+  - name: arena
+    match: {host: arena.example.com, path: /nextjs-api/stream/*}
+    headers: {User-Agent: "Mozilla/5.0 …"}
+    cookies: {cf_clearance: "{cf_clearance}", arena-auth-prod-v1: "{token}"}
+    body: {recaptchaV3Token: "{captcha}"}
+tokens: {file: tokens.txt}
+on_response:
+  - match: {status: 403, body: "(?i)just a moment"}
+    action: refresh
+    values: [cf_clearance]
+  - match: {status: 403, body: "(?i)recaptcha validation failed"}
+    action: refresh
+    values: [captcha]
+  - match: {status: [401, 403]}
+    action: rotate
+"""
+
+# a stand-in for a reCAPTCHA minting script: a new token for every run
+MINT = """\
+#!{python}
+import pathlib
+p = pathlib.Path("runs.txt")
+n = int(p.read_text()) + 1 if p.exists() else 1
+p.write_text(str(n))
+print(f"cap-minted-{{n}}-recaptcha-token")
+"""
+
+PATH = "/nextjs-api/stream/create-evaluation"
+BODY = {"id": "eval-1", "mode": "direct", "modelAId": "m", "userMessageId": "u-1", "recaptchaV3Token": ""}
+
+
+def clearance(n: int) -> str:
+    return f"cf-clearance-e2e-value-{n:04d}"
+
+
+def captcha(n: int) -> str:
+    return f"cap-minted-{n}-recaptcha-token"
+
+
+@pytest.fixture
+def make_rules(tmp_path, upstream):
+    def make(text: str = INTENDED):
+        mint = tmp_path / "mint-recaptcha"
+        mint.write_text(MINT.format(python=sys.executable))
+        mint.chmod(0o755)
+        (tmp_path / "cf_clearance.txt").write_text(clearance(1) + "\n")
+        return write_rules(tmp_path, text.replace("arena.example.com", f'"127.0.0.1:{upstream.port}"'), captcha=None)
+
+    upstream.app.clearances = {clearance(1)}
+    return make
+
+
+def post(proxy, upstream, body=BODY, **kw):
+    with httpx.Client(proxy=proxy.url, timeout=60) as client:
+        return client.post(f"http://127.0.0.1:{upstream.port}{PATH}", json=body, **kw)
+
+
+def runs(rules) -> int:
+    return int((rules.parent / "runs.txt").read_text())
+
+
+def cooling_until(proxy, rules, token: str) -> float:
+    """The end of the token's cooldown in the state file (0: active); a token nothing happened to
+    is not in it, and with no refusal and no success there is no file at all."""
+    proxy.stop()
+    path = rules.parent / "tokens.state.json"
+    tokens = json.loads(path.read_text())["tokens"] if path.exists() else {}
+    return tokens.get(token_key(token), {}).get("cooling_until", 0)
+
+
+def test_the_upstream_gets_the_token_the_clearance_from_the_file_and_the_captcha_in_the_body(make_rules, start_proxy, upstream):
+    rules = make_rules()
+    proxy = start_proxy(rules)
+    assert post(proxy, upstream, headers={"Cookie": "theme=dark"}).json()["ok"] is True
+    (got,) = upstream.app.received
+    assert got.cookie("arena-auth-prod-v1") == TOKENS[0]
+    assert got.cookie("cf_clearance") == clearance(1)
+    assert got.cookie("theme") == "dark"
+    assert got.json() == {**BODY, "recaptchaV3Token": captcha(1)}
+    assert got.header("user-agent").encode("latin-1") == "Mozilla/5.0 …".encode()  # as written, in UTF-8
+    assert int(got.header("content-length")) == len(got.body)
+
+    # the file changes (a browser script wrote a new clearance): the next request carries it
+    upstream.app.clearances = {clearance(1), clearance(2)}
+    (rules.parent / "cf_clearance.txt").write_text(clearance(2) + "\n")
+    proxy.wait_for_log(r"cf_clearance: .*cf_clearance\.txt changed")
+    assert post(proxy, upstream).status_code == 200
+    assert upstream.app.received[-1].cookie("cf_clearance") == clearance(2)
+    assert upstream.app.received[-1].json()["recaptchaV3Token"] == captcha(1)  # reused: ttl 110
+    assert runs(rules) == 1
+    proxy.stop()
+    first, _ = sorted(proxy.saved_flows(), key=lambda f: f.request.timestamp_start)
+    assert first.comment.splitlines() == [
+        "rules: arena (non-streaming request)",
+        "· User-Agent ← arena",
+        f"· cookie cf_clearance ← arena (cf_clearance …{clearance(1)[-4:]})",
+        f"· cookie arena-auth-prod-v1 ← arena (token …{TOKENS[0][-4:]})",
+        f"· body recaptchaV3Token ← arena (captcha …{captcha(1)[-4:]})",
+    ]
+
+
+def test_a_challenge_page_leads_to_one_refresh_and_a_retry_with_the_same_token(make_rules, start_proxy, upstream):
+    rules = make_rules()
+    proxy = start_proxy(rules)
+    upstream.app.clearances = {clearance(2)}  # the clearance in the file has expired
+
+    def browser_script():  # solves the challenge a little after it was shown, and writes the file
+        threading.Timer(0.5, lambda: (rules.parent / "cf_clearance.txt").write_text(clearance(2) + "\n")).start()
+
+    upstream.app.on_challenge = browser_script
+    answer = post(proxy, upstream)
+    assert answer.status_code == 200 and answer.json()["id"] == "eval-1"
+    challenged, retried = upstream.app.received
+    assert (challenged.status, retried.status) == (403, 200)
+    assert challenged.cookie("arena-auth-prod-v1") == retried.cookie("arena-auth-prod-v1") == TOKENS[0]
+    assert (challenged.cookie("cf_clearance"), retried.cookie("cf_clearance")) == (clearance(1), clearance(2))
+    assert challenged.json() == retried.json() == {**BODY, "recaptchaV3Token": captcha(1)}
+    assert runs(rules) == 1  # the captcha was not what was refused: it is sent again
+    proxy.wait_for_log(r"recovered POST")
+    assert f"tokens: …{TOKENS[0][-4:]} refused" not in proxy.log()
+    assert cooling_until(proxy, rules, TOKENS[0]) == 0
+    original = next(f for f in proxy.saved_flows() if not f.is_replay)
+    assert original.comment.splitlines()[-1] == (
+        f"· attempts: 403 with …{TOKENS[0][-4:]} → 200 with …{TOKENS[0][-4:]} (new cf_clearance …{clearance(2)[-4:]})"
+    )
+
+
+def test_a_refresh_that_brings_no_new_value_hands_the_refusal_on_and_blames_no_token(make_rules, start_proxy, upstream):
+    rules = make_rules(INTENDED.replace("{file: cf_clearance.txt}", "{file: cf_clearance.txt, wait: 1}"))
+    proxy = start_proxy(rules)
+    upstream.app.clearances = {clearance(2)}  # and nobody rewrites the file
+    answer = post(proxy, upstream)
+    assert answer.status_code == 403 and "Just a moment..." in answer.text
+    assert len(upstream.app.received) == 1
+    proxy.wait_for_log(r"cf_clearance: file .* did not change within 1 s \(wait\); the refusal goes to the client")
+    assert cooling_until(proxy, rules, TOKENS[0]) == 0
+    original = next(f for f in proxy.saved_flows() if not f.is_replay)
+    assert original.comment.splitlines()[-1] == f"· attempts: 403 with …{TOKENS[0][-4:]} (no new cf_clearance value)"
+
+
+def test_concurrent_refusals_of_the_same_captcha_share_one_refresh(make_rules, start_proxy, upstream):
+    rules = make_rules()
+    proxy = start_proxy(rules)
+    upstream.app.rejected_captchas = {captcha(1)}
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda i: post(proxy, upstream, {**BODY, "id": f"eval-{i}"}), range(6)))
+    assert [a.status_code for a in answers] == [200] * 6
+    assert sorted(a.json()["id"] for a in answers) == [f"eval-{i}" for i in range(6)]
+    assert runs(rules) == 2  # one minting for the six requests, one for the six refusals
+    sent = [r.json()["recaptchaV3Token"] for r in upstream.app.received]
+    assert sorted(sent) == [captcha(1)] * 6 + [captcha(2)] * 6
+    assert {r.cookie("arena-auth-prod-v1") for r in upstream.app.received[6:]} <= set(TOKENS)
+
+
+def test_a_gzip_encoded_json_body_is_edited_and_still_decodes(make_rules, start_proxy, upstream):
+    rules = make_rules()
+    proxy = start_proxy(rules)
+    raw = gzip.compress(json.dumps(BODY).encode())
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    with httpx.Client(proxy=proxy.url, timeout=60) as client:
+        answer = client.post(f"http://127.0.0.1:{upstream.port}{PATH}", content=raw, headers=headers)
+    assert answer.status_code == 200
+    (got,) = upstream.app.received
+    assert got.header("content-encoding") == "gzip"
+    assert int(got.header("content-length")) == len(got.body)
+    assert json.loads(gzip.decompress(got.body)) == {**BODY, "recaptchaV3Token": captcha(1)}
