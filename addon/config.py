@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import codecs
 import os
-import re
 import shlex
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import re2
 
 from addon import matching, schema
 from addon.schema import At, Bool, Choice, Field, Int, MapOf, Nullable, Number, Record, RulesError, SeqOf, Str
@@ -64,12 +65,18 @@ class TokensSpec:
 ROTATE, REFRESH_CAPTCHA, PASS = "rotate", "refresh_captcha", "pass"
 
 
+class Regex(Protocol):
+    """A compiled RE2 pattern (the `re2` module's), as `body:` regexes are."""
+
+    def search(self, text: str) -> object | None: ...
+
+
 @dataclass(frozen=True)
 class ResponseRule:
     """What an upstream answer means: `action` when the status (and the body regex) match."""
 
     statuses: frozenset[int]
-    body: re.Pattern[str] | None
+    body: Regex | None
     action: str  # rotate | refresh_captcha | pass
 
 
@@ -284,11 +291,20 @@ def _cookie_value(environ: Mapping[str, str], text: str) -> Template:
     return template
 
 
-def _regex(text: str) -> re.Pattern[str]:
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # the error goes in our message, not to stderr
+
+
+def _regex(text: str) -> Regex:
+    """A body regex, compiled for RE2, which matches in time linear in the body (no catastrophic
+    backtracking); it has no backreferences or lookaround, and says so here, at load time."""
     try:
-        return re.compile(text)
-    except re.error as e:
-        raise ValueError(f"bad regular expression {text!r}: {e}") from None
+        return re2.compile(text, _RE2_OPTIONS)
+    except re2.error as e:
+        why = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+        if why.startswith(("invalid perl operator", "invalid escape sequence")):
+            why += " (body regexes run on RE2, which matches in linear time and so has no backreferences or lookaround)"
+        raise ValueError(f"bad regular expression {text!r}: {why}") from None
 
 
 def _dotted_path(text: str) -> tuple[str, ...]:

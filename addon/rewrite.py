@@ -19,7 +19,8 @@ from mitmproxy import http
 from addon.config import Config, Rule
 from addon.cookies import edit_cookie_headers
 from addon.masking import mask
-from addon.streamdetect import is_streaming
+from addon.decoding import decoded_request
+from addon.streamdetect import MAX_JSON_BODY, is_streaming
 from addon.template import Template
 
 
@@ -78,7 +79,11 @@ def plan_request(config: Config, flow: http.HTTPFlow) -> Plan | None:
     maybe, filtered, plan = judged
     if not filtered:
         return plan
-    rules = tuple(r for r in maybe if r.match.filter is None or r.match.filter(flow))
+    if req.raw_content and any(r.match.filter_reads_body for r in maybe):
+        with decoded_request(req, MAX_JSON_BODY):  # `~b` then never decodes a compressed body whole
+            rules = tuple(r for r in maybe if r.match.filter is None or r.match.filter(flow))
+    else:
+        rules = tuple(r for r in maybe if r.match.filter is None or r.match.filter(flow))
     return _plan(config, rules, streaming) if rules else None
 
 

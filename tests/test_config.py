@@ -196,7 +196,14 @@ BAD = [
     (R + "on_response: [{match: {status: 403}, action: retry}]\n",
      "4:46: on_response[0].action: expected one of rotate, refresh_captcha, pass; got 'retry'"),
     (R + "on_response: [{match: {status: 403, body: '('}, action: rotate}]\n",
-     "4:43: on_response[0].match.body: bad regular expression '(': missing ), unterminated subpattern at position 0"),
+     "4:43: on_response[0].match.body: bad regular expression '(': missing ): ("),
+    # body regexes run on RE2 (linear time): what it cannot run is refused when the file loads
+    (R + "on_response: [{match: {status: 403, body: '(a)\\1'}, action: rotate}]\n",
+     "4:43: on_response[0].match.body: bad regular expression '(a)\\\\1': invalid escape sequence: \\1 "
+     "(body regexes run on RE2, which matches in linear time and so has no backreferences or lookaround)"),
+    (R + "on_response: [{match: {status: 403, body: 'token(?!ok)'}, action: rotate}]\n",
+     "4:43: on_response[0].match.body: bad regular expression 'token(?!ok)': invalid perl operator: (?! "
+     "(body regexes run on RE2, which matches in linear time and so has no backreferences or lookaround)"),
     (R + "on_response: [{match: {body: x}, action: rotate}]\n", "4:23: on_response[0].match: missing required key 'status'"),
     (R + "on_response: [{match: {status: '403'}, action: rotate}]\n",
      "4:32: on_response[0].match.status: expected a whole number, got a string"),

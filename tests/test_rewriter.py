@@ -3,11 +3,13 @@
 import asyncio
 
 import pytest
+from mitmproxy.net.encoding import encode
 from mitmproxy.test import taddons, tflow
 
 from addon.loader import RulesLoader
 from addon.rewriter import METADATA_KEY, Rewriter
-from helpers import write_rules
+from addon.streamdetect import MAX_JSON_BODY
+from helpers import compressed_json, write_rules
 
 RULES = """\
 rules:
@@ -197,3 +199,35 @@ def test_the_query_does_not_change_which_rules_match_but_the_path_does(addons):
     assert "account" in run(rewriter, flow(path="/v1/chat?x=1")).metadata[METADATA_KEY]["rules"]
     assert "account" not in run(rewriter, flow(path="/v2/chat?x=1")).metadata[METADATA_KEY]["rules"]
     assert "account" in run(rewriter, flow(path="/v1/other")).metadata[METADATA_KEY]["rules"]
+
+
+BODY_FILTER_RULES = """\
+rules:
+  - name: model-x
+    match: {host: api.example.com, filter: '~bq "model": "x"'}
+    headers: {X-Model: x}
+"""
+
+
+@pytest.mark.parametrize(
+    "body, encoding, matched",
+    [
+        (b'{"model": "x"}', None, True),
+        (encode(b'{"model": "x"}', "br"), "br", True),  # decoded (bounded) for the filter
+        (encode(encode(b'{"model": "x"}', "gzip"), "zstd"), "gzip, zstd", True),  # a chain, which mitmproxy does not decode
+        (compressed_json("br", 2 * MAX_JSON_BODY), "br", False),  # past the bound: as it came
+    ],
+    ids=["plain", "br", "chain", "bomb"],
+)
+def test_body_filters_see_the_body_decoded_with_the_bound(tmp_path, body, encoding, matched):
+    loader = RulesLoader()
+    rewriter = Rewriter(loader)
+    with taddons.context(loader, rewriter) as tctx:
+        tctx.configure(loader, rules=str(write_rules(tmp_path, BODY_FILTER_RULES)))
+        f = flow(**({"content_encoding": encoding} if encoding else {}))
+        f.request.raw_content = body
+        sent = f.request.raw_content
+        run(rewriter, f)
+    assert ("X-Model" in f.request.headers) is matched
+    assert f.request.raw_content == sent  # the body goes on as the client sent it
+    assert f.request.headers.get("content-encoding") == encoding
