@@ -7,10 +7,12 @@ never look at YAML. Paths inside the file are relative to the file's folder.
 from __future__ import annotations
 
 import codecs
+import contextlib
+import gc
 import os
 import shlex
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -23,6 +25,8 @@ from addon.schema import At, Bool, Choice, Field, Int, MapOf, Nullable, Number, 
 from addon.template import CAPTCHA, TOKEN, Template, parse_template
 
 Edits = tuple[tuple[str, Template | None], ...]
+
+MAX_RULES_FILE = 16 * 1024 * 1024  # bytes; a 100,000-rule file is about 13 MiB
 
 
 @dataclass(frozen=True)
@@ -121,11 +125,14 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.en
     file = Path(path)
     shown = str(path)
     try:
-        raw = file.read_bytes()
+        with open(file, "rb") as f:
+            raw = f.read(MAX_RULES_FILE + 1)  # no parser sees more than this
     except FileNotFoundError:
         raise RulesError(shown, 1, 1, "rules file not found") from None
     except OSError as e:
         raise RulesError(shown, 1, 1, f"cannot read the rules file: {e.strerror or e}") from None
+    if len(raw) > MAX_RULES_FILE:
+        raise RulesError(shown, 1, 1, f"the rules file is larger than {MAX_RULES_FILE // 2**20} MiB")
     raw = raw.removeprefix(codecs.BOM_UTF8)
     try:
         text = raw.decode("utf-8")
@@ -134,10 +141,24 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.en
         line = raw.count(b"\n", 0, e.start) + 1
         column = len(raw[line_start : e.start].decode("utf-8")) + 1  # in characters, as YAML's marks count
         raise RulesError(shown, line, column, f"the rules file is not UTF-8 text (byte 0x{raw[e.start]:02x})") from None
-    root = schema.parse_document(text, shown)
-    if root.node is None:
-        root.fail("the rules file is empty; it needs at least a 'rules:' list")
-    return rules_schema(file.resolve().parent, file, environ).check(root)
+    with _collection_paused():
+        root = schema.parse_document(text, shown)
+        if root.node is None:
+            root.fail("the rules file is empty; it needs at least a 'rules:' list")
+        return rules_schema(file.resolve().parent, file, environ).check(root)
+
+
+@contextlib.contextmanager
+def _collection_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused: loading makes millions of objects and no cycles, and
+    each collection would walk all of them again (a 100,000-rule file loaded in less than half the time)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def json_schema() -> dict[str, Any]:

@@ -7,10 +7,12 @@ then replaces the old one, so a crash mid-write leaves the previous state.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +54,96 @@ def save_state(path: Path, tokens: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+GONE_KEY = "gone_since"  # in an entry: since when the token has not been in the tokens file
+WRITE_CHUNK = 10_000  # entries joined at a time, so that a thread writing a big file lets the event loop run
+
+
+class StateStore:
+    """What the state file holds, kept by whoever writes it.
+
+    The event loop hands over only what changed (`TokenPool.take_changes`) and the token list in
+    force; `update` and `write` run in a thread, one at a time. Each entry is serialised once per
+    change and kept as its line. An entry whose token has left the tokens file carries `gone_since`;
+    `update` returns the keys that have been gone for longer than `grace`, for the pool to forget.
+    """
+
+    def __init__(self, path: Path, entries: dict[str, Any], grace: float) -> None:
+        self.path, self.grace = path, grace
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._lines: dict[str, str] = {}
+        self._gone: dict[str, float] = {}
+        self._departures: collections.deque[tuple[float, str]] = collections.deque()  # in order of time
+        self._list: object = None
+        for key, entry in entries.items():
+            if not isinstance(entry, dict):
+                continue
+            since = entry.get(GONE_KEY)
+            self._entries[key] = {k: v for k, v in entry.items() if k != GONE_KEY}
+            if isinstance(since, (int, float)) and not isinstance(since, bool):
+                self._gone[key] = float(since)
+        for key, since in sorted(self._gone.items(), key=lambda kv: kv[1]):
+            self._departures.append((since, key))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def update(self, changes: dict[str, dict[str, Any]], token_list, listed_at: float, now: float) -> list[str]:
+        """Take the changes and the list in force (a TokenList, kept by identity); returns the keys
+        pruned for having been gone longer than the grace period."""
+        for key, entry in changes.items():
+            self._entries[key] = entry
+            self._lines.pop(key, None)
+        listed = token_list.key_position
+        if token_list is not self._list:  # the tokens file changed: who left, who came back
+            self._list = token_list
+            keys: Iterable[str] = self._entries
+        else:
+            keys = changes
+        for key in keys:
+            if key in listed:
+                if self._gone.pop(key, None) is not None:
+                    self._lines.pop(key, None)
+            elif key not in self._gone:
+                self._gone[key] = listed_at
+                self._departures.append((listed_at, key))
+                self._lines.pop(key, None)
+        pruned = []
+        while self._departures and self._departures[0][0] <= now - self.grace:
+            since, key = self._departures.popleft()
+            if self._gone.get(key) == since:  # not back (and gone again later) since
+                del self._gone[key], self._entries[key]
+                self._lines.pop(key, None)
+                pruned.append(key)
+        return pruned
+
+    def write(self) -> None:
+        """Write every entry, atomically.
+
+        Raises:
+            OSError: the folder is not writable, the disk is full, ...
+        """
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(f'{{"version": {VERSION}, "tokens": {{')
+                keys = list(self._entries)
+                for at in range(0, len(keys), WRITE_CHUNK):
+                    f.write(("," if at else "") + ",".join(self._line(k) for k in keys[at : at + WRITE_CHUNK]))
+                f.write("\n}}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _line(self, key: str) -> str:
+        line = self._lines.get(key)
+        if line is None:
+            entry = self._entries[key]
+            if key in self._gone:
+                entry = {**entry, GONE_KEY: self._gone[key]}
+            line = self._lines[key] = "\n" + json.dumps(key) + ": " + json.dumps(entry, sort_keys=True)
+        return line

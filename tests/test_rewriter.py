@@ -172,7 +172,7 @@ def test_drawn_values_that_would_break_out_of_their_place_are_not_set(tmp_path, 
 
 def test_a_token_refused_while_the_captcha_is_fetched_is_not_sent(addons):
     loader, rewriter = addons
-    first, second = loader.tokens._tokens[:2]
+    first, second = loader.tokens.list.tokens[:2]
     real_get = loader.captcha.get
 
     async def slow_get():
