@@ -215,13 +215,13 @@ class RulesLoader:
 
     def _changed(self, what: str) -> None:
         """A watched file changed: read it in a thread (now, or when the reload under way is done)."""
+        file = ctx.options.rules if what == "rules" else self.config and self.config.tokens and self.config.tokens.file
+        logger.debug(f"rules: {file} changed; reading it again")
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop (tests, scripts): here and now
             self.reload_rules() if what == "rules" else self.reload_tokens()
             return
-        file = ctx.options.rules if what == "rules" else self.config and self.config.tokens and self.config.tokens.file
-        logger.debug(f"rules: {file} changed; reading it in the background")
         self._pending.add(what)
         if self._reloading is None or self._reloading.done():
             self._reloading = loop.create_task(self._reload_pending(), name="rules reload")

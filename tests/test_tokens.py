@@ -1,4 +1,5 @@
 import json
+import sys
 
 import pytest
 
@@ -236,3 +237,55 @@ def test_only_what_changed_is_handed_to_the_writer(clock):
     pool.replace(["tok-0008-yyyyyyyy"])
     pool.forget([token_key("tok-0007-yyyyyyyy")])
     assert set(pool.health) == {token_key("tok-0008-yyyyyyyy")}
+
+
+def python_lines(fn, *args):
+    """How many lines of Python run while `fn` does (a loop over the tokens would run one per token):
+    a measure of work that is not a time."""
+    count = 0
+
+    def trace(frame, event, arg):
+        nonlocal count
+        count += event == "line"
+        return trace
+
+    sys.settrace(trace)
+    try:
+        result = fn(*args)
+    finally:
+        sys.settrace(None)
+    return count, result
+
+
+BIG = [f"tok-{i:06d}-wwwwwwww" for i in range(100_000)]
+
+
+@pytest.fixture(scope="module")
+def big_list():
+    return TokenList.of(BIG)  # hashed once, as the loader does off the event loop
+
+
+def test_a_draw_costs_the_same_however_many_tokens_cool(big_list, clock):
+    pool = TokenPool(big_list, cooldown=100, clock=clock)
+    for t in BIG[:99_990]:
+        pool.refused(t)
+    lines, token = python_lines(pool.draw)
+    assert token == BIG[99_990] and lines < 100
+    for t in BIG[99_990:]:
+        pool.refused(t)
+    lines, token = python_lines(pool.draw)  # every token cooling: the soonest ready one
+    assert token == BIG[0] and lines < 100
+    lines, token = python_lines(pool.replacement, BIG[0], {BIG[0]})
+    assert token == BIG[1] and lines < 100
+
+
+def test_a_new_list_and_a_save_cost_what_changed_not_all_tokens(big_list, clock):
+    pool = TokenPool(clock=clock)
+    lines, _ = python_lines(pool.replace, big_list)
+    assert lines < 100
+    for t in BIG[:3]:
+        pool.refused(t)
+    lines, changes = python_lines(pool.take_changes)
+    assert len(changes) == 3 and lines < 100
+    lines, _ = python_lines(pool.replace, TokenList.of(BIG[:2]))  # 99,998 tokens leave: nothing per token now
+    assert lines < 200

@@ -91,7 +91,7 @@ def test_a_rules_file_that_blocks_when_read_does_not_stall_traffic(tmp_path, scr
     proxy = start_proxy(path)
     path.unlink()
     os.mkfifo(path)
-    proxy.wait_for_log(r"rules: .*rules\.yaml changed; reading it in the background")
+    proxy.wait_for_log(r"rules: .*rules\.yaml changed; reading it again")
     try:
         for _ in range(3):  # answered while the reload waits on the pipe, with the rules in force
             assert get(proxy, scripted.port).status_code == 200 and last(scripted).headers["x-rules"] == "1"
