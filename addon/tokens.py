@@ -24,7 +24,7 @@ import hashlib
 import heapq
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +118,26 @@ class Health:
             "successes": self.successes,
             "refusals": self.refusals,
         }
+
+
+class Changes(Mapping[str, Health]):
+    """Keys whose health changed, and the records they name, looked up when read. The writer's thread
+    reads the records while the event loop may change them again: a record read half old, half new is
+    written again at the next save, as its change marks it changed again."""
+
+    def __init__(self, keys: set[str], health: dict[str, Health]) -> None:
+        self._keys, self._health = keys, health
+
+    def __getitem__(self, key: str) -> Health:
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._health[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k in list(self._keys) if k in self._health)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 class TokenPool:
@@ -340,11 +360,11 @@ class TokenPool:
     def has_changes(self) -> bool:
         return bool(self._changed)
 
-    def take_changes(self) -> dict[str, dict[str, Any]]:
-        """The health that changed since the last call, as state-file entries (costs the changes only)."""
-        changed = {k: self.health[k].to_entry() for k in self._changed if k in self.health}
-        self._changed = set()
-        return changed
+    def take_changes(self) -> Changes:
+        """The health records that changed since the last call; costs nothing per change here: they
+        are looked up where they are read (the writer's thread)."""
+        changed, self._changed = self._changed, set()
+        return Changes(changed, self.health)
 
     def forget(self, keys: Iterable[str]) -> None:
         """Drop the health of these tokens (no longer in the file for GONE_GRACE), unless one is back."""

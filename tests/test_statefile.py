@@ -3,14 +3,18 @@ import os
 
 import pytest
 
-from addon.statefile import StateStore, load_state, save_state
+from addon.statefile import StateStore, load_state
 from addon.tokens import TokenList, TokenPool, token_key
+
+
+def save_state(path, entries):
+    StateStore(path, entries, grace=86400).write()
 
 
 def test_round_trip(tmp_path):
     path = tmp_path / "tokens.state.json"
-    save_state(path, {"k": {"suffix": "…abcd"}})
-    assert load_state(path) == {"k": {"suffix": "…abcd"}}
+    save_state(path, {"k": {"suffix": "…abcd"}, "gone": {"suffix": "…ef01", "gone_since": 5.0}})
+    assert load_state(path) == {"k": {"suffix": "…abcd"}, "gone": {"suffix": "…ef01", "gone_since": 5.0}}
     assert json.loads(path.read_text())["version"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["tokens.state.json"]  # no temporary file left
 
