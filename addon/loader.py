@@ -9,15 +9,13 @@ The first load (and a change of the option) runs where mitmproxy calls
 `configure`, so that the start-up check sees its error. Later reloads, when a
 watched file changes, read and parse in a thread: the event loop only swaps the
 finished records in, so a big, slow or blocking file never stalls traffic. The
-state file is written from a thread too, one write at a time.
+state file is written by statesaver.py, from a thread too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,15 +28,13 @@ from addon import statefile
 from addon.breaker import Breaker
 from addon.captcha import CaptchaSource
 from addon.config import BreakerSpec, Config, load_config
+from addon.offloop import in_thread
 from addon.schema import RulesError, RulesErrors
+from addon.statesaver import StateSaver
 from addon.tokens import GONE_GRACE, Health, TokenList, TokenPool, TokensFileError, health_from_state, read_token_list
 from addon.watch import FileWatcher
 
 logger = logging.getLogger(__name__)
-
-SAVE_EVERY = 1.0  # seconds, at least, between two writes of the state file
-SAVE_SHARE = 0.1  # and at most this share of the time spent writing it (a big file is written less often)
-FORGET_CHUNK = 10_000  # health records dropped per turn of the event loop
 
 T = TypeVar("T")
 
@@ -52,27 +48,6 @@ class _Read:
     state: tuple[Path, statefile.StateStore, dict[str, Health]] | None  # a state file read anew
 
 
-async def in_thread(fn: Callable[..., T], *args: Any) -> T:
-    """Run `fn` in a thread of its own (a daemon: a file that blocks for ever cannot hold up the exit)."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[T] = loop.create_future()
-
-    def deliver(ok: bool, value: Any) -> None:
-        if not done.cancelled():
-            done.set_result(value) if ok else done.set_exception(value)
-
-    def run() -> None:
-        try:
-            result = fn(*args)
-        except BaseException as e:
-            loop.call_soon_threadsafe(deliver, False, e)
-        else:
-            loop.call_soon_threadsafe(deliver, True, result)
-
-    threading.Thread(target=run, name=f"mitm-rules {getattr(fn, '__name__', 'work')}", daemon=True).start()
-    return await done
-
-
 def _read_state(path: Path) -> tuple[Path, statefile.StateStore, dict[str, Health]]:
     entries = statefile.load_state(path)
     return path, statefile.StateStore(path, entries, GONE_GRACE), health_from_state(entries)
@@ -82,17 +57,12 @@ class RulesLoader:
     def __init__(self) -> None:
         self.config: Config | None = None
         self.tokens = TokenPool()
-        self.tokens.on_change = self._state_changed
+        self.saver = StateSaver(self.tokens)
+        self.tokens.on_change = self.saver.changed
         self.breaker = Breaker()
         self.captcha: CaptchaSource | None = None
         self.stream_copy_limit = 1024 * 1024
         self._watcher = FileWatcher()
-        self._store: statefile.StateStore | None = None
-        self._save_pending: asyncio.TimerHandle | None = None
-        self._writing: asyncio.Task | None = None  # a write of the state file in its thread
-        self._write_lock = threading.Lock()
-        self._write_took = 0.0
-        self._save_problem: str | None = None  # the last failure to write the state file, logged once
         self._reloading: asyncio.Task | None = None
         self._pending: set[str] = set()  # "rules", "tokens": what changed while a reload ran
 
@@ -130,18 +100,14 @@ class RulesLoader:
         self._watcher.stop()
         if self._reloading is not None:
             self._reloading.cancel()
-        if self._save_pending is not None or self._writing is not None:
-            if self._save_pending is not None:
-                self._save_pending.cancel()
-                self._save_pending = None
-            self._write_now()  # waits for a write in flight: one writer at a time
+        self.saver.done()
 
     # loading
 
     def reload_rules(self) -> None:
         """Load the rules file named by the option, here and now; on failure keep what is loaded."""
         path = ctx.options.rules
-        self._apply(path, self._attempt(self._read, path, self._state_path()))
+        self._apply(path, self._attempt(self._read, path, self.saver.path))
 
     def reload_tokens(self) -> None:
         """Re-read the tokens file, here and now; on failure keep the tokens read before."""
@@ -168,9 +134,6 @@ class RulesLoader:
         except (RulesError, TokensFileError) as e:
             return e
 
-    def _state_path(self) -> Path | None:
-        return self._store.path if self._store is not None else None
-
     def _apply(self, path: str, read: _Read | Exception) -> None:
         if isinstance(read, Exception):
             more = ""
@@ -183,9 +146,9 @@ class RulesLoader:
         self.config = config
         if config.tokens:
             self.tokens.strategy, self.tokens.cooldown = config.tokens.strategy, config.tokens.cooldown
-            if read.state is not None and read.state[0] != self._state_path():
-                self._write_now()  # what the old state file still had to get
-                _, self._store, health = read.state
+            if read.state is not None and read.state[0] != self.saver.path:
+                _, store, health = read.state
+                self.saver.use(store)
                 self.tokens.load_health(health)
         self.breaker.spec = config.tokens.breaker if config.tokens else BreakerSpec()
         self.tokens.replace(tokens)
@@ -231,7 +194,7 @@ class RulesLoader:
             if "rules" in self._pending:  # the rules file names the tokens file: both are read again
                 self._pending.clear()
                 path = ctx.options.rules
-                read = await in_thread(self._attempt, self._read, path, self._state_path())
+                read = await in_thread(self._attempt, self._read, path, self.saver.path)
                 if ctx.options.rules == path:  # not replaced meanwhile by `set rules=…`
                     self._apply(path, read)
             else:
@@ -242,79 +205,6 @@ class RulesLoader:
                 read = await in_thread(self._attempt, read_token_list, file)
                 if self.config.tokens is not None and self.config.tokens.file == file:
                     self._apply_tokens(read)
-
-    # the state file
-
-    def _state_changed(self) -> None:
-        """Token health changed: save it soon (at most about once a second)."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no event loop (tests, scripts): save now
-            self.save_state()
-            return
-        if self._save_pending is None and self._writing is None:
-            wait = max(SAVE_EVERY, self._write_took / SAVE_SHARE)
-            self._save_pending = loop.call_later(wait, self.save_state)
-
-    def save_state(self) -> None:
-        """Hand what changed to the writer; it writes in a thread when there is an event loop."""
-        self._save_pending = None
-        if self._store is None:
-            return
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            self._write_now()
-            return
-        if self._writing is None:
-            self._writing = asyncio.get_running_loop().create_task(self._write_in_thread(), name="state file write")
-
-    async def _write_in_thread(self) -> None:
-        store = self._store
-        assert store is not None
-        changes = self.tokens.take_changes()
-        started = time.monotonic()
-        try:
-            pruned = await in_thread(self._update_and_write, store, changes, self.tokens.list, self.tokens.listed_at)
-        finally:
-            self._write_took = time.monotonic() - started
-            self._writing = None
-        self._forget(pruned)
-        if self.tokens.has_changes:  # changed while it was written
-            self._state_changed()
-
-    def _write_now(self) -> None:
-        """Write here and now (shut-down, no event loop, a new state file), after a write in flight."""
-        if self._store is None:
-            return
-        pruned = self._update_and_write(self._store, self.tokens.take_changes(), self.tokens.list, self.tokens.listed_at)
-        self.tokens.forget(pruned)
-
-    def _update_and_write(self, store: statefile.StateStore, changes, token_list, listed_at: float) -> list[str]:
-        """Runs in the writer's thread (or on shut-down): returns the keys pruned, for the pool to forget."""
-        with self._write_lock:  # one writer at a time
-            pruned = store.update(changes, token_list, listed_at, time.time())
-            try:
-                store.write()
-            except OSError as e:
-                return self._write_failed(store, e, pruned)
-        if self._save_problem is not None:
-            logger.info(f"tokens: the state file {store.path} is written again")
-            self._save_problem = None
-        return pruned
-
-    def _write_failed(self, store: statefile.StateStore, e: OSError, pruned: list[str]) -> list[str]:
-        problem = f"tokens: cannot write the state file {store.path}: {e.strerror or e}"
-        if problem != self._save_problem:  # once, not at every change of token health
-            logger.error(f"{problem}; token health is kept in memory only until it can be written")
-        self._save_problem = problem
-        return pruned
-
-    def _forget(self, keys: list[str]) -> None:
-        """Drop pruned health a chunk per turn of the event loop (a million tokens left at once)."""
-        self.tokens.forget(keys[:FORGET_CHUNK])
-        if len(keys) > FORGET_CHUNK:
-            asyncio.get_running_loop().call_soon(self._forget, keys[FORGET_CHUNK:])
 
     # watching
 

@@ -1,7 +1,6 @@
 """The rules option: first load, hot reload, and keeping the last good configuration."""
 
 import asyncio
-import json
 import logging
 import os
 import threading
@@ -10,8 +9,6 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
-from addon import loader as loader_module
-from addon import statefile
 from addon.loader import RulesLoader
 from helpers import write_rules
 
@@ -122,33 +119,3 @@ def test_a_reload_reads_in_a_thread_so_the_event_loop_goes_on(loaded, tmp_path):
 
     asyncio.run(go())
     assert [r.name for r in loader.config.rules] == ["two"]
-
-
-def test_the_state_file_is_written_in_a_thread(loaded, monkeypatch):
-    loader, _, _ = loaded
-    started, release, writers = threading.Event(), threading.Event(), []
-    real_write = statefile.StateStore.write
-
-    def slow_write(store):
-        writers.append(threading.current_thread())
-        started.set()
-        release.wait(10)
-        real_write(store)
-
-    monkeypatch.setattr(statefile.StateStore, "write", slow_write)
-    monkeypatch.setattr(loader_module, "SAVE_EVERY", 0.0)
-
-    async def go():
-        loader.tokens.refused(loader.tokens.list.tokens[0])
-        for _ in range(500):
-            if started.is_set():
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)  # the loop runs while the write is held
-        assert started.is_set() and loader._writing is not None and not loader._writing.done()
-        release.set()
-        await loader._writing
-
-    asyncio.run(go())
-    assert writers and writers[0] is not threading.main_thread()
-    assert json.loads(loader._store.path.read_text())["tokens"][loader.tokens.list.keys[0]]["refusals"] == 1
