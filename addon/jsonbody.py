@@ -14,7 +14,8 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.net import encoding
 
-from addon.streamdetect import MAX_COMPRESSED_BODY, MAX_JSON_BODY
+from addon.decoding import decode_body
+from addon.streamdetect import MAX_JSON_BODY
 
 Path = tuple[str, ...]
 
@@ -24,10 +25,8 @@ class NotEditable(ValueError):
 
 
 def decoded_body(request: http.Request) -> bytes:
-    """The request body without its Content-Encoding, within the bounds the stream detection keeps.
-
-    The one place that decodes a body to edit (mitmproxy's decoder until the bounded one in
-    addon.decoding can take its place).
+    """The request body without its Content-Encoding, within the bounds the stream detection keeps
+    (decoded with that bound: a compressed body is never decoded whole).
 
     Raises:
         NotEditable: no body, too large, or an encoding that cannot be undone.
@@ -40,13 +39,11 @@ def decoded_body(request: http.Request) -> bytes:
     ce = request.headers.get("content-encoding")
     if not ce:
         return raw
-    if len(raw) > MAX_COMPRESSED_BODY:
-        raise NotEditable(f"the compressed body is larger than {MAX_COMPRESSED_BODY // 1024} KiB")
     try:
-        body = request.get_content(strict=True)
+        body, complete = decode_body(raw, ce, MAX_JSON_BODY)
     except ValueError:
         raise NotEditable(f"the body cannot be decoded (Content-Encoding: {ce})") from None
-    if body is None or len(body) > MAX_JSON_BODY:
+    if not complete:
         raise NotEditable(f"the body decodes to more than {MAX_JSON_BODY // 2**20} MiB")
     return body
 

@@ -4,14 +4,23 @@ This addon owns the configuration that the other addons read: the parsed rules,
 the token pool and the sources of the named values (the captcha among them). A bad file at start-up is one error line
 (mitmproxy's start-up check then exits with status 1); a bad file later is
 logged and the last good configuration stays in force.
+
+The first load (and a change of the option) runs where mitmproxy calls
+`configure`, so that the start-up check sees its error. Later reloads, when a
+watched file changes, read and parse in a thread: the event loop only swaps the
+finished records in, so a big, slow or blocking file never stalls traffic. The
+state file is written by statesaver.py, from a thread too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 from mitmproxy import ctx, exceptions
 from mitmproxy.utils import human
@@ -19,28 +28,46 @@ from mitmproxy.utils import human
 from addon import statefile
 from addon.breaker import Breaker
 from addon.config import BreakerSpec, Config, load_config
+from addon.offloop import in_thread
 from addon.schema import RulesError, RulesErrors
 from addon.sources import ValueSource
+from addon.statesaver import StateSaver
 from addon.template import CAPTCHA
-from addon.tokens import TokenPool, TokensFileError, read_tokens
+from addon.tokens import GONE_GRACE, Health, TokenList, TokenPool, TokensFileError, health_from_state, read_token_list
 from addon.watch import FileWatcher
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Read:
+    """What a load read and parsed, ready to swap in."""
+
+    config: Config
+    tokens: TokenList
+    state: tuple[Path, statefile.StateStore, dict[str, Health]] | None  # a state file read anew
+
+
+def _read_state(path: Path) -> tuple[Path, statefile.StateStore, dict[str, Health]]:
+    entries = statefile.load_state(path)
+    return path, statefile.StateStore(path, entries, GONE_GRACE), health_from_state(entries)
 
 
 class RulesLoader:
     def __init__(self) -> None:
         self.config: Config | None = None
         self.tokens = TokenPool()
-        self.tokens.on_change = self._state_changed
+        self.saver = StateSaver(self.tokens)
+        self.tokens.on_change = self.saver.changed
         self.breaker = Breaker()
         self.values: dict[str, ValueSource] = {}  # by name, as the rules file's values: (and captcha:)
         self.stream_copy_limit = 1024 * 1024
         self.mitmproxy_stores_streamed = False  # mitmproxy 12.1+ with store_streamed_bodies: it keeps them whole
         self._watcher = FileWatcher()
-        self._state_file: Path | None = None
-        self._save_pending: asyncio.TimerHandle | None = None
-        self._save_problem: str | None = None  # the last failure to write the state file, logged once
+        self._reloading: asyncio.Task | None = None
+        self._pending: set[str] = set()  # "rules", "tokens": what changed while a reload ran
 
     @property
     def captcha(self) -> ValueSource | None:
@@ -82,27 +109,58 @@ class RulesLoader:
 
     def done(self) -> None:
         self._watcher.stop()
-        if self._save_pending is not None:
-            self._save_pending.cancel()
-            self.save_state()
+        if self._reloading is not None:
+            self._reloading.cancel()
+        self.saver.done()
+
+    # loading
 
     def reload_rules(self) -> None:
-        """Load the rules file named by the option; on failure keep what is loaded."""
+        """Load the rules file named by the option, here and now; on failure keep what is loaded."""
         path = ctx.options.rules
+        self._apply(path, self._attempt(self._read, path, self.saver.path))
+
+    def reload_tokens(self) -> None:
+        """Re-read the tokens file, here and now; on failure keep the tokens read before."""
+        assert self.config is not None and self.config.tokens is not None
+        self._apply_tokens(self._attempt(read_token_list, self.config.tokens.file))
+
+    def _read(self, path: str, state_file: Path | None) -> _Read:
+        """Read and parse everything a rules file names (in any thread: it touches nothing of ours).
+
+        Raises:
+            RulesError, TokensFileError: as the files are wrong.
+        """
+        config = load_config(path)
+        tokens = read_token_list(config.tokens.file) if config.tokens else TokenList.of(())
+        state = None
+        if config.tokens and config.tokens.state_file != state_file:
+            state = _read_state(config.tokens.state_file)
+        return _Read(config, tokens, state)
+
+    @staticmethod
+    def _attempt(fn: Callable[..., T], *args: Any) -> T | Exception:
         try:
-            config = load_config(path)
-            tokens = read_tokens(config.tokens.file) if config.tokens else ()
+            return fn(*args)
         except (RulesError, TokensFileError) as e:
+            return e
+
+    def _apply(self, path: str, read: _Read | Exception) -> None:
+        if isinstance(read, Exception):
             more = ""
-            if isinstance(e, RulesErrors) and len(e.errors) > 1:
-                more = f" (and {len(e.errors) - 1} more problem(s): `python -m addon check {path}` lists them all)"
+            if isinstance(read, RulesErrors) and len(read.errors) > 1:
+                more = f" (and {len(read.errors) - 1} more problem(s): `python -m addon check {path}` lists them all)"
             kept = "; the last good rules stay in force" if self.config else ""
-            logger.error(f"{e}{more}{kept}")
+            logger.error(f"{read}{more}{kept}")
             return
+        config, tokens = read.config, read.tokens
         self.config = config
         if config.tokens:
             self.tokens.strategy, self.tokens.cooldown = config.tokens.strategy, config.tokens.cooldown
-            self._use_state_file(config.tokens.state_file)
+            if read.state is not None and read.state[0] != self.saver.path:
+                _, store, health = read.state
+                self.saver.use(store)
+                self.tokens.load_health(health)
         self.breaker.spec = config.tokens.breaker if config.tokens else BreakerSpec()
         self.tokens.replace(tokens)
         kept = self.values  # a source whose spec is unchanged keeps its value
@@ -113,8 +171,8 @@ class RulesLoader:
         self._watch(config)
         summary = f"{len(config.rules)} rule(s)"
         if config.tokens:
-            summary += f", {len(tokens)} token(s)"
-            if not tokens:
+            summary += f", {len(tokens.tokens)} token(s)"
+            if not tokens.tokens:
                 logger.warning(f"rules: {config.tokens.file} has no tokens; requests that need one get a 503")
         for name, spec in config.values.items():
             summary += f", {name} from {spec.describe()}"
@@ -122,49 +180,47 @@ class RulesLoader:
         if not config.rules:
             logger.warning(f"rules: {path} has no rules: every request passes unchanged")
 
-    def reload_tokens(self) -> None:
+    def _apply_tokens(self, read: TokenList | Exception) -> None:
         assert self.config is not None and self.config.tokens is not None
-        try:
-            tokens = read_tokens(self.config.tokens.file)
-        except TokensFileError as e:
-            logger.error(f"{e}; the {len(self.tokens)} token(s) read before stay in use")
+        if isinstance(read, Exception):
+            logger.error(f"{read}; the {len(self.tokens)} token(s) read before stay in use")
             return
-        self.tokens.replace(tokens)
-        logger.info(f"rules: re-read {self.config.tokens.file}: {len(tokens)} token(s)")
-        if not tokens:
+        self.tokens.replace(read)
+        logger.info(f"rules: re-read {self.config.tokens.file}: {len(read.tokens)} token(s)")
+        if not read.tokens:
             logger.warning(f"rules: {self.config.tokens.file} has no tokens; requests that need one get a 503")
 
-    def _use_state_file(self, path: Path | None) -> None:
-        if path is None or path == self._state_file:
-            return
-        self._state_file = path
-        self.tokens.load_state(statefile.load_state(path))
-
-    def _state_changed(self) -> None:
-        """Token health changed: save it soon (at most about once a second)."""
+    def _changed(self, what: str) -> None:
+        """A watched file changed: read it in a thread (now, or when the reload under way is done)."""
+        file = ctx.options.rules if what == "rules" else self.config and self.config.tokens and self.config.tokens.file
+        logger.debug(f"rules: {file} changed; reading it again")
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:  # no event loop (tests, scripts): save now
-            self.save_state()
+        except RuntimeError:  # no event loop (tests, scripts): here and now
+            self.reload_rules() if what == "rules" else self.reload_tokens()
             return
-        if self._save_pending is None:
-            self._save_pending = loop.call_later(1.0, self.save_state)
+        self._pending.add(what)
+        if self._reloading is None or self._reloading.done():
+            self._reloading = loop.create_task(self._reload_pending(), name="rules reload")
 
-    def save_state(self) -> None:
-        self._save_pending = None
-        if self._state_file is None:
-            return
-        try:
-            statefile.save_state(self._state_file, self.tokens.to_state())
-        except OSError as e:
-            problem = f"tokens: cannot write the state file {self._state_file}: {e.strerror or e}"
-            if problem != self._save_problem:  # once, not at every change of token health
-                logger.error(f"{problem}; token health is kept in memory only until it can be written")
-            self._save_problem = problem
-            return
-        if self._save_problem is not None:
-            logger.info(f"tokens: the state file {self._state_file} is written again")
-            self._save_problem = None
+    async def _reload_pending(self) -> None:
+        while self._pending:
+            if "rules" in self._pending:  # the rules file names the tokens file: both are read again
+                self._pending.clear()
+                path = ctx.options.rules
+                read = await in_thread(self._attempt, self._read, path, self.saver.path)
+                if ctx.options.rules == path:  # not replaced meanwhile by `set rules=…`
+                    self._apply(path, read)
+            else:
+                self._pending.clear()
+                if self.config is None or self.config.tokens is None:
+                    continue
+                file = self.config.tokens.file
+                read = await in_thread(self._attempt, read_token_list, file)
+                if self.config.tokens is not None and self.config.tokens.file == file:
+                    self._apply_tokens(read)
+
+    # watching
 
     def _value_file_changed(self, path: Path) -> None:
         """A value's file changed: the next request reads it again (a refresh that waits on it looks itself)."""
@@ -174,9 +230,9 @@ class RulesLoader:
                 logger.info(f"{source.name}: {path} changed; it is read again at the next request")
 
     def _watch(self, config: Config) -> None:
-        paths = {Path(config.file): self.reload_rules}
+        paths = {Path(config.file): lambda: self._changed("rules")}
         if config.tokens:
-            paths[config.tokens.file] = self.reload_tokens
+            paths[config.tokens.file] = lambda: self._changed("tokens")
         for spec in config.values.values():
             if spec.file is not None:
                 paths[spec.file] = partial(self._value_file_changed, spec.file)

@@ -7,6 +7,7 @@ only runs precompiled regexes and filters.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -102,6 +103,16 @@ def parse_filter(text: str) -> flowfilter.TFilter:
         raise ValueError(f"bad filter {text!r}: {e}") from None
 
 
+def reads_body(f: flowfilter.TFilter) -> bool:
+    """Does this filter look at the request body (`~b`, `~bq`, anywhere in it)?"""
+    if isinstance(f, (flowfilter.FBod, flowfilter.FBodRequest)):
+        return True
+    inner = list(getattr(f, "lst", ()))  # and, or
+    if getattr(f, "itm", None) is not None:  # not
+        inner.append(f.itm)
+    return any(reads_body(i) for i in inner)
+
+
 @dataclass(frozen=True)
 class Match:
     hosts: tuple[HostGlob, ...]
@@ -109,6 +120,10 @@ class Match:
     methods: frozenset[str] = frozenset()  # empty: any method
     stream: bool | None = None
     filter: flowfilter.TFilter | None = None
+
+    @functools.cached_property
+    def filter_reads_body(self) -> bool:
+        return self.filter is not None and reads_body(self.filter)
 
     def matches_host(self, host: str, port: int) -> bool:
         return any(h.matches(host, port) for h in self.hosts)

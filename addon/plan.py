@@ -22,8 +22,9 @@ from addon import comment, jsonbody
 from addon.config import Config, Rule
 from addon.cookies import edit_cookie_headers
 from addon.masking import mask
+from addon.decoding import decoded_request
 from addon.schema import JsonLiteral
-from addon.streamdetect import is_streaming
+from addon.streamdetect import MAX_JSON_BODY, is_streaming
 from addon.template import TOKEN, Template
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,11 @@ def plan_request(config: Config, flow: http.HTTPFlow) -> Plan | None:
     maybe, filtered, plan = judged
     if not filtered:
         return plan
-    rules = tuple(r for r in maybe if r.match.filter is None or r.match.filter(flow))
+    if req.raw_content and any(r.match.filter_reads_body for r in maybe):
+        with decoded_request(req, MAX_JSON_BODY):  # `~b` then never decodes a compressed body whole
+            rules = tuple(r for r in maybe if r.match.filter is None or r.match.filter(flow))
+    else:
+        rules = tuple(r for r in maybe if r.match.filter is None or r.match.filter(flow))
     return _plan(config, rules, streaming) if rules else None
 
 

@@ -7,10 +7,12 @@ then replaces the old one, so a crash mid-write leaves the previous state.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +37,90 @@ def load_state(path: Path) -> dict[str, Any]:
     return data["tokens"]
 
 
-def save_state(path: Path, tokens: dict[str, Any]) -> None:
-    """Write atomically.
+GONE_KEY = "gone_since"  # in an entry: since when the token has not been in the tokens file
+WRITE_CHUNK = 10_000  # entries joined at a time, so that a thread writing a big file lets the event loop run
 
-    Raises:
-        OSError: the folder is not writable, the disk is full, ...
+
+class StateStore:
+    """What the state file holds, kept by whoever writes it.
+
+    The event loop hands over only what changed (`TokenPool.take_changes`) and the token list in
+    force; `update` and `write` run in a thread, one at a time. Each entry is kept as its JSON text,
+    made once per change. An entry whose token has left the tokens file carries `gone_since`;
+    `update` returns the keys that have been gone for longer than `grace`, for the pool to forget.
     """
-    text = json.dumps({"version": VERSION, "tokens": tokens}, indent=1, sort_keys=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def __init__(self, path: Path, entries: dict[str, Any], grace: float) -> None:
+        self.path, self.grace = path, grace
+        self._json: dict[str, str] = {}  # key -> its entry as JSON, without gone_since
+        self._gone: dict[str, float] = {}
+        self._departures: collections.deque[tuple[float, str]] = collections.deque()  # in order of time
+        self._list: object = None
+        for key, entry in entries.items():
+            if not isinstance(entry, dict):
+                continue
+            since = entry.get(GONE_KEY)
+            self._json[key] = json.dumps({k: v for k, v in entry.items() if k != GONE_KEY}, sort_keys=True)
+            if isinstance(since, (int, float)) and not isinstance(since, bool):
+                self._gone[key] = float(since)
+        for key, since in sorted(self._gone.items(), key=lambda kv: kv[1]):
+            self._departures.append((since, key))
+
+    def __len__(self) -> int:
+        return len(self._json)
+
+    def update(self, changes: Mapping[str, Any], token_list, listed_at: float, now: float) -> list[str]:
+        """Take the changed health records (anything with `to_entry()`) and the list in force (a TokenList,
+        kept by identity); returns the keys pruned for having been gone longer than the grace period."""
+        changed = list(changes)
+        for key in changed:
+            health = changes.get(key)
+            if health is not None:  # not forgotten meanwhile
+                self._json[key] = json.dumps(health.to_entry(), sort_keys=True)
+        listed = token_list.key_position
+        if token_list is not self._list:  # the tokens file changed: who left, who came back
+            self._list = token_list
+            keys: Iterable[str] = self._json
+        else:
+            keys = changed
+        for key in keys:
+            if key in listed:
+                self._gone.pop(key, None)
+            elif key not in self._gone:
+                self._gone[key] = listed_at
+                self._departures.append((listed_at, key))
+        pruned = []
+        while self._departures and self._departures[0][0] <= now - self.grace:
+            since, key = self._departures.popleft()
+            if self._gone.get(key) == since:  # not back (and gone again later) since
+                del self._gone[key], self._json[key]
+                pruned.append(key)
+        return pruned
+
+    def write(self) -> None:
+        """Write every entry, atomically.
+
+        Raises:
+            OSError: the folder is not writable, the disk is full, ...
+        """
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(f'{{"version": {VERSION}, "tokens": {{')
+                keys = list(self._json)
+                for at in range(0, len(keys), WRITE_CHUNK):
+                    f.write(("," if at else "") + ",".join(map(self._line, keys[at : at + WRITE_CHUNK])))
+                f.write("\n}}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _line(self, key: str) -> str:
+        text = self._json[key]
+        since = self._gone.get(key)
+        if since is not None:
+            text = f'{text[:-1]}, "{GONE_KEY}": {json.dumps(since)}}}'
+        return f"\n{json.dumps(key)}: {text}"

@@ -3,37 +3,43 @@
 It does when the client accepts `text/event-stream`, or when its JSON body has
 `true` at the configured field (`stream` by default, or a dotted path). Bodies
 that are empty, not JSON, compressed beyond repair or larger than the limit
-count as not streaming; nothing here raises.
+(before or after decoding) count as not streaming; nothing here raises.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 
 from mitmproxy import http
 
-MAX_JSON_BODY = 32 * 1024 * 1024  # bytes, decoded; larger bodies are not parsed
-MAX_COMPRESSED_BODY = 64 * 1024  # bytes; larger compressed bodies are not decoded (a zip bomb stays shut)
+from addon.decoding import decode_body
+
+logger = logging.getLogger(__name__)
+
+MAX_JSON_BODY = 32 * 1024 * 1024  # bytes, as sent and decoded; larger bodies are not parsed
 
 
 def is_streaming(request: http.Request, json_field: tuple[str, ...]) -> bool:
-    encoded = False
+    encoding = None
     for name, value in request.headers.fields:  # one pass (each Headers lookup is a pass of its own)
         name = name.lower()
         if name == b"accept" and b"text/event-stream" in value:
             return True
-        encoded = encoded or name == b"content-encoding"
+        if name == b"content-encoding":
+            encoding = value if encoding is None else encoding + b"," + value
     raw = request.raw_content
     if not raw or len(raw) > MAX_JSON_BODY:
         return False
-    if encoded:
-        if len(raw) > MAX_COMPRESSED_BODY:
-            return False
+    if encoding is not None:
         try:
-            body = request.get_content(strict=True)
+            body, complete = decode_body(raw, encoding.decode("latin-1"), MAX_JSON_BODY)
         except ValueError:  # an unknown or broken content-encoding
             return False
-        if not body or len(body) > MAX_JSON_BODY:
+        if not complete:
+            logger.warning(f"rules: the body of {request.method} {request.pretty_url} decodes to more than "
+                           f"{MAX_JSON_BODY // 2**20} MiB (Content-Encoding: {encoding.decode('latin-1')}); "
+                           "decoding stopped there and it counts as not streaming")
             return False
     else:
         body = raw

@@ -7,14 +7,24 @@ the health of the others; the rotation also follows token values.
 A token is active, cooling down (passed over until a time) or disabled (by
 hand). Cooling tokens are used only when no active token is left, the soonest
 ready first: a refusal never takes a token out of use for good.
+
+Sizes: a tokens file can hold a million tokens. Reading it, hashing every token
+and indexing them happens where the file is read (off the event loop, see
+loader.py), into an immutable `TokenList`. A token has a health record only
+once something happened to it; the records of tokens no longer in the file are
+dropped after `GONE_GRACE` (statefile.StateStore finds them, `forget` drops them). Drawing a token looks up
+the next usable one in a bitmap (one byte per token, searched by `bytes.find`,
+which is C's memchr) and the soonest-ready cooling one in a heap: no Python
+loop over the tokens. Saving hands over only what changed since the last save.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +32,8 @@ from typing import Any
 from addon.masking import mask
 
 logger = logging.getLogger(__name__)
+
+GONE_GRACE = 24 * 3600.0  # seconds the health of a token no longer in the file is kept
 
 
 class TokensFileError(ValueError):
@@ -58,7 +70,32 @@ def token_key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:24]
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
+class TokenList:
+    """The tokens of one version of the file, hashed and indexed once (where the file is read)."""
+
+    tokens: tuple[str, ...]
+    keys: tuple[str, ...]
+    position: dict[str, int]  # token -> its place
+    key_position: dict[str, int]  # key -> its place
+
+    @classmethod
+    def of(cls, tokens: Sequence[str]) -> TokenList:
+        tokens = tuple(tokens)
+        keys = tuple(token_key(t) for t in tokens)
+        return cls(tokens, keys, {t: i for i, t in enumerate(tokens)}, {k: i for i, k in enumerate(keys)})
+
+
+def read_token_list(path: Path) -> TokenList:
+    """`read_tokens`, hashed and indexed.
+
+    Raises:
+        TokensFileError: as read_tokens.
+    """
+    return TokenList.of(read_tokens(path))
+
+
+@dataclass(slots=True)
 class Health:
     suffix: str  # masked, for people: "…a1b2"
     cooling_until: float = 0.0  # wall-clock seconds; in the past means active
@@ -72,6 +109,36 @@ class Health:
             return "disabled"
         return "cooling" if self.cooling_until > now else "active"
 
+    def to_entry(self) -> dict[str, Any]:
+        return {
+            "suffix": self.suffix,
+            "cooling_until": self.cooling_until,
+            "refused_at": self.refused_at,
+            "disabled": self.disabled,
+            "successes": self.successes,
+            "refusals": self.refusals,
+        }
+
+
+class Changes(Mapping[str, Health]):
+    """Keys whose health changed, and the records they name, looked up when read. The writer's thread
+    reads the records while the event loop may change them again: a record read half old, half new is
+    written again at the next save, as its change marks it changed again."""
+
+    def __init__(self, keys: set[str], health: dict[str, Health]) -> None:
+        self._keys, self._health = keys, health
+
+    def __getitem__(self, key: str) -> Health:
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._health[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k in list(self._keys) if k in self._health)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
 
 class TokenPool:
     """Hands out tokens: `round_robin` takes the next one for every request,
@@ -79,7 +146,7 @@ class TokenPool:
 
     def __init__(
         self,
-        tokens: Sequence[str] = (),
+        tokens: Sequence[str] | TokenList = (),
         strategy: str = "round_robin",
         cooldown: float = 300,
         clock: Callable[[], float] = time.time,
@@ -88,34 +155,68 @@ class TokenPool:
         self.cooldown = cooldown
         self.clock = clock
         self.on_change: Callable[[], None] = lambda: None  # health changed: persist it
-        self.health: dict[str, Health] = {}
-        self._tokens: tuple[str, ...] = ()
-        self._keys: tuple[str, ...] = ()
-        self._position: dict[str, int] = {}
+        self.health: dict[str, Health] = {}  # only tokens something happened to
+        self.list = TokenList.of(())
+        self.listed_at = 0.0  # when this list replaced the one before
+        self._usable = bytearray()  # per place: 1 when neither cooling nor disabled
+        self._cooling: list[tuple[float, int, str]] = []  # heap of (until, place, key); stale entries skipped
+        self._inactive: set[str] = set()  # keys that are cooling or disabled (cooling may have ended since)
+        self._changed: set[str] = set()  # keys whose health changed since the last `take_changes`
         self._last: str | None = None
         self.replace(tokens)
 
     # the token list
 
-    def replace(self, tokens: Sequence[str]) -> None:
-        """Take a new list of tokens, keeping health and the place in the rotation by value."""
-        self._tokens = tuple(tokens)
-        self._keys = tuple(token_key(t) for t in self._tokens)
-        self._position = {t: i for i, t in enumerate(self._tokens)}
-        for token, key in zip(self._tokens, self._keys):
-            self.health.setdefault(key, Health(mask(token)))
+    def replace(self, tokens: Sequence[str] | TokenList) -> None:
+        """Take a new list of tokens, keeping health and the place in the rotation by value. Costs the
+        tokens that are cooling or disabled, not all of them (a TokenList comes hashed and indexed)."""
+        new = tokens if isinstance(tokens, TokenList) else TokenList.of(tokens)
+        now = self.clock()
+        self.list, self.listed_at = new, now
+        self._usable = bytearray(b"\x01") * len(new.tokens)
+        self._cooling = []
+        for key in list(self._inactive):
+            self._classify(key, now)
+        heapq.heapify(self._cooling)
+        if self._last is not None and self._last not in new.position:
+            self._last = None
 
     def __len__(self) -> int:
-        return len(self._tokens)
+        return len(self.list.tokens)
+
+    def _classify(self, key: str, now: float) -> None:
+        """Put a token's place in the bitmap (and the heap) as its health says."""
+        health = self.health.get(key)
+        cooling = health is not None and not health.disabled and health.cooling_until > now
+        if health is None or not (health.disabled or cooling):
+            self._inactive.discard(key)
+        else:
+            self._inactive.add(key)
+        i = self.list.key_position.get(key)
+        if i is None:
+            return
+        self._usable[i] = 0 if key in self._inactive else 1
+        if cooling:
+            heapq.heappush(self._cooling, (health.cooling_until, i, key))
+
+    def _wake(self, now: float) -> None:
+        """Tokens whose cooldown has ended are usable again."""
+        while self._cooling and self._cooling[0][0] <= now:
+            until, i, key = heapq.heappop(self._cooling)
+            health = self.health.get(key)
+            if health is not None and health.cooling_until == until:
+                self._classify(key, now)
 
     # choosing
 
     def draw(self, exclude: Iterable[str] = ()) -> str | None:
         """The token for the next request, or None when none is usable."""
-        start = self._position.get(self._last, -1) if self._last is not None else -1
-        if self.strategy == "sticky" and start >= 0 and self._usable(start, set(exclude), active_only=True):
+        exclude = set(exclude)
+        self._wake(self.clock())
+        start = self.list.position.get(self._last, -1) if self._last is not None else -1
+        if self.strategy == "sticky" and start >= 0 and self._usable[start] and self._last not in exclude:
             return self._last
-        token = self._next_after(start, set(exclude))
+        token = self._next_after(start, exclude)
         if token is not None:
             self._last = token
         return token
@@ -127,32 +228,43 @@ class TokenPool:
         requests are refused with one token they all move to the same next
         token instead of each pushing the rotation one place further.
         """
-        token = self._next_after(self._position.get(refused, -1), set(exclude) | {refused})
+        self._wake(self.clock())
+        token = self._next_after(self.list.position.get(refused, -1), set(exclude) | {refused})
         if token is not None and self.strategy == "sticky" and self._last == refused:
             self._last = token
         return token
 
     def has_replacement(self, refused: str, exclude: Iterable[str]) -> bool:
         """Whether `replacement` would find a token now; unlike it, this changes nothing."""
-        return self._next_after(self._position.get(refused, -1), set(exclude) | {refused}) is not None
-
-    def _usable(self, i: int, exclude: set[str], active_only: bool) -> bool:
-        token = self._tokens[i]
-        health = self.health[self._keys[i]]
-        if token in exclude or health.disabled:
-            return False
-        return not active_only or health.cooling_until <= self.clock()
+        return self._next_after(self.list.position.get(refused, -1), set(exclude) | {refused}) is not None
 
     def _next_after(self, start: int, exclude: set[str]) -> str | None:
-        n = len(self._tokens)
-        for step in range(1, n + 1):
-            i = (start + step) % n
-            if self._usable(i, exclude, active_only=True):
-                return self._tokens[i]
-        cooling = [i for i in range(n) if self._usable(i, exclude, active_only=False)]
-        if not cooling:
-            return None
-        return self._tokens[min(cooling, key=lambda i: self.health[self._keys[i]].cooling_until)]
+        tokens, usable = self.list.tokens, self._usable
+        for lo, hi in ((start + 1, len(tokens)), (0, start + 1)):  # from the place after, round to it
+            i = lo
+            while i < hi and (i := usable.find(1, i, hi)) >= 0:
+                if tokens[i] not in exclude:
+                    return tokens[i]
+                i += 1  # at most once per excluded token
+        return self._soonest_cooling(exclude)
+
+    def _soonest_cooling(self, exclude: set[str]) -> str | None:
+        """No active token: the cooling one that is ready first (not disabled, not excluded)."""
+        skipped: list[tuple[float, int, str]] = []
+        found = None
+        while self._cooling:
+            entry = heapq.heappop(self._cooling)
+            until, i, key = entry
+            health = self.health.get(key)
+            if health is None or health.cooling_until != until or health.disabled:
+                continue  # stale: the token's health changed since
+            skipped.append(entry)
+            if self.list.tokens[i] not in exclude:
+                found = self.list.tokens[i]
+                break
+        for entry in skipped:
+            heapq.heappush(self._cooling, entry)
+        return found
 
     # outcomes
 
@@ -160,93 +272,142 @@ class TokenPool:
         """The upstream refused `token`: it cools down for the cooldown or Retry-After,
         whichever is longer. Returns False when it was cooling already (a refusal of
         a request that was sent before the token was marked), which changes nothing."""
-        health = self._health(token)
+        key, health = self._health(token)
         now = self.clock()
         health.refusals += 1
+        self._changed.add(key)
         if health.cooling_until > now:
             self.on_change()
             return False
         health.cooling_until = now + max(self.cooldown, retry_after or 0)
         health.refused_at = now
+        self._classify(key, now)
         self.on_change()
         return True
 
     def succeeded(self, token: str, sent_at: float) -> None:
         """A success proves a token works: it is active again if it was cooling, unless
         the request that succeeded was sent before the refusal (a long stream, say)."""
-        health = self._health(token)
+        key, health = self._health(token)
         health.successes += 1
-        if sent_at > health.refused_at:
+        if sent_at > health.refused_at and health.cooling_until:
             health.cooling_until = 0.0
+            self._classify(key, self.clock())
+        self._changed.add(key)
         self.on_change()
 
     def restore(self, cooling_until: dict[str, float]) -> None:
         """Put cooldowns back as they were (the breaker undoes the refusals that opened it)."""
+        now = self.clock()
         for key, until in cooling_until.items():
             if key in self.health:
                 self.health[key].cooling_until = until
+                self._classify(key, now)
+                self._changed.add(key)
         self.on_change()
 
-    # by hand
+    # by hand (commands: these may look at every token)
 
     def matching(self, suffix: str) -> list[Health]:
         """The known tokens whose value ends with `suffix` (with or without the leading …)."""
         suffix = suffix.lstrip("…").lstrip(".")
-        return [self.health[k] for t, k in zip(self._tokens, self._keys) if suffix and t.endswith(suffix)]
+        return [
+            self.health.get(k) or Health(mask(t))
+            for t, k in zip(self.list.tokens, self.list.keys)
+            if suffix and t.endswith(suffix)
+        ]
 
     def set_disabled(self, suffix: str, disabled: bool) -> list[Health]:
-        found = self.matching(suffix)
-        for health in found:
-            health.disabled = disabled
+        suffix = suffix.lstrip("…").lstrip(".")
+        found = []
+        now = self.clock()
+        for t in self.list.tokens:
+            if suffix and t.endswith(suffix):
+                key, health = self._health(t)
+                health.disabled = disabled
+                self._classify(key, now)
+                self._changed.add(key)
+                found.append(health)
         if found:
             self.on_change()
         return found
 
     def reset(self) -> None:
         """Clear every cooldown (disabled tokens stay disabled)."""
-        for health in self.health.values():
-            health.cooling_until = 0.0
+        now = self.clock()
+        for key in list(self._inactive):
+            self.health[key].cooling_until = 0.0
+            self._classify(key, now)
+            self._changed.add(key)
         self.on_change()
 
     def status(self) -> list[tuple[str, Health]]:
         """(state, health) of each token in the file, in file order."""
         now = self.clock()
-        return [(self.health[k].state(now), self.health[k]) for k in self._keys]
+        rows = []
+        for token, key in zip(self.list.tokens, self.list.keys):
+            health = self.health.get(key) or Health(mask(token))
+            rows.append((health.state(now), health))
+        return rows
 
-    def _health(self, token: str) -> Health:
-        i = self._position.get(token)  # a token of the file has its key already
-        key = self._keys[i] if i is not None else token_key(token)
+    def _health(self, token: str) -> tuple[str, Health]:
+        i = self.list.position.get(token)  # a token of the file has its key already
+        key = self.list.keys[i] if i is not None else token_key(token)
         health = self.health.get(key)
         if health is None:
             health = self.health[key] = Health(mask(token))
-        return health
+        return key, health
 
     # persistence: plain data, keyed by hash
 
-    def to_state(self) -> dict[str, Any]:
-        return {
-            key: {
-                "suffix": h.suffix,
-                "cooling_until": h.cooling_until,
-                "refused_at": h.refused_at,
-                "disabled": h.disabled,
-                "successes": h.successes,
-                "refusals": h.refusals,
-            }
-            for key, h in self.health.items()
-        }
+    @property
+    def has_changes(self) -> bool:
+        return bool(self._changed)
+
+    def take_changes(self) -> Changes:
+        """The health records that changed since the last call; costs nothing per change here: they
+        are looked up where they are read (the writer's thread)."""
+        changed, self._changed = self._changed, set()
+        return Changes(changed, self.health)
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop the health of these tokens (no longer in the file for GONE_GRACE), unless one is back."""
+        for key in keys:
+            if key not in self.list.key_position:
+                self.health.pop(key, None)
+                self._inactive.discard(key)
+                self._changed.discard(key)
+
+    def to_state(self) -> dict[str, dict[str, Any]]:
+        """Every health record as state-file entries."""
+        return {key: h.to_entry() for key, h in self.health.items()}
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Take health saved earlier; entries that do not look right are skipped."""
-        for key, entry in state.items():
-            try:
-                self.health[key] = Health(
-                    suffix=str(entry["suffix"]),
-                    cooling_until=float(entry["cooling_until"]),
-                    refused_at=float(entry.get("refused_at", 0.0)),
-                    disabled=bool(entry["disabled"]),
-                    successes=int(entry["successes"]),
-                    refusals=int(entry["refusals"]),
-                )
-            except (KeyError, TypeError, ValueError):
-                logger.warning(f"tokens: skipped a malformed entry in the state file ({key[:8]}…)")
+        self.load_health(health_from_state(state))
+
+    def load_health(self, health: dict[str, Health]) -> None:
+        """Take health records made by `health_from_state` (off the event loop, for a big state file)."""
+        now = self.clock()
+        self.health.update(health)
+        for key, h in health.items():
+            if h.disabled or h.cooling_until > now:
+                self._classify(key, now)
+
+
+def health_from_state(state: dict[str, Any]) -> dict[str, Health]:
+    """Health records from state-file entries; entries that do not look right are skipped."""
+    health = {}
+    for key, entry in state.items():
+        try:
+            health[key] = Health(
+                suffix=str(entry["suffix"]),
+                cooling_until=float(entry["cooling_until"]),
+                refused_at=float(entry.get("refused_at", 0.0)),
+                disabled=bool(entry["disabled"]),
+                successes=int(entry["successes"]),
+                refusals=int(entry["refusals"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            logger.warning(f"tokens: skipped a malformed entry in the state file ({key[:8]}…)")
+    return health

@@ -9,6 +9,7 @@ from collections.abc import Collection
 from mitmproxy import http
 
 from addon.config import PASS, ROTATE, ResponseRule
+from addon.decoding import decode_body
 from addon.template import TOKEN
 
 BODY_SEARCH_LIMIT = 1024 * 1024  # bytes of a decoded body that `body:` regexes look at
@@ -33,12 +34,26 @@ def verdict(rules: tuple[ResponseRule, ...], response: http.Response) -> Respons
             continue
         if rule.body is not None:
             if text is None:
-                body = response.get_content(strict=False) or b""
-                text = body[:BODY_SEARCH_LIMIT].decode("utf-8", errors="replace")
+                text = body_text(response)
             if not rule.body.search(text):
                 continue
         return None if rule.action == PASS else rule
     return None
+
+
+def body_text(response: http.Response) -> str:
+    """The start of the decoded body that `body:` regexes search: at most BODY_SEARCH_LIMIT bytes,
+    decoded with that bound (a compressed body is never decoded whole); a body that cannot be
+    decoded is searched as it came, as mitmproxy shows it."""
+    raw = response.raw_content or b""
+    encoding = response.headers.get("content-encoding")
+    body = raw
+    if encoding:
+        try:
+            body = decode_body(raw, encoding, BODY_SEARCH_LIMIT).body
+        except ValueError:
+            pass
+    return body[:BODY_SEARCH_LIMIT].decode("utf-8", errors="replace")
 
 
 def may_retry(rules: tuple[ResponseRule, ...], status: int, injected: Collection[str]) -> bool:

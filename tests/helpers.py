@@ -16,3 +16,24 @@ def write_rules(folder: Path, rules: str, tokens: list[str] | None = None, captc
     path = folder / "rules.yaml"
     path.write_text(textwrap.dedent(rules))
     return path
+
+
+def compressed_json(encoding: str, size: int) -> bytes:
+    """`{"stream": true, "pad": "   …"}` of about `size` bytes (whole MiB of padding), compressed with `encoding` (gzip, deflate, br, zstd)
+    a MiB at a time: small to make and to send, big when decoded whole."""
+    import zlib
+
+    import brotli
+    from mitmproxy.net.encoding import encode
+
+    head, tail = b'{"stream": true, "pad": "', b'"}'
+    mib = b" " * (1 << 20)
+    pieces = [head, *([mib] * ((size - len(head) - len(tail)) // len(mib))), tail]
+    if encoding == "zstd":  # frames one after the other decode as one body
+        frames = {len(p): encode(p, "zstd") for p in pieces}
+        return b"".join(frames[len(p)] if p is mib else encode(p, "zstd") for p in pieces)
+    if encoding == "br":
+        c = brotli.Compressor(quality=5)
+        return b"".join(c.process(p) for p in pieces) + c.finish()
+    z = zlib.compressobj(6, zlib.DEFLATED, {"gzip": 31, "deflate": 15}[encoding])
+    return b"".join(z.compress(p) for p in pieces) + z.flush()

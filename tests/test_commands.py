@@ -88,7 +88,7 @@ def test_captcha_refresh_runs_the_source_again(tctx, tmp_path):
 
 
 def test_status_survives_a_cooldown_beyond_the_calendar(tctx):
-    tctx.loader.tokens.health[next(iter(tctx.loader.tokens.health))].cooling_until = 1e18
+    tctx.loader.tokens.refused(TOKENS[0], retry_after=1e18)
     assert run(tctx, "tokens.status")[0].startswith(f"…{TOKENS[0][-4:]}  cooling until far future ")
 
 

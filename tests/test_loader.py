@@ -2,6 +2,8 @@
 
 import asyncio
 import logging
+import os
+import threading
 
 import pytest
 from mitmproxy import exceptions
@@ -118,3 +120,32 @@ def test_a_value_file_that_changes_is_read_again(tmp_path, caplog):
         (tmp_path / "rules.yaml").write_text(VALUES.replace("X:", "Y:"))
         loader._watcher.poll()
         assert loader.values["cf"] is cf and cf.cached() == "cf-two-000000000002"
+
+
+def test_a_reload_reads_in_a_thread_so_the_event_loop_goes_on(loaded, tmp_path):
+    # the new rules file is a pipe: reading it blocks until the writer below writes
+    loader, _, _ = loaded
+    rules = tmp_path / "rules.yaml"
+    rules.unlink()
+    os.mkfifo(rules)
+    ran, written = threading.Event(), threading.Event()
+
+    def writer():
+        ran.wait(10)  # until the event loop has run on while the reload waits (at most ten seconds)
+        with open(rules, "w") as pipe:
+            pipe.write(TWO)
+        written.set()
+
+    async def go():
+        threading.Thread(target=writer, daemon=True).start()
+        loader._watcher.poll()  # notices the change and starts the reload
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+        assert not written.is_set(), "the event loop waited for the rules file"
+        assert [r.name for r in loader.config.rules] == ["one"]
+        ran.set()
+        if loader._reloading is not None:
+            await loader._reloading
+
+    asyncio.run(go())
+    assert [r.name for r in loader.config.rules] == ["two"]

@@ -3,11 +3,13 @@
 import asyncio
 
 import pytest
+from mitmproxy.net.encoding import encode
 from mitmproxy.test import taddons, tflow
 
 from addon.loader import RulesLoader
 from addon.rewriter import METADATA_KEY, Rewriter
-from helpers import write_rules
+from addon.streamdetect import MAX_JSON_BODY
+from helpers import compressed_json, write_rules
 
 RULES = """\
 rules:
@@ -225,7 +227,7 @@ def test_drawn_values_that_would_break_out_of_their_place_are_not_set(tmp_path, 
 
 def test_a_token_refused_while_the_captcha_is_fetched_is_not_sent(addons):
     loader, rewriter = addons
-    first, second = loader.tokens._tokens[:2]
+    first, second = loader.tokens.list.tokens[:2]
     real_get = loader.captcha.get
 
     async def slow_get():
@@ -299,3 +301,35 @@ def test_named_values_go_into_cookies_and_the_body(tmp_path):
     ]
     assert flows[0].metadata[METADATA_KEY]["injected"] == ["captcha", "cf_clearance", "token"]
     assert (tmp_path / "runs.txt").read_text() == "run\n"  # the second request reused it (ttl 110)
+
+
+BODY_FILTER_RULES = """\
+rules:
+  - name: model-x
+    match: {host: api.example.com, filter: '~bq "model": "x"'}
+    headers: {X-Model: x}
+"""
+
+
+@pytest.mark.parametrize(
+    "body, encoding, matched",
+    [
+        (b'{"model": "x"}', None, True),
+        (encode(b'{"model": "x"}', "br"), "br", True),  # decoded (bounded) for the filter
+        (encode(encode(b'{"model": "x"}', "gzip"), "zstd"), "gzip, zstd", True),  # a chain, which mitmproxy does not decode
+        (compressed_json("br", 2 * MAX_JSON_BODY), "br", False),  # past the bound: as it came
+    ],
+    ids=["plain", "br", "chain", "bomb"],
+)
+def test_body_filters_see_the_body_decoded_with_the_bound(tmp_path, body, encoding, matched):
+    loader = RulesLoader()
+    rewriter = Rewriter(loader)
+    with taddons.context(loader, rewriter) as tctx:
+        tctx.configure(loader, rules=str(write_rules(tmp_path, BODY_FILTER_RULES)))
+        f = flow(**({"content_encoding": encoding} if encoding else {}))
+        f.request.raw_content = body
+        sent = f.request.raw_content
+        run(rewriter, f)
+    assert ("X-Model" in f.request.headers) is matched
+    assert f.request.raw_content == sent  # the body goes on as the client sent it
+    assert f.request.headers.get("content-encoding") == encoding

@@ -1,10 +1,13 @@
 import gzip
 import json
+import os
 
 import pytest
+from mitmproxy.net.encoding import encode
 from mitmproxy.test import tutils
 
 from addon.streamdetect import MAX_JSON_BODY, is_streaming
+from helpers import compressed_json
 
 
 def req(body: bytes = b"", **headers):
@@ -63,9 +66,27 @@ def test_huge_body_is_not_parsed():
     assert not is_streaming(req(body), F)
 
 
-def test_large_compressed_body_is_not_decoded():
-    from addon.streamdetect import MAX_COMPRESSED_BODY
+def test_large_compressed_json_is_decoded():
+    # there is no cap on the compressed size: the bound is on the decoded size
+    body = encode(json.dumps({"stream": True, "pad": os.urandom(100_000).hex()}).encode(), "br")
+    assert len(body) > 64 * 1024 and is_streaming(req(body, content_encoding="br"), F)
 
-    body = gzip.compress(json.dumps({"stream": True, "pad": "x" * 10}).encode() + b" " * 0)
-    body += b"\0" * (MAX_COMPRESSED_BODY + 1 - len(body))  # past the limit: not even tried
-    assert not is_streaming(req(body, content_encoding="gzip"), F)
+
+@pytest.mark.parametrize("header", ["gzip, br", "br, zstd"])
+def test_chained_encodings_are_decoded(header):
+    body = json.dumps({"stream": True}).encode()
+    for layer in header.split(", "):
+        body = encode(body, layer)
+    assert is_streaming(req(body, content_encoding=header), F)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd"])
+def test_a_bomb_counts_as_not_streaming_and_is_logged_once(encoding, caplog):
+    # streaming JSON when decoded whole, but 64 MiB of it: decoding stops at the bound
+    request = req(compressed_json(encoding, 2 * MAX_JSON_BODY), content_encoding=encoding)
+    request.method = "POST"
+    assert not is_streaming(request, F)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"rules: the body of POST {request.pretty_url} decodes to more than 32 MiB (Content-Encoding: {encoding}); "
+        "decoding stopped there and it counts as not streaming"
+    ]

@@ -1,8 +1,9 @@
 import json
+import sys
 
 import pytest
 
-from addon.tokens import TokenPool, TokensFileError, read_tokens, token_key
+from addon.tokens import TokenList, TokenPool, TokensFileError, read_tokens, token_key
 
 
 def test_read_tokens_skips_blanks_comments_bom_and_repeats(tmp_path):
@@ -179,7 +180,7 @@ def test_health_is_kept_by_hash_across_edits_and_state(clock):
     pool.refused(b)
     state = pool.to_state()
     assert "secret" not in json.dumps(state)  # keys are hashes, values masked
-    assert set(state) == {token_key(a), token_key(b)}
+    assert set(state) == {token_key(b)}  # only tokens something happened to have a record
     assert state[token_key(b)]["suffix"] == "…2222"
     fresh = TokenPool(clock=clock)
     fresh.load_state(state)
@@ -204,3 +205,98 @@ def test_every_change_is_announced(clock):
     pool.reset()
     pool.restore({})
     assert len(changes) == 5
+
+
+# sizes: a draw looks at a bitmap and a heap, not at every token
+
+def test_many_cooling_tokens_round_robin_skips_them(clock):
+    tokens = [f"tok-{i:06d}-xxxxxxxx" for i in range(10_000)]
+    pool = TokenPool(tokens, cooldown=100, clock=clock)
+    for t in tokens[1:9_999]:
+        pool.refused(t)
+    assert [pool.draw() for _ in range(4)] == [tokens[0], tokens[9_999], tokens[0], tokens[9_999]]
+    assert pool.replacement(tokens[0], exclude={tokens[9_999]}) == tokens[1]  # none active: soonest ready
+    clock.now += 101  # every cooldown over
+    assert [pool.draw() for _ in range(3)] == tokens[:3]  # the rotation goes on from 9,999
+
+
+def test_a_cooling_token_comes_back_at_its_place_in_the_rotation(clock):
+    pool = TokenPool(["a", "b", "c"], cooldown=10, clock=clock)
+    pool.refused("b")
+    assert [pool.draw() for _ in range(3)] == ["a", "c", "a"]
+    clock.now += 11
+    assert [pool.draw() for _ in range(3)] == ["b", "c", "a"]
+
+
+def test_a_new_list_keeps_cooldowns_and_disables_by_value(clock):
+    pool = TokenPool(["tok-a-00000001", "tok-b-00000002", "tok-c-00000003"], cooldown=100, clock=clock)
+    pool.refused("tok-b-00000002")
+    pool.set_disabled("0003", True)
+    pool.replace(TokenList.of(["tok-c-00000003", "tok-d-00000004", "tok-b-00000002"]))
+    assert [s for s, _ in pool.status()] == ["disabled", "active", "cooling"]
+    assert {pool.draw() for _ in range(3)} == {"tok-d-00000004"}
+
+
+def test_only_what_changed_is_handed_to_the_writer(clock):
+    pool = TokenPool([f"tok-{i:04d}-yyyyyyyy" for i in range(1000)], clock=clock)
+    pool.refused("tok-0007-yyyyyyyy")
+    pool.succeeded("tok-0008-yyyyyyyy", clock.now)
+    assert set(pool.take_changes()) == {token_key("tok-0007-yyyyyyyy"), token_key("tok-0008-yyyyyyyy")}
+    assert pool.take_changes() == {}
+    pool.forget([token_key("tok-0007-yyyyyyyy")])  # still in the file: kept
+    assert token_key("tok-0007-yyyyyyyy") in pool.health
+    pool.replace(["tok-0008-yyyyyyyy"])
+    pool.forget([token_key("tok-0007-yyyyyyyy")])
+    assert set(pool.health) == {token_key("tok-0008-yyyyyyyy")}
+
+
+def python_lines(fn, *args):
+    """How many lines of Python run while `fn` does (a loop over the tokens would run one per token):
+    a measure of work that is not a time."""
+    count = 0
+
+    def trace(frame, event, arg):
+        nonlocal count
+        count += event == "line"
+        return trace
+
+    sys.settrace(trace)
+    try:
+        result = fn(*args)
+    finally:
+        sys.settrace(None)
+    return count, result
+
+
+BIG = [f"tok-{i:06d}-wwwwwwww" for i in range(100_000)]
+
+
+@pytest.fixture(scope="module")
+def big_list():
+    return TokenList.of(BIG)  # hashed once, as the loader does off the event loop
+
+
+def test_a_draw_costs_the_same_however_many_tokens_cool(big_list, clock):
+    pool = TokenPool(big_list, cooldown=100, clock=clock)
+    for t in BIG[:99_990]:
+        pool.refused(t)
+    lines, token = python_lines(pool.draw)
+    assert token == BIG[99_990] and lines < 100
+    for t in BIG[99_990:]:
+        pool.refused(t)
+    lines, token = python_lines(pool.draw)  # every token cooling: the soonest ready one
+    assert token == BIG[0] and lines < 100
+    lines, token = python_lines(pool.replacement, BIG[0], {BIG[0]})
+    assert token == BIG[1] and lines < 100
+
+
+def test_a_new_list_and_a_save_cost_what_changed_not_all_tokens(big_list, clock):
+    pool = TokenPool(clock=clock)
+    lines, _ = python_lines(pool.replace, big_list)
+    assert lines < 100
+    for t in BIG[:3]:
+        pool.refused(t)
+    lines, changes = python_lines(pool.take_changes)
+    assert len(changes) == 3 and lines < 100
+    lines, _ = python_lines(pool.replace, TokenList.of(BIG[:2]))  # 99,998 tokens leave: nothing per token now
+    assert lines < 200

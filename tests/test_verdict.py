@@ -1,15 +1,14 @@
-import re
-
 import pytest
 from mitmproxy.test import tutils
 
-from addon.config import DEFAULT_ON_RESPONSE, ResponseRule
-from addon.verdict import applies, may_retry, retry_after, verdict
+from addon.config import DEFAULT_ON_RESPONSE, ResponseRule, _regex
+from addon.verdict import BODY_SEARCH_LIMIT, applies, may_retry, retry_after, verdict
+from helpers import compressed_json
 
 RULES = (
-    ResponseRule(frozenset({403}), re.compile("(?i)recaptcha validation failed"), "refresh_captcha"),
+    ResponseRule(frozenset({403}), _regex("(?i)recaptcha validation failed"), "refresh_captcha"),  # as the loader compiles
     ResponseRule(frozenset({401, 403}), None, "rotate"),
-    ResponseRule(frozenset({500}), re.compile("maintenance"), "pass"),
+    ResponseRule(frozenset({500}), _regex("maintenance"), "pass"),
     ResponseRule(frozenset({500}), None, "rotate"),
     ResponseRule(frozenset({429}), None, "pass"),
 )
@@ -54,6 +53,26 @@ def test_body_regex_reads_compressed_bodies():
     assert action_of(verdict(RULES, r)) == "refresh_captcha"
 
 
+def test_a_catastrophic_pattern_runs_in_linear_time():
+    # (a+)+$ against a+ then "!" backtracks 2^n times in Python's re; RE2 does not backtrack
+    rules = (ResponseRule(frozenset({403}), _regex("(a+)+$"), "rotate"),)
+    assert verdict(rules, resp(403, b"a" * 30 + b"!")) is None
+    assert action_of(verdict(rules, resp(403, b"a" * 30))) == "rotate"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "zstd"])
+def test_body_regexes_see_the_start_of_a_bomb_only(encoding):
+    # the body decodes to 64 MiB; only its first BODY_SEARCH_LIMIT bytes are decoded and searched
+    rules = (
+        ResponseRule(frozenset({403}), _regex('"pad": "  '), "refresh_captcha"),  # at the start
+        ResponseRule(frozenset({403}), _regex('"}$'), "pass"),  # only at the very end
+        ResponseRule(frozenset({403}), None, "rotate"),
+    )
+    bomb = resp(403, compressed_json(encoding, 64 * BODY_SEARCH_LIMIT), content_encoding=encoding)
+    assert action_of(verdict(rules, bomb)) == "refresh_captcha"
+    assert action_of(verdict(rules[1:], bomb)) == "rotate"
+
+
 @pytest.mark.parametrize(
     "status, injected, retry",
     [
@@ -84,7 +103,7 @@ def test_retry_after(value, seconds):
 
 
 CLEARANCE = (
-    ResponseRule(frozenset({403}), re.compile("(?i)just a moment"), "refresh", frozenset({"cf_clearance"})),
+    ResponseRule(frozenset({403}), _regex("(?i)just a moment"), "refresh", frozenset({"cf_clearance"})),
     ResponseRule(frozenset({403}), None, "rotate"),
 )
 

@@ -1,0 +1,143 @@
+"""End to end: what a rules file, an upstream or a client sends cannot crash or stall the proxy.
+
+Each test is an attack of issue 15, made small to write and big when it expands: a rules file
+nested 50,000 deep, a rules file whose aliases expand to four million values, a rules file that
+blocks when read, a body regex that backtracks for ever, and request bodies that decode to far more
+than the proxy will look at. The assertions are that the error is the located one, and that other
+clients are answered while the bad thing is there.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import httpx
+import pytest
+
+from conftest import ROOT, run_mitmdump
+from helpers import compressed_json, write_rules
+from scripted_upstream import Request, ScriptedUpstream, answer
+
+RULES = """\
+rules:
+  - name: marker
+    match: {{host: "127.0.0.1:{port}"}}
+    headers: {{X-Rules: "{version}"}}
+"""
+NESTED = "rules: " + "[" * 50_000 + "]" * 50_000 + "\n"
+NESTED_ERROR = "rules.yaml:1:71: collections are nested more than 64 deep here (a rules file needs about 6)"
+HOSTS = "hosts: &h [" + ", ".join(f"h{i}.example.com" for i in range(2000)) + "]\n"
+ALIASES = HOSTS + "rules:\n" + "  - {match: {host: *h}, headers: {X: y}}\n" * 2000  # 123 KB, 4 million values
+ALIASES_ERROR = ("rules.yaml:52:20: with the alias *h, aliases add more than 100,000 values to the document (each "
+                 "alias counts every value in what it names): write the values out, or use fewer aliases")
+
+
+@pytest.fixture
+def scripted():
+    server = ScriptedUpstream()
+    yield server
+    server.stop()
+
+
+def get(proxy, port: int, **kwargs) -> httpx.Response:
+    with httpx.Client(proxy=proxy.url, timeout=20) as client:
+        return client.request(kwargs.pop("method", "GET"), f"http://127.0.0.1:{port}/v1/x", **kwargs)
+
+
+def last(scripted: ScriptedUpstream) -> Request:
+    return scripted.received[-1]
+
+
+# the rules file: nesting and aliases, at start-up, in `check`, and on reload
+
+
+@pytest.mark.parametrize("text, message", [(NESTED, NESTED_ERROR), (ALIASES, ALIASES_ERROR)], ids=["nested", "aliases"])
+def test_a_rules_file_past_the_bounds_stops_mitmdump_with_the_located_error(tmp_path, text, message):
+    result = run_mitmdump(write_rules(tmp_path, text))
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-2000:]  # not -11 (SIGSEGV), not a time-out
+    assert [line.partition("] ")[2] for line in output.splitlines()][1] == f"{tmp_path}/{message}"  # after a timestamp
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("text, message", [(NESTED, NESTED_ERROR), (ALIASES, ALIASES_ERROR)], ids=["nested", "aliases"])
+def test_check_reports_the_located_error(tmp_path, text, message):
+    path = write_rules(tmp_path, text)
+    result = subprocess.run([sys.executable, "-m", "addon", "check", str(path)], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert (result.returncode, result.stdout, result.stderr) == (1, f"{tmp_path}/{message}\n", "")
+
+
+def test_a_reload_past_the_bounds_keeps_the_last_good_rules_under_traffic(tmp_path, scripted, start_proxy):
+    path = write_rules(tmp_path, RULES.format(port=scripted.port, version=1))
+    proxy = start_proxy(path)
+    assert get(proxy, scripted.port).status_code == 200 and last(scripted).headers["x-rules"] == "1"
+    for n, (text, message) in enumerate([(NESTED, NESTED_ERROR), (ALIASES, ALIASES_ERROR)], start=1):
+        path.write_text(text)
+        proxy.wait_for_log(rf"{path.parent}/{message}; the last good rules stay in force".replace("(", r"\(")
+                           .replace(")", r"\)").replace("*", r"\*"), timeout=60)  # fmt: skip
+        assert get(proxy, scripted.port).status_code == 200 and last(scripted).headers["x-rules"] == "1"
+    path.write_text(RULES.format(port=scripted.port, version=2))
+    proxy.wait_for_log(r"rules: loaded .*rules\.yaml: 1 rule\(s\)", count=2)
+    assert get(proxy, scripted.port).status_code == 200 and last(scripted).headers["x-rules"] == "2"
+
+
+def test_a_rules_file_that_blocks_when_read_does_not_stall_traffic(tmp_path, scripted, start_proxy):
+    # the new rules file is a pipe: reading it waits until someone writes to it
+    path = write_rules(tmp_path, RULES.format(port=scripted.port, version=1))
+    proxy = start_proxy(path)
+    path.unlink()
+    os.mkfifo(path)
+    proxy.wait_for_log(r"rules: .*rules\.yaml changed; reading it again")
+    try:
+        for _ in range(3):  # answered while the reload waits on the pipe, with the rules in force
+            assert get(proxy, scripted.port).status_code == 200 and last(scripted).headers["x-rules"] == "1"
+    finally:
+        with open(path, "w") as pipe:  # let the reload finish, whatever happened
+            pipe.write(RULES.format(port=scripted.port, version=2))
+    proxy.wait_for_log(r"rules: loaded .*rules\.yaml: 1 rule\(s\)", count=2)
+    assert get(proxy, scripted.port).status_code == 200 and last(scripted).headers["x-rules"] == "2"
+
+
+# the upstream: a body regex that backtracks
+
+
+def test_a_catastrophic_body_regex_does_not_freeze_the_proxy(tmp_path, scripted, start_proxy):
+    # (a+)+$ against "aaa…a!" takes 2^30 steps in a backtracking engine: every client would wait
+    rules = RULES.format(port=scripted.port, version=1) + (
+        "    cookies: {session: '{token}'}\n"
+        "tokens: {file: tokens.txt}\n"
+        "on_response:\n"
+        "  - {match: {status: 403, body: '(a+)+$'}, action: rotate}\n"
+        "  - {match: {status: 403, body: '(?i)A{30}!'}, action: pass}\n"
+    )
+    proxy = start_proxy(write_rules(tmp_path, rules))
+    scripted.script.append(answer(403, b"a" * 30 + b"!"))
+    answers: dict[str, httpx.Response] = {}
+    judged = threading.Thread(target=lambda: answers.setdefault("refused", get(proxy, scripted.port)))
+    judged.start()
+    while not scripted.received and judged.is_alive():  # the refusal is on its way back: being judged
+        threading.Event().wait(0.01)
+    other = get(proxy, scripted.port)  # another client, meanwhile
+    judged.join(30)
+    assert other.status_code == 200
+    assert answers["refused"].status_code == 403 and answers["refused"].content == b"a" * 30 + b"!"
+    assert len(scripted.received) == 2  # passed on as the (?i) rule says: no retry
+
+
+# clients: request bodies that decode to far more than the bound
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd"])
+def test_a_decompression_bomb_is_decoded_only_up_to_the_bound(tmp_path, scripted, start_proxy, encoding):
+    proxy = start_proxy(write_rules(tmp_path, RULES.format(port=scripted.port, version=1)))
+    bomb = compressed_json(encoding, 256 * 2**20)  # {"stream": true, …} of 256 MiB; 260 KiB or less as sent
+    sent = get(proxy, scripted.port, method="POST", content=bomb, headers={"Content-Encoding": encoding})
+    assert sent.status_code == 200
+    assert last(scripted).body == bomb and last(scripted).headers["content-encoding"] == encoding  # as sent
+    proxy.wait_for_log(rf"the body of POST http://127\.0\.0\.1:{scripted.port}/v1/x decodes to more than 32 MiB "
+                       rf"\(Content-Encoding: {encoding}\); decoding stopped there and it counts as not streaming")
+    assert get(proxy, scripted.port).status_code == 200
