@@ -148,7 +148,7 @@ class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
                 yield from self._send_data(chunk)
             if handover.failure is not None or not (chunks or handover.ended):
                 why = handover.failure or "the addon gave no data (was it unloaded?)"
-                error = ResponseProtocolError(self.stream_id, f"the retry broke off: {why}", _broken_off_code)
+                error = ResponseProtocolError(self.stream_id, f"the retry's answer broke off: {why}", _broken_off_code)
                 yield from self.handle_protocol_error(error)
                 return
         yield from self._send_data(b"")  # the end, for the `stream` callable
