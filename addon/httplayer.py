@@ -194,6 +194,8 @@ def check() -> str | None:
     for path, expected in _SIGNATURES.items():
         owner, _, attribute = path.partition(".")
         target = getattr(names[owner], attribute, None) if attribute else names[owner]
+        if target is None:
+            return f"{path} is missing"
         found = _parameters(target)
         if found != expected:
             return f"{path} takes {found}, not {expected}"
@@ -205,7 +207,10 @@ def check() -> str | None:
     if getattr(StartHook, "blocking", None) is not True:
         return "StartHook is not a blocking command"
     found = _parameters(ResponseProtocolError)
-    code = inspect.signature(ResponseProtocolError).parameters.get("code")
+    try:
+        code = inspect.signature(ResponseProtocolError, eval_str=True).parameters.get("code")
+    except (NameError, TypeError, ValueError):
+        code = None
     if found not in ("(stream_id, message, code)", "(stream_id, message, code=502)") or code is None:
         return f"ResponseProtocolError takes {found}, not (stream_id, message, code)"
     if code.annotation is int:  # 11: an HTTP status
