@@ -136,6 +136,11 @@ class ScriptedUpstream:
                 break
         return False
 
+    def silent_body(self, conn: socket.socket) -> bool:
+        """A 200 that promises 100 bytes, sends 10, and says nothing more until the proxy hangs up."""
+        conn.sendall(b"HTTP/1.1 200 X\r\nContent-Length: 100\r\nContent-Type: application/json\r\n\r\n{\"ok\": tru")
+        return self.hang(conn)
+
     def stop(self) -> None:
         self.released.set()
         self._sock.close()

@@ -78,6 +78,17 @@ def test_retry_that_hangs_is_hung_up_after_the_timeout(account, scripted):
     assert get(proxy, scripted.port).status_code == 200
 
 
+def test_retry_whose_body_goes_silent_is_hung_up_after_the_idle_timeout(account, scripted):
+    proxy = account("--set", "retry_idle_timeout=1")
+    scripted.script.extend([refuse(), scripted.silent_body])
+    first = get(proxy, scripted.port)
+    assert first.status_code == 403 and first.json()["error"] == "unknown account"  # the refusal it replaced
+    proxy.wait_for_log(r"not recovered .*: 403 with …1111 → error with …2222 "
+                       r"\(attempt 2 failed: no data for 1 s \(retry_idle_timeout\)\)")
+    assert scripted.hung_up.wait(10), "the proxy did not close the silent connection"
+    assert get(proxy, scripted.port).status_code == 200
+
+
 SLOW_REPLAY_HOOK = """\
 import asyncio
 import logging

@@ -259,6 +259,17 @@ def test_with_stream_retries_off_the_answer_comes_whole(tmp_path, start_proxy, u
     assert original.comment.splitlines()[-1] == f"attempts: 403 with {MASKS[0]} → 200 with {MASKS[1]}"
 
 
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "held whole (stream_retries=false)"])
+def test_retry_timeout_counts_to_the_headers_not_to_the_end_of_the_answer(tmp_path, start_proxy, upstream, streamed):
+    upstream.app.tokens = {TOKENS[1]}  # the retry's answer takes 1.2 s: five events 0.3 s apart
+    proxy = start_proxy(rules_for(tmp_path, upstream.port), "--set", "retry_timeout=1",
+                        "--set", f"stream_retries={str(streamed).lower()}")  # fmt: skip
+    response, events = stream(chat_url(upstream.port), proxy=proxy.url)
+    assert response.status_code == 200 and len(events) == 6
+    assert events[-1][1]["sent_at"] - events[0][1]["sent_at"] > 1.0
+    assert [r.status for r in upstream.app.received] == [403, 200]
+
+
 BREAK_GUARD = """\
 from mitmproxy.proxy.layers.http import HttpStream
 
