@@ -18,7 +18,7 @@ import openai
 import pytest
 from mitmproxy.version import VERSION as MITMPROXY_VERSION
 
-from conftest import ROOT, Proxy, fresh
+from conftest import ROOT, Mitmweb, Proxy, assert_no_secrets, fresh
 from helpers import TOKENS, write_rules
 from scripted_upstream import ScriptedUpstream, refuse
 from streams import assert_spread_out, h2_read_then_reset, read_sse
@@ -65,6 +65,28 @@ def test_recovered_stream_reaches_the_client_as_the_upstream_sends_it(tmp_path, 
         f"attempt 2 of flow {original.id[:8]}, with token {MASKS[1]}; its body went to flow {original.id[:8]} as it came"
     )
     assert f"recovered POST {chat_url(upstream.port)}: 403 with {MASKS[0]} → 200 with {MASKS[1]} (streamed)" in proxy.log()
+
+
+def test_mitmweb_shows_the_answer_that_worked_while_it_streams(tmp_path, upstream):
+    upstream.app.tokens, upstream.app.chunks = {TOKENS[1]}, 12  # 3.3 s of events
+    web = Mitmweb(rules_for(tmp_path, upstream.port), tmp_path).start()
+    assert web.web is not None
+    try:
+        with httpx.Client(proxy=web.url, timeout=60) as client:
+            with client.stream("POST", chat_url(upstream.port), content=CHAT) as response:
+                lines = response.iter_lines()
+                next(line for line in lines if line.startswith("data: {"))  # under way
+                during = web.web.get("/flows").json()
+                assert sum(line.startswith("data: {") for line in lines) == 12  # the rest came, and the end
+        after = web.web.get("/flows").json()
+    finally:
+        web.stop()
+    assert_no_secrets(tmp_path)
+    original, retry = sorted(during, key=lambda f: bool(f["is_replay"]))
+    assert original["response"]["status_code"] == 200 and original["marked"] == "🔁"  # mitmweb shows the emoji
+    assert retry["is_replay"] == "request" and retry["response"]["status_code"] == 200  # each attempt a flow of its own
+    (done,) = [f for f in after if f["id"] == original["id"]]
+    assert done["comment"].splitlines()[-1] == f"attempts: 403 with {MASKS[0]} → 200 with {MASKS[1]} (streamed)"
 
 
 def test_stream_refused_twice_recovers_with_the_third_token(tmp_path, start_proxy, upstream):
