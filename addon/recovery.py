@@ -134,25 +134,12 @@ class Recovery:
         if flow in self.streamed:
             self._streamed_end(flow, self.streamed.pop(flow))
             return
-        sent = self.rewriter.sent.pop(flow, None)
-        config = self.state.config
-        if sent is None or config is None or flow.response is None:
-            return
-        action = self._first_action(flow, sent, config)
-        if action is not None:
-            await self._recover(flow, sent, action, config)
+        await self._judge(flow)
 
     async def mitm_rules_held_answer(self, handover: Handover) -> None:
-        """A streaming request's held answer, before it is sent: recover it here, so that the
-        answer of a retry can be streamed to the client (addon.httplayer)."""
-        flow = handover.flow
-        sent = self.rewriter.sent.pop(flow, None)
-        config = self.state.config
-        if sent is None or config is None or flow.response is None:
-            return
-        action = self._first_action(flow, sent, config)
-        if action is not None:
-            await self._recover(flow, sent, action, config, handover)
+        """A streaming request's held answer, before it is sent: judged and recovered here, so
+        that the answer of a retry can be streamed to the client (addon.httplayer)."""
+        await self._judge(handover.flow, handover)
 
     async def mitm_rules_relay(self, handover: Handover) -> None:
         await handover.pull()
@@ -161,6 +148,16 @@ class Recovery:
         self.rewriter.sent.pop(flow, None)  # nothing to recover: the request never got an answer
         if flow in self.streamed:
             self._streamed_end(flow, self.streamed.pop(flow))
+
+    async def _judge(self, flow: http.HTTPFlow, client: Handover | None = None) -> None:
+        """Judge a client's first answer, and recover when it needs it (see `_recover` for `client`)."""
+        sent = self.rewriter.sent.pop(flow, None)
+        config = self.state.config
+        if sent is None or config is None or flow.response is None:
+            return
+        action = self._first_action(flow, sent, config)
+        if action is not None:
+            await self._recover(flow, sent, action, config, client)
 
     def _first_action(self, flow: http.HTTPFlow, sent: Sent, config: Config) -> str | None:
         """What the first answer means: an action to recover with, or None to let it go to the client."""
