@@ -80,11 +80,12 @@ class ScriptedUpstream:
             self._tls.set_alpn_protocols(["http/1.1"])
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def events(self, count: int, interval: float = 0.3, silent_after: int | None = None) -> Step:
+    def events(self, count: int, interval: float = 0.3, silent_after: int | None = None,
+               reset_after: int | None = None) -> Step:
         """A 200 that streams `count` Server-Sent Events, chunked, `interval` seconds apart, each with
         the time it was sent (`sent_at`). With `silent_after`, it says nothing more after that many
-        and waits for the proxy to hang up. A proxy that closes the connection ends it early; either
-        way `hung_up` is set."""
+        and waits for the proxy to hang up; with `reset_after`, it resets the connection. A proxy that
+        closes the connection ends it early, and `hung_up` is set."""
 
         def step(conn: socket.socket) -> bool:
             head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -92,6 +93,8 @@ class ScriptedUpstream:
             for n in range(count):
                 if n == silent_after:
                     return self.hang(conn)
+                if n == reset_after:
+                    return reset(conn)
                 data = f"data: {json.dumps({'n': n, 'sent_at': time.time()})}\n\n".encode()
                 try:
                     conn.sendall(b"%x\r\n%s\r\n" % (len(data), data))

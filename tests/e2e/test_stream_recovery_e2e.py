@@ -218,6 +218,36 @@ def test_retry_that_stalls_mid_stream_ends_the_clients_stream_with_an_error(requ
     assert health[_key(TOKENS[1])]["cooling_until"] == 0
 
 
+def test_retry_reset_mid_stream_ends_the_clients_stream_with_an_error(tmp_path, start_proxy):
+    scripted = ScriptedUpstream()
+    try:
+        scripted.script.extend([refuse(), scripted.events(10, 0.3, reset_after=3)])
+        proxy = start_proxy(_account_rules(tmp_path, scripted.port))
+        events = []
+        with httpx.Client(proxy=proxy.url, timeout=60) as client:
+            with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+                with client.stream("POST", chat_url(scripted.port), content=CHAT) as response:
+                    assert response.status_code == 200
+                    for line in response.iter_lines():
+                        events += [line] if line.startswith("data: {") else []
+        assert len(events) == 3
+        original, (retry,) = client_and_replays(proxy)
+        assert original.error.msg.startswith("the retry's answer broke off: ")
+        assert original.comment.splitlines()[-1] == (
+            f"attempts: 403 with {MASKS[0]} → 200 with {MASKS[1]} (streamed; {original.error.msg})"
+        )
+    finally:
+        scripted.stop()
+
+
+def _account_rules(folder, port: int):
+    """A token in a cookie for the scripted upstream; 403 means rotate."""
+    return write_rules(folder, (
+        f'rules:\n  - name: account\n    match: {{host: "127.0.0.1:{port}"}}\n'
+        f'    cookies: {{session: "{{token}}"}}\ntokens: {{file: tokens.txt}}\n'
+    ))  # fmt: skip
+
+
 # the client leaves while the retry's answer streams to it
 LEAVES = ["HTTP/1.1 client closes the connection", "HTTP/2 client closes the connection", "HTTP/2 client resets the stream"]
 
@@ -256,11 +286,7 @@ def test_client_leaving_before_the_retry_answers_hangs_it_up(tmp_path, start_pro
     scripted = ScriptedUpstream()
     try:
         scripted.script.extend([refuse(), scripted.hang])
-        rules = write_rules(tmp_path, (
-            f'rules:\n  - name: account\n    match: {{host: "127.0.0.1:{scripted.port}"}}\n'
-            f'    cookies: {{session: "{{token}}"}}\ntokens: {{file: tokens.txt}}\n'
-        ))  # fmt: skip
-        proxy = start_proxy(rules)
+        proxy = start_proxy(_account_rules(tmp_path, scripted.port))
         with httpx.Client(proxy=proxy.url, timeout=2) as client:
             with pytest.raises(httpx.ReadTimeout):
                 client.post(chat_url(scripted.port), content=CHAT)
