@@ -20,7 +20,7 @@ from mitmproxy.version import VERSION as MITMPROXY_VERSION
 
 from conftest import ROOT, Mitmweb, Proxy, assert_no_secrets, fresh
 from helpers import TOKENS, write_rules
-from scripted_upstream import ScriptedUpstream, refuse
+from scripted_upstream import ScriptedUpstream, answer, refuse
 from streams import assert_spread_out, h2_read_then_reset, read_sse
 from test_recovery_e2e import rules_for, state
 
@@ -236,6 +236,22 @@ def test_retry_reset_mid_stream_ends_the_clients_stream_with_an_error(tmp_path, 
         assert original.comment.splitlines()[-1] == (
             f"attempts: 403 with {MASKS[0]} → 200 with {MASKS[1]} (streamed; {original.error.msg})"
         )
+    finally:
+        scripted.stop()
+
+
+def test_retry_answer_over_stream_large_bodies_streams_to_the_client(tmp_path, start_proxy):
+    """mitmproxy streams a body past stream_large_bodies by itself: a retry's answer that could not
+    be held is no failed attempt when it is one that streams to the client anyway."""
+    scripted = ScriptedUpstream()
+    try:
+        big = b'{"padding": "' + b"x" * 50_000 + b'"}'
+        scripted.script.extend([refuse(), answer(200, big)])
+        proxy = start_proxy(_account_rules(tmp_path, scripted.port), "--set", "stream_large_bodies=10k")
+        with httpx.Client(proxy=proxy.url, timeout=60) as client:
+            got = client.post(chat_url(scripted.port), content=CHAT)
+        assert got.status_code == 200 and got.content == big
+        proxy.wait_for_log(r"recovered POST .*: 403 with …1111 → 200 with …2222 \(streamed\)")
     finally:
         scripted.stop()
 
