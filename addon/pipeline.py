@@ -19,6 +19,7 @@ from addon.commands import TokenCommands
 from addon.guard import SelfGuard
 from addon.loader import RulesLoader
 from addon.recovery import Recovery
+from addon.replay import Handover
 from addon.rewriter import Rewriter
 from addon.startup import OptionCheck
 from addon.streamtap import StreamTap
@@ -67,8 +68,12 @@ class Pipeline:
     async def request(self, flow: http.HTTPFlow) -> None:
         await self.rewriter.request(flow)
 
+    def next_layer(self, nextlayer) -> None:
+        self.recovery.next_layer(nextlayer)
+
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        self.tap.responseheaders(flow)
+        held = self.tap.responseheaders(flow)
+        self.recovery.responseheaders(flow, held)
 
     async def response(self, flow: http.HTTPFlow) -> None:
         self.tap.response(flow)
@@ -76,3 +81,11 @@ class Pipeline:
 
     def error(self, flow: http.HTTPFlow) -> None:
         self.recovery.error(flow)
+
+    # the hooks of addon.httplayer, for a streaming request's held answer
+
+    async def mitm_rules_held_answer(self, handover: Handover) -> None:
+        await self.recovery.mitm_rules_held_answer(handover)
+
+    async def mitm_rules_relay(self, handover: Handover) -> None:
+        await self.recovery.mitm_rules_relay(handover)

@@ -7,12 +7,20 @@ mitmweb), with only the token (and fresh values, such as the captcha) changed, o
 with the same token and the values a `refresh` fetched anew. The client gets the
 answer of the attempt that worked, or the last refusal when none did.
 
-A retry that gets no whole answer within `retry_timeout` seconds is hung up
-(its upstream connections are closed) and counts as a failed attempt.
+A streaming request's held answer is recovered before it is sent (in the
+HeldAnswerHook of addon.httplayer), so that the answer of the retry that works
+reaches the client as it arrives. Other answers are recovered in the `response`
+hook and handed over whole; so are all of them with `stream_retries` off, or
+when addon.httplayer finds mitmproxy's internals are not what it was written for.
+
+A retry whose response headers do not come within `retry_timeout` seconds, or
+whose body goes silent for `retry_idle_timeout` seconds, is hung up (its
+upstream connections are closed); before its answer is taken that is a failed
+attempt, after (mid-stream) the client's stream ends with a protocol error.
 
 The retry is a small state machine, in the manner of httpx's auth flows:
 `verdict` decides what an answer means, `_next_values` what to try next,
-`_attempt` performs one try, and `max_attempts` bounds the loop.
+`_attempt` performs one try (addon/replay.py), and `max_attempts` bounds the loop.
 """
 
 from __future__ import annotations
@@ -20,27 +28,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 
 from mitmproxy import connection, ctx, exceptions, http
-from mitmproxy.addons.clientplayback import ReplayHandler
-from mitmproxy.flow import Error
 from mitmproxy.hooks import UpdateHook
+from mitmproxy.version import VERSION as MITMPROXY_VERSION
 
+from addon import httplayer
 from addon.comment import add_note
 from addon.config import REFRESH, ROTATE, Config
 from addon.loader import RulesLoader
 from addon.masking import mask
 from addon.plan import apply_plan
-from addon.rewriter import REPLAY_KEY, Rewriter, Sent
+from addon.replay import Handover, Limits, Replay
+from addon.rewriter import METADATA_KEY, REPLAY_KEY, Rewriter, Sent
+from addon.streamtap import BodyCopy
 from addon.template import TOKEN
 from addon.tokens import token_key
-from addon.verdict import applies, retry_after, verdict
+from addon.verdict import applies, may_retry, retry_after, verdict
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_ATTEMPTS = 3  # for captcha-only flows, when the file has no tokens section
-HANG_UP_GRACE = 5.0  # seconds a hung-up replay gets to wind down before its task is cancelled
 
 
 @dataclass(frozen=True)
@@ -68,40 +78,111 @@ class Recovery:
     def __init__(self, state: RulesLoader, rewriter: Rewriter) -> None:
         self.state = state
         self.rewriter = rewriter
-        self.timeout = 120.0
+        self.limits = Limits(headers=120.0, idle=300.0)
+        self.stream_retries = False  # asked for, and addon.httplayer's check passed
+        # client flows whose answer streams from a retry: the attempts line, written when it ends
+        self.streamed: weakref.WeakKeyDictionary[http.HTTPFlow, str] = weakref.WeakKeyDictionary()
 
     def load(self, loader) -> None:
         loader.add_option(
             "retry_timeout",
             int,
             120,
-            "Seconds a retry of a refused request (see on_response in the rules) may take to "
-            "get its whole answer. A retry that takes longer is hung up and counts as a failed "
+            "Seconds a retry of a refused request (see on_response in the rules) may take to get "
+            "its response headers. A retry that takes longer is hung up and counts as a failed "
             "attempt: the client gets the refusal it replaced.",
+        )
+        loader.add_option(
+            "retry_idle_timeout",
+            int,
+            300,
+            "Seconds a retry's answer may go without data once its headers came. A retry that is "
+            "silent for longer is hung up: before its answer is taken that is a failed attempt; "
+            "when its answer is being streamed to the client, the client's stream ends with an error "
+            "(no token is blamed).",
+        )
+        loader.add_option(
+            "stream_retries",
+            bool,
+            True,
+            "Stream the answer of a retried streaming request to the client as it arrives. This "
+            "reaches into mitmproxy's HTTP layer (checked against mitmproxy 11.0.2 and 12.3.1); "
+            "when it is off, or mitmproxy is not what it was written for, the retry's answer is "
+            "handed over whole when it is complete.",
         )
 
     def configure(self, updated: set[str]) -> None:
-        if "retry_timeout" in updated:
-            if ctx.options.retry_timeout <= 0:
-                raise exceptions.OptionsError("retry_timeout must be a positive number of seconds")
-            self.timeout = float(ctx.options.retry_timeout)
+        for name in ("retry_timeout", "retry_idle_timeout"):
+            if name in updated and getattr(ctx.options, name) <= 0:
+                raise exceptions.OptionsError(f"{name} must be a positive number of seconds")
+        if updated & {"retry_timeout", "retry_idle_timeout"}:
+            self.limits = Limits(headers=float(ctx.options.retry_timeout), idle=float(ctx.options.retry_idle_timeout))
+        if "stream_retries" in updated:
+            problem = httplayer.check() if ctx.options.stream_retries else None
+            if problem:
+                logger.warning(f"stream_retries: off, as mitmproxy {MITMPROXY_VERSION} is not what it was written for "
+                               f"({problem}); a retried streaming request gets its answer whole, when it is complete")
+            self.stream_retries = ctx.options.stream_retries and problem is None
+
+    def next_layer(self, nextlayer) -> None:
+        if self.stream_retries:
+            httplayer.install(nextlayer)
+
+    def responseheaders(self, flow: http.HTTPFlow, held: bool) -> None:
+        """`held`: the stream tap holds this answer, as it may be retried."""
+        if REPLAY_KEY in flow.metadata:
+            replay = Replay.of(flow)
+            if replay is not None:
+                replay.response_headers()
+        elif held and self.stream_retries and flow.metadata[METADATA_KEY]["streaming"]:
+            httplayer.hold(flow)  # recovered before it is sent: see mitm_rules_held_answer
 
     async def response(self, flow: http.HTTPFlow) -> None:
-        if REPLAY_KEY in flow.metadata or flow.response is None:
-            return  # our own replays are judged by the request that made them
+        if REPLAY_KEY in flow.metadata:
+            replay = Replay.of(flow)  # our own replays are judged by the request that made them
+            if replay is not None:
+                replay.response_done()
+            return
+        if flow in self.streamed:
+            self._streamed_end(flow, self.streamed.pop(flow))
+            return
+        await self._judge(flow)
+
+    async def mitm_rules_held_answer(self, handover: Handover) -> None:
+        """A streaming request's held answer, before it is sent: judged and recovered here, so
+        that the answer of a retry can be streamed to the client (addon.httplayer)."""
+        await self._judge(handover.flow, handover)
+
+    async def mitm_rules_relay(self, handover: Handover) -> None:
+        await handover.pull()
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.rewriter.sent.pop(flow, None)  # nothing to recover: the request never got an answer
+        if flow in self.streamed:
+            self._streamed_end(flow, self.streamed.pop(flow))
+
+    async def _judge(self, flow: http.HTTPFlow, client: Handover | None = None) -> None:
+        """Judge a client's first answer, and recover when it needs it (see `_recover` for `client`)."""
         sent = self.rewriter.sent.pop(flow, None)
         config = self.state.config
-        if sent is None or config is None:
+        if sent is None or config is None or flow.response is None:
             return
+        action = self._first_action(flow, sent, config)
+        if action is not None:
+            await self._recover(flow, sent, action, config, client)
+
+    def _first_action(self, flow: http.HTTPFlow, sent: Sent, config: Config) -> Action | None:
+        """What the first answer means: an action to recover with, or None to let it go to the client."""
+        assert flow.response is not None
         action = self._action(config, flow.response, sent.values)
         if action is not None and flow.response.stream:
             # mitmproxy streamed it (stream_large_bodies, late): the client has it already
             logger.warning(f"not retried {flow.request.pretty_url}: the {flow.response.status_code} was "
                            "streamed to the client before it could be judged (stream_large_bodies)")
-            return
+            return None
         if action is None:
             self._settled(flow.response, sent.values, sent.at)
-            return
+            return None
         missing = sorted(sent.plan.uses - sent.values.keys())
         if action.kind == ROTATE and missing:
             # a value's source failed and the request went without it: that, not the token, is the
@@ -109,11 +190,8 @@ class Recovery:
             names, s = " and ".join(missing), "s" if len(missing) > 1 else ""
             logger.warning(f"not retried {flow.request.pretty_url}: the {flow.response.status_code} is not blamed on "
                            f"the token, as the request went without its {names} value{s} (the {names} source{s} failed)")
-            return
-        await self._recover(flow, sent, action, config)
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        self.rewriter.sent.pop(flow, None)  # nothing to recover: the request never got an answer
+            return None
+        return action
 
     def _action(self, config: Config, response: http.Response, values: dict[str, str]) -> Action | None:
         """What this answer means for a request sent with these values (None: pass it on)."""
@@ -142,7 +220,12 @@ class Recovery:
         if TOKEN in values and response.status_code < 400:
             self.state.tokens.succeeded(values[TOKEN], sent_at)
 
-    async def _recover(self, flow: http.HTTPFlow, sent: Sent, action: Action, config: Config) -> None:
+    async def _recover(
+        self, flow: http.HTTPFlow, sent: Sent, action: Action, config: Config, client: Handover | None = None
+    ) -> None:
+        """Retry until an answer needs no retry, or attempts or tokens run out. With `client` (the
+        client's stream waits in addon.httplayer), an answer that cannot be a refusal is streamed to
+        it as it comes."""
         max_attempts = config.tokens.max_attempts if config.tokens else DEFAULT_MAX_ATTEMPTS
         assert flow.response is not None
         attempts = [self._attempt_of(flow.response.status_code, sent.values)]
@@ -150,6 +233,7 @@ class Recovery:
         values = sent.values
         tried = {values[TOKEN]} if TOKEN in values else set()
         outcome = ""
+        streamed: Replay | None = None
         while True:
             if action.kind == ROTATE:
                 if self.state.breaker.is_open:
@@ -168,28 +252,60 @@ class Recovery:
                 break
             values = next_values
             sent_at = time.time()
-            copy = await self._attempt(flow, sent, values, len(attempts) + 1)
-            if copy.error or copy.response is None or copy.response.stream:
+            replay = await self._attempt(flow, sent, values, len(attempts) + 1, config, client)
+            if replay.failure is not None or replay.flow.response is None:
                 attempts.append(self._attempt_of(None, values, action.refresh))
-                why = copy.error.msg if copy.error else "the answer was too large to hold (stream_large_bodies)"
-                outcome = f"attempt {len(attempts)} failed: {why}"
+                outcome = f"attempt {len(attempts)} failed: {replay.failure}"
                 break
-            last = copy.response
+            last = replay.flow.response
             attempts.append(self._attempt_of(last.status_code, values, action.refresh))
-            action = self._action(config, last, values)
+            if replay.streaming:  # it cannot be a refusal (see may_retry): it goes to the client as it comes
+                streamed, action = replay, None
+            else:
+                action = self._action(config, last, values)
             if action is None:
                 self._settled(last, values, sent_at)
                 break
         recovered = action is None and len(attempts) > 1
+        summary = " → ".join(a.describe() for a in attempts)
+        if streamed is not None:
+            assert client is not None
+            await self._stream_from(flow, client, streamed, summary)
+            return
         if len(attempts) > 1:
             _take_response(flow, last)
-        summary = " → ".join(a.describe() for a in attempts)
         if recovered:
             flow.marked = ":repeat:"
             logger.info(f"recovered {flow.request.method} {flow.request.pretty_url}: {summary}")
         else:
             logger.warning(f"not recovered {flow.request.method} {flow.request.pretty_url}: {summary} ({outcome})")
         add_note(flow, f"attempts: {summary}" + ("" if recovered else f" ({outcome})"))
+
+    async def _stream_from(self, flow: http.HTTPFlow, client: Handover, replay: Replay, summary: str) -> None:
+        """The client gets this retry's status and headers now and its body as it comes; the
+        attempts line is written when the stream ends (`_streamed_end`)."""
+        assert flow.response is not None and replay.flow.response is not None
+        _take_head(flow, replay.flow.response)
+        flow.response.stream = BodyCopy(self.state.stream_copy_limit)  # the copy mitmweb shows, as for any stream
+        flow.marked = ":repeat:"
+        replay.flow.comment += f"; its body went to flow {flow.id[:8]} as it came"
+        self.streamed[flow] = summary
+        client.stream_from(replay)
+        await ctx.master.addons.trigger_event(UpdateHook([flow]))  # mitmweb shows the answer that worked
+
+    def _streamed_end(self, flow: http.HTTPFlow, summary: str) -> None:
+        """A recovered stream ended: whole (the response hook), or broken off (the error hook)."""
+        where = f"{flow.request.method} {flow.request.pretty_url}"
+        if flow.error is None:
+            logger.info(f"recovered {where}: {summary} (streamed)")
+            note = f"attempts: {summary} (streamed)"
+        else:
+            flow.marked = ""
+            logger.warning(f"recovered {where}, then its stream broke off: {summary} ({flow.error.msg})")
+            note = f"attempts: {summary} (streamed; {flow.error.msg})"
+        if flow.response is not None:
+            flow.response.timestamp_end = time.time()  # mitmweb's time: as long as the client waited
+        add_note(flow, note)
 
     def _refused(self, token: str, response: http.Response) -> None:
         pool, key = self.state.tokens, token_key(token)
@@ -234,8 +350,11 @@ class Recovery:
             new[TOKEN] = token
         return new
 
-    async def _attempt(self, flow: http.HTTPFlow, sent: Sent, values: dict[str, str], n: int) -> http.HTTPFlow:
-        """Send the request again through mitmproxy with new values; the copy is its own flow."""
+    async def _attempt(
+        self, flow: http.HTTPFlow, sent: Sent, values: dict[str, str], n: int, config: Config, client: Handover | None
+    ) -> Replay:
+        """Send the request again through mitmproxy with new values; the copy is its own flow.
+        With `client`, an answer that cannot be a refusal is streamed to it (see Replay)."""
         # not flow.copy(): that would copy the refused answer, and copying a connection costs more
         # than the rest of a retry's set-up. The client is the same one (ReplayHandler replays from a
         # copy of its own). The server is a new one, not yet connected, that mitmproxy replaces with
@@ -254,54 +373,21 @@ class Recovery:
         apply_plan(sent.plan.dynamic, copy.request, values)
         shown = self._attempt_of(None, values).shown
         copy.comment = f"attempt {n} of flow {flow.id[:8]}, with {'token ' if TOKEN in values else ''}{shown}"
-        handler = _Replay(copy, ctx.options)
-        replay = asyncio.ensure_future(handler.replay())
-        try:
-            finished = (await asyncio.wait({replay}, timeout=self.timeout))[0]
-        except asyncio.CancelledError:  # the proxy is shutting down: take the replay with us
-            replay.cancel()
-            raise
-        if not finished:
-            await _hang_up(handler, replay, copy)
-            copy.error = Error(f"no whole answer within {self.timeout:g} s (retry_timeout)")
-            await ctx.master.addons.trigger_event(UpdateHook([copy]))  # so mitmweb shows why
-        elif not replay.cancelled() and replay.exception() is not None:
-            copy.error = Error(f"the replay failed: {replay.exception()!r}")
-        return copy
+        injected = set(values)
+        replay = Replay(copy, self.limits, client, lambda r: not may_retry(config.on_response, r.status_code, injected))
+        await replay.run()
+        return replay
 
 
-class _Replay(ReplayHandler):
-    """mitmproxy's ReplayHandler, keeping the tasks that run its hooks, so that a hang-up can cancel
-    one held in another addon's hook (mitmproxy 11 kept them per handler as `hook_tasks`; 12 keeps
-    them in one set for the whole process, with no way to tell whose they are)."""
-
-    def __init__(self, flow: http.HTTPFlow, options) -> None:
-        super().__init__(flow, options)
-        self.hook_runs: set[asyncio.Task] = set()
-
-    async def hook_task(self, hook) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.hook_runs.add(task)
-        try:
-            await super().hook_task(hook)
-        finally:
-            self.hook_runs.discard(task)
-
-
-async def _hang_up(handler: _Replay, replay: asyncio.Future, copy: http.HTTPFlow) -> None:
-    """Stop a replay wherever it is: held in a hook (or intercepted), it is killed, so it is never
-    sent; on the wire, its upstream connections are closed and mitmproxy ends it with an error."""
-    copy.resume()
-    if copy.killable:
-        copy.kill()
-    for io in handler.transports.values():
-        if io.handler:
-            io.handler.cancel()
-    if not (await asyncio.wait({replay}, timeout=HANG_UP_GRACE))[0]:
-        for task in list(handler.hook_runs):
-            task.cancel()
-        replay.cancel()
+def _take_head(flow: http.HTTPFlow, response: http.Response) -> None:
+    """Give the client the status and headers of another attempt, whose body is streamed after them."""
+    assert flow.response is not None
+    flow.response.http_version = response.http_version
+    flow.response.status_code = response.status_code
+    flow.response.reason = response.reason
+    flow.response.headers = response.headers.copy()
+    flow.response.raw_content = b""  # not the refusal's: the body streams (and a capped copy is kept)
+    flow.response.timestamp_start = response.timestamp_start
 
 
 def _take_response(flow: http.HTTPFlow, response: http.Response) -> None:

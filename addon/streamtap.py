@@ -5,7 +5,9 @@ issue #4469), which turns a streamed chat completion into one late lump. For
 flows the rules touched, responses that are `text/event-stream`, and every
 response to a streaming request, are streamed chunk by chunk; a copy of the
 first `stream_copy_limit` bytes is kept on the flow so mitmweb can show it.
-An answer that may be retried (see `on_response`) is held until it is judged.
+An answer that may be retried (see `on_response`) is held until it is judged;
+the answer of a retry that works is streamed to the client as it comes when the
+request was a streaming one (addon/recovery.py, addon/httplayer.py).
 """
 
 from __future__ import annotations
@@ -38,21 +40,23 @@ class StreamTap:
     def __init__(self, state: RulesLoader) -> None:
         self.state = state
 
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
+    def responseheaders(self, flow: http.HTTPFlow) -> bool:
+        """Stream the answer, or not; True when it is held because it may be retried."""
         assert flow.response
         record = flow.metadata.get(METADATA_KEY)
         if record is None:
-            return
+            return False
         config = self.state.config
         if REPLAY_KEY in flow.metadata or flow.response.stream:
-            return  # a replay's answer is handed on whole by the request that made it
+            return False  # a replay's answer goes on by the request that made it (addon/replay.py)
         if config and may_retry(config.on_response, flow.response.status_code, record["injected"]):
-            return  # held: the client must not see any of it before it is judged
+            return True  # held: the client must not see any of it before it is judged
         is_sse = flow.response.headers.get("content-type", "").lower().startswith("text/event-stream")
         if is_sse or record["streaming"]:
             # mitmproxy 12.1+ keeps a streamed body itself when asked (store_streamed_bodies): a copy
             # of ours would only replace its whole body with the first stream_copy_limit bytes
             flow.response.stream = True if self.state.mitmproxy_stores_streamed else BodyCopy(self.state.stream_copy_limit)
+        return False
 
     def response(self, flow: http.HTTPFlow) -> None:
         assert flow.response

@@ -13,7 +13,10 @@ the throughput scenarios measure the proxy and not the upstream:
   Server-Sent Events, `?events=N&interval_ms=M` (default 50 events 20 ms apart), each event
   carrying `sent_at`, the upstream's time.time() just before it was written;
 - a path ending in `/big`, `?bytes=N`: N bytes of `text/event-stream` in 64 KiB events, written as fast as the
-  reader takes them (flow control honoured), for the memory scenario.
+  reader takes them (flow control honoured), for the memory scenario;
+- `POST /__bench/refuse-next?count=N` (default 1): the next N POSTs to `/v1/chat/completions` are answered
+  403 (a refused token), later ones as usual: refusals on cue, for the recovered-stream scenario. It
+  answers how many are still to be refused and how many were (`{"pending": n, "refused": m}`).
 
 `protected` is scripts/fake_upstream.py's ProtectedAPI under hypercorn, plus a control
 route for the bench: `POST /__bench/accept` (body: accepted tokens, one per line) sets
@@ -49,7 +52,16 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+REFUSAL = json.dumps({"error": {"message": "unknown account", "type": "forbidden"}}).encode()
+REFUSAL_RESPONSE = (
+    b"HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: "
+    + str(len(REFUSAL)).encode() + b"\r\n\r\n" + REFUSAL
+)
+
+
 class FastHTTP(asyncio.Protocol):
+    refusals = {"pending": 0, "refused": 0}  # refusals on cue, for every connection
+
     def __init__(self) -> None:
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
@@ -104,6 +116,17 @@ class FastHTTP(asyncio.Protocol):
             data = json.dumps({"request_line": head[0], "headers": [line.split(":", 1) for line in head[1:]]}).encode()
             self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
                                  % (len(data), data))
+            return
+        if path == "/__bench/refuse-next":
+            FastHTTP.refusals["pending"] += int(query.get("count", ["1"])[0])
+            data = json.dumps(FastHTTP.refusals).encode()
+            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                                 % (len(data), data))
+            return
+        if method == "POST" and path == "/v1/chat/completions" and FastHTTP.refusals["pending"]:
+            FastHTTP.refusals["pending"] -= 1
+            FastHTTP.refusals["refused"] += 1
+            self.transport.write(REFUSAL_RESPONSE)
             return
         if path.endswith("/big"):
             self._stream(self._big(int(query.get("bytes", ["1048576"])[0])))

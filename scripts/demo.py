@@ -61,17 +61,13 @@ def main() -> int:
     try:
         wait_for_port(port, timeout=30)
         with httpx.Client(proxy=f"http://127.0.0.1:{port}", timeout=30) as client:
-            print(f"2. The same non-streaming request through mitmdump -s addon/main.py (rules.yaml).")
-            print(f"   The first token in demo/tokens.txt is refused; the proxy retries with the next one:")
-            app.received.clear()
-            answer = client.post(url, json=body, headers={"Cookie": "theme=dark; tracking=abc"})
-            print(f"    {answer.status_code} {answer.json()['choices'][0]['message']['content']!r}")
-            show(app.received)
-
-            print(f"\n3. A streaming request (\"stream\": true) through the proxy:")
+            print(f"2. The same request, streaming (\"stream\": true), through mitmdump -s addon/main.py (rules.yaml).")
+            print(f"   The first token in demo/tokens.txt is refused; the proxy retries with the next one and")
+            print(f"   streams the retry's answer to the client as it arrives:")
             app.received.clear()
             arrivals = []
-            with client.stream("POST", url, json={**body, "stream": True}) as response:
+            started = time.time()
+            with client.stream("POST", url, json={**body, "stream": True}, headers={"Cookie": "theme=dark; tracking=abc"}) as response:
                 print(f"    {response.status_code} {response.headers['content-type']}")
                 for line in response.iter_lines():
                     if line.startswith("data: {"):
@@ -81,10 +77,17 @@ def main() -> int:
                         print(f"    chunk {len(arrivals)}: {event['choices'][0]['delta'].get('content', '')!r:10} "
                               f"arrived {lag_ms:5.1f} ms after the upstream sent it")  # fmt: skip
             show(app.received)
-        sent_span = arrivals[-1][1] - arrivals[0][1]
-        got_span = arrivals[-1][0] - arrivals[0][0]
-        print(f"\n    first to last chunk: sent {sent_span * 1000:.0f} ms apart, arrived {got_span * 1000:.0f} ms apart "
-              f"(buffered, they would arrive together)")  # fmt: skip
+            sent_span = arrivals[-1][1] - arrivals[0][1]
+            got_span = arrivals[-1][0] - arrivals[0][0]
+            print(f"\n    the first chunk came {(arrivals[0][0] - started) * 1000:.0f} ms after the request, the refusal and its "
+                  f"retry included;\n    first to last chunk: sent {sent_span * 1000:.0f} ms apart, arrived "
+                  f"{got_span * 1000:.0f} ms apart (buffered, they would arrive together)")  # fmt: skip
+
+            print(f"\n3. A non-streaming request goes out with the next token in the rotation (the refused one is passed over\n   while it cools down):")
+            app.received.clear()
+            answer = client.post(url, json=body)
+            print(f"    {answer.status_code} {answer.json()['choices'][0]['message']['content']!r}")
+            show(app.received)
     finally:
         proxy.terminate()
         proxy.wait(10)

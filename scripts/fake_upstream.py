@@ -98,8 +98,11 @@ class ProtectedAPI:
     on_challenge: Callable[[], None] | None = None
     chunks: int = 5
     interval: float = 0.2  # seconds between streamed events
+    stall_after: int | None = None  # a stream goes silent after this many events, until the client hangs up
     log: bool = False
     received: list[Received] = field(default_factory=list)
+    events_sent: int = 0  # streamed events, all streams together
+    hung_up: threading.Event = field(default_factory=threading.Event)  # a client left a stream before its end
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -134,7 +137,7 @@ class ProtectedAPI:
             extra = [(b"retry-after", self.retry_after.encode())] if self.retry_after and refusal == "unknown account" else []
             return await self._json(send, 403, {"error": {"message": refusal, "type": "forbidden"}}, extra)
         if rec.path == "/v1/chat/completions" and streaming:
-            return await self._stream(send, scope, payload)
+            return await self._stream(send, receive, payload)
         if rec.path == "/v1/chat/completions":
             return await self._json(send, 200, completion(payload))
         return await self._json(send, 200, {"ok": True, "path": rec.path})
@@ -196,17 +199,29 @@ class ProtectedAPI:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 
-    async def _stream(self, send, scope, payload) -> None:
+    async def _stream(self, send, receive, payload) -> None:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
-        words = [f"word{i} " for i in range(self.chunks)]
-        for i, word in enumerate(words):
-            if i:
-                await asyncio.sleep(self.interval)
-            event = chunk(payload, {"content": word}, None, time.time())
-            await send({"type": "http.response.body", "body": f"data: {json.dumps(event)}\n\n".encode(), "more_body": True})
-        end = chunk(payload, {}, "stop", time.time())
-        await send({"type": "http.response.body", "body": f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode()})
+        disconnect = asyncio.ensure_future(receive())  # once the body is read, this waits for the client to leave
+        try:
+            words = [f"word{i} " for i in range(self.chunks)]
+            for i, word in enumerate(words):
+                if i and await self._left(disconnect, None if i == self.stall_after else self.interval):
+                    return
+                event = chunk(payload, {"content": word}, None, time.time())
+                await send({"type": "http.response.body", "body": f"data: {json.dumps(event)}\n\n".encode(), "more_body": True})
+                self.events_sent += 1
+            end = chunk(payload, {}, "stop", time.time())
+            await send({"type": "http.response.body", "body": f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode()})
+        finally:
+            disconnect.cancel()
+
+    async def _left(self, disconnect: asyncio.Future, wait: float | None) -> bool:
+        """Wait `wait` seconds (None: for ever); True, and `hung_up` set, when the client left meanwhile."""
+        done, _ = await asyncio.wait({disconnect}, timeout=wait)
+        if done:
+            self.hung_up.set()
+        return bool(done)
 
 
 ARENA_PATH = "/nextjs-api/stream/"

@@ -1,15 +1,19 @@
 """Recovery's parts that need no process (the replays themselves are in tests/e2e): what the
-client's flow is given, and what the next attempt draws."""
+client's flow is given, what the next attempt draws, and the options: what a retry may take, and
+whether its answer streams."""
 
 import asyncio
 
 import pytest
+from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow
 
 from addon import recovery
 from addon.config import REFRESH, ROTATE
 from addon.loader import RulesLoader
+from addon.pipeline import Pipeline
 from addon.recovery import Action, Recovery, _take_response
+from addon.replay import Limits
 from addon.rewriter import Rewriter
 from helpers import TOKENS, write_rules
 
@@ -144,3 +148,28 @@ def test_an_attempt_shows_the_token_and_the_new_values_masked(refresh):
     attempt = refresh._attempt_of(200, {**SENT_CF, "cf_clearance": "cf-clearance-new-0002"}, frozenset({"cf_clearance"}))
     assert attempt.describe() == f"200 with …{TOKENS[0][-4:]} (new cf_clearance …0002)"
     assert refresh._attempt_of(403, {"captcha": "cap-recovery-test-0001"}).describe() == "403 with captcha …0001"
+
+
+def test_defaults():
+    pipeline = Pipeline()
+    with taddons.context(pipeline) as tctx:
+        assert (tctx.options.retry_timeout, tctx.options.retry_idle_timeout, tctx.options.stream_retries) == (120, 300, True)
+        tctx.configure(pipeline, retry_timeout=120)
+        assert pipeline.recovery.limits == Limits(headers=120.0, idle=300.0)
+
+
+def test_limits_follow_the_options():
+    pipeline = Pipeline()
+    with taddons.context(pipeline) as tctx:
+        tctx.configure(pipeline, retry_timeout=5, retry_idle_timeout=7)
+        assert pipeline.recovery.limits == Limits(headers=5.0, idle=7.0)
+
+
+@pytest.mark.parametrize("option", ["retry_timeout", "retry_idle_timeout"])
+@pytest.mark.parametrize("value", [0, -3])
+def test_limits_must_be_positive(option, value):
+    pipeline = Pipeline()
+    with taddons.context(pipeline) as tctx:
+        with pytest.raises(exceptions.OptionsError) as e:
+            tctx.configure(pipeline, **{option: value})
+        assert str(e.value) == f"{option} must be a positive number of seconds"

@@ -103,6 +103,15 @@ def test_replacement_does_not_move_the_rotation(clock):
     assert pool.draw() == "b"  # the rotation goes on where it was
 
 
+def test_sticky_stays_on_the_replacement_when_the_cooldown_ends(clock):
+    pool = TokenPool(["a", "b", "c"], "sticky", cooldown=300, clock=clock)
+    assert pool.draw() == "a"
+    pool.refused("a")
+    assert pool.replacement("a", exclude={"a"}) == "b"
+    clock.now += 301  # a is active again
+    assert [pool.draw() for _ in range(3)] == ["b", "b", "b"]
+
+
 def test_replacement_skips_tokens_already_tried(clock):
     pool = TokenPool(["a", "b", "c"], clock=clock)
     assert pool.replacement("a", exclude={"a", "b"}) == "c"

@@ -94,13 +94,21 @@ def _fresh_upstream(request):
     """Each test starts with an empty upstream log and the upstream's default behaviour."""
     for name in ("upstream", "upstream_tls"):
         if name in request.fixturenames:
-            app = request.getfixturevalue(name).app
-            app.received.clear()
-            app.tokens = set(TOKENS)
-            app.rejected_captchas = set()
-            app.retry_after = app.refuse_all = None
-            app.padding = {}
-            app.clearances = app.on_challenge = None
+            fresh(request.getfixturevalue(name))
+
+
+def fresh(server: UpstreamServer) -> UpstreamServer:
+    """The upstream with an empty log and its default behaviour (for one a test asks for by name)."""
+    app = server.app
+    app.received.clear()
+    app.tokens = set(TOKENS)
+    app.rejected_captchas = set()
+    app.retry_after = app.refuse_all = app.stall_after = None
+    app.padding = {}
+    app.chunks, app.events_sent = 5, 0
+    app.hung_up.clear()
+    app.clearances = app.on_challenge = None
+    return server
 
 
 class Proxy:

@@ -1,17 +1,21 @@
 """An HTTP/1.1 upstream that misbehaves on cue, for the fault tests.
 
 Each request it reads takes the next step of its script: answer, reset the
-connection, or hang. Once the script is used up, every request gets a small
-200. It speaks just enough HTTP/1.1 (Content-Length bodies, keep-alive) for a
-proxy in front of it, records every request, and listens on loopback only.
+connection, hang, or stream Server-Sent Events (and perhaps go silent halfway).
+Once the script is used up, every request gets a small 200. It speaks just
+enough HTTP/1.1 (Content-Length request bodies, keep-alive, chunked event
+streams) for a proxy in front of it, over TLS if given a certificate, records
+every request, and listens on loopback only.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import ssl
 import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,15 +64,65 @@ OK = answer(200, b'{"ok": true}')
 
 
 class ScriptedUpstream:
-    def __init__(self) -> None:
+    def __init__(self, cert: tuple[str, str] | None = None) -> None:
         self.script: deque[Step] = deque()
         self.received: list[Request] = []
         self.released = threading.Event()  # set to let hanging steps go
-        self.hung_up = threading.Event()  # set when the proxy closed a hanging connection
+        self.hung_up = threading.Event()  # set when the proxy closed a hanging or streaming connection
+        self.events_sent = 0  # by the `events` steps
         self._lock = threading.Lock()
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
+        self._tls: ssl.SSLContext | None = None
+        if cert:  # HTTPS, HTTP/1.1 only
+            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._tls.load_cert_chain(*cert)
+            self._tls.set_alpn_protocols(["http/1.1"])
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def events(self, count: int, interval: float = 0.3, silent_after: int | None = None,
+               reset_after: int | None = None) -> Step:
+        """A 200 that streams `count` Server-Sent Events, chunked, `interval` seconds apart, each with
+        the time it was sent (`sent_at`). With `silent_after`, it says nothing more after that many
+        and waits for the proxy to hang up; with `reset_after`, it resets the connection. A proxy that
+        closes the connection ends it early, and `hung_up` is set."""
+
+        def step(conn: socket.socket) -> bool:
+            head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            conn.sendall(head.encode())
+            for n in range(count):
+                if n == silent_after:
+                    return self.hang(conn)
+                if n == reset_after:
+                    return reset(conn)
+                data = f"data: {json.dumps({'n': n, 'sent_at': time.time()})}\n\n".encode()
+                try:
+                    conn.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+                except OSError:
+                    self.hung_up.set()
+                    return False
+                with self._lock:
+                    self.events_sent += 1
+                if self._closed_within(conn, interval):
+                    self.hung_up.set()
+                    return False
+            conn.sendall(b"0\r\n\r\n")
+            return True
+
+        return step
+
+    @staticmethod
+    def _closed_within(conn: socket.socket, seconds: float) -> bool:
+        """Did the peer close the connection within `seconds`? (It sends nothing while it reads a stream.)"""
+        conn.settimeout(seconds)
+        try:
+            return not conn.recv(1)
+        except TimeoutError:
+            return False
+        except OSError:
+            return True
+        finally:
+            conn.settimeout(None)
 
     def hang(self, conn: socket.socket) -> bool:
         """Read the request, then say nothing until the proxy hangs up (or the test releases it)."""
@@ -85,6 +139,11 @@ class ScriptedUpstream:
                 break
         return False
 
+    def silent_body(self, conn: socket.socket) -> bool:
+        """A 200 that promises 100 bytes, sends 10, and says nothing more until the proxy hangs up."""
+        conn.sendall(b"HTTP/1.1 200 X\r\nContent-Length: 100\r\nContent-Type: application/json\r\n\r\n{\"ok\": tru")
+        return self.hang(conn)
+
     def stop(self) -> None:
         self.released.set()
         self._sock.close()
@@ -98,6 +157,12 @@ class ScriptedUpstream:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        if self._tls is not None:
+            try:
+                conn = self._tls.wrap_socket(conn, server_side=True)
+            except OSError:
+                conn.close()
+                return
         reader = conn.makefile("rb")
         with conn, reader:
             while request := _read_request(reader):

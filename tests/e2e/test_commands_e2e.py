@@ -10,9 +10,7 @@ answer and on what the upstream receives afterwards.
 from __future__ import annotations
 
 import datetime
-import json
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,8 @@ import pytest
 
 import conftest
 from conftest import assert_no_secrets
-from helpers import TOKENS, write_rules
-from test_recovery_e2e import FETCH, RULES, post
+from helpers import TOKENS
+from test_recovery_e2e import post, rules_for
 
 SUFFIXES = [t[-4:] for t in TOKENS]
 ROW = re.compile(r"…(\w{4})  (active|disabled|cooling until (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)) +(\d+) ok +(\d+) refused")
@@ -70,9 +68,7 @@ class Mitmweb(conftest.Mitmweb):
 @pytest.fixture
 def rules(tmp_path, upstream) -> Path:
     """test_recovery_e2e's rules (round robin, cooldown 300 s, captcha command with ttl 300)."""
-    (tmp_path / "fetch.py").write_text(FETCH)
-    text = RULES.format(port=upstream.port, python=json.dumps(sys.executable), strategy="round_robin", breaker=10)
-    return write_rules(tmp_path, text)
+    return rules_for(tmp_path, upstream.port)
 
 
 @pytest.fixture

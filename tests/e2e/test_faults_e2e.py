@@ -80,8 +80,19 @@ def test_retry_that_hangs_is_hung_up_after_the_timeout(account, scripted):
     first = get(proxy, scripted.port)
     assert first.status_code == 403 and first.json()["error"] == "unknown account"
     proxy.wait_for_log(r"not recovered .*: 403 with …1111 → error with …2222 "
-                       r"\(attempt 2 failed: no whole answer within 1 s \(retry_timeout\)\)")
+                       r"\(attempt 2 failed: no response headers within 1 s \(retry_timeout\)\)")
     assert scripted.hung_up.wait(10), "the proxy did not close the hanging connection"
+    assert get(proxy, scripted.port).status_code == 200
+
+
+def test_retry_whose_body_goes_silent_is_hung_up_after_the_idle_timeout(account, scripted):
+    proxy = account("--set", "retry_idle_timeout=1")
+    scripted.script.extend([refuse(), scripted.silent_body])
+    first = get(proxy, scripted.port)
+    assert first.status_code == 403 and first.json()["error"] == "unknown account"  # the refusal it replaced
+    proxy.wait_for_log(r"not recovered .*: 403 with …1111 → error with …2222 "
+                       r"\(attempt 2 failed: no data for 1 s \(retry_idle_timeout\)\)")
+    assert scripted.hung_up.wait(10), "the proxy did not close the silent connection"
     assert get(proxy, scripted.port).status_code == 200
 
 
@@ -105,7 +116,7 @@ def test_retry_held_in_a_hook_past_the_timeout_is_never_sent(tmp_path, account, 
     proxy = account("--set", "retry_timeout=1", "-s", str(tmp_path / "slow.py"))
     scripted.script.append(refuse())
     assert get(proxy, scripted.port).status_code == 403
-    proxy.wait_for_log(r"attempt 2 failed: no whole answer within 1 s")
+    proxy.wait_for_log(r"attempt 2 failed: no response headers within 1 s")
     proxy.wait_for_log(r"slow hook: done")  # the hook let go of the killed retry, within the grace period
     assert [r.cookie("session") for r in scripted.received] == TOKENS[:1]  # the retry was killed, not sent
 
@@ -115,7 +126,7 @@ def test_retry_held_in_a_hook_past_the_grace_period_has_its_hook_cancelled(tmp_p
     proxy = account("--set", "retry_timeout=1", "-s", str(tmp_path / "slow.py"))
     scripted.script.append(refuse())
     assert get(proxy, scripted.port).status_code == 403  # after retry_timeout and the grace period
-    proxy.wait_for_log(r"attempt 2 failed: no whole answer within 1 s")
+    proxy.wait_for_log(r"attempt 2 failed: no response headers within 1 s")
     proxy.wait_for_log(r"slow hook: cancelled")
     assert get(proxy, scripted.port).status_code == 200  # the proxy goes on serving
     assert [r.cookie("session") for r in scripted.received] == [TOKENS[0], TOKENS[1]]  # the retry was never sent

@@ -38,8 +38,8 @@ rules:
 tokens:
   file: tokens.txt
   strategy: {strategy}
-  max_attempts: 3
-  cooldown: 300
+  max_attempts: {max_attempts}
+  cooldown: {cooldown}
   breaker: {{tokens: {breaker}, window: 60, pause: 300}}
 captcha: {{command: [{python}, fetch.py], ttl: 300}}
 on_response:
@@ -61,10 +61,11 @@ print(f"cap-{n}-captcha-value")
 BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
 
-def rules_for(folder, port, strategy="round_robin", breaker=10, tokens=None):
+def rules_for(folder, port, strategy="round_robin", breaker=10, tokens=None, max_attempts=3, cooldown=300):
     """The rules above for an upstream on this port, with the captcha command beside them."""
     (folder / "fetch.py").write_text(FETCH)
-    text = RULES.format(port=port, python=json.dumps(sys.executable), strategy=strategy, breaker=breaker)
+    text = RULES.format(port=port, python=json.dumps(sys.executable), strategy=strategy, breaker=breaker,
+                        max_attempts=max_attempts, cooldown=cooldown)  # fmt: skip
     return write_rules(folder, text, tokens=tokens)
 
 
@@ -164,6 +165,35 @@ def test_recovered_flow_is_timed_as_the_client_waited(make_rules, start_proxy, u
     # the client's answer is the replay's: it began when the replay's did, and ended no earlier
     assert original.response.timestamp_start == replay.response.timestamp_start
     assert replay.response.timestamp_end <= original.response.timestamp_end <= answered
+
+
+def test_one_request_never_uses_a_token_twice(make_rules, start_proxy, upstream):
+    """More attempts allowed than there are tokens, and a breaker that would not stop it: the
+    rotation runs out of untried tokens before the bound, and stops there."""
+    upstream.app.tokens = set()
+    rules = make_rules(max_attempts=5, breaker=10)
+    proxy = start(start_proxy, rules)
+    answer = post(proxy, upstream)
+    assert answer.status_code == 403
+    assert [r.cookie("session") for r in upstream.app.received] == TOKENS  # each once, though all are cooling
+    original = next(f for f in saved_flows(proxy, rules) if not f.is_replay)
+    masks = [f"…{t[-4:]}" for t in TOKENS]
+    assert original.comment.splitlines()[-1] == (
+        f"attempts: 403 with {masks[0]} → 403 with {masks[1]} → 403 with {masks[2]} (no other token to try)"
+    )
+
+
+def test_sticky_stays_on_the_replacement_when_the_refused_tokens_cooldown_ends(make_rules, start_proxy, upstream):
+    upstream.app.tokens = {TOKENS[1], TOKENS[2]}
+    rules = make_rules(strategy="sticky", cooldown=1)
+    proxy = start(start_proxy, rules)
+    assert post(proxy, upstream).status_code == 200  # T0 refused, T1 took over
+    proxy.wait_for_log(r"tokens: …1111 refused \(403\); passed over for 1 s")
+    time.sleep(1.5)  # T0's cooldown is over: it is active again, but sticky stays on T1
+    upstream.app.tokens = set(TOKENS)
+    for _ in range(3):
+        assert post(proxy, upstream).status_code == 200
+    assert [r.cookie("session") for r in upstream.app.received] == [TOKENS[0], TOKENS[1], TOKENS[1], TOKENS[1], TOKENS[1]]
 
 
 def test_no_tokens_means_503_and_no_upstream_traffic(make_rules, start_proxy, upstream):

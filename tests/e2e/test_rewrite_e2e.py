@@ -18,6 +18,7 @@ from mitmproxy import io
 
 from conftest import MITMPROXY_MAJOR, ROOT, run_mitmdump
 from helpers import TOKENS, write_rules
+from streams import assert_spread_out, read_sse
 
 RULES = """\
 rules:
@@ -69,30 +70,6 @@ def proxy(rules, start_proxy):
 
 def chat(stream: bool) -> bytes:
     return json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream}).encode()
-
-
-def read_sse(response: httpx.Response) -> list[tuple[float, dict]]:
-    """(arrival time, event) for every data event but [DONE]."""
-    events = []
-    for line in response.iter_lines():
-        if line.startswith("data: {"):
-            events.append((time.time(), json.loads(line[6:])))
-    return events
-
-
-def assert_spread_out(events: list[tuple[float, dict]]) -> None:
-    """Events arrive as the upstream sends them (0.3 s apart), not in one lump at the end.
-
-    Generous margins: the first event must arrive well before the last one was even sent,
-    and arrivals must span at least half of the upstream's own spacing.
-    """
-    assert len(events) >= 5
-    first_arrival, last_sent = events[0][0], events[-1][1]["sent_at"]
-    sent_span = events[-1][1]["sent_at"] - events[0][1]["sent_at"]
-    arrived_span = events[-1][0] - events[0][0]
-    assert sent_span > 1.0
-    assert first_arrival < last_sent - 0.5, "the first event was held back until the stream ended"
-    assert arrived_span > 0.5 * sent_span
 
 
 def test_curl_request_arrives_as_the_service_demands(proxy, upstream):

@@ -1,0 +1,232 @@
+"""Streaming a retry's answer to the client: the one module that touches mitmproxy's private HTTP layer.
+
+mitmproxy has no public way to send a client a response body that comes from another flow: once
+a flow's `response` hook has run, its body is what the client gets. So that the answer of a
+retry can reach the client as it arrives, this module steps into the HTTP layer of mitmproxy's
+proxy core, for flows the addon marks with `hold()`, and nowhere else in the addon does.
+
+- `install(nextlayer)`, from a `next_layer` hook: mitmproxy's own NextLayer addon is asked to
+  choose the layers for the connection first (scripts run before it); each `HttpLayer` among them
+  then becomes a `RelayingHttpLayer`, whose `make_stream` makes its streams `RelayingHttpStream`s.
+- When a held answer's body is complete, the stream's `send_response` yields `HeldAnswerHook`, a
+  blocking hook of the addon's own, with a `Handover` (addon/replay.py). The addon judges the
+  answer and recovers within that hook, through mitmproxy's ReplayHandler as before. If a retry's
+  answer is to be streamed, the addon copies its status and headers onto the client's response
+  and sets `handover.streaming`; the stream sends the headers, then yields `RelayHook` for each
+  next piece of the body (its argument is the handover, not the flow, so mitmweb is not updated
+  per chunk), sends each chunk as it comes (through the response's `stream` callable, as
+  mitmproxy does), and ends with mitmproxy's own `send_response(already_streamed=True)`: the
+  `response` hook, trailers and the end of the flow run as for any streamed answer.
+- The client leaving: a layer that waits for a blocking command queues the events that arrive
+  meanwhile (`Layer._paused_event_queue`); the stream sees a `RequestProtocolError` as it arrives
+  (`handle_event`), tells the handover (which hangs up the retry at once), and after each hook
+  `check_killed`, which looks for it in that queue, ends the flow as mitmproxy does.
+- A retry that breaks off mid-stream ends the client's stream through `handle_protocol_error` with
+  a `ResponseProtocolError`: on HTTP/1 the connection closes before the last chunk (a truncated
+  chunked body), on HTTP/2 the stream is reset.
+
+The internals used, as in mitmproxy 11.0.2 and 12.3.1 (`check()` verifies them before `install`):
+- `mitmproxy.proxy.layers.http`: `HttpLayer.make_stream(stream_id)` and `HttpLayer.streams`;
+  `HttpStream.send_response(already_streamed=False)`, `HttpStream.check_killed(emit_error_hook)`,
+  `HttpStream.handle_protocol_error(event)` (these read and set the stream's `client_state` and
+  `server_state`), `HttpStream.flow`, `.stream_id`, `.context.client`; `SendHttp(event,
+  connection)`; `ResponseHeaders(stream_id, response, end_stream)`, `ResponseData(stream_id,
+  data)`, `ResponseProtocolError(stream_id, message, code)` (the code an int, an HTTP status, on
+  11; an `ErrorCode` on 12), `RequestProtocolError`.
+- `mitmproxy.proxy.layer`: `Layer.handle_event(event)` and `Layer._paused_event_queue`.
+- `mitmproxy.proxy.commands.StartHook`: a blocking command that runs an addon hook.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from dataclasses import dataclass
+
+from mitmproxy import ctx, http
+
+from addon.replay import Handover
+
+try:
+    from mitmproxy.proxy.commands import StartHook
+    from mitmproxy.proxy.layer import Layer
+    from mitmproxy.proxy.layers.http import (
+        HttpLayer,
+        HttpStream,
+        RequestProtocolError,
+        ResponseData,
+        ResponseHeaders,
+        ResponseProtocolError,
+        SendHttp,
+    )
+
+    _IMPORT_PROBLEM = None
+except ImportError as e:  # this module must load on any mitmproxy; check() then says no
+    _IMPORT_PROBLEM = f"cannot import what it needs: {e}"
+    StartHook = HttpLayer = HttpStream = Layer = object  # type: ignore[assignment,misc]
+
+_held: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
+_broken_off_code: object = None  # the ResponseProtocolError code for a retry that broke off; set by check()
+
+
+def hold(flow: http.HTTPFlow) -> None:
+    """Once this held answer is complete, hand it to the addon (HeldAnswerHook) before it is sent."""
+    _held.add(flow)
+
+
+def install(nextlayer) -> None:
+    """From a next_layer hook: make each HttpLayer mitmproxy chooses for this connection relay held answers."""
+    if nextlayer.layer is None:
+        chooser = ctx.master.addons.get("nextlayer")
+        if chooser is None:
+            return
+        chooser.next_layer(nextlayer)
+    for layer in nextlayer.context.layers:
+        if type(layer) is HttpLayer:
+            layer.__class__ = RelayingHttpLayer
+
+
+@dataclass
+class HeldAnswerHook(StartHook):  # type: ignore[misc,valid-type]
+    """A held answer is complete and not yet sent: the addon may recover it, and stream a retry's
+    answer by setting `handover.streaming`."""
+
+    name = "mitm_rules_held_answer"
+    handover: Handover
+
+
+@dataclass
+class RelayHook(StartHook):  # type: ignore[misc,valid-type]
+    """The client's stream waits for the next piece of a streamed retry (`Handover.pull`)."""
+
+    name = "mitm_rules_relay"
+    handover: Handover
+
+
+class RelayingHttpLayer(HttpLayer):  # type: ignore[misc,valid-type]
+    def make_stream(self, stream_id: int):
+        yield from super().make_stream(stream_id)
+        stream = self.streams.get(stream_id)
+        if type(stream) is HttpStream:
+            stream.__class__ = RelayingHttpStream
+
+
+class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
+    handover: Handover | None = None
+
+    def handle_event(self, event):
+        if self.handover is not None and isinstance(event, RequestProtocolError):
+            self.handover.client_left(event.message)
+        return super().handle_event(event)
+
+    def send_response(self, already_streamed: bool = False):
+        if already_streamed or self.flow not in _held:
+            yield from super().send_response(already_streamed)
+            return
+        _held.discard(self.flow)
+        handover = self.handover = Handover(self.flow)
+        try:
+            yield HeldAnswerHook(handover)
+            if (yield from self.check_killed(True)):
+                return  # the client left meanwhile
+            if handover.streaming:
+                yield from self._relay(handover)
+            else:
+                yield from super().send_response()
+        finally:
+            self.handover = None
+
+    def _relay(self, handover: Handover):
+        assert self.flow.response
+        yield SendHttp(ResponseHeaders(self.stream_id, self.flow.response, end_stream=False), self.context.client)
+        while not handover.ended:
+            yield RelayHook(handover)
+            if (yield from self.check_killed(True)):
+                return
+            chunks = handover.take()
+            for chunk in chunks:
+                yield from self._send_data(chunk)
+            if handover.failure is not None or not (chunks or handover.ended):
+                why = handover.failure or "the addon gave no data (was it unloaded?)"
+                error = ResponseProtocolError(self.stream_id, f"the retry's answer broke off: {why}", _broken_off_code)
+                yield from self.handle_protocol_error(error)
+                return
+        yield from self._send_data(b"")  # the end, for the `stream` callable
+        yield from super().send_response(already_streamed=True)
+
+    def _send_data(self, chunk: bytes):
+        """Send a chunk on through the response's `stream` callable, as mitmproxy does."""
+        assert self.flow.response
+        stream = self.flow.response.stream
+        out = stream(chunk) if callable(stream) else chunk
+        for piece in [out] if isinstance(out, bytes) else out:
+            if piece:
+                yield SendHttp(ResponseData(self.stream_id, piece), self.context.client)
+
+
+# the version guard
+
+_SIGNATURES = {  # parameters (with defaults) as in mitmproxy 11.0.2 and 12.3.1
+    "HttpLayer.make_stream": "(self, stream_id)",
+    "HttpStream.send_response": "(self, already_streamed=False)",
+    "HttpStream.check_killed": "(self, emit_error_hook)",
+    "HttpStream.handle_protocol_error": "(self, event)",
+    "Layer.handle_event": "(self, event)",
+    "SendHttp": "(event, connection)",
+    "ResponseHeaders": "(stream_id, response, end_stream=False)",
+    "ResponseData": "(stream_id, data)",
+}
+_ATTRIBUTES = {  # class: annotated attributes this module relies on
+    "HttpLayer": ("streams",),
+    "HttpStream": ("flow", "stream_id"),
+    "Layer": ("_paused", "_paused_event_queue"),
+}
+
+
+def check() -> str | None:
+    """Are mitmproxy's internals what this module was written for? None if so, else what differs.
+    Remembers the ResponseProtocolError code to use."""
+    global _broken_off_code
+    if _IMPORT_PROBLEM:
+        return _IMPORT_PROBLEM
+    names = {"HttpLayer": HttpLayer, "HttpStream": HttpStream, "Layer": Layer, "SendHttp": SendHttp,
+             "ResponseHeaders": ResponseHeaders, "ResponseData": ResponseData}  # fmt: skip
+    for path, expected in _SIGNATURES.items():
+        owner, _, attribute = path.partition(".")
+        target = getattr(names[owner], attribute, None) if attribute else names[owner]
+        if target is None:
+            return f"{path} is missing"
+        found = _parameters(target)
+        if found != expected:
+            return f"{path} takes {found}, not {expected}"
+    for owner, attributes in _ATTRIBUTES.items():
+        annotated = inspect.get_annotations(names[owner])
+        missing = [a for a in attributes if a not in annotated]
+        if missing:
+            return f"{owner} has no {', '.join(missing)}"
+    if getattr(StartHook, "blocking", None) is not True:
+        return "StartHook is not a blocking command"
+    found = _parameters(ResponseProtocolError)
+    try:
+        code = inspect.signature(ResponseProtocolError, eval_str=True).parameters.get("code")
+    except (NameError, TypeError, ValueError):
+        code = None
+    if found not in ("(stream_id, message, code)", "(stream_id, message, code=502)") or code is None:
+        return f"ResponseProtocolError takes {found}, not (stream_id, message, code)"
+    if code.annotation is int:  # 11: an HTTP status
+        _broken_off_code = 502
+    elif getattr(code.annotation, "GENERIC_SERVER_ERROR", None) is not None:  # 12: an ErrorCode
+        _broken_off_code = code.annotation.GENERIC_SERVER_ERROR
+    else:
+        return f"ResponseProtocolError's code is a {code.annotation!r}, not an int or an ErrorCode"
+    return None
+
+
+def _parameters(target) -> str:
+    """A callable's parameters as "(a, b=1)": names and defaults, not annotations."""
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return "(nothing it can read)"
+    plain = [p.replace(annotation=inspect.Parameter.empty) for p in signature.parameters.values()]
+    return str(signature.replace(parameters=plain, return_annotation=inspect.Signature.empty))
