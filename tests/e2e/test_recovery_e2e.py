@@ -179,7 +179,7 @@ def test_one_request_never_uses_a_token_twice(make_rules, start_proxy, upstream)
     original = next(f for f in saved_flows(proxy, rules) if not f.is_replay)
     masks = [f"…{t[-4:]}" for t in TOKENS]
     assert original.comment.splitlines()[-1] == (
-        f"attempts: 403 with {masks[0]} → 403 with {masks[1]} → 403 with {masks[2]} (no other token to try)"
+        f"· attempts: 403 with {masks[0]} → 403 with {masks[1]} → 403 with {masks[2]} (no other token to try)"
     )
 
 

@@ -58,8 +58,8 @@ def test_recovered_stream_reaches_the_client_as_the_upstream_sends_it(tmp_path, 
     # what mitmweb shows: the winning status, the mark, the attempts, a capped copy of the body
     assert original.response.status_code == 200 and original.marked == ":repeat:"
     *_, copied, attempts = original.comment.splitlines()
-    assert attempts == f"attempts: 403 with {MASKS[0]} → 200 with {MASKS[1]} (streamed)"
-    assert copied.startswith("streamed body: ") and copied.endswith(" bytes, the first 300 kept")
+    assert attempts == f"· attempts: 403 with {MASKS[0]} → 200 with {MASKS[1]} (streamed)"
+    assert copied.startswith("· streamed body: ") and copied.endswith(" bytes, the first 300 kept")
     assert len(original.response.raw_content) == 300 and original.response.raw_content.startswith(b"data: {")
     assert retry.response.status_code == 200 and retry.comment == (
         f"attempt 2 of flow {original.id[:8]}, with token {MASKS[1]}; its body went to flow {original.id[:8]} as it came"
@@ -86,7 +86,7 @@ def test_mitmweb_shows_the_answer_that_worked_while_it_streams(tmp_path, upstrea
     assert original["response"]["status_code"] == 200 and original["marked"] == "🔁"  # mitmweb shows the emoji
     assert retry["is_replay"] == "request" and retry["response"]["status_code"] == 200  # each attempt a flow of its own
     (done,) = [f for f in after if f["id"] == original["id"]]
-    assert done["comment"].splitlines()[-1] == f"attempts: 403 with {MASKS[0]} → 200 with {MASKS[1]} (streamed)"
+    assert done["comment"].splitlines()[-1] == f"· attempts: 403 with {MASKS[0]} → 200 with {MASKS[1]} (streamed)"
 
 
 def test_stream_refused_twice_recovers_with_the_third_token(tmp_path, start_proxy, upstream):
@@ -100,7 +100,7 @@ def test_stream_refused_twice_recovers_with_the_third_token(tmp_path, start_prox
     ]  # fmt: skip
     original, replays = client_and_replays(proxy)
     assert original.comment.splitlines()[-1] == (
-        f"attempts: 403 with {MASKS[0]} → 403 with {MASKS[1]} → 200 with {MASKS[2]} (streamed)"
+        f"· attempts: 403 with {MASKS[0]} → 403 with {MASKS[1]} → 200 with {MASKS[2]} (streamed)"
     )
     assert [r.response.status_code for r in replays] == [403, 200]
 
@@ -133,7 +133,7 @@ def test_recovered_stream_in_every_mode(request, tmp_path, start_proxy, mode):
     if reach == "direct":
         response, events = stream(f"{proxy.url}/v1/chat/completions")
     else:
-        response, events = stream(chat_url(up.port, scheme), proxy=proxy.url, verify=proxy.ca, http2="http2" in reach)
+        response, events = stream(chat_url(up.port, scheme), proxy=proxy.url, verify=proxy.ssl_context, http2="http2" in reach)
     assert response.status_code == 200
     assert response.http_version == ("HTTP/2" if "http2" in reach else "HTTP/1.1")
     assert_spread_out(events)
@@ -195,7 +195,7 @@ def test_retry_that_stalls_mid_stream_ends_the_clients_stream_with_an_error(requ
     rules = rules_for(tmp_path, up.port)
     proxy = start_proxy(rules, "--set", "retry_idle_timeout=1")
     events = []
-    with httpx.Client(proxy=proxy.url, verify=proxy.ca, http2=http2, timeout=60) as client:
+    with httpx.Client(proxy=proxy.url, verify=proxy.ssl_context, http2=http2, timeout=60) as client:
         with pytest.raises(httpx.RemoteProtocolError) as broken:
             with client.stream("POST", chat_url(up.port, scheme), content=CHAT) as response:
                 assert response.status_code == 200
@@ -209,7 +209,7 @@ def test_retry_that_stalls_mid_stream_ends_the_clients_stream_with_an_error(requ
     why = "no data for 1 s (retry_idle_timeout)"
     assert original.error.msg == f"the retry's answer broke off: {why}"
     assert original.comment.splitlines()[-1] == (
-        f"attempts: 403 with {MASKS[0]} → 200 with {MASKS[1]} (streamed; the retry's answer broke off: {why})"
+        f"· attempts: 403 with {MASKS[0]} → 200 with {MASKS[1]} (streamed; the retry's answer broke off: {why})"
     )
     assert original.marked == ""
     assert f"then its stream broke off: 403 with {MASKS[0]} → 200 with {MASKS[1]}" in proxy.log()
@@ -234,7 +234,7 @@ def test_retry_reset_mid_stream_ends_the_clients_stream_with_an_error(tmp_path, 
         original, (retry,) = client_and_replays(proxy)
         assert original.error.msg.startswith("the retry's answer broke off: ")
         assert original.comment.splitlines()[-1] == (
-            f"attempts: 403 with {MASKS[0]} → 200 with {MASKS[1]} (streamed; {original.error.msg})"
+            f"· attempts: 403 with {MASKS[0]} → 200 with {MASKS[1]} (streamed; {original.error.msg})"
         )
     finally:
         scripted.stop()
@@ -281,7 +281,7 @@ def test_client_leaving_mid_stream_hangs_up_the_retry(tmp_path, start_proxy, ups
         finally:
             connection.close()
     else:
-        with httpx.Client(proxy=proxy.url, verify=proxy.ca, http2=up is upstream_tls, timeout=60) as client:
+        with httpx.Client(proxy=proxy.url, verify=proxy.ssl_context, http2=up is upstream_tls, timeout=60) as client:
             with client.stream("POST", url, content=CHAT) as response:
                 seen = 0
                 for line in response.iter_lines():
@@ -294,7 +294,7 @@ def test_client_leaving_mid_stream_hangs_up_the_retry(tmp_path, start_proxy, ups
     original, (retry,) = client_and_replays(proxy)
     assert original.error is not None and original.marked == ""
     assert original.comment.splitlines()[-1] == (
-        f"attempts: 403 with {MASKS[0]} → 200 with {MASKS[1]} (streamed; {original.error.msg})"
+        f"· attempts: 403 with {MASKS[0]} → 200 with {MASKS[1]} (streamed; {original.error.msg})"
     )
 
 
@@ -320,7 +320,7 @@ def test_with_stream_retries_off_the_answer_comes_whole(tmp_path, start_proxy, u
     assert events[0][0] >= events[-1][1]["sent_at"], "the buffered fallback delivers after the last event was sent"
     original, _ = client_and_replays(proxy)
     assert original.marked == ":repeat:"
-    assert original.comment.splitlines()[-1] == f"attempts: 403 with {MASKS[0]} → 200 with {MASKS[1]}"
+    assert original.comment.splitlines()[-1] == f"· attempts: 403 with {MASKS[0]} → 200 with {MASKS[1]}"
 
 
 @pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "held whole (stream_retries=false)"])
