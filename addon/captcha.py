@@ -1,9 +1,10 @@
 """Where `{captcha}` comes from: a file, an environment variable or a command.
 
-A value is reused for `ttl` seconds. While a fetch is under way, every request
-that needs a value waits for that one fetch (with ttl > 0), so a burst of
-requests runs the command once. A failed fetch is logged and yields None; the
-request then goes on without the header that needed it.
+A value is reused for `ttl` seconds. While a command runs, every request that
+needs a value waits for that one run (with ttl > 0), so a burst of requests runs
+the command once. A file or the environment is read at once, without giving way
+to other tasks (a retry waits for it). A failed fetch is logged and yields None;
+the request then goes on without the header that needed it.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class CaptchaSource:
     async def get(self) -> str | None:
         if self._value is not None and self._clock() < self._expires:
             return self._value
-        if self.spec.ttl == 0:
+        if self.spec.ttl == 0 or self.spec.command is None:  # nothing to share: no task, no wait for one
             return await self._fetch()
         if self._inflight is None:
             self._inflight = asyncio.ensure_future(self._fetch())

@@ -112,3 +112,24 @@ def test_log_shows_only_the_last_four_characters(tmp_path, caplog, monkeypatch):
     with caplog.at_level(logging.INFO):
         asyncio.run(CaptchaSource(spec(tmp_path, env="CAP_TEST")).get())
     assert "…cdef" in caplog.text and "0123456789" not in caplog.text
+
+
+@pytest.mark.parametrize("source", ["file", "env"])
+def test_a_file_or_the_environment_is_read_without_giving_way_to_other_tasks(tmp_path, monkeypatch, source):
+    (tmp_path / "c.txt").write_text("cap-from-file\n")
+    monkeypatch.setenv("CAP_TEST", "cap-from-env")
+    captcha = CaptchaSource(spec(tmp_path, **({"file": tmp_path / "c.txt"} if source == "file" else {"env": "CAP_TEST"})))
+
+    async def main() -> list[str]:
+        order: list[str] = []
+
+        async def other() -> None:
+            order.append("another task")
+
+        task = asyncio.ensure_future(other())
+        await captcha.fresh(stale=None)  # as a retry asks for it
+        order.append("value read")
+        await task
+        return order
+
+    assert asyncio.run(main()) == ["value read", "another task"]
