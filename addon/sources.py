@@ -69,7 +69,9 @@ class ValueSource:
         value = self.cached()
         if value is not None:
             return value
-        if self.spec.ttl == 0 and self.spec.command is not None:
+        if self.spec.command is None or self.spec.ttl == 0:
+            # a file or the environment is read at once, with no task to wait for (a retry asks here
+            # on its way to the upstream); a command with a ttl is run once for everyone who asks
             return await self._fetch()
         if self._inflight is None:
             self._inflight = asyncio.ensure_future(self._fetch())

@@ -2,9 +2,9 @@
 
 Run it through `scripts/bench` (which sets up .venv and installs wrk when it is missing):
 
-    scripts/bench             # the full run (about 6.5 minutes on 2 cores), writes BENCHMARKS.md
+    scripts/bench             # the full run (about 7 minutes on 2 cores), writes BENCHMARKS.md
     scripts/bench --quick     # under 2 minutes, fewer and shorter rounds; writes only a scratch copy
-    scripts/bench --only 1,2  # some scenarios (numbers as in issue 4's table)
+    scripts/bench --only 1,2  # some scenarios (numbers as in BENCHMARKS.md: 1-9 from issue 4, 10 from issue 14)
     scripts/bench --quick --addon ../other-worktree/addon/main.py   # measure a change kept elsewhere
 
 Every process listens on 127.0.0.1 only; every run is bounded in requests or seconds.

@@ -232,3 +232,24 @@ def test_a_retry_with_another_token_runs_a_command_again_but_takes_a_file_as_it_
         return await command.fresh(stale), await file.fresh(await file.get())
 
     assert asyncio.run(main()) == ("cap-value-00000002", "cf-value")
+
+
+@pytest.mark.parametrize("source", ["file", "env"])
+def test_a_file_or_the_environment_is_read_without_giving_way_to_other_tasks(tmp_path, monkeypatch, source):
+    (tmp_path / "c.txt").write_text("cap-from-file\n")
+    monkeypatch.setenv("CAP_TEST", "cap-from-env")
+    value = ValueSource(spec(tmp_path, **({"file": tmp_path / "c.txt"} if source == "file" else {"env": "CAP_TEST"})))
+
+    async def main() -> list[str]:
+        order: list[str] = []
+
+        async def other() -> None:
+            order.append("another task")
+
+        task = asyncio.ensure_future(other())
+        await value.fresh(stale=None)  # as a retry asks for it
+        order.append("value read")
+        await task
+        return order
+
+    assert asyncio.run(main()) == ["value read", "another task"]
