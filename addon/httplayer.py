@@ -12,11 +12,12 @@ proxy core, for flows the addon marks with `hold()`, and nowhere else in the add
   blocking hook of the addon's own, with a `Handover` (addon/replay.py). The addon judges the
   answer and recovers within that hook, through mitmproxy's ReplayHandler as before. If a retry's
   answer is to be streamed, the addon copies its status and headers onto the client's response
-  and sets `handover.streaming`; the stream sends the headers, then yields `RelayHook` for each
-  next piece of the body (its argument is the handover, not the flow, so mitmweb is not updated
-  per chunk), sends each chunk as it comes (through the response's `stream` callable, as
-  mitmproxy does), and ends with mitmproxy's own `send_response(already_streamed=True)`: the
-  `response` hook, trailers and the end of the flow run as for any streamed answer.
+  and sets `handover.streaming`; the stream sends the headers, then takes what has come of the
+  body, and when nothing has, yields `RelayHook` to wait for the next piece (its argument is the
+  handover, not the flow, so mitmweb is not updated per chunk). It sends each chunk on as it comes
+  (through the response's `stream` callable, as mitmproxy does), and ends with mitmproxy's own
+  `send_response(already_streamed=True)`: the `response` hook, trailers and the end of the flow
+  run as for any streamed answer.
 - The client leaving: a layer that waits for a blocking command queues the events that arrive
   meanwhile (`Layer._paused_event_queue`); the stream sees a `RequestProtocolError` as it arrives
   (`handle_event`), tells the handover (which hangs up the retry at once), and after each hook
@@ -140,9 +141,10 @@ class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
         assert self.flow.response
         yield SendHttp(ResponseHeaders(self.stream_id, self.flow.response, end_stream=False), self.context.client)
         while not handover.ended:
-            yield RelayHook(handover)
-            if (yield from self.check_killed(True)):
-                return
+            if not handover.poll():  # nothing has come yet: wait for it in a hook
+                yield RelayHook(handover)
+                if (yield from self.check_killed(True)):
+                    return
             chunks = handover.take()
             for chunk in chunks:
                 yield from self._send_data(chunk)

@@ -38,10 +38,10 @@ class Handover:
     """A client's stream waiting for the answer of a retry, shared by that stream (addon.httplayer
     creates it for a held answer and passes it to the addon in its hooks) and the recovery.
 
-    The recovery sets `streaming` once a retry's answer is to be streamed to this client; each
-    `pull` then waits for what came next. The stream takes the chunks, and ends the client's
-    answer when `ended` is set, or with a protocol error when `failure` is. It calls
-    `client_left` when the client goes away, which hangs up the retry at once."""
+    The recovery sets `streaming` once a retry's answer is to be streamed to this client; the
+    stream then takes what has come already (`poll`), or waits for it (`pull`, in a hook). It
+    ends the client's answer when `ended` is set, or with a protocol error when `failure` is. It
+    calls `client_left` when the client goes away, which hangs up the retry at once."""
 
     def __init__(self, flow: http.HTTPFlow) -> None:
         self.flow = flow  # the client's flow
@@ -65,6 +65,16 @@ class Handover:
         chunks, self.chunks = self.chunks, []
         return chunks
 
+    def poll(self) -> bool:
+        """Take what has come already, without waiting; False when nothing has (or the client left)."""
+        if self.left is not None or self.replay is None or not self.streaming:
+            return False
+        chunks, ended = self.replay.forwarded_now()
+        self.chunks += chunks
+        if ended:
+            self._end()
+        return bool(chunks) or ended
+
     async def pull(self) -> None:
         """Wait for more of the streamed answer: chunks, its end, a stall, or the client leaving."""
         assert self.replay is not None and self.streaming
@@ -72,9 +82,13 @@ class Handover:
         self.chunks += chunks
         self.failure = failure
         if ended:
-            self.ended = True
-            trailers = self.replay.flow.response.trailers if self.replay.flow.response else None
-            self.flow.response.trailers = trailers.copy() if trailers else None
+            self._end()
+
+    def _end(self) -> None:
+        assert self.replay is not None
+        self.ended = True
+        trailers = self.replay.flow.response.trailers if self.replay.flow.response else None
+        self.flow.response.trailers = trailers.copy() if trailers else None
 
 
 class Replay:
@@ -206,6 +220,11 @@ class Replay:
         if chunks:
             return chunks, False, None
         return [], False, self._ended_why()
+
+    def forwarded_now(self) -> tuple[list[bytes], bool]:
+        """What came of a streamed answer since the last call, without waiting: (chunks, ended)."""
+        chunks, self._pending = self._pending, []
+        return chunks, self.complete
 
     async def _until(self, ready: Callable[[], bool], limit: float, since: Callable[[], float]) -> bool:
         """Wait until `ready()`; False when `limit` seconds pass after `since()` first."""
