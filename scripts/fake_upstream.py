@@ -91,6 +91,7 @@ class ProtectedAPI:
     rejected_captchas: set[str] = field(default_factory=set)  # refused as "recaptcha validation failed"
     retry_after: str | None = None  # sent with every refusal of an account token
     refuse_all: str | None = None  # refuse every request with this message (like an IP ban)
+    refusal_delay: float = 0.0  # seconds a refusal waits before it is sent (keeps requests in flight with one token)
     padding: dict[int, int] = field(default_factory=dict)  # status -> bytes of filler in JSON answers
     # the chat front-end under /nextjs-api/stream/: the cf_clearance cookies it accepts (None: it asks for
     # none), and what to call when it answers with a challenge page (a stand-in for a browser solving it)
@@ -135,6 +136,7 @@ class ProtectedAPI:
         if refusal:
             rec.status = 403
             extra = [(b"retry-after", self.retry_after.encode())] if self.retry_after and refusal == "unknown account" else []
+            await asyncio.sleep(self.refusal_delay)
             return await self._json(send, 403, {"error": {"message": refusal, "type": "forbidden"}}, extra)
         if rec.path == "/v1/chat/completions" and streaming:
             return await self._stream(send, receive, payload)

@@ -104,6 +104,7 @@ def fresh(server: UpstreamServer) -> UpstreamServer:
     app.tokens = set(TOKENS)
     app.rejected_captchas = set()
     app.retry_after = app.refuse_all = app.stall_after = None
+    app.refusal_delay = 0.0
     app.padding = {}
     app.chunks, app.events_sent = 5, 0
     app.hung_up.clear()

@@ -288,6 +288,7 @@ def test_health_follows_tokens_when_the_file_is_edited(make_rules, start_proxy, 
 
 def test_storm_of_refusals_marks_the_token_once(make_rules, start_proxy, upstream):
     upstream.app.tokens = {TOKENS[1], TOKENS[2]}
+    upstream.app.refusal_delay = 0.3  # the first refusals come late: many requests are in flight with the token
     rules = make_rules(strategy="sticky", breaker=3)
     proxy = start(start_proxy, rules)
 
