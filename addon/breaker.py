@@ -40,9 +40,18 @@ class Breaker:
         self._recent = {k: v for k, v in self._recent.items() if now - v[0] <= self.spec.window}
         if self.is_open or len(self._recent) < self.spec.tokens:
             return None
-        self.open_until = now + self.spec.pause
         restore = {k: before for k, (_, before) in self._recent.items()}
+        self.opened(now + self.spec.pause)
+        return restore
+
+    def opened(self, until: float, elsewhere: bool = False) -> None:
+        """The breaker opened until `until`: here, or (`elsewhere`) on a proxy sharing the store."""
+        self.open_until = until
         self._recent.clear()
+        if elsewhere:
+            logger.log(ALERT, f"tokens: another proxy on the shared store opened the breaker; for {until - self.clock():.0f} s "
+                       "refusals go to the client as they are and no token is cooled down")
+            return
         logger.log(
             ALERT,
             f"tokens: {self.spec.tokens} different tokens were refused within {self.spec.window:g} s; the cause is "
@@ -50,4 +59,3 @@ class Breaker:
             "go to the client as they are and no token is cooled down (the cooldowns these refusals set are "
             "undone). Check the refused flows in mitmweb.",
         )
-        return restore

@@ -46,6 +46,9 @@ def summary(config: Config, tokens: int) -> str:
     parts = [f"{len(config.rules)} rule(s) for {len(hosts)} host(s) ({shown})"]
     if config.tokens:
         parts.append(f"{tokens} token(s) from {config.tokens.file} ({config.tokens.strategy})")
+        if config.tokens.store is not None:
+            store = config.tokens.store
+            parts.append(f"token health shared on {store.shown} (namespace {store.namespace}; not contacted by check)")
     for name, spec in config.values.items():
         parts.append(f"{name} from {spec.describe()}")
     return "ok: " + ", ".join(parts)

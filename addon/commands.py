@@ -35,14 +35,19 @@ class TokenCommands:
         if self.state.breaker.is_open:
             until = _when(self.state.breaker.open_until)
             rows.append(f"breaker open until {until}: refusals go to the client as they are")
+        if self.state.shared is not None:
+            rows.append(self.state.shared.describe())
         logger.info("tokens.status:\n" + "\n".join(rows))
         return rows
 
     @command.command("tokens.reset")
     def reset(self) -> None:
         """Clear every cooldown, and close the breaker."""
-        self.state.tokens.reset()
-        self.state.breaker.open_until = 0.0
+        if self.state.shared is not None:
+            self.state.shared.reset()  # on every proxy of the store
+        else:
+            self.state.tokens.reset()
+            self.state.breaker.open_until = 0.0
         logger.info("tokens: cooldowns cleared")
 
     @command.command("tokens.disable")
@@ -56,7 +61,7 @@ class TokenCommands:
         self._set(suffix, False)
 
     def _set(self, suffix: str, disabled: bool) -> None:
-        found = self.state.tokens.set_disabled(suffix, disabled)
+        found = (self.state.shared or self.state.tokens).set_disabled(suffix, disabled)
         if not found:
             raise exceptions.CommandError(f"no token ends with {suffix.lstrip('…')!r}")
         if len(found) > 1:

@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import shutil
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
@@ -68,13 +69,24 @@ class BreakerSpec:
 
 
 @dataclass(frozen=True)
+class StoreSpec:
+    """A Redis server that proxies share token health, the breaker, the rotation and command values on
+    (addon/shared.py). `url` may hold a password: logs show `shown`."""
+
+    url: str
+    shown: str  # the URL with its password masked
+    namespace: str = "default"
+
+
+@dataclass(frozen=True)
 class TokensSpec:
     file: Path
     strategy: str = "round_robin"  # or sticky
     max_attempts: int = 3  # tries per request, the first included
     cooldown: float = 300  # seconds a refused token is passed over
-    state_file: Path | None = None  # where token health is kept
+    state_file: Path | None = None  # where token health is kept (unless `store` is set)
     breaker: BreakerSpec = BreakerSpec()
+    store: StoreSpec | None = None  # None: the state file
 
 
 ROTATE, REFRESH, REFRESH_CAPTCHA, PASS = "rotate", "refresh", "refresh_captcha", "pass"
@@ -307,6 +319,12 @@ def rules_schema(base: Path, file: Path, environ: Mapping[str, str], names: froz
                                           doc="Seconds a refused token is passed over; a longer Retry-After wins."),
                         "state_file": Field(Str(lambda name: base / name),
                                             doc="Where token health is kept (default: beside the tokens file)."),
+                        "store": Field(Str(partial(_store_url, environ), "a redis:// or rediss:// URL"),
+                                       doc="redis://HOST:PORT/DB (rediss:// for TLS): every proxy on it shares token "
+                                       "health, the breaker, the rotation and command values; the password goes in "
+                                       "the URL, or as {env:NAME}. Default: the state file, this proxy alone."),
+                        "namespace": Field(Str(_namespace), default="default",
+                                           doc="Proxies with the same store and namespace share one pool."),
                         "breaker": Field(
                             Record(
                                 "breaker",
@@ -320,9 +338,7 @@ def rules_schema(base: Path, file: Path, environ: Mapping[str, str], names: froz
                             default=BreakerSpec(),
                         ),
                     },
-                    build=lambda v, at, where: TokensSpec(
-                        **{**v, "state_file": v["state_file"] or v["file"].with_name(v["file"].stem + ".state.json")}
-                    ),
+                    build=_build_tokens,
                 )
             ),
             "on_response": Field(
@@ -428,6 +444,43 @@ def _value_name(name: str) -> str:
         raise ValueError(f"bad value name {name!r}: expected a letter or _, then letters, digits, _ or -, "
                          "like cf_clearance")
     return name
+
+
+def _build_tokens(v: dict[str, Any], at: At, where: dict[str, At]) -> TokensSpec:
+    namespace = v.pop("namespace")
+    store = v.pop("store")
+    if store is not None:
+        store = replace(store, namespace=namespace)
+    elif "namespace" in where:
+        where["namespace"].fail("'namespace' names a pool on a shared store: it needs 'store' (redis://…)")
+    state_file = v["state_file"] or v["file"].with_name(v["file"].stem + ".state.json")
+    return TokensSpec(**{**v, "state_file": state_file, "store": store})
+
+
+def _store_url(environ: Mapping[str, str], text: str) -> StoreSpec:
+    """A Redis URL, its {env:NAME} placeholders filled in (a password kept out of the rules file)."""
+    url = parse_template(text, environ, names=frozenset()).render({})
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"expected redis://HOST:PORT/DB or rediss://…, not {text!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"bad port in {text!r}") from None
+    if not parts.hostname:
+        raise ValueError(f"no host in {text!r} (like redis://127.0.0.1:6379/0)")
+    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise ValueError(f"the path of {text!r} is the database number, like /0")
+    netloc = parts.netloc
+    if parts.password is not None:  # the user part may be a password alone (redis://:pw@host)
+        netloc = f"{parts.username or ''}:****@{parts.hostname}" + (f":{port}" if port else "")
+    return StoreSpec(url, urllib.parse.urlunsplit(parts._replace(netloc=netloc)))
+
+
+def _namespace(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
+        raise ValueError(f"bad namespace {text!r}: up to 64 letters, digits, '.', '_' or '-'")
+    return text
 
 
 def _existing_file(base: Path, what: str, name: str) -> Path:

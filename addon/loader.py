@@ -30,6 +30,7 @@ from addon.breaker import Breaker
 from addon.config import BreakerSpec, Config, load_config
 from addon.offloop import in_thread
 from addon.schema import RulesError, RulesErrors
+from addon.shared import SharedStore
 from addon.sources import ValueSource
 from addon.statesaver import StateSaver
 from addon.template import CAPTCHA
@@ -62,6 +63,7 @@ class RulesLoader:
         self.saver = StateSaver(self.tokens)
         self.tokens.on_change = self.saver.changed
         self.breaker = Breaker()
+        self.shared: SharedStore | None = None  # tokens.store: health shared with other proxies through Redis
         self.values: dict[str, ValueSource] = {}  # by name, as the rules file's values: (and captcha:)
         self.stream_copy_limit = 1024 * 1024
         self.mitmproxy_stores_streamed = False  # mitmproxy 12.1+ with store_streamed_bodies: it keeps them whole
@@ -106,11 +108,15 @@ class RulesLoader:
 
     def running(self) -> None:
         self._watcher.start()
+        if self.shared is not None:
+            self.shared.start()
 
     def done(self) -> None:
         self._watcher.stop()
         if self._reloading is not None:
             self._reloading.cancel()
+        if self.shared is not None:
+            self.shared.stop()
         self.saver.done()
 
     # loading
@@ -134,7 +140,7 @@ class RulesLoader:
         config = load_config(path)
         tokens = read_token_list(config.tokens.file) if config.tokens else TokenList.of(())
         state = None
-        if config.tokens and config.tokens.state_file != state_file:
+        if config.tokens and config.tokens.store is None and config.tokens.state_file != state_file:
             state = _read_state(config.tokens.state_file)
         return _Read(config, tokens, state)
 
@@ -163,15 +169,20 @@ class RulesLoader:
                 self.tokens.load_health(health)
         self.breaker.spec = config.tokens.breaker if config.tokens else BreakerSpec()
         self.tokens.replace(tokens)
+        self._share(config.tokens.store if config.tokens else None)
         kept = self.values  # a source whose spec is unchanged keeps its value
         self.values = {
             name: kept[name] if name in kept and kept[name].spec == spec else ValueSource(spec)
             for name, spec in config.values.items()
         }
+        for source in self.values.values():
+            source.shared = self.shared
         self._watch(config)
         summary = f"{len(config.rules)} rule(s)"
         if config.tokens:
             summary += f", {len(tokens.tokens)} token(s)"
+            if config.tokens.store is not None:
+                summary += f" sharing health on {config.tokens.store.shown} (namespace {config.tokens.store.namespace})"
             if not tokens.tokens:
                 logger.warning(f"rules: {config.tokens.file} has no tokens; requests that need one get a 503")
         for name, spec in config.values.items():
@@ -186,9 +197,29 @@ class RulesLoader:
             logger.error(f"{read}; the {len(self.tokens)} token(s) read before stay in use")
             return
         self.tokens.replace(read)
+        if self.shared is not None:
+            self.shared.read_again()  # the health of tokens new to this proxy
         logger.info(f"rules: re-read {self.config.tokens.file}: {len(read.tokens)} token(s)")
         if not read.tokens:
             logger.warning(f"rules: {self.config.tokens.file} has no tokens; requests that need one get a 503")
+
+    def _share(self, store) -> None:
+        """Keep token health on this store from now on (None: in the state file)."""
+        if self.shared is not None and self.shared.spec == store:
+            return
+        if self.shared is not None:
+            self.shared.stop()
+            self.shared = None
+        if store is None:
+            self.tokens.on_change = self.saver.changed
+            return
+        self.tokens.on_change = lambda: None  # no state file: Redis keeps it
+        self.shared = SharedStore(store, self.tokens, self.breaker)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # not yet running: `running` starts it
+            return
+        self.shared.start()
 
     def _changed(self, what: str) -> None:
         """A watched file changed: read it in a thread (now, or when the reload under way is done)."""

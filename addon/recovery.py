@@ -218,7 +218,7 @@ class Recovery:
 
     def _settled(self, response: http.Response, values: dict[str, str], sent_at: float) -> None:
         if TOKEN in values and response.status_code < 400:
-            self.state.tokens.succeeded(values[TOKEN], sent_at)
+            (self.state.shared or self.state.tokens).succeeded(values[TOKEN], sent_at)
 
     async def _recover(
         self, flow: http.HTTPFlow, sent: Sent, action: Action, config: Config, client: Handover | None = None
@@ -239,7 +239,7 @@ class Recovery:
                 if self.state.breaker.is_open:
                     outcome = "the breaker is open: refusals go to the client as they are"
                     break
-                self._refused(values[TOKEN], last)
+                await self._refused(values[TOKEN], last)
                 if self.state.breaker.is_open:
                     outcome = "this refusal opened the breaker"
                     break
@@ -307,15 +307,18 @@ class Recovery:
             flow.response.timestamp_end = time.time()  # mitmweb's time: as long as the client waited
         add_note(flow, note)
 
-    def _refused(self, token: str, response: http.Response) -> None:
-        pool, key = self.state.tokens, token_key(token)
-        before = pool.health[key].cooling_until if key in pool.health else 0.0
-        if pool.refused(token, retry_after(response)):
+    async def _refused(self, token: str, response: http.Response) -> None:
+        pool, key, shared = self.state.tokens, token_key(token), self.state.shared
+        marked = await shared.refused(token, retry_after(response)) if shared is not None else None
+        if marked is None:  # judged here: no shared store, or it did not answer
+            before = pool.health[key].cooling_until if key in pool.health else 0.0
+            marked = pool.refused(token, retry_after(response))
+            undo = self.state.breaker.refused(key, before)
+            if undo is not None:
+                pool.restore(undo)
+        if marked and key in pool.health:
             until = pool.health[key].cooling_until - pool.clock()
             logger.info(f"tokens: {mask(token)} refused ({response.status_code}); passed over for {until:.0f} s")
-        undo = self.state.breaker.refused(key, before)
-        if undo is not None:
-            pool.restore(undo)
 
     async def _next_values(self, action: Action, values: dict[str, str], tried: set[str]) -> dict[str, str] | str:
         """The values for the next attempt, or why there are none (and then no value is fetched

@@ -10,7 +10,10 @@ other than the one turned down: a command runs again; a file is read again, wait
 seconds for it to change (a browser script that solves a challenge rewrites it). Every refusal of
 the same value waits for the same refresh. A refresh that fails, or brings back the value turned
 down, gives None. A failed fetch is logged and yields None; the request then goes on without what
-needed it. Values are secrets: the log shows at most their last four characters, unless the spec
+needed it.
+
+On a shared store (`tokens.store`, addon/shared.py), a command with a ttl runs on one proxy at a
+time: the others wait for its value and take it, with what is left of its ttl, from Redis. Values are secrets: the log shows at most their last four characters, unless the spec
 says `secret: false`.
 """
 
@@ -22,13 +25,18 @@ import os
 import shlex
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from addon.config import ValueSpec
 from addon.masking import mask
 from addon.watch import signature
 
+if TYPE_CHECKING:
+    from addon.shared import SharedStore
+
 logger = logging.getLogger(__name__)
 
+SHARED_POLL = 0.05  # seconds between looks at the shared store while another proxy runs the command
 WAIT_POLL = 0.1  # seconds between looks at a file a refresh waits on
 
 
@@ -46,6 +54,7 @@ class ValueSource:
         self._renewing: asyncio.Future[str | None] | None = None  # a refresh, and the value it replaces
         self._replaces: str | None = None
         self.runs = 0  # fetches started, for status and tests
+        self.shared: SharedStore | None = None  # set by the loader: a command with a ttl runs once for all proxies
 
     @property
     def name(self) -> str:
@@ -65,7 +74,8 @@ class ValueSource:
             return self._value
         return None
 
-    async def get(self) -> str | None:
+    async def get(self, stale: str | None = None) -> str | None:
+        """The value (not `stale`, the one a refusal turned down, when it comes from the shared store)."""
         value = self.cached()
         if value is not None:
             return value
@@ -74,7 +84,7 @@ class ValueSource:
             # on its way to the upstream); a command with a ttl is run once for everyone who asks
             return await self._fetch()
         if self._inflight is None:
-            self._inflight = asyncio.ensure_future(self._fetch())
+            self._inflight = asyncio.ensure_future(self._fetch_shared(stale))
             self._inflight.add_done_callback(self._fetched)
         return await asyncio.shield(self._inflight)
 
@@ -88,7 +98,7 @@ class ValueSource:
             return await self.get()
         if stale is None or self._value == stale:
             self.invalidate()
-        return await self.get()
+        return await self.get(stale)
 
     async def refresh(self, stale: str | None) -> str | None:
         """A value other than `stale` (the one the upstream just turned down), or None when the source
@@ -114,7 +124,7 @@ class ValueSource:
             return None
         if spec.file is not None:
             return await self._wait_for_change(stale)
-        value = await self._fetch()
+        value = await self._fetch_shared(stale)
         if value is not None and value == stale:
             logger.warning(f"{self.name}: {spec.describe()} gave the value the upstream turned down again")
             return None
@@ -143,6 +153,28 @@ class ValueSource:
                 return None
             await asyncio.sleep(WAIT_POLL)
 
+    async def _fetch_shared(self, stale: str | None) -> str | None:
+        """A command's value with a ttl: from the shared store, or run here (for every proxy of the store
+        when this one holds its lock; alone when there is no store or it does not answer)."""
+        shared = self.shared
+        if shared is None or self.spec.ttl == 0:
+            return await self._fetch()
+        deadline = self._clock() + self.spec.timeout + 1
+        while True:
+            got = await shared.claim(self.name, stale, self.spec.timeout + 1)
+            if got is None:
+                return await self._fetch()
+            if got[0] == "value":
+                logger.debug(f"{self.name}: value {self.show(got[1])} from the shared store")
+                return self._accept(got[1], ttl=got[2], quiet=True)
+            if got[0] == "run":
+                value = await self._fetch()
+                await shared.publish(self.name, got[1], value, self.spec.ttl)
+                return value
+            if self._clock() >= deadline:  # the proxy that runs it is gone: its lock expires, or run it here
+                return await self._fetch()
+            await asyncio.sleep(SHARED_POLL)
+
     async def _fetch(self) -> str | None:
         """Read or run the source once."""
         self.runs += 1
@@ -153,7 +185,7 @@ class ValueSource:
             return None
         return self._accept(value)
 
-    def _accept(self, value: str) -> str | None:
+    def _accept(self, value: str, ttl: float | None = None, quiet: bool = False) -> str | None:
         """Keep a value the source gave, if it can be used."""
         what = f"{self.name}: {self.spec.describe()}"
         if not value:
@@ -163,9 +195,11 @@ class ValueSource:
             logger.error(f"{what} gave a value with a line break; requests go on without it")
             return None
         self._value = value
-        ttl = self.spec.ttl
+        if ttl is None:
+            ttl = self.spec.ttl
         self._expires = self._clock() + ttl if ttl or self.spec.command is not None else float("inf")
-        logger.info(f"{self.name}: new value {self.show(value)} from {self.spec.describe()}")
+        if not quiet:
+            logger.info(f"{self.name}: new value {self.show(value)} from {self.spec.describe()}")
         return value
 
     async def _read(self) -> str:

@@ -109,6 +109,11 @@ class Health:
             return "disabled"
         return "cooling" if self.cooling_until > now else "active"
 
+    @property
+    def record(self) -> tuple[float, float, bool, int, int]:
+        """As a shared store keeps it (see put_health): no suffix, nothing of the token."""
+        return self.cooling_until, self.refused_at, self.disabled, self.successes, self.refusals
+
     def to_entry(self) -> dict[str, Any]:
         return {
             "suffix": self.suffix,
@@ -209,10 +214,17 @@ class TokenPool:
 
     # choosing
 
-    def draw(self, exclude: Iterable[str] = ()) -> str | None:
-        """The token for the next request, or None when none is usable."""
+    def draw(self, exclude: Iterable[str] = (), position: int | None = None) -> str | None:
+        """The token for the next request, or None when none is usable. `position`: a place in the
+        rotation that proxies share (round_robin on a shared store): the token there, or the next
+        usable one after it."""
         exclude = set(exclude)
         self._wake(self.clock())
+        if position is not None and self.strategy == "round_robin" and self.list.tokens:
+            token = self._next_after(position % len(self.list.tokens) - 1, exclude)
+            if token is not None:
+                self._last = token
+            return token
         start = self.list.position.get(self._last, -1) if self._last is not None else -1
         if self.strategy == "sticky" and start >= 0 and self._usable[start] and self._last not in exclude:
             return self._last
@@ -305,6 +317,31 @@ class TokenPool:
                 self._classify(key, now)
                 self._changed.add(key)
         self.on_change()
+
+    def put_health(self, key: str, record: Sequence[float]) -> None:
+        """Take a token's health as another place keeps it (a shared store): cooling_until, refused_at,
+        disabled, successes, refusals. Not a change of this proxy's: nothing is saved for it. Ignored
+        for a token not in the file."""
+        i = self.list.key_position.get(key)
+        if i is None:
+            return
+        health = self.health.get(key)
+        if health is None:
+            health = self.health[key] = Health(mask(self.list.tokens[i]))
+        cooling_until, refused_at, disabled, successes, refusals = record
+        health.cooling_until, health.refused_at, health.disabled = float(cooling_until), float(refused_at), bool(disabled)
+        health.successes, health.refusals = int(successes), int(refusals)
+        self._classify(key, self.clock())
+
+    @property
+    def inactive(self) -> frozenset[str]:
+        """The keys of the tokens that are cooling or disabled (cooling may have ended since)."""
+        return frozenset(self._inactive)
+
+    def keys_ending(self, suffix: str) -> list[str]:
+        """The keys of the tokens whose value ends with `suffix` (as `set_disabled` picks them)."""
+        suffix = suffix.lstrip("…").lstrip(".")
+        return [k for t, k in zip(self.list.tokens, self.list.keys) if suffix and t.endswith(suffix)]
 
     # by hand (commands: these may look at every token)
 

@@ -152,6 +152,14 @@ def test_state_file_defaults_to_beside_the_tokens_file(tmp_path):
     assert config.tokens.state_file == tmp_path / "tokens.state.json"
 
 
+def test_a_shared_store(tmp_path):
+    path = write(tmp_path, R + "tokens: {file: tokens.txt, store: 'rediss://:{env:PW}@redis.internal:6380/2', namespace: shop}\n")
+    store = load_config(path, environ={"PW": "s3cret-pw"}).tokens.store
+    assert store.url == "rediss://:s3cret-pw@redis.internal:6380/2"
+    assert store.shown == "rediss://:****@redis.internal:6380/2" and store.namespace == "shop"
+    assert load_config(write(tmp_path, R + TOK)).tokens.store is None
+
+
 def test_defaults(tmp_path):
     config = load_config(write(tmp_path, "rules:\n  - match: {host: a.com}\n    headers: {X: y}\n"))
     assert config.rules[0].name == "rules[0]"
@@ -318,6 +326,17 @@ BAD = [
     (R + "captcha: {file: captcha.txt}\non_response: [{match: {status: 403}, action: refresh_captcha, values: [captcha]}]\n",
      "5:71: on_response[0].values: values goes with action refresh, not refresh_captcha; "
      "refresh_captcha is refresh with values [captcha]"),
+    # a shared store
+    (R + "tokens: {file: tokens.txt, store: 'http://127.0.0.1:6379'}\n",
+     "4:35: tokens.store: expected redis://HOST:PORT/DB or rediss://…, not 'http://127.0.0.1:6379'"),
+    (R + "tokens: {file: tokens.txt, store: 'redis://:{env:NOPE}@127.0.0.1'}\n",
+     "4:35: tokens.store: environment variable NOPE (used as {env:NOPE}) is not set"),
+    (R + "tokens: {file: tokens.txt, store: 'redis://127.0.0.1/x'}\n",
+     "4:35: tokens.store: the path of 'redis://127.0.0.1/x' is the database number, like /0"),
+    (R + "tokens: {file: tokens.txt, namespace: shop}\n",
+     "4:39: tokens.namespace: 'namespace' names a pool on a shared store: it needs 'store' (redis://…)"),
+    (R + "tokens: {file: tokens.txt, store: 'redis://127.0.0.1', namespace: 'a b'}\n",
+     "4:67: tokens.namespace: bad namespace 'a b': up to 64 letters, digits, '.', '_' or '-'"),
     (R + "stream: {json_field: 'a..b'}\n",
      "4:22: stream.json_field: bad field path 'a..b': expected names separated by dots, like 'stream' or "
      "'options.stream'"),

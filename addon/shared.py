@@ -1,0 +1,514 @@
+"""Token health, the breaker, the rotation and command values, shared by every proxy on one Redis store.
+
+With `tokens.store: redis://…` each proxy keeps its own picture of the pool (the TokenPool and
+Breaker of the loader, which the hooks read as before) and Redis keeps the one all proxies agree on:
+
+- A refusal is judged in Redis, by one script (`REFUSE`): it cools the token down unless it is
+  cooling already, counts it for the breaker and opens the breaker when the threshold is reached,
+  undoing the cooldowns of the refusals that opened it, as breaker.py does on one proxy.
+- Every change of a token's health or of the breaker is also an entry of a stream, `events`. A
+  request that draws a token first reads the entries it has not seen, in one pipelined round trip
+  that also takes its place in the shared rotation (`INCRBY rr`) and carries the successes counted
+  since the last one: it never draws a token another proxy saw refused before it asked. Draws that
+  arrive while a round trip is under way share the next one. A proxy with no requests reads the
+  stream once a second.
+- A command value with a ttl (addon/sources.py) is run by one proxy at a time, under a lock that
+  expires, and kept in Redis for its ttl; the others take it from there.
+- `tokens.disable`, `enable` and `reset` change Redis too.
+
+Keys, all under `mitm-rules:{NAMESPACE}:` (the braces make it a Redis Cluster hash tag, so a
+script's keys are on one node): `health` (a hash: token key → "cooling_until refused_at disabled
+successes refusals"), `events` (a stream, trimmed to about EVENTS_KEPT entries), `rr` (the
+rotation), `breaker` (open until), `recent`/`before` (the breaker's window), `value:NAME` and
+`lock:NAME`. A token's key is a hash of it (tokens.token_key): no token, nor any part of one, goes
+to Redis. Command values do: the README says so. Times are the proxies' wall clocks, which are
+expected to agree (NTP).
+
+Redis failing never fails a request. Every request-path operation has OP_TIMEOUT; the first failure
+turns sharing off with one alert, and the proxy goes on with its own picture. Once a second the
+keeper tries again; when Redis answers, it sends what changed here meanwhile (merged: the later
+cooldown wins, a disable stays), reads the shared state back and says so in one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mitmproxy.log import ALERT
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
+
+from addon.breaker import Breaker
+from addon.config import StoreSpec
+from addon.tokens import TokenPool, token_key
+
+logger = logging.getLogger(__name__)
+
+OP_TIMEOUT = 0.05  # seconds: the most a request waits for Redis
+SLOW_TIMEOUT = 5.0  # seconds, for what no request waits on: connecting, reading the whole state, commands
+KEEP_EVERY = 1.0  # seconds between the keeper's turns: read the stream when idle, or try to reconnect
+EVENTS_KEPT = 100_000  # stream entries kept (about): a proxy that was gone longer reads the whole state
+EVENTS_PER_READ = 1000
+MERGE_CHUNK = 1000  # records sent per script call when a proxy comes back
+
+FAILURES = (redis_errors.RedisError, OSError, asyncio.TimeoutError)
+
+# A record: "cooling_until refused_at disabled successes refusals"; every script that changes one
+# also adds it to the stream. KEYS[1] health, KEYS[2] events; ARGV[1] the stream's length to keep.
+_RECORDS = """
+local function get(k)
+  local v = redis.call('HGET', KEYS[1], k)
+  if not v then return {0, 0, 0, 0, 0} end
+  local r = {}
+  for x in string.gmatch(v, '%S+') do r[#r + 1] = tonumber(x) end
+  return r
+end
+local function put(k, r, tell)
+  local v = string.format('%.17g %.17g %d %d %d', r[1], r[2], r[3], r[4], r[5])
+  redis.call('HSET', KEYS[1], k, v)
+  if tell then redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'h', k, 'r', v) end
+  return v
+end
+local function num(key) return tonumber(redis.call('GET', key) or '0') end
+"""
+
+# KEYS[3] breaker, [4] recent, [5] before; ARGV[2] token key, [3] now, [4] cooldown, [5] window,
+# [6] threshold, [7] pause. Returns {marked 0/1, record, breaker open until or '0', opened 0/1}; with
+# the breaker open, nothing changes (as recovery.py passes such refusals on untouched).
+REFUSE = _RECORDS + """
+local k, now, cd = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local window, threshold, pause = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local open_until = num(KEYS[3])
+if open_until > now then return {0, '', string.format('%.17g', open_until), 0} end
+local r = get(k)
+local before = r[1]
+r[5] = r[5] + 1
+local marked = 0
+if r[1] <= now then r[1] = now + cd; r[2] = now; marked = 1 end
+local v = put(k, r, true)
+local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. string.format('%.17g', now - window))
+for _, o in ipairs(old) do redis.call('ZREM', KEYS[4], o); redis.call('HDEL', KEYS[5], o) end
+if not redis.call('ZSCORE', KEYS[4], k) then redis.call('HSET', KEYS[5], k, string.format('%.17g', before)) end
+redis.call('ZADD', KEYS[4], now, k)
+if redis.call('ZCARD', KEYS[4]) < threshold then return {marked, v, '0', 0} end
+open_until = now + pause
+redis.call('SET', KEYS[3], string.format('%.17g', open_until))
+for _, o in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+  local ro = get(o)
+  ro[1] = tonumber(redis.call('HGET', KEYS[5], o) or '0')
+  local vo = put(o, ro, true)
+  if o == k then v = vo end
+end
+redis.call('DEL', KEYS[4], KEYS[5])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'b', string.format('%.17g', open_until))
+return {marked, v, string.format('%.17g', open_until), 1}
+"""
+
+# ARGV[2] now, then (token key, successes, latest send time) triples. A success ends a cooldown
+# that began before the request was sent (tokens.TokenPool.succeeded); only that is told.
+SUCCEED = _RECORDS + """
+local now = tonumber(ARGV[2])
+for i = 3, #ARGV, 3 do
+  local k, n, sent = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local r = get(k)
+  r[4] = r[4] + n
+  local ends = sent > r[2] and r[1] > now
+  if sent > r[2] and r[1] > 0 then r[1] = 0 end
+  put(k, r, ends)
+end
+return 0
+"""
+
+# ARGV[2] 1 disable / 0 enable, then token keys.
+DISABLE = _RECORDS + """
+for i = 3, #ARGV do
+  local r = get(ARGV[i])
+  r[3] = tonumber(ARGV[2])
+  put(ARGV[i], r, true)
+end
+return 0
+"""
+
+# KEYS[3] breaker, [4] recent, [5] before: every cooldown ends, the breaker closes.
+RESET = _RECORDS + """
+for _, k in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local r = get(k)
+  if r[1] > 0 then r[1] = 0; put(k, r, true) end
+end
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'b', '0')
+return 0
+"""
+
+# What changed on a proxy while Redis was out of reach, merged in: ARGV[2..] (key, record) pairs;
+# the later cooldown and refusal win, a disable stays, counters take the larger.
+MERGE = _RECORDS + """
+for i = 2, #ARGV, 2 do
+  local r = get(ARGV[i])
+  local l = {}
+  for x in string.gmatch(ARGV[i + 1], '%S+') do l[#l + 1] = tonumber(x) end
+  r[1] = math.max(r[1], l[1]); r[2] = math.max(r[2], l[2]); r[3] = math.max(r[3], l[3])
+  r[4] = math.max(r[4], l[4]); r[5] = math.max(r[5], l[5])
+  put(ARGV[i], r, true)
+end
+return 0
+"""
+
+# KEYS[1] value:NAME, [2] lock:NAME; ARGV[1] the value turned down ('' for none), [2] lock id, [3] lock ms.
+# {'value', value, ms left} | {'run'} (the caller holds the lock) | {'wait'} (another proxy runs it).
+CLAIM = """
+local v = redis.call('GET', KEYS[1])
+if v and v ~= ARGV[1] then return {'value', v, redis.call('PTTL', KEYS[1])} end
+if v then redis.call('DEL', KEYS[1]) end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return {'run'} end
+return {'wait'}
+"""
+
+# KEYS[1] value:NAME, [2] lock:NAME; ARGV[1] lock id, [2] value ('' for none: the run failed), [3] ttl ms.
+PUBLISH = """
+if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return 0
+"""
+
+SCRIPTS = {"refuse": REFUSE, "succeed": SUCCEED, "disable": DISABLE, "reset": RESET, "merge": MERGE,
+           "claim": CLAIM, "publish": PUBLISH}
+
+
+def parse_record(text: str) -> tuple[float, float, bool, int, int]:
+    a, b, c, d, e = text.split()
+    return float(a), float(b), c != "0", int(float(d)), int(float(e))
+
+
+def format_record(record: Iterable[Any]) -> str:
+    a, b, c, d, e = record
+    return f"{float(a)!r} {float(b)!r} {int(bool(c))} {int(d)} {int(e)}"
+
+
+class _Keys:
+    def __init__(self, namespace: str) -> None:
+        base = f"mitm-rules:{{{namespace}}}:"
+        self.health, self.events, self.rr = base + "health", base + "events", base + "rr"
+        self.breaker, self.recent, self.before = base + "breaker", base + "recent", base + "before"
+        self.value, self.lock = base + "value:", base + "lock:"
+
+
+@dataclass
+class _Batch:
+    """Draws that share one round trip."""
+
+    draws: int = 0
+    done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class SharedStore:
+    def __init__(self, spec: StoreSpec, pool: TokenPool, breaker: Breaker, clock: Callable[[], float] = time.time) -> None:
+        self.spec, self.pool, self.breaker, self.clock = spec, pool, breaker, clock
+        self.keys = _Keys(spec.namespace)
+        self.online = False
+        self.round_trips = 0  # request-path round trips, for status and tests
+        options: dict[str, Any] = dict(
+            decode_responses=True, retry=Retry(NoBackoff(), 0), health_check_interval=0, client_name="mitm-rules",
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),  # a Redis Cloud feature: a round trip less
+        )  # fmt: skip
+        self._fast = Redis.from_url(spec.url, socket_timeout=OP_TIMEOUT, socket_connect_timeout=OP_TIMEOUT, **options)
+        self._slow = Redis.from_url(spec.url, socket_timeout=SLOW_TIMEOUT, socket_connect_timeout=SLOW_TIMEOUT, **options)
+        self._sha: dict[str, str] = {}
+        self._last_id = "0-0"  # the last stream entry applied
+        self._next: _Batch | None = None
+        self._syncing: asyncio.Task | None = None
+        self._synced_at = 0.0
+        self._successes: dict[str, list[float]] = {}  # key -> [count, latest send time], sent with the next sync
+        self._keeper: asyncio.Task | None = None
+        self._problem: str | None = None  # why sharing is off (logged once per outage)
+        self._tasks: set[asyncio.Task] = set()
+
+    # life
+
+    def start(self) -> None:
+        """Connect in the background; until then (and whenever Redis fails) this proxy is on its own."""
+        if self._keeper is None:
+            self._keeper = asyncio.get_running_loop().create_task(self._keep(), name="shared store keeper")
+
+    def stop(self) -> None:
+        """No more sharing (shut-down, or another store): the connections close in the background."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+        self.online = False
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._background(self._close(), "closing the shared store's connections")
+
+    async def _close(self) -> None:
+        for client in (self._fast, self._slow):
+            await client.aclose()
+
+    def read_again(self) -> None:
+        """Read every record again (the tokens file changed: some tokens may be new here)."""
+        if self.online:
+            self._background(self._read_all(), "tokens: reading the shared store")
+
+    async def _keep(self) -> None:
+        while True:
+            try:
+                if not self.online:
+                    await self._connect()
+                elif time.monotonic() - self._synced_at >= KEEP_EVERY:
+                    await self._sync(0)
+            except Exception:  # a bug, not Redis: say so, and keep the keeper going
+                logger.exception("tokens: the shared store's keeper failed")
+            await asyncio.sleep(KEEP_EVERY)
+
+    async def _connect(self) -> None:
+        try:
+            for name, text in SCRIPTS.items():
+                self._sha[name] = await self._slow.script_load(text)
+            back = self._problem is not None
+            await self._merge_local()
+            count = await self._read_all()
+        except FAILURES as e:
+            self._went_offline(e)
+            return
+        self._problem = None
+        self.online = True
+        where = f"{self.spec.shown} (namespace {self.spec.namespace})"
+        if back:
+            logger.info(f"tokens: Redis at {where} is back: token health is shared again ({count} record(s))")
+        else:
+            logger.info(f"tokens: token health shared through Redis at {where}: {count} record(s)")
+
+    def _went_offline(self, error: BaseException) -> None:
+        if self.online:
+            self.pool.take_changes()  # from now on, what changes here is merged in when Redis is back
+        self.online = False
+        if self._problem is None:
+            self._problem = str(error).rstrip(".") or type(error).__name__
+            logger.log(ALERT, f"tokens: Redis at {self.spec.shown} cannot be reached ({self._problem}); this proxy goes "
+                       "on with its own token health, breaker and values, and tries again every second")
+
+    async def _merge_local(self) -> None:
+        """Send what changed here while Redis was out of reach, and every token cooling or disabled here
+        (a Redis restarted without persistence has lost them)."""
+        keys = set(self.pool.take_changes()) | self.pool.inactive
+        pairs = [(k, format_record(self.pool.health[k].record)) for k in keys if k in self.pool.health]
+        k = self.keys
+        for at in range(0, len(pairs), MERGE_CHUNK):
+            args = [a for pair in pairs[at : at + MERGE_CHUNK] for a in pair]
+            await self._slow.evalsha(self._sha["merge"], 2, k.health, k.events, EVENTS_KEPT, *args)
+
+    async def _read_all(self) -> int:
+        """Read every record and the breaker, and where the stream stands, at one moment."""
+        pipe = self._slow.pipeline(transaction=True)
+        pipe.xrevrange(self.keys.events, count=1)
+        pipe.hgetall(self.keys.health)
+        pipe.get(self.keys.breaker)
+        last, records, open_until = await pipe.execute()
+        self._last_id = last[0][0] if last else "0-0"
+        for key, text in records.items():
+            self.pool.put_health(key, parse_record(text))
+        self._breaker_until(float(open_until or 0), quiet=True)
+        self._synced_at = time.monotonic()
+        return len(records)
+
+    # the request path
+
+    async def draw(self) -> str | None:
+        """The token for a request: after reading what other proxies changed, at the shared rotation's
+        next place (round_robin). On this proxy's own picture when Redis does not answer."""
+        if not self.online:
+            return self.pool.draw()
+        shared = self.pool.strategy == "round_robin"
+        position = await self._sync(1 if shared else 0)
+        return self.pool.draw(position=position if shared else None)
+
+    def _sync(self, draws: int) -> asyncio.Future[int | None]:
+        """One round trip (shared by every draw that arrives while one is under way): take `draws`
+        places in the rotation, send the successes counted, read the stream. Resolves to the first
+        place taken (None: Redis failed, or no place was asked for)."""
+        batch = self._next
+        if batch is None:
+            batch = self._next = _Batch()
+        first = batch.draws
+        batch.draws += draws
+        if self._syncing is None:
+            self._syncing = asyncio.get_running_loop().create_task(self._syncs(), name="shared store sync")
+        result: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+
+        def place(done: asyncio.Future) -> None:
+            if not result.done():
+                base = done.result()
+                result.set_result(base + first if base is not None and draws else None)
+
+        batch.done.add_done_callback(place)
+        return result
+
+    async def _syncs(self) -> None:
+        try:
+            while self._next is not None:
+                batch, self._next = self._next, None
+                try:
+                    base = await self._round_trip(batch.draws) if self.online else None
+                except BaseException:  # whatever happens, nobody waits for ever: they draw on their own
+                    batch.done.set_result(None)
+                    raise
+                batch.done.set_result(base)
+        finally:
+            self._syncing = None
+
+    async def _round_trip(self, draws: int) -> int | None:
+        successes, self._successes = self._successes, {}
+        k = self.keys
+        pipe = self._fast.pipeline(transaction=False)
+        if draws:
+            pipe.incrby(k.rr, draws)
+        if successes:
+            args = [a for key, (n, sent) in successes.items() for a in (key, int(n), repr(sent))]
+            pipe.evalsha(self._sha["succeed"], 2, k.health, k.events, EVENTS_KEPT, repr(self.clock()), *args)
+        pipe.xread({k.events: self._last_id}, count=EVENTS_PER_READ)
+        self.round_trips += 1
+        try:
+            results = await pipe.execute()
+        except FAILURES as e:
+            if isinstance(e, redis_errors.NoScriptError):  # Redis restarted: the keeper loads them again
+                self._sha.clear()
+            self._went_offline(e)
+            return None
+        self._synced_at = time.monotonic()
+        self._apply(results[-1])
+        if len(results[-1]) and len(results[-1][0][1]) >= EVENTS_PER_READ:
+            self._sync(0)  # more to read
+        return int(results[0]) - draws if draws else None
+
+    def _apply(self, read: list) -> None:
+        """Apply stream entries: token records and breaker changes, in order."""
+        for _stream, entries in read:
+            for entry_id, fields in entries:
+                self._last_id = entry_id
+                if "h" in fields:
+                    self.pool.put_health(fields["h"], parse_record(fields["r"]))
+                elif "b" in fields:
+                    self._breaker_until(float(fields["b"]))
+
+    def _breaker_until(self, until: float, quiet: bool = False) -> None:
+        if until == self.breaker.open_until:
+            return
+        if until > self.clock() and not quiet:
+            self.breaker.opened(until, elsewhere=True)
+        else:
+            self.breaker.open_until = until
+
+    async def refused(self, token: str, retry_after: float | None) -> bool | None:
+        """Judge a refusal in Redis: True when it cooled the token down, False when it was cooling
+        already or the breaker is open; None when Redis did not answer (judge it here, then)."""
+        if not self.online or "refuse" not in self._sha:
+            return None
+        k, spec, key = self.keys, self.breaker.spec, token_key(token)
+        cooldown = max(self.pool.cooldown, retry_after or 0)
+        self.round_trips += 1
+        try:
+            marked, record, open_until, opened = await self._fast.evalsha(
+                self._sha["refuse"], 5, k.health, k.events, k.breaker, k.recent, k.before,
+                EVENTS_KEPT, key, repr(self.clock()), repr(cooldown), repr(spec.window), spec.tokens, repr(spec.pause),
+            )  # fmt: skip
+        except FAILURES as e:
+            self._went_offline(e)
+            return None
+        if record:
+            self.pool.put_health(key, parse_record(record))
+        if opened:  # by this refusal; the cooldowns it undid in Redis come here with the stream
+            self.breaker.opened(float(open_until))
+        else:
+            self._breaker_until(float(open_until) if float(open_until) > self.clock() else self.breaker.open_until)
+        return bool(marked)
+
+    def succeeded(self, token: str, sent_at: float) -> None:
+        """Count a success here now and in Redis with the next round trip."""
+        self.pool.succeeded(token, sent_at)
+        if not self.online:
+            return
+        i = self.pool.list.position.get(token)
+        key = self.pool.list.keys[i] if i is not None else token_key(token)
+        counted = self._successes.setdefault(key, [0, 0.0])
+        counted[0] += 1
+        counted[1] = max(counted[1], sent_at)
+
+    # by hand
+
+    def set_disabled(self, suffix: str, disabled: bool) -> list:
+        found = self.pool.set_disabled(suffix, disabled)
+        keys = self.pool.keys_ending(suffix)
+        if keys:
+            self._by_hand("disable", keys, int(disabled))
+        return found
+
+    def reset(self) -> None:
+        self.pool.reset()
+        self.breaker.open_until = 0.0
+        self._by_hand("reset", [])
+
+    def _by_hand(self, script: str, keys: list[str], *args: Any) -> None:
+        if not self.online:
+            logger.warning(f"tokens: Redis at {self.spec.shown} cannot be reached: this holds on this proxy now; a "
+                           "disable reaches the others when Redis is back, an enable or reset does not (run it again then)")
+            return
+        k = self.keys
+        if script == "reset":
+            call = self._slow.evalsha(self._sha["reset"], 5, k.health, k.events, k.breaker, k.recent, k.before, EVENTS_KEPT)
+        else:
+            call = self._slow.evalsha(self._sha[script], 2, k.health, k.events, EVENTS_KEPT, *args, *keys)
+        self._background(call, f"tokens: {script} on the shared store")
+
+    def _background(self, call, what: str) -> None:
+        async def run() -> None:
+            try:
+                await call
+            except FAILURES as e:
+                logger.error(f"{what} failed ({e}); it holds on this proxy only")
+
+        task = asyncio.get_running_loop().create_task(run(), name=what)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # command values (addon/sources.py)
+
+    async def claim(self, name: str, stale: str | None, lock_seconds: float) -> tuple | None:
+        """A value another proxy keeps for `name` (not `stale`): ('value', value, seconds left); or
+        ('run', lock): run the command, then `publish`; or ('wait',): another proxy runs it. None:
+        Redis did not answer (run it here)."""
+        if not self.online or "claim" not in self._sha:
+            return None
+        lock = uuid.uuid4().hex
+        try:
+            got = await self._fast.evalsha(self._sha["claim"], 2, self.keys.value + name, self.keys.lock + name,
+                                           stale or "", lock, int(lock_seconds * 1000))
+        except FAILURES as e:
+            self._went_offline(e)
+            return None
+        if got[0] == "value":
+            return "value", got[1], max(int(got[2]), 0) / 1000
+        return ("run", lock) if got[0] == "run" else ("wait",)
+
+    async def publish(self, name: str, lock: str, value: str | None, ttl: float) -> None:
+        """Keep the value a command gave for `ttl` seconds (none: the run failed), and let go of the lock."""
+        if "publish" not in self._sha:
+            return
+        try:
+            await self._fast.evalsha(self._sha["publish"], 2, self.keys.value + name, self.keys.lock + name,
+                                     lock, value or "", max(int(ttl * 1000), 1))
+        except FAILURES as e:
+            self._went_offline(e)
+
+    def describe(self) -> str:
+        state = "shared" if self.online else f"not shared now: {self._problem or 'connecting'}"
+        return f"token health on {self.spec.shown} (namespace {self.spec.namespace}): {state}"
