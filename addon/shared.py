@@ -8,8 +8,9 @@ Breaker of the loader, which the hooks read as before) and Redis keeps the one a
   undoing the cooldowns of the refusals that opened it, as breaker.py does on one proxy.
 - Every change of a token's health or of the breaker is also an entry of a stream, `events`. A
   request that draws a token first reads the entries it has not seen, in one pipelined round trip
-  that also takes its place in the shared rotation (`INCRBY rr`) and carries the successes counted
-  since the last one: it never draws a token another proxy saw refused before it asked. Draws that
+  that also takes its place in the shared rotation (`INCRBY rr`): it never draws a token another
+  proxy saw refused before it asked. Successes are counted here and sent with a round trip about
+  once a second (at once when one ends a cooldown: the others then use the token again). Draws that
   arrive while a round trip is under way share the next one. A proxy with no requests reads the
   stream once a second.
 - A command value with a ttl (addon/sources.py) is run by one proxy at a time, under a lock that
@@ -24,8 +25,10 @@ rotation), `breaker` (open until), `recent`/`before` (the breaker's window), `va
 to Redis. Command values do: the README says so. Times are the proxies' wall clocks, which are
 expected to agree (NTP).
 
-Redis failing never fails a request. Every request-path operation has OP_TIMEOUT; the first failure
-turns sharing off with one alert, and the proxy goes on with its own picture. Once a second the
+Redis failing never fails a request. Every request-path operation has OP_TIMEOUT; a request whose
+call fails goes on with this proxy's picture. A refused or broken connection turns sharing off at
+once, with one alert; late answers do so only LATE_IN_A_ROW in a row, as a proxy's own busy event
+loop can make an answer late that Redis gave at once. The proxy then goes on with its own picture. Once a second the
 keeper tries again; when Redis answers, it sends what changed here meanwhile (merged: the later
 cooldown wins, a disable stays), reads the shared state back and says so in one line.
 """
@@ -59,6 +62,8 @@ KEEP_EVERY = 1.0  # seconds between the keeper's turns: read the stream when idl
 EVENTS_KEPT = 100_000  # stream entries kept (about): a proxy that was gone longer reads the whole state
 EVENTS_PER_READ = 1000
 MERGE_CHUNK = 1000  # records sent per script call when a proxy comes back
+
+LATE_IN_A_ROW = 3  # late answers before sharing is turned off (a busy event loop alone can make one late)
 
 FAILURES = (redis_errors.RedisError, OSError, asyncio.TimeoutError)
 
@@ -184,6 +189,10 @@ SCRIPTS = {"refuse": REFUSE, "succeed": SUCCEED, "disable": DISABLE, "reset": RE
            "claim": CLAIM, "publish": PUBLISH}
 
 
+def _late(error: BaseException) -> bool:
+    return isinstance(error, (redis_errors.TimeoutError, asyncio.TimeoutError))
+
+
 def parse_record(text: str) -> tuple[float, float, bool, int, int]:
     a, b, c, d, e = text.split()
     return float(a), float(b), c != "0", int(float(d)), int(float(e))
@@ -227,9 +236,11 @@ class SharedStore:
         self._next: _Batch | None = None
         self._syncing: asyncio.Task | None = None
         self._synced_at = 0.0
-        self._successes: dict[str, list[float]] = {}  # key -> [count, latest send time], sent with the next sync
+        self._successes: dict[str, list[float]] = {}  # key -> [count, latest send time], not yet sent
+        self._successes_due = 0.0  # when to send them (monotonic); 0: none waiting
         self._keeper: asyncio.Task | None = None
         self._problem: str | None = None  # why sharing is off (logged once per outage)
+        self._late = 0  # answers in a row that came too late
         self._tasks: set[asyncio.Task] = set()
 
     # life
@@ -264,8 +275,8 @@ class SharedStore:
             try:
                 if not self.online:
                     await self._connect()
-                elif time.monotonic() - self._synced_at >= KEEP_EVERY:
-                    await self._sync(0)
+                elif time.monotonic() - self._synced_at >= KEEP_EVERY or self._successes:
+                    await self._sync(0)  # idle: read the stream; or the successes counted meanwhile
             except Exception:  # a bug, not Redis: say so, and keep the keeper going
                 logger.exception("tokens: the shared store's keeper failed")
             await asyncio.sleep(KEEP_EVERY)
@@ -288,10 +299,23 @@ class SharedStore:
         else:
             logger.info(f"tokens: token health shared through Redis at {where}: {count} record(s)")
 
+    def _failed(self, error: BaseException) -> None:
+        """A call on the request path failed; the request goes on with this proxy's picture."""
+        if _late(error) and self.online:
+            self._late += 1
+            if self._late < LATE_IN_A_ROW:
+                logger.debug(f"tokens: Redis at {self.spec.shown} answered late ({self._late} in a row): "
+                             "a request went on with this proxy's picture")
+                return
+        if isinstance(error, redis_errors.NoScriptError):  # Redis restarted empty: the keeper loads them again
+            self._sha.clear()
+        self._went_offline(error)
+
     def _went_offline(self, error: BaseException) -> None:
         if self.online:
             self.pool.take_changes()  # from now on, what changes here is merged in when Redis is back
         self.online = False
+        self._late = 0
         if self._problem is None:
             self._problem = str(error).rstrip(".") or type(error).__name__
             logger.log(ALERT, f"tokens: Redis at {self.spec.shown} cannot be reached ({self._problem}); this proxy goes "
@@ -367,7 +391,9 @@ class SharedStore:
             self._syncing = None
 
     async def _round_trip(self, draws: int) -> int | None:
-        successes, self._successes = self._successes, {}
+        successes = {}
+        if self._successes and time.monotonic() >= self._successes_due:
+            successes, self._successes, self._successes_due = self._successes, {}, 0.0
         k = self.keys
         pipe = self._fast.pipeline(transaction=False)
         if draws:
@@ -380,10 +406,12 @@ class SharedStore:
         try:
             results = await pipe.execute()
         except FAILURES as e:
-            if isinstance(e, redis_errors.NoScriptError):  # Redis restarted: the keeper loads them again
-                self._sha.clear()
-            self._went_offline(e)
+            if not _late(e):  # not sent, most likely (a late answer was probably counted): send them later
+                for key, (n, sent) in successes.items():
+                    self._count(key, n, sent, time.monotonic() + KEEP_EVERY)
+            self._failed(e)
             return None
+        self._late = 0
         self._synced_at = time.monotonic()
         self._apply(results[-1])
         if len(results[-1]) and len(results[-1][0][1]) >= EVENTS_PER_READ:
@@ -422,8 +450,9 @@ class SharedStore:
                 EVENTS_KEPT, key, repr(self.clock()), repr(cooldown), repr(spec.window), spec.tokens, repr(spec.pause),
             )  # fmt: skip
         except FAILURES as e:
-            self._went_offline(e)
+            self._failed(e)
             return None
+        self._late = 0
         if record:
             self.pool.put_health(key, parse_record(record))
         if opened:  # by this refusal; the cooldowns it undid in Redis come here with the stream
@@ -433,15 +462,20 @@ class SharedStore:
         return bool(marked)
 
     def succeeded(self, token: str, sent_at: float) -> None:
-        """Count a success here now and in Redis with the next round trip."""
-        self.pool.succeeded(token, sent_at)
-        if not self.online:
-            return
+        """Count a success here now, and in Redis within about a second; one that ends a cooldown
+        goes with the next round trip."""
         i = self.pool.list.position.get(token)
         key = self.pool.list.keys[i] if i is not None else token_key(token)
+        health = self.pool.health.get(key)
+        ends = health is not None and health.cooling_until > self.clock() and sent_at > health.refused_at
+        self.pool.succeeded(token, sent_at)
+        if self.online:
+            self._count(key, 1, sent_at, 0.0 if ends else time.monotonic() + KEEP_EVERY)
+
+    def _count(self, key: str, n: int, sent_at: float, due: float) -> None:
         counted = self._successes.setdefault(key, [0, 0.0])
-        counted[0] += 1
-        counted[1] = max(counted[1], sent_at)
+        counted[0], counted[1] = counted[0] + n, max(counted[1], sent_at)
+        self._successes_due = min(self._successes_due, due) if self._successes_due else due
 
     # by hand
 
@@ -493,8 +527,9 @@ class SharedStore:
             got = await self._fast.evalsha(self._sha["claim"], 2, self.keys.value + name, self.keys.lock + name,
                                            stale or "", lock, int(lock_seconds * 1000))
         except FAILURES as e:
-            self._went_offline(e)
+            self._failed(e)
             return None
+        self._late = 0
         if got[0] == "value":
             return "value", got[1], max(int(got[2]), 0) / 1000
         return ("run", lock) if got[0] == "run" else ("wait",)
@@ -507,7 +542,7 @@ class SharedStore:
             await self._fast.evalsha(self._sha["publish"], 2, self.keys.value + name, self.keys.lock + name,
                                      lock, value or "", max(int(ttl * 1000), 1))
         except FAILURES as e:
-            self._went_offline(e)
+            self._failed(e)
 
     def describe(self) -> str:
         state = "shared" if self.online else f"not shared now: {self._problem or 'connecting'}"

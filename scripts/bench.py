@@ -1,10 +1,11 @@
 """Benchmarks of the addon against bare mitmdump, on loopback only; writes BENCHMARKS.md.
 
-Run it through `scripts/bench` (which sets up .venv and installs wrk when it is missing):
+Run it through `scripts/bench` (which sets up .venv and installs wrk and redis-server when they are missing):
 
     scripts/bench             # the full run (about 7 minutes on 2 cores), writes BENCHMARKS.md
     scripts/bench --quick     # under 2 minutes, fewer and shorter rounds; writes only a scratch copy
-    scripts/bench --only 1,2  # some scenarios (numbers as in BENCHMARKS.md: 1-9 from issue 4, 10 from issue 14)
+    scripts/bench --only 1,2  # some scenarios (numbers as in BENCHMARKS.md: 1-9 from issue 4, 10 from issue 14,
+                              # 11 from the shared-store issue: Redis against the state file, and propagation)
     scripts/bench --quick --addon ../other-worktree/addon/main.py   # measure a change kept elsewhere
 
 Every process listens on 127.0.0.1 only; every run is bounded in requests or seconds.
@@ -30,7 +31,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -74,14 +77,18 @@ class Settings:
     startup_rounds: int  # scenario 9
     reload_rounds: int
     sse_recovery_rounds: int  # scenario 10
+    shared_rounds: int  # scenario 11: throughput rounds (bare, file store, Redis store)
+    shared_seconds: float  # one wrk run of scenario 11
+    propagation_rounds: int  # scenario 11: refusals through proxy A with steady requests through proxy B
+    idle_rounds: int  # scenario 11: the same with B idle for IDLE_GAP seconds
 
 
 FULL = Settings(False, rounds=6, tput_seconds=8, lat_seconds=5, connections=10, sse_rounds=5, big_bytes=1 << 30,
                 recovery_rounds=30, storm_rounds=8, captcha_rounds=3, startup_rounds=5, reload_rounds=5,
-                sse_recovery_rounds=8)
+                sse_recovery_rounds=8, shared_rounds=5, shared_seconds=4, propagation_rounds=12, idle_rounds=2)
 QUICK = Settings(True, rounds=2, tput_seconds=3, lat_seconds=2, connections=10, sse_rounds=2, big_bytes=256 << 20,
                  recovery_rounds=10, storm_rounds=2, captcha_rounds=1, startup_rounds=2, reload_rounds=2,
-                 sse_recovery_rounds=3)
+                 sse_recovery_rounds=3, shared_rounds=2, shared_seconds=2, propagation_rounds=4, idle_rounds=1)
 
 
 # ----------------------------------------------------------------------------- processes
@@ -286,6 +293,101 @@ def burst(port: int, per_connection: list[list[bytes]], timeout: float = 120) ->
     return asyncio.run(main())
 
 
+# scenario 11, propagation: tokens.cooldown of proxies A and B; seconds of B's requests looked at after each
+# refusal through A (and 0.2 s before it); the idle variant's time without requests through B, and the
+# Retry-After of its refusals (longer, so that the token still cools when B's request comes)
+SHARED_COOLDOWN, SHARED_WINDOW, IDLE_GAP, IDLE_RETRY_AFTER = 1.0, 0.4, 2.0, 3
+
+
+class SteadyClient:
+    """One client sending requests through a proxy one after another on a kept-alive connection, while
+    `go` is set; `sent[n]` is when request n left it. For scenario 11, in a thread of its own."""
+
+    def __init__(self, port: int, request: Callable[[int], bytes]) -> None:
+        self.port, self.request = port, request
+        self.sent: dict[int, float] = {}
+        self.statuses: list[int] = []
+        self.errors: list[str] = []
+        self.go, self.stop, self._idle = threading.Event(), threading.Event(), threading.Event()
+
+    def pause(self) -> None:
+        """Stop sending; returns once no request is under way."""
+        self.go.clear()
+        if not self._idle.wait(15):
+            raise RuntimeError("steady client: a request did not end within 15 s")
+
+    def run(self) -> None:
+        sock: socket.socket | None = None
+        n = 0
+        try:
+            while not self.stop.is_set():
+                self._idle.clear()  # before looking at `go`, so that pause() waits for a request begun now
+                if not self.go.is_set():
+                    self._idle.set()
+                    self.go.wait(0.05)
+                    continue
+                n += 1
+                request = self.request(n)
+                try:
+                    if sock is None:
+                        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    self.sent[n] = time.time()
+                    sock.sendall(request)
+                    reader = BodyReader(sock)
+                    reader.head()
+                    for _ in reader.body():
+                        pass
+                    self.statuses.append(reader.status)
+                    if reader.headers.get("connection", "").lower() == "close":
+                        sock.close()
+                        sock = None
+                except OSError as e:
+                    self.errors.append(repr(e))
+                    if sock is not None:
+                        sock.close()
+                    sock = None
+        finally:
+            if sock is not None:
+                sock.close()
+            self._idle.set()
+
+
+class RefusalOnCue:
+    """fake_upstream.ProtectedAPI for scenario 11: once armed, the next request from proxy A (header
+    `X-Bench-Client: A`) has its token refused from then on, through every proxy."""
+
+    def __init__(self, api: fake_upstream.ProtectedAPI) -> None:
+        self.api = api
+        self._armed = False
+        self._since = 0  # api.received's length when armed
+        self._token: str | None = None
+
+    def arm(self) -> None:
+        self._since, self._token, self._armed = len(self.api.received), None, True
+
+    def taken(self) -> tuple[str | None, float, float | None]:
+        """The token refused since arm(), when A's request with it reached the upstream (which answered
+        403 at once), and when A's next request (its retry with another token) did."""
+        mine = [rec for rec in self.api.received[self._since:] if rec.header("x-bench-client") == "A"]
+        at = next((i for i, rec in enumerate(mine) if rec.status == 403 and rec.cookie("session") == self._token), None)
+        if self._token is None or at is None:
+            return None, 0.0, None
+        return self._token, mine[at].at, mine[at + 1].at if at + 1 < len(mine) else None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self._armed and scope["type"] == "http" and (b"x-bench-client", b"A") in scope["headers"]:
+            jar: SimpleCookie = SimpleCookie()
+            for name, value in scope["headers"]:
+                if name == b"cookie":
+                    jar.load(value.decode("latin-1"))
+            token = jar["session"].value if "session" in jar else None
+            if token in self.api.tokens:
+                self._armed, self._token = False, token
+                self.api.tokens = self.api.tokens - {token}  # a new set: the driver's thread adds it back later
+        await self.api(scope, receive, send)
+
+
 # ----------------------------------------------------------------------------- wrk
 
 NOOP_SCRIPT = '''"""The addon's addons with every hook they have, each doing nothing: what mitmproxy charges for
@@ -440,7 +542,11 @@ def other_rules(hosts: list[str], n: int) -> list[str]:
 
 
 def rules_file(path: Path, rules: list[str], tokens: Path, captcha: str, strategy: str = "round_robin",
-               cooldown: float = 300) -> Path:
+               cooldown: float = 300, store: str | None = None, namespace: str = "default",
+               breaker: str = "{tokens: 3, window: 60, pause: 300}") -> Path:
+    """`store`: a redis:// URL, token health there (in `namespace`) instead of in a state file."""
+    where = (f"store: {store}\n  namespace: {namespace}" if store
+             else f"state_file: {tokens.stem}.{path.stem}.state.json")
     text = f"""# generated by scripts/bench
 rules:
 {chr(10).join(rules)}
@@ -453,8 +559,8 @@ tokens:
   strategy: {strategy}
   max_attempts: 3
   cooldown: {cooldown:g}
-  state_file: {tokens.stem}.{path.stem}.state.json
-  breaker: {{tokens: 3, window: 60, pause: 300}}
+  {where}
+  breaker: {breaker}
 
 on_response:
   - match: {{status: 403, body: "(?i)recaptcha validation failed"}}
@@ -495,6 +601,21 @@ class Result:
     met: bool | None  # None: not judged
     details: list[str] = field(default_factory=list)
     raw: dict = field(default_factory=dict)
+    part: str = ""  # a scenario with two rows: "a", "b" (kept in Bench.results under number, number + 0.5)
+
+    @property
+    def label(self) -> str:
+        return f"{self.number}{self.part}"
+
+
+def outage_text(outages: tuple[int, float, list[str]], who: str) -> str:
+    """Scenario 11: how often sharing was off during the measurement (Bench._outages)."""
+    count, seconds, why = outages
+    if not count:
+        return "sharing stayed on throughout"
+    reasons = sorted({re.sub(r"127\.0\.0\.1:\d+", "Redis", w) for w in why})
+    return (f"**{who} turned sharing off {count} time(s)** ({'; '.join(reasons)}), {seconds:.1f} s in all on its "
+            "own picture, then back")
 
 
 def rotate(items: list, r: int) -> list:
@@ -512,7 +633,7 @@ def log(msg: str) -> None:
 class Bench:
     def __init__(self, s: Settings, workdir: Path) -> None:
         self.s, self.w = s, workdir
-        self.results: dict[int, Result] = {}
+        self.results: dict[float, Result] = {}  # by number (a second row: number + 0.5)
         self.notes: list[str] = []
         self.captcha_value = "cap-bench-" + os.urandom(8).hex()
         (workdir / "captcha.txt").write_text(self.captcha_value + "\n")
@@ -1112,6 +1233,254 @@ class Bench:
             proxy.stop()
         return {"applied": applied, "stall": stall}
 
+    # scenario 11: token health shared through Redis
+
+    def shared_store(self) -> None:
+        """Throughput with the Redis store against the file store and bare mitmdump, then how soon a
+        refusal through one proxy is seen by another on the same store."""
+        from redis import Redis  # the addon's own requirement (addon/shared.py)
+
+        port = free_port()
+        server = shutil.which("redis-server") or "redis-server"
+        self.redis = Proc("redis", [server, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                    "--dir", self.w, "--logfile", ""], self.w, OTHER_CPUS, port).start()  # fmt: skip
+        self.redis_client = Redis(host="127.0.0.1", port=port, decode_responses=True, socket_timeout=5)
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        try:
+            shared = self._shared_throughput()
+            self._propagation(shared)
+        finally:
+            self.redis_client.close()
+            self.redis.stop()
+
+    def _wait_shared(self, proxy: Proxy) -> None:
+        """Until the proxy says it shares token health (it connects to Redis in the background)."""
+        deadline = time.monotonic() + 15
+        while "token health shared through Redis" not in proxy.log():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{proxy.name} did not connect to Redis within 15 s (see {proxy.logfile})")
+            time.sleep(0.05)
+
+    def _outages(self, *proxies: Proxy) -> tuple[int, float, list[str]]:
+        """How often the proxies turned sharing off (a Redis call over its time limit, say), the seconds
+        they spent on their own picture, and why (as they logged it)."""
+        count, seconds, why = 0, 0.0, []
+        for proxy in proxies:
+            since = None
+            for line in proxy.log().splitlines():
+                stamp = re.match(r"\[(\d+):(\d+):(\d+\.\d+)\]", line)
+                at = int(stamp[1]) * 3600 + int(stamp[2]) * 60 + float(stamp[3]) if stamp else None
+                if "cannot be reached (" in line and at is not None:
+                    count, since = count + 1, at
+                    why.append(line.split("cannot be reached (", 1)[1].split(");", 1)[0])
+                elif "is back: token health is shared again" in line and since is not None and at is not None:
+                    seconds += (at - since) % 86400
+                    since = None
+        return count, seconds, why
+
+    def _redis_calls(self) -> dict[str, int]:
+        """Calls per command so far (INFO commandstats), e.g. {'incrby': 12, 'xread': 12}."""
+        stats = self.redis_client.info("commandstats")
+        return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+    def _shared_throughput(self) -> dict:
+        s = self.s
+        assert self.fast
+        script = self.w / "chat.lua"
+        if not script.exists():
+            script = write_wrk_script(self.w, self.fast.port)
+        hosts = ["api.example.com", f"127.0.0.1:{self.fast.port}", f"localhost:{self.fast.port}"]
+        namespace = "bench-throughput"
+        rules = rules_file(self.w / "rules10-redis.yaml", realistic_rules(hosts), self.w / "tokens.txt",
+                           self.captcha_file(), store=self.redis_url, namespace=namespace)
+        proxy = self.proxies["addon-10-redis"] = Proxy("addon-10-redis", self.w, rules).start()
+        try:
+            self._wait_shared(proxy)
+            self.check_rewrites()  # the Redis proxy rewrites the request as the file-store one does
+            names = ["bare", "addon-10", "addon-10-redis"]
+            for name in names:  # warm-up, not recorded
+                wrk(self.proxies[name], script, 1, s.connections)
+            rps: dict[str, list[float]] = {n: [] for n in names}
+            per_request: dict[str, list[float]] = {"xread": [], "incrby": [], "evalsha": []}
+            redis_requests = 0
+            rr_before = int(self.redis_client.get(f"mitm-rules:{{{namespace}}}:rr") or 0)
+            for r in range(s.shared_rounds):
+                for name in rotate(names, r):
+                    before = self._redis_calls()
+                    out = wrk(self.proxies[name], script, s.shared_seconds, s.connections)
+                    rps[name].append(out["rps"])
+                    if name == "addon-10-redis":
+                        after = self._redis_calls()
+                        for k in per_request:  # (the commands a script runs inside Redis count too, under
+                            # their own names: only these three are the proxy's)
+                            per_request[k].append((after.get(k, 0) - before.get(k, 0)) / out["requests"])
+                        redis_requests += int(out["requests"])
+                log(f"shared-store throughput round {r + 1}/{s.shared_rounds}: "
+                    + ", ".join(f"{n} {rps[n][-1]:.0f} req/s" for n in names)
+                    + f"; Redis round trips per request {per_request['xread'][-1]:.3f}")
+            rr = int(self.redis_client.get(f"mitm-rules:{{{namespace}}}:rr") or 0) - rr_before
+        finally:
+            self.proxies.pop("addon-10-redis").stop()
+        outages = self._outages(proxy)
+        if rr < redis_requests and not outages[0]:  # every request drew at a place of the shared rotation
+            raise RuntimeError(f"shared-store throughput: {redis_requests} requests but the shared rotation moved {rr}")
+        return {"rps": rps, "per_request": per_request, "rr": rr, "redis_requests": redis_requests, "outages": outages}
+
+    def _propagation(self, shared: dict) -> None:
+        s = self.s
+        tokens = [f"tok-shared-{i}-{os.urandom(4).hex()}" for i in range(4)]
+        tokens_file = self.w / "tokens-shared.txt"
+        tokens_file.write_text("\n".join(tokens) + "\n")
+        api = fake_upstream.ProtectedAPI(tokens=set(tokens))
+        cue = RefusalOnCue(api)
+        port = free_port()
+        # in this process (pinned with the other upstreams), so that it can say when each request arrived
+        server = fake_upstream.UpstreamServer(cue, port).start()  # type: ignore[arg-type]
+        hosts = ["api.example.com", f"127.0.0.1:{port}"]
+        # sticky: both proxies stay on one token until it is refused, so B sends it with every request until it
+        # learns of A's refusal (with round_robin, the shared rotation comes back to it only 4 draws after A's).
+        # Four tokens at most are ever refused at once: a breaker of five never opens.
+        rules = rules_file(self.w / "rules-shared.yaml", realistic_rules(hosts), tokens_file, self.captcha_file(),
+                           strategy="sticky", cooldown=SHARED_COOLDOWN, store=self.redis_url,
+                           namespace="bench-propagation",
+                           breaker="{tokens: 5, window: 60, pause: 300}")
+        a = Proxy("addon-shared-a", self.w, rules).start()
+        b = Proxy("addon-shared-b", self.w, rules).start()
+
+        def chat(client: str, seq: str = "") -> bytes:
+            marks = [("X-Bench-Client", client)] + ([("X-Bench-Seq", seq)] if seq else [])
+            return build_request("POST", port, "/v1/chat/completions", [*SDK_HEADERS, *marks], CHAT_BODY)
+
+        stream = SteadyClient(b.port, lambda n: chat("B", str(n)))
+        thread = threading.Thread(target=stream.run, daemon=True, name="steady client through B")
+        lags: list[float | None] = []  # ms: last request from B with the token − A's refusal, at the upstream
+        after: list[int] = []  # B's requests with the token that arrived after A's refusal, per round
+        late: list[int] = []  # ... and that B's client sent after A's retry had reached the upstream
+        judged: list[float] = []  # ms: A's refusal → A's retry, at the upstream
+        b_after: list[int] = []  # B's requests (with any token) in the window after A's refusal
+        b_rate: list[float] = []
+        idle: list[bool] = []  # B's request after IDLE_GAP avoided the token
+        idle_on_it: list[bool] = []  # B's last request before the pause carried it
+        try:
+            self._wait_shared(a)
+            self._wait_shared(b)
+            thread.start()
+            stream.go.set()
+            time.sleep(0.3)
+            for r in range(-1, s.propagation_rounds):  # round -1 warms up the refusal's path and is not kept
+                n0, t0, sent0 = len(api.received), time.time(), len(stream.sent)
+                time.sleep(0.2)  # B's requests of the last 0.2 s before the refusal count too (as negative times)
+                refused, t_ref, t_retry = self._refuse_through(a, cue, chat("A"))
+                time.sleep(max(0.0, t_ref + SHARED_WINDOW - time.time()))
+                api.tokens = api.tokens | {refused}  # accepted again, before its cooldown ends
+                seen = [rec for rec in api.received[n0:] if rec.header("x-bench-client") == "B"]
+                with_it = [rec for rec in seen if rec.cookie("session") == refused]
+                later = [rec for rec in with_it if rec.at >= t_ref]
+                sent_late = [rec for rec in later if stream.sent[int(rec.header("x-bench-seq") or 0)] > t_retry]
+                rate = (len(stream.sent) - sent0) / (time.time() - t0)
+                if r >= 0:
+                    b_after.append(sum(1 for rec in seen if rec.at >= t_ref))
+                    lags.append((max(rec.at for rec in with_it) - t_ref) * 1000 if with_it else None)
+                    after.append(len(later))
+                    late.append(len(sent_late))
+                    judged.append((t_retry - t_ref) * 1000)
+                    b_rate.append(rate)
+                    last = "never" if lags[-1] is None else f"{lags[-1]:+.2f} ms after A's refusal"
+                    log(f"propagation round {r + 1}/{s.propagation_rounds}: B sent the refused token last "
+                        f"{last} ({len(later)} request(s) after it, {len(sent_late)} "
+                        f"sent after A's retry); A judged it in {judged[-1]:.2f} ms; B {rate:.0f} req/s")
+                time.sleep(max(0.0, t_ref + SHARED_COOLDOWN + 0.2 - time.time()))  # the token is back for the next
+            for r in range(s.idle_rounds):
+                stream.pause()
+                before = [rec for rec in api.received if rec.header("x-bench-client") == "B"]
+                api.retry_after = str(IDLE_RETRY_AFTER)  # the token cools longer than B stays idle
+                refused, t_ref, _ = self._refuse_through(a, cue, chat("A"))
+                api.retry_after = None
+                idle_on_it.append(bool(before) and before[-1].cookie("session") == refused)
+                time.sleep(max(0.0, t_ref + IDLE_GAP - time.time()))
+                n0 = len(api.received)
+                status, _, _, _ = fetch(b.port, chat("B", f"idle-{r}"))
+                first = next((rec for rec in api.received[n0:] if rec.header("x-bench-seq") == f"idle-{r}"), None)
+                idle.append(status == 200 and first is not None and first.cookie("session") != refused)
+                api.tokens = api.tokens | {refused}
+                log(f"propagation, idle round {r + 1}/{s.idle_rounds}: after {IDLE_GAP:g} s without requests, "
+                    f"B's next request {'avoided' if idle[-1] else 'carried'} the refused token")
+                if r + 1 < s.idle_rounds:
+                    time.sleep(max(0.0, t_ref + IDLE_RETRY_AFTER + 0.2 - time.time()))
+                stream.go.set()
+        finally:
+            stream.stop.set()
+            thread.join(15)
+            a.stop()
+            b.stop()
+            server.stop()
+        outages = self._outages(a, b)
+        bad = [code for code in stream.statuses if code != 200]
+        if stream.errors or bad:
+            raise RuntimeError(f"propagation: B's client got {len(bad)} answer(s) other than 200 "
+                               f"({sorted(set(bad))}) and errors {stream.errors[:3]}")
+        self._shared_rows(shared, {"lag_ms": lags, "after": after, "late": late, "judged_ms": judged,
+                                   "b_rps": b_rate, "b_after": b_after, "idle": idle, "idle_on_it": idle_on_it,
+                                   "outages": outages})
+
+    def _refuse_through(self, proxy: Proxy, cue: RefusalOnCue, request: bytes) -> tuple[str, float, float]:
+        """One request through `proxy` whose token the upstream refuses from then on (for every proxy);
+        it must be recovered with another. The token, when its refusal and the retry reached the upstream."""
+        cue.arm()
+        status, _, _, _ = fetch(proxy.port, request)
+        refused, refusal, retry = cue.taken()
+        if status != 200 or refused is None or retry is None:
+            raise RuntimeError(f"propagation: the request through {proxy.name} answered {status} "
+                               f"(refused {refused is not None}, retried {retry is not None})")
+        return refused, refusal, retry
+
+    def _shared_rows(self, shared: dict, seen_by_b: dict[str, list]) -> None:
+        s, rps, per = self.s, shared["rps"], shared["per_request"]
+        lags, after, late, judged, idle = (seen_by_b[k] for k in ("lag_ms", "after", "late", "judged_ms", "idle"))
+        redis_file = [a / b for a, b in zip(rps["addon-10-redis"], rps["addon-10"])]
+        redis_bare = [a / b for a, b in zip(rps["addon-10-redis"], rps["bare"])]
+        file_bare = [a / b for a, b in zip(rps["addon-10"], rps["bare"])]
+        f3, f2 = "{:.3f}", "{:.2f}"
+        self.results[11] = Result(
+            11, "shared store: small JSON POSTs (scenario 1: 10 rules, `{token}` from 4), token health on Redis",
+            "req/s with `store: redis://…` ÷ req/s with the state file, same load",
+            "≤ 1 Redis round trip per request (the issue's); the ratio has no target: it is what the store costs",
+            f"**{med(redis_file):.3f}** ({min(redis_file):.3f}–{max(redis_file):.3f}); ÷ bare mitmdump: Redis "
+            f"store {span(redis_bare, '', f3)}, file store {span(file_bare, '', f3)}; Redis store "
+            f"{span(rps['addon-10-redis'])} req/s, file store {span(rps['addon-10'])} req/s, bare {span(rps['bare'])} "
+            f"req/s; per request, Redis round trips (one `XREAD` each) {span(per['xread'], '', f3)}, "
+            f"`INCRBY` {span(per['incrby'], '', f3)}, `EVALSHA` "
+            f"(successes, sent about once a second) {span(per['evalsha'], '', f3)}; "
+            f"{s.shared_rounds} rounds of {s.shared_seconds:g} s, wrk -c{s.connections}; "
+            + outage_text(shared["outages"], "the Redis proxy"),
+            max(per["xread"]) <= 1,
+            raw={"rps": rps, "redis_per_request": per, "redis_vs_file": redis_file, "rotation_moves": shared["rr"],
+                 "redis_requests": shared["redis_requests"], "outages": shared["outages"][:2]},
+            part="a",
+        )
+        seen = [x for x in lags if x is not None] or [float("nan")]  # rounds in which B sent the token near it
+        idle_text = (f"; idle: {IDLE_GAP:g} s with no request through B, then one: it avoided the token in "
+                     f"**{sum(idle)} of {len(idle)}** round(s) (B's last request before the pause had carried it in "
+                     f"{sum(seen_by_b['idle_on_it'])})") if idle else ""
+        self.results[11.5] = Result(
+            11, "shared store: the token in use refused through proxy A while one client sends requests through "
+            "proxy B (both on one Redis, 4 tokens, `sticky`: B sends that token until it learns)",
+            "at the upstream: last request from B with that token − A's refusal (≤ 0: B's next request avoided it)",
+            "B's next request after the refusal avoids the token",
+            f"median **{med(seen):+.2f} ms**, max **{max(seen):+.2f} ms** ({len(seen)} of {len(lags)} rounds with "
+            f"the token in B's requests near the refusal: B was on it); B's requests with it that arrived after A's "
+            f"refusal: "
+            f"{sum(after)} in {sum(1 for n in after if n)} round(s), of which sent by B's client after A's retry had "
+            f"reached the upstream (the refusal was judged in Redis by then): **{sum(late)}**; A's refusal → its "
+            f"retry at the upstream {span(judged, ' ms', f2)}; B ran at {span(seen_by_b['b_rps'], ' req/s')} (one "
+            f"client, kept-alive connection), {span(seen_by_b['b_after'])} of its requests in the "
+            f"{SHARED_WINDOW * 1000:.0f} ms after each refusal{idle_text}; "
+            + outage_text(seen_by_b["outages"], "A or B"),
+            sum(late) == 0 and all(idle),
+            raw={**seen_by_b, "outages": seen_by_b["outages"][:2]},
+            part="b",
+        )
+
     # report
 
     def check_logs(self) -> None:
@@ -1163,10 +1532,16 @@ def machine() -> list[str]:
                 os_name = line.split("=", 1)[1].strip('"') + f", kernel {platform.release()}"
     except OSError:
         pass
+    redis_server = shutil.which("redis-server")
+    redis_version = ""
+    if redis_server:
+        version = subprocess.run([redis_server, "--version"], capture_output=True, text=True).stdout
+        found = re.search(r"v=(\S+)", version)
+        redis_version = f", Redis server {found.group(1)}" if found else ""
     return [
         f"{cpu}, {os.cpu_count()} logical CPUs{mem}",
         os_name,
-        f"Python {pyver}, mitmproxy {mitm}, {wrk_version}",
+        f"Python {pyver}, mitmproxy {mitm}, {wrk_version}{redis_version}",
         ("mitmdump pinned to CPU " + ",".join(map(str, sorted(PROXY_CPUS or ()))) + "; wrk, the upstreams and the "
          "driver to CPU " + ",".join(map(str, sorted(OTHER_CPUS or ())))) if PINNED else "one CPU: nothing pinned",
     ]
@@ -1180,13 +1555,14 @@ def render(bench: Bench, s: Settings, started: float, argv: list[str]) -> str:
     for n in sorted(bench.results):
         r = bench.results[n]
         met = {True: "met", False: "**missed**", None: "–"}[r.met]
-        rows.append(f"| {n} | {r.scenario} | {r.measure} | {r.target} | {r.result} | {met} |")
+        rows.append(f"| {r.label} | {r.scenario} | {r.measure} | {r.target} | {r.result} | {met} |")
     m = machine()
     out = [
         "# Benchmarks",
         "",
         f"Results of one run of `{cmd}` ({'quick' if s.quick else 'full'} settings), {when}, {took / 60:.1f} minutes. "
-        "Scenarios and targets are those of issue 4 (10: of issue 14). Figures are medians over the rounds, with the minimum and maximum "
+        "Scenarios and targets are those of issue 4 (10: of issue 14; 11: of the shared-store issue). "
+        "Figures are medians over the rounds, with the minimum and maximum "
         "in brackets; every ratio compares runs made side by side in the same run, alternating between the variants.",
         "",
         "| # | scenario | measure | target | result | |",
@@ -1211,8 +1587,9 @@ def render(bench: Bench, s: Settings, started: float, argv: list[str]) -> str:
         "```",
         "",
         "`scripts/bench` runs `scripts/setup requirements-dev.txt` (nothing to install beyond the pinned test "
-        "requirements) and, when `wrk` is missing, installs it from the Debian/Ubuntu archive with "
-        "`apt-get install wrk` (as root, or through sudo). Nothing else is needed; everything runs on 127.0.0.1.",
+        "requirements) and, when `wrk` or `redis-server` is missing, installs it from the Debian/Ubuntu archive with "
+        "`apt-get install wrk redis-server` (as root, or through sudo). Nothing else is needed; everything runs on "
+        "127.0.0.1 (scenario 11 starts its own `redis-server` on a free port, without persistence).",
         "",
         "## Method",
         "",
@@ -1300,9 +1677,35 @@ def render(bench: Bench, s: Settings, started: float, argv: list[str]) -> str:
         "watcher's 1-second poll), and the slowest of those requests is the stall the reload caused; "
         f"{s.reload_rounds} rounds. Met when the added start-up is under 1 s, the edit is applied within the "
         "poll interval plus 1 s, and the stall is under 1 s.",
+        f"- **11: shared store.** A `redis-server` of the bench's own (`--save '' --appendonly no`, on a free port, "
+        "pinned with the upstreams). (a) Throughput: scenario 1's request and 10-rule file through bare mitmdump, "
+        "the addon with the state file (scenario 1's proxy) and the addon with the same file plus `store: "
+        f"redis://…` (its own namespace), `wrk -t1 -c{s.connections} -d{s.shared_seconds:g}s` each, in rotated "
+        f"order, {s.shared_rounds} rounds after a 1-second warm-up; ratios per round, then medians. Redis's "
+        "`INFO commandstats` before and after each run through the Redis proxy, divided by wrk's request count, "
+        "gives the commands per request; every round trip of a draw carries exactly one `XREAD`, so `XREAD` calls "
+        "are its round trips. The bench checks the shared rotation (`INCRBY`) moved by at least the number of "
+        "requests. (b) Propagation: two addon proxies, A and B, with one rules file (the 10 rules, 4 tokens, "
+        f"`strategy: sticky`, `cooldown: {SHARED_COOLDOWN:g}`, a breaker of 5 tokens so it never opens) on the same "
+        "store, in front of "
+        "scripts/fake_upstream.py's `ProtectedAPI` run in the driver's process, which notes when each request "
+        "arrived and with which token. One client sends requests through B one after another on a kept-alive "
+        "connection, each marked with its number and the time it was sent. Each round the upstream is told to "
+        "refuse, from the next request through A on, that request's token for everyone; A's request is refused "
+        "(403) and recovered with another token. Both proxies are on that token (`sticky`), so until B learns of "
+        "the refusal every request through B carries it; with `round_robin` the shared rotation would come back "
+        "to it only four draws after A's, which hides a slow propagation. Measured at the upstream: the last request "
+        "from B with the "
+        f"refused token minus A's refused request (B's requests from 0.2 s before to {SHARED_WINDOW:g} s after it; "
+        "≤ 0: B's next request already avoided it). B's requests with the token that B's client sent after A's retry "
+        "reached the upstream drew their token after the refusal was in Redis: that count is the target (0). "
+        f"{s.propagation_rounds} rounds after one that is not kept, the token accepted again after each. Idle "
+        f"variant, {s.idle_rounds} round(s): B's client pauses, A's request is refused with "
+        f"`Retry-After: {IDLE_RETRY_AFTER}`, and after {IDLE_GAP:g} s one request through B must not carry that "
+        "token. Both proxies run on the proxies' core.",
         "",
     ]
-    raw = {n: r.raw for n, r in sorted(bench.results.items())}
+    raw = {r.label: r.raw for _, r in sorted(bench.results.items())}
     out += ["<details><summary>Raw figures of this run (JSON)</summary>", "", "```json",
             json.dumps(raw, separators=(",", ":")),
             "```", "", "</details>", ""]
@@ -1325,7 +1728,7 @@ def round_floats(o):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds (under 2 minutes)")
-    parser.add_argument("--only", help="comma-separated scenario numbers (1-10)")
+    parser.add_argument("--only", help="comma-separated scenario numbers (1-11)")
     parser.add_argument("--rounds", type=int, help="rounds of the throughput and latency scenarios")
     parser.add_argument("--out", type=Path, help="where to write the report (default: BENCHMARKS.md for a full run "
                                                  "of every scenario, a file in the work folder otherwise)")
@@ -1334,9 +1737,13 @@ def main() -> int:
     parser.add_argument("--addon", type=Path, help="the addon's main.py to measure (default: this checkout's); "
                                                    "to try a change kept in another worktree")
     args = parser.parse_args()
-    only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 11))
-    if only & {1, 2, 3} and not shutil.which("wrk"):  # the throughput and latency scenarios use it
+    only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 12))
+    if only & {1, 2, 3, 11} and not shutil.which("wrk"):  # the throughput and latency scenarios use it
         print("wrk is not installed; run scripts/bench (it installs it) or apt-get install wrk", file=sys.stderr)
+        return 2
+    if 11 in only and not shutil.which("redis-server"):  # the shared-store scenario starts one
+        print("redis-server is not installed; run scripts/bench (it installs it) or apt-get install redis-server",
+              file=sys.stderr)
         return 2
     global ADDON_MAIN
     if args.addon:
@@ -1375,6 +1782,8 @@ def main() -> int:
             bench.sse()
         if 10 in only:
             bench.sse_recovery()
+        if 11 in only:
+            bench.shared_store()
         if 6 in only or 7 in only:
             bench.start_protected()
             if 6 in only:
@@ -1401,7 +1810,7 @@ def main() -> int:
             for r in bench.results.values():
                 r.raw = round_floats(r.raw)
             report = render(bench, s, started, argv)
-            full = not s.quick and only == set(range(1, 11)) and ok and not args.addon
+            full = not s.quick and only == set(range(1, 12)) and ok and not args.addon
             scratch = Path(tempfile.gettempdir()) / "bench" / ("BENCHMARKS-quick.md" if s.quick else "BENCHMARKS-partial.md")
             out = args.out or (ROOT / "BENCHMARKS.md" if full else scratch)
             if out.exists() and KEEP_MARKER in out.read_text():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from addon.breaker import Breaker
 from addon.config import BreakerSpec, StoreSpec, ValueSpec, load_config
-from addon.shared import KEEP_EVERY, SharedStore
+from addon.shared import KEEP_EVERY, LATE_IN_A_ROW, SharedStore
 from addon.sources import ValueSource
 from addon.tokens import TokenPool, token_key
 from redisserver import RedisServer
@@ -275,3 +275,48 @@ def test_tls_and_a_password_from_the_environment(tmp_path, caplog):
     assert not online and token in TOKENS  # served on its own
     assert "cannot be reached" in caplog.text and "pw-wrong-secret-2" not in caplog.text
     assert "****" in bad.shown
+
+
+def test_a_hung_redis_costs_each_request_one_timeout_then_none(redis_server, caplog):
+    """Redis that stops answering: a late answer or two leave sharing on (the request draws on this
+    proxy's picture), the third in a row turns it off; after that, no request waits on Redis."""
+    caplog.set_level(logging.INFO)
+
+    async def main():
+        a = store(redis_server.url)
+        await started(a)
+        redis_server.pause()
+        try:
+            first = [await asyncio.wait_for(a.draw(), 5) for _ in range(LATE_IN_A_ROW - 1)]
+            still = a.online
+            more = [await asyncio.wait_for(a.draw(), 5) for _ in range(3)]
+            trips, off = a.round_trips, not a.online
+            later = [await asyncio.wait_for(a.draw(), 5) for _ in range(20)]
+            waited = a.round_trips - trips
+        finally:
+            redis_server.resume()
+        a.stop()
+        return first, still, more, off, later, waited
+
+    first, still, more, off, later, waited = run(main)
+    assert all(first + more + later)  # every draw got a token
+    assert still and off
+    assert waited == 0  # off: no round trip, so no wait
+    assert caplog.text.count("cannot be reached") == 1 and "Timeout" in caplog.text
+
+
+def test_a_late_answer_alone_leaves_sharing_on(redis_server):
+    async def main():
+        a, b = store(redis_server.url), store(redis_server.url)
+        await started(a, b)
+        redis_server.pause()
+        await a.draw()  # late: drawn on a's picture
+        redis_server.resume()
+        await b.refused(TOKENS[0], None)
+        drawn = [await a.draw() for _ in range(4)]
+        online = a.online
+        a.stop(), b.stop()
+        return online, drawn
+
+    online, drawn = run(main)
+    assert online and TOKENS[0] not in drawn
