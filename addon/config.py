@@ -457,24 +457,37 @@ def _build_tokens(v: dict[str, Any], at: At, where: dict[str, At]) -> TokensSpec
     return TokensSpec(**{**v, "state_file": state_file, "store": store})
 
 
+# what a store URL's query may set (TLS files and checks); the time limits are the addon's own
+STORE_OPTIONS = frozenset({"ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname"})
+
+
 def _store_url(environ: Mapping[str, str], text: str) -> StoreSpec:
-    """A Redis URL, its {env:NAME} placeholders filled in (a password kept out of the rules file)."""
-    url = parse_template(text, environ, names=frozenset()).render({})
+    """A Redis URL, its {env:NAME} placeholders filled in percent-encoded (a password kept out of the
+    rules file may hold any character). Messages show the URL with its password masked."""
+    encoded = {name: urllib.parse.quote(value, safe="") for name, value in environ.items()}
+    url = parse_template(text, encoded, names=frozenset()).render({})
     parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    if "@" in parts.netloc:  # the user part may be a password alone (redis://:pw@host)
+        user = parts.netloc.rpartition("@")[0].partition(":")[0]
+        netloc = f"{user}:****@{netloc}" if ":" in parts.netloc.rpartition("@")[0] else f"{user}@{netloc}"
+    shown = urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=""))
     if parts.scheme not in ("redis", "rediss"):
-        raise ValueError(f"expected redis://HOST:PORT/DB or rediss://…, not {text!r}")
+        raise ValueError(f"expected redis://HOST:PORT/DB or rediss://…, not {shown!r}")
     try:
-        port = parts.port
+        parts.port
     except ValueError:
-        raise ValueError(f"bad port in {text!r}") from None
+        raise ValueError(f"bad port in {shown!r}") from None
     if not parts.hostname:
-        raise ValueError(f"no host in {text!r} (like redis://127.0.0.1:6379/0)")
+        raise ValueError(f"no host in {shown!r} (like redis://127.0.0.1:6379/0)")
     if parts.path.strip("/") and not parts.path.strip("/").isdigit():
-        raise ValueError(f"the path of {text!r} is the database number, like /0")
-    netloc = parts.netloc
-    if parts.password is not None:  # the user part may be a password alone (redis://:pw@host)
-        netloc = f"{parts.username or ''}:****@{parts.hostname}" + (f":{port}" if port else "")
-    return StoreSpec(url, urllib.parse.urlunsplit(parts._replace(netloc=netloc)))
+        raise ValueError(f"the path of {shown!r} is the database number, like /0")
+    for name in urllib.parse.parse_qs(parts.query, keep_blank_values=True):
+        if name not in STORE_OPTIONS:
+            hint = "put a password before the host: redis://:PASSWORD@host" if name == "password" else (
+                "it may set " + ", ".join(sorted(STORE_OPTIONS)))
+            raise ValueError(f"the store URL cannot set {name!r} ({hint})")
+    return StoreSpec(url, shown)
 
 
 def _namespace(text: str) -> str:

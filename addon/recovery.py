@@ -316,7 +316,7 @@ class Recovery:
             undo = self.state.breaker.refused(key, before)
             if undo is not None:
                 pool.restore(undo)
-        if marked and key in pool.health:
+        if marked and not self.state.breaker.is_open and key in pool.health:  # (an opened breaker says so itself)
             until = pool.health[key].cooling_until - pool.clock()
             logger.info(f"tokens: {mask(token)} refused ({response.status_code}); passed over for {until:.0f} s")
 

@@ -56,12 +56,13 @@ from addon.tokens import TokenPool, token_key
 
 logger = logging.getLogger(__name__)
 
-OP_TIMEOUT = 0.05  # seconds: the most a request waits for Redis
+OP_TIMEOUT = 0.05  # seconds: the most one call on the request path waits for Redis (socket and whole call)
 SLOW_TIMEOUT = 5.0  # seconds, for what no request waits on: connecting, reading the whole state, commands
 KEEP_EVERY = 1.0  # seconds between the keeper's turns: read the stream when idle, or try to reconnect
 EVENTS_KEPT = 100_000  # stream entries kept (about): a proxy that was gone longer reads the whole state
 EVENTS_PER_READ = 1000
 MERGE_CHUNK = 1000  # records sent per script call when a proxy comes back
+READ_CHUNK = 10_000  # records applied per turn of the event loop when the whole state is read
 
 LATE_IN_A_ROW = 3  # late answers before sharing is turned off (a busy event loop alone can make one late)
 
@@ -226,8 +227,10 @@ class SharedStore:
         self.online = False
         self.round_trips = 0  # request-path round trips, for status and tests
         options: dict[str, Any] = dict(
-            decode_responses=True, retry=Retry(NoBackoff(), 0), health_check_interval=0, client_name="mitm-rules",
-            maint_notifications_config=MaintNotificationsConfig(enabled=False),  # a Redis Cloud feature: a round trip less
+            decode_responses=True, retry=Retry(NoBackoff(), 0), health_check_interval=0,
+            # a new connection sends no CLIENT SETINFO and no maintenance subscription (a Redis Cloud feature):
+            # those are round trips before the first command, each with the socket's time limit
+            driver_info=None, maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )  # fmt: skip
         self._fast = Redis.from_url(spec.url, socket_timeout=OP_TIMEOUT, socket_connect_timeout=OP_TIMEOUT, **options)
         self._slow = Redis.from_url(spec.url, socket_timeout=SLOW_TIMEOUT, socket_connect_timeout=SLOW_TIMEOUT, **options)
@@ -237,7 +240,8 @@ class SharedStore:
         self._syncing: asyncio.Task | None = None
         self._synced_at = 0.0
         self._successes: dict[str, list[float]] = {}  # key -> [count, latest send time], not yet sent
-        self._successes_due = 0.0  # when to send them (monotonic); 0: none waiting
+        self._successes_due: float | None = None  # when to send them (monotonic); None: none waiting
+        self._stopped = False
         self._keeper: asyncio.Task | None = None
         self._problem: str | None = None  # why sharing is off (logged once per outage)
         self._late = 0  # answers in a row that came too late
@@ -252,8 +256,10 @@ class SharedStore:
 
     def stop(self) -> None:
         """No more sharing (shut-down, or another store): the connections close in the background."""
-        if self._keeper is not None:
-            self._keeper.cancel()
+        self._stopped = True
+        for task in (self._keeper, self._syncing):
+            if task is not None:
+                task.cancel()
         self.online = False
         try:
             asyncio.get_running_loop()
@@ -286,8 +292,12 @@ class SharedStore:
             for name, text in SCRIPTS.items():
                 self._sha[name] = await self._slow.script_load(text)
             back = self._problem is not None
-            await self._merge_local()
-            count = await self._read_all()
+            empty = not await self._slow.exists(self.keys.health)
+            # what changed here while Redis was out of reach; and when Redis has nothing (restarted without
+            # persistence), every token cooling or disabled here. Not more: a proxy that was cut off must not
+            # put back what the others have changed since (an enable, a reset, a cooldown ended).
+            await self._merge(set(self.pool.take_changes()) | (self.pool.inactive if empty else frozenset()))
+            count = await self._read_all(keep_changes=True)
         except FAILURES as e:
             self._went_offline(e)
             return
@@ -316,31 +326,38 @@ class SharedStore:
             self.pool.take_changes()  # from now on, what changes here is merged in when Redis is back
         self.online = False
         self._late = 0
-        if self._problem is None:
+        if self._problem is None and not self._stopped:
             self._problem = str(error).rstrip(".") or type(error).__name__
+            if isinstance(error, redis_errors.NoScriptError):
+                self._problem = "it lost the addon's scripts: restarted?"
             logger.log(ALERT, f"tokens: Redis at {self.spec.shown} cannot be reached ({self._problem}); this proxy goes "
                        "on with its own token health, breaker and values, and tries again every second")
 
-    async def _merge_local(self) -> None:
-        """Send what changed here while Redis was out of reach, and every token cooling or disabled here
-        (a Redis restarted without persistence has lost them)."""
-        keys = set(self.pool.take_changes()) | self.pool.inactive
+    async def _merge(self, keys: Iterable[str]) -> None:
+        """Merge these tokens' health as this proxy has it into Redis (the later cooldown wins, a disable stays)."""
         pairs = [(k, format_record(self.pool.health[k].record)) for k in keys if k in self.pool.health]
         k = self.keys
         for at in range(0, len(pairs), MERGE_CHUNK):
             args = [a for pair in pairs[at : at + MERGE_CHUNK] for a in pair]
             await self._slow.evalsha(self._sha["merge"], 2, k.health, k.events, EVENTS_KEPT, *args)
 
-    async def _read_all(self) -> int:
-        """Read every record and the breaker, and where the stream stands, at one moment."""
+    async def _read_all(self, keep_changes: bool = False) -> int:
+        """Read every record and the breaker, and where the stream stands, at one moment. `keep_changes`
+        (coming back): a token whose health changed here meanwhile keeps it, and it is merged in."""
         pipe = self._slow.pipeline(transaction=True)
         pipe.xrevrange(self.keys.events, count=1)
         pipe.hgetall(self.keys.health)
         pipe.get(self.keys.breaker)
         last, records, open_until = await pipe.execute()
         self._last_id = last[0][0] if last else "0-0"
-        for key, text in records.items():
-            self.pool.put_health(key, parse_record(text))
+        meanwhile = self.pool.changed if keep_changes else frozenset()
+        for n, (key, text) in enumerate(records.items(), 1):
+            if key not in meanwhile:
+                self.pool.put_health(key, parse_record(text))
+            if n % READ_CHUNK == 0:
+                await asyncio.sleep(0)  # a big store: let requests through between chunks
+        if meanwhile:
+            await self._merge(self.pool.take_changes())
         self._breaker_until(float(open_until or 0), quiet=True)
         self._synced_at = time.monotonic()
         return len(records)
@@ -392,8 +409,8 @@ class SharedStore:
 
     async def _round_trip(self, draws: int) -> int | None:
         successes = {}
-        if self._successes and time.monotonic() >= self._successes_due:
-            successes, self._successes, self._successes_due = self._successes, {}, 0.0
+        if self._successes_due is not None and time.monotonic() >= self._successes_due:
+            successes, self._successes, self._successes_due = self._successes, {}, None
         k = self.keys
         pipe = self._fast.pipeline(transaction=False)
         if draws:
@@ -404,7 +421,7 @@ class SharedStore:
         pipe.xread({k.events: self._last_id}, count=EVENTS_PER_READ)
         self.round_trips += 1
         try:
-            results = await pipe.execute()
+            results = await asyncio.wait_for(pipe.execute(), OP_TIMEOUT)
         except FAILURES as e:
             if not _late(e):  # not sent, most likely (a late answer was probably counted): send them later
                 for key, (n, sent) in successes.items():
@@ -445,10 +462,10 @@ class SharedStore:
         cooldown = max(self.pool.cooldown, retry_after or 0)
         self.round_trips += 1
         try:
-            marked, record, open_until, opened = await self._fast.evalsha(
+            marked, record, open_until, opened = await asyncio.wait_for(self._fast.evalsha(
                 self._sha["refuse"], 5, k.health, k.events, k.breaker, k.recent, k.before,
                 EVENTS_KEPT, key, repr(self.clock()), repr(cooldown), repr(spec.window), spec.tokens, repr(spec.pause),
-            )  # fmt: skip
+            ), OP_TIMEOUT)  # fmt: skip
         except FAILURES as e:
             self._failed(e)
             return None
@@ -475,7 +492,7 @@ class SharedStore:
     def _count(self, key: str, n: int, sent_at: float, due: float) -> None:
         counted = self._successes.setdefault(key, [0, 0.0])
         counted[0], counted[1] = counted[0] + n, max(counted[1], sent_at)
-        self._successes_due = min(self._successes_due, due) if self._successes_due else due
+        self._successes_due = due if self._successes_due is None else min(self._successes_due, due)
 
     # by hand
 
@@ -524,8 +541,10 @@ class SharedStore:
             return None
         lock = uuid.uuid4().hex
         try:
-            got = await self._fast.evalsha(self._sha["claim"], 2, self.keys.value + name, self.keys.lock + name,
-                                           stale or "", lock, int(lock_seconds * 1000))
+            got = await asyncio.wait_for(self._fast.evalsha(
+                self._sha["claim"], 2, self.keys.value + name, self.keys.lock + name, stale or "", lock,
+                int(lock_seconds * 1000),
+            ), OP_TIMEOUT)  # fmt: skip
         except FAILURES as e:
             self._failed(e)
             return None
@@ -539,8 +558,10 @@ class SharedStore:
         if "publish" not in self._sha:
             return
         try:
-            await self._fast.evalsha(self._sha["publish"], 2, self.keys.value + name, self.keys.lock + name,
-                                     lock, value or "", max(int(ttl * 1000), 1))
+            await asyncio.wait_for(self._fast.evalsha(
+                self._sha["publish"], 2, self.keys.value + name, self.keys.lock + name, lock, value or "",
+                max(int(ttl * 1000), 1),
+            ), OP_TIMEOUT)  # fmt: skip
         except FAILURES as e:
             self._failed(e)
 

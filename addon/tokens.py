@@ -334,6 +334,11 @@ class TokenPool:
         self._classify(key, self.clock())
 
     @property
+    def changed(self) -> frozenset[str]:
+        """The keys whose health changed here since the last `take_changes`."""
+        return frozenset(self._changed)
+
+    @property
     def inactive(self) -> frozenset[str]:
         """The keys of the tokens that are cooling or disabled (cooling may have ended since)."""
         return frozenset(self._inactive)

@@ -158,6 +158,10 @@ def test_a_shared_store(tmp_path):
     assert store.url == "rediss://:s3cret-pw@redis.internal:6380/2"
     assert store.shown == "rediss://:****@redis.internal:6380/2" and store.namespace == "shop"
     assert load_config(write(tmp_path, R + TOK)).tokens.store is None
+    path = write(tmp_path, R + "tokens: {file: tokens.txt, store: 'redis://u:{env:PW}@h:1/0?ssl_ca_certs=/ca.pem'}\n")
+    store = load_config(path, environ={"PW": "p@ss/w#rd?"}).tokens.store
+    assert store.url == "redis://u:p%40ss%2Fw%23rd%3F@h:1/0?ssl_ca_certs=/ca.pem"  # redis-py decodes it
+    assert store.shown == "redis://u:****@h:1/0"
 
 
 def test_defaults(tmp_path):
@@ -333,6 +337,13 @@ BAD = [
      "4:35: tokens.store: environment variable NOPE (used as {env:NOPE}) is not set"),
     (R + "tokens: {file: tokens.txt, store: 'redis://127.0.0.1/x'}\n",
      "4:35: tokens.store: the path of 'redis://127.0.0.1/x' is the database number, like /0"),
+    (R + "tokens: {file: tokens.txt, store: 'redis://:hunter2-pw@127.0.0.1:99999/0'}\n",
+     "4:35: tokens.store: bad port in 'redis://:****@127.0.0.1:99999/0'"),
+    (R + "tokens: {file: tokens.txt, store: 'redis://127.0.0.1/0?socket_timeout=7'}\n",
+     "4:35: tokens.store: the store URL cannot set 'socket_timeout' (it may set ssl_ca_certs, ssl_ca_path, "
+     "ssl_cert_reqs, ssl_certfile, ssl_check_hostname, ssl_keyfile)"),
+    (R + "tokens: {file: tokens.txt, store: 'redis://127.0.0.1/0?password=pw'}\n",
+     "4:35: tokens.store: the store URL cannot set 'password' (put a password before the host: redis://:PASSWORD@host)"),
     (R + "tokens: {file: tokens.txt, namespace: shop}\n",
      "4:39: tokens.namespace: 'namespace' names a pool on a shared store: it needs 'store' (redis://…)"),
     (R + "tokens: {file: tokens.txt, store: 'redis://127.0.0.1', namespace: 'a b'}\n",

@@ -320,3 +320,30 @@ def test_a_late_answer_alone_leaves_sharing_on(redis_server):
 
     online, drawn = run(main)
     assert online and TOKENS[0] not in drawn
+
+
+def test_coming_back_does_not_undo_what_the_others_changed(redis_server):
+    """A proxy cut off from Redis sends back only what changed on it meanwhile: a reset made by
+    another proxy in the meantime stays (Redis was not empty)."""
+
+    async def main():
+        a, b = store(redis_server.url), store(redis_server.url)
+        await started(a, b)
+        await a.refused(TOKENS[0], None)
+        await b.draw()  # b has it cooling
+        b._went_offline(ConnectionError("cut off for the test"))
+        b.pool.refused(TOKENS[1])  # judged on b alone meanwhile
+        a.reset()
+        await asyncio.sleep(0.1)
+        for _ in range(int(5 / 0.05)):  # b's keeper comes back within a second
+            if b.online:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+        records = redis_server.client().hgetall(a.keys.health)
+        a.stop(), b.stop()
+        return {k: float(v.split()[0]) for k, v in records.items()}
+
+    cooling_until = run(main)
+    assert cooling_until[token_key(TOKENS[0])] == 0  # the reset holds
+    assert cooling_until[token_key(TOKENS[1])] > 0  # b's own refusal got there
