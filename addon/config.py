@@ -467,11 +467,9 @@ def _store_url(environ: Mapping[str, str], text: str) -> StoreSpec:
     encoded = {name: urllib.parse.quote(value, safe="") for name, value in environ.items()}
     url = parse_template(text, encoded, names=frozenset()).render({})
     parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    if "@" in parts.netloc:  # the user part may be a password alone (redis://:pw@host)
-        user = parts.netloc.rpartition("@")[0].partition(":")[0]
-        netloc = f"{user}:****@{netloc}" if ":" in parts.netloc.rpartition("@")[0] else f"{user}@{netloc}"
-    shown = urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=""))
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    user, colon, _password = userinfo.partition(":")  # the user may be left out: redis://:PASSWORD@host
+    shown = urllib.parse.urlunsplit(parts._replace(netloc=f"{user}{':****' if colon else ''}{at}{hostport}", query=""))
     if parts.scheme not in ("redis", "rediss"):
         raise ValueError(f"expected redis://HOST:PORT/DB or rediss://…, not {shown!r}")
     try:

@@ -474,8 +474,8 @@ class SharedStore:
             self.pool.put_health(key, parse_record(record))
         if opened:  # by this refusal; the cooldowns it undid in Redis come here with the stream
             self.breaker.opened(float(open_until))
-        else:
-            self._breaker_until(float(open_until) if float(open_until) > self.clock() else self.breaker.open_until)
+        elif float(open_until) > self.clock():  # open already, by another proxy
+            self._breaker_until(float(open_until))
         return bool(marked)
 
     def succeeded(self, token: str, sent_at: float) -> None:
@@ -497,28 +497,29 @@ class SharedStore:
     # by hand
 
     def set_disabled(self, suffix: str, disabled: bool) -> list:
+        """As TokenPool.set_disabled, here now and on every proxy of the store."""
         found = self.pool.set_disabled(suffix, disabled)
-        keys = self.pool.keys_ending(suffix)
-        if keys:
-            self._by_hand("disable", keys, int(disabled))
+        keys, k = self.pool.keys_ending(suffix), self.keys
+        if keys and self._by_hand("tokens.enable" if not disabled else "tokens.disable"):
+            self._background(self._slow.evalsha(self._sha["disable"], 2, k.health, k.events, EVENTS_KEPT, int(disabled),
+                                                *keys), "tokens: a disable or enable on the shared store")  # fmt: skip
         return found
 
     def reset(self) -> None:
+        """Clear every cooldown and close the breaker, here now and on every proxy of the store."""
         self.pool.reset()
         self.breaker.open_until = 0.0
-        self._by_hand("reset", [])
-
-    def _by_hand(self, script: str, keys: list[str], *args: Any) -> None:
-        if not self.online:
-            logger.warning(f"tokens: Redis at {self.spec.shown} cannot be reached: this holds on this proxy now; a "
-                           "disable reaches the others when Redis is back, an enable or reset does not (run it again then)")
-            return
         k = self.keys
-        if script == "reset":
-            call = self._slow.evalsha(self._sha["reset"], 5, k.health, k.events, k.breaker, k.recent, k.before, EVENTS_KEPT)
-        else:
-            call = self._slow.evalsha(self._sha[script], 2, k.health, k.events, EVENTS_KEPT, *args, *keys)
-        self._background(call, f"tokens: {script} on the shared store")
+        if self._by_hand("tokens.reset"):
+            self._background(self._slow.evalsha(self._sha["reset"], 5, k.health, k.events, k.breaker, k.recent,
+                                                k.before, EVENTS_KEPT), "tokens: a reset on the shared store")  # fmt: skip
+
+    def _by_hand(self, command: str) -> bool:
+        """Can a command by hand reach the store? (If not, it says what holds.)"""
+        if not self.online:
+            logger.warning(f"tokens: Redis at {self.spec.shown} cannot be reached: {command} holds on this proxy now; a "
+                           "disable reaches the others when Redis is back, an enable or reset does not (run it again then)")
+        return self.online
 
     def _background(self, call, what: str) -> None:
         async def run() -> None:
