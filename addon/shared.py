@@ -237,7 +237,7 @@ class SharedStore:
         self._sha: dict[str, str] = {}
         self._last_id = "0-0"  # the last stream entry applied
         self._next: _Batch | None = None
-        self._syncing: asyncio.Task | None = None
+        self._syncing: asyncio.Task | None = None  # the task making round trips while draws wait for them
         self._synced_at = 0.0
         self._successes: dict[str, list[float]] = {}  # key -> [count, latest send time], not yet sent
         self._successes_due: float | None = None  # when to send them (monotonic); None: none waiting
@@ -373,10 +373,10 @@ class SharedStore:
         position = await self._sync(1 if shared else 0)
         return self.pool.draw(position=position if shared else None)
 
-    def _sync(self, draws: int) -> asyncio.Future[int | None]:
-        """One round trip (shared by every draw that arrives while one is under way): take `draws`
-        places in the rotation, send the successes counted, read the stream. Resolves to the first
-        place taken (None: Redis failed, or no place was asked for)."""
+    async def _sync(self, draws: int) -> int | None:
+        """One round trip, shared by every draw that arrives while one is under way (or before the task
+        that makes it starts): take `draws` places in the rotation, send the successes due, read the
+        stream. Returns the first place taken (None: Redis failed, or no place was asked for)."""
         batch = self._next
         if batch is None:
             batch = self._next = _Batch()
@@ -384,15 +384,8 @@ class SharedStore:
         batch.draws += draws
         if self._syncing is None:
             self._syncing = asyncio.get_running_loop().create_task(self._syncs(), name="shared store sync")
-        result: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-
-        def place(done: asyncio.Future) -> None:
-            if not result.done():
-                base = done.result()
-                result.set_result(base + first if base is not None and draws else None)
-
-        batch.done.add_done_callback(place)
-        return result
+        base = await asyncio.shield(batch.done)
+        return base + first if base is not None and draws else None
 
     async def _syncs(self) -> None:
         try:
@@ -421,7 +414,8 @@ class SharedStore:
         pipe.xread({k.events: self._last_id}, count=EVENTS_PER_READ)
         self.round_trips += 1
         try:
-            results = await asyncio.wait_for(pipe.execute(), OP_TIMEOUT)
+            async with asyncio.timeout(OP_TIMEOUT):  # the whole call (and each socket operation has it too)
+                results = await pipe.execute()
         except FAILURES as e:
             if not _late(e):  # not sent, most likely (a late answer was probably counted): send them later
                 for key, (n, sent) in successes.items():
@@ -432,7 +426,7 @@ class SharedStore:
         self._synced_at = time.monotonic()
         self._apply(results[-1])
         if len(results[-1]) and len(results[-1][0][1]) >= EVENTS_PER_READ:
-            self._sync(0)  # more to read
+            self._background(self._sync(0), "tokens: reading the shared store")  # more to read
         return int(results[0]) - draws if draws else None
 
     def _apply(self, read: list) -> None:
@@ -462,10 +456,11 @@ class SharedStore:
         cooldown = max(self.pool.cooldown, retry_after or 0)
         self.round_trips += 1
         try:
-            marked, record, open_until, opened = await asyncio.wait_for(self._fast.evalsha(
-                self._sha["refuse"], 5, k.health, k.events, k.breaker, k.recent, k.before,
-                EVENTS_KEPT, key, repr(self.clock()), repr(cooldown), repr(spec.window), spec.tokens, repr(spec.pause),
-            ), OP_TIMEOUT)  # fmt: skip
+            async with asyncio.timeout(OP_TIMEOUT):
+                marked, record, open_until, opened = await self._fast.evalsha(
+                    self._sha["refuse"], 5, k.health, k.events, k.breaker, k.recent, k.before,
+                    EVENTS_KEPT, key, repr(self.clock()), repr(cooldown), repr(spec.window), spec.tokens, repr(spec.pause),
+                )  # fmt: skip
         except FAILURES as e:
             self._failed(e)
             return None
@@ -542,10 +537,9 @@ class SharedStore:
             return None
         lock = uuid.uuid4().hex
         try:
-            got = await asyncio.wait_for(self._fast.evalsha(
-                self._sha["claim"], 2, self.keys.value + name, self.keys.lock + name, stale or "", lock,
-                int(lock_seconds * 1000),
-            ), OP_TIMEOUT)  # fmt: skip
+            async with asyncio.timeout(OP_TIMEOUT):
+                got = await self._fast.evalsha(self._sha["claim"], 2, self.keys.value + name, self.keys.lock + name,
+                                               stale or "", lock, int(lock_seconds * 1000))
         except FAILURES as e:
             self._failed(e)
             return None
@@ -559,10 +553,9 @@ class SharedStore:
         if "publish" not in self._sha:
             return
         try:
-            await asyncio.wait_for(self._fast.evalsha(
-                self._sha["publish"], 2, self.keys.value + name, self.keys.lock + name, lock, value or "",
-                max(int(ttl * 1000), 1),
-            ), OP_TIMEOUT)  # fmt: skip
+            async with asyncio.timeout(OP_TIMEOUT):
+                await self._fast.evalsha(self._sha["publish"], 2, self.keys.value + name, self.keys.lock + name,
+                                         lock, value or "", max(int(ttl * 1000), 1))
         except FAILURES as e:
             self._failed(e)
 
