@@ -5,6 +5,29 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+# the rules file of issue 16, as written there (the e2e test points its host at the local upstream)
+ISSUE_16_RULES = """\
+values:
+  captcha: {command: ["./mint-recaptcha"], ttl: 110}
+  cf_clearance: {file: cf_clearance.txt}
+rules:
+  - name: arena
+    match: {host: arena.example.com, path: /nextjs-api/stream/*}
+    headers: {User-Agent: "Mozilla/5.0 …"}
+    cookies: {cf_clearance: "{cf_clearance}", arena-auth-prod-v1: "{token}"}
+    body: {recaptchaV3Token: "{captcha}"}
+tokens: {file: tokens.txt}
+on_response:
+  - match: {status: 403, body: "(?i)just a moment"}
+    action: refresh
+    values: [cf_clearance]
+  - match: {status: 403, body: "(?i)recaptcha validation failed"}
+    action: refresh
+    values: [captcha]
+  - match: {status: [401, 403]}
+    action: rotate
+"""
+
 TOKENS = ["tok-alpha-000000001111", "tok-bravo-000000002222", "tok-charlie-0000003333"]
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from addon.config import DEFAULT_ON_RESPONSE, BreakerSpec, TokensSpec, load_config
 from addon.schema import RulesError, RulesErrors
+from helpers import ISSUE_16_RULES
 
 GOOD = """\
 rules:
@@ -88,33 +89,10 @@ def test_recovery_settings(tmp_path):
     assert (second.statuses, second.body, second.action) == ({401, 403}, None, "rotate")
 
 
-INTENDED = """\
-values:
-  captcha: {command: ["./mint-recaptcha"], ttl: 110}
-  cf_clearance: {file: cf_clearance.txt}
-rules:
-  - name: arena
-    match: {host: arena.example.com, path: /nextjs-api/stream/*}
-    headers: {User-Agent: "Mozilla/5.0 …"}
-    cookies: {cf_clearance: "{cf_clearance}", arena-auth-prod-v1: "{token}"}
-    body: {recaptchaV3Token: "{captcha}"}
-tokens: {file: tokens.txt}
-on_response:
-  - match: {status: 403, body: "(?i)just a moment"}
-    action: refresh
-    values: [cf_clearance]
-  - match: {status: 403, body: "(?i)recaptcha validation failed"}
-    action: refresh
-    values: [captcha]
-  - match: {status: [401, 403]}
-    action: rotate
-"""
-
-
 def test_the_intended_file_of_issue_16(tmp_path):
     (tmp_path / "mint-recaptcha").write_text("#!/bin/sh\necho cap-x\n")
     (tmp_path / "cf_clearance.txt").write_text("cf-1\n")
-    config = load_config(write(tmp_path, INTENDED))
+    config = load_config(write(tmp_path, ISSUE_16_RULES))
     (rule,) = config.rules
     assert rule.uses == {"token", "captcha", "cf_clearance"}
     assert [(path, value.source) for path, value in rule.body] == [("recaptchaV3Token", "{captcha}")]

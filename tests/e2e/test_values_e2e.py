@@ -16,30 +16,7 @@ import httpx
 import pytest
 
 from addon.tokens import token_key
-from helpers import TOKENS, write_rules
-
-# the file of issue 16, as written there; only the host is the local upstream's
-INTENDED = """\
-values:
-  captcha: {command: ["./mint-recaptcha"], ttl: 110}
-  cf_clearance: {file: cf_clearance.txt}
-rules:
-  - name: arena
-    match: {host: arena.example.com, path: /nextjs-api/stream/*}
-    headers: {User-Agent: "Mozilla/5.0 …"}
-    cookies: {cf_clearance: "{cf_clearance}", arena-auth-prod-v1: "{token}"}
-    body: {recaptchaV3Token: "{captcha}"}
-tokens: {file: tokens.txt}
-on_response:
-  - match: {status: 403, body: "(?i)just a moment"}
-    action: refresh
-    values: [cf_clearance]
-  - match: {status: 403, body: "(?i)recaptcha validation failed"}
-    action: refresh
-    values: [captcha]
-  - match: {status: [401, 403]}
-    action: rotate
-"""
+from helpers import ISSUE_16_RULES, TOKENS, write_rules
 
 # a stand-in for a reCAPTCHA minting script: a new token for every run
 MINT = """\
@@ -65,7 +42,7 @@ def captcha(n: int) -> str:
 
 @pytest.fixture
 def make_rules(tmp_path, upstream):
-    def make(text: str = INTENDED):
+    def make(text: str = ISSUE_16_RULES):
         mint = tmp_path / "mint-recaptcha"
         mint.write_text(MINT.format(python=sys.executable))
         mint.chmod(0o755)
@@ -152,7 +129,7 @@ def test_a_challenge_page_leads_to_one_refresh_and_a_retry_with_the_same_token(m
 
 
 def test_a_refresh_that_brings_no_new_value_hands_the_refusal_on_and_blames_no_token(make_rules, start_proxy, upstream):
-    rules = make_rules(INTENDED.replace("{file: cf_clearance.txt}", "{file: cf_clearance.txt, wait: 1}"))
+    rules = make_rules(ISSUE_16_RULES.replace("{file: cf_clearance.txt}", "{file: cf_clearance.txt, wait: 1}"))
     proxy = start_proxy(rules)
     upstream.app.clearances = {clearance(2)}  # and nobody rewrites the file
     answer = post(proxy, upstream)
