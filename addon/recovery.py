@@ -239,7 +239,7 @@ class Recovery:
                 if self.state.breaker.is_open:
                     outcome = "the breaker is open: refusals go to the client as they are"
                     break
-                await self._refused(values[TOKEN], last)
+                self._refused(values[TOKEN], last)
                 if self.state.breaker.is_open:
                     outcome = "this refusal opened the breaker"
                     break
@@ -307,15 +307,15 @@ class Recovery:
             flow.response.timestamp_end = time.time()  # mitmweb's time: as long as the client waited
         add_note(flow, note)
 
-    async def _refused(self, token: str, response: http.Response) -> None:
-        pool, key, shared = self.state.tokens, token_key(token), self.state.shared
-        marked = await shared.refused(token, retry_after(response)) if shared is not None else None
-        if marked is None:  # judged here: no shared store, or it did not answer
-            before = pool.health[key].cooling_until if key in pool.health else 0.0
-            marked = pool.refused(token, retry_after(response))
-            undo = self.state.breaker.refused(key, before)
-            if undo is not None:
-                pool.restore(undo)
+    def _refused(self, token: str, response: http.Response) -> None:
+        pool, key, wait = self.state.tokens, token_key(token), retry_after(response)
+        before = pool.health[key].cooling_until if key in pool.health else 0.0
+        marked = pool.refused(token, wait)  # judged here at once; and, with a shared store, there for all
+        undo = self.state.breaker.refused(key, before)
+        if undo is not None:
+            pool.restore(undo)
+        if self.state.shared is not None:
+            self.state.shared.refused(token, wait)
         if marked and not self.state.breaker.is_open and key in pool.health:  # (an opened breaker says so itself)
             until = pool.health[key].cooling_until - pool.clock()
             logger.info(f"tokens: {mask(token)} refused ({response.status_code}); passed over for {until:.0f} s")

@@ -56,8 +56,7 @@ class Rewriter:
         values = await self._draw_values(plan) if plan.named else {}
         # the token is drawn after the last await, so a token refused meanwhile is never sent
         if TOKEN in plan.uses:
-            shared = self.state.shared  # then the draw's round trip is its last await
-            token = await shared.draw() if shared is not None else self.state.tokens.draw()
+            token = (self.state.shared or self.state.tokens).draw()
             if token is None:
                 self._no_tokens(flow)
                 return

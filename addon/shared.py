@@ -1,20 +1,26 @@
 """Token health, the breaker, the rotation and command values, shared by every proxy on one Redis store.
 
 With `tokens.store: redis://…` each proxy keeps its own picture of the pool (the TokenPool and
-Breaker of the loader, which the hooks read as before) and Redis keeps the one all proxies agree on:
+Breaker of the loader), and the hooks read only that picture: no request waits for Redis to learn
+which token to send, so a store 50 ms away costs a request nothing. Redis keeps the picture all
+proxies agree on, and each proxy keeps its own current in the background:
 
-- A refusal is judged in Redis, by one script (`REFUSE`): it cools the token down unless it is
-  cooling already, counts it for the breaker and opens the breaker when the threshold is reached,
-  undoing the cooldowns of the refusals that opened it, as breaker.py does on one proxy.
+- A refusal is judged here at once, as on a proxy alone, and sent to Redis at the same time, where
+  one script (`REFUSE`) judges it for all: it cools the token down unless it is cooling already,
+  counts it for the breaker and opens the breaker when the threshold is reached, undoing the
+  cooldowns of the refusals that opened it, as breaker.py does on one proxy. Its answer replaces
+  this proxy's record of the token.
 - Every change of a token's health or of the breaker is also an entry of a stream, `events`. A
-  request that draws a token first reads the entries it has not seen, in one pipelined round trip
-  that also takes its place in the shared rotation (`INCRBY rr`): it never draws a token another
-  proxy saw refused before it asked. Successes are counted here and sent with a round trip about
-  once a second (at once when one ends a cooldown: the others then use the token again). Draws that
-  arrive while a round trip is under way share the next one. A proxy with no requests reads the
-  stream once a second.
+  follower task waits on that stream (`XREAD BLOCK`) and applies each entry as it comes: another
+  proxy's refusal reaches this one's picture one trip from Redis after it was judged there.
+- round_robin takes its places from one shared rotation (`INCRBY rr`), fetched ahead in the
+  background: each draw uses a place fetched earlier, and asks for the next. A draw that finds none
+  (the first ones, or a burst faster than the round trip) goes on with this proxy's own rotation.
+- Successes are counted here and sent about once a second (at once when one ends a cooldown: the
+  others then use the token again).
 - A command value with a ttl (addon/sources.py) is run by one proxy at a time, under a lock that
-  expires, and kept in Redis for its ttl; the others take it from there.
+  expires, and kept in Redis for its ttl; the others take it from there. That one look is the only
+  call a request waits on, for at most OP_TIMEOUT; when it is late, the command runs here.
 - `tokens.disable`, `enable` and `reset` change Redis too.
 
 Keys, all under `mitm-rules:{NAMESPACE}:` (the braces make it a Redis Cluster hash tag, so a
@@ -25,12 +31,14 @@ rotation), `breaker` (open until), `recent`/`before` (the breaker's window), `va
 to Redis. Command values do: the README says so. Times are the proxies' wall clocks, which are
 expected to agree (NTP).
 
-Redis failing never fails a request. Every request-path operation has OP_TIMEOUT; a request whose
-call fails goes on with this proxy's picture. A refused or broken connection turns sharing off at
-once, with one alert; late answers do so only LATE_IN_A_ROW in a row, as a proxy's own busy event
-loop can make an answer late that Redis gave at once. The proxy then goes on with its own picture. Once a second the
-keeper tries again; when Redis answers, it sends what changed here meanwhile (merged: the later
-cooldown wins, a disable stays), reads the shared state back and says so in one line.
+Connections are made and kept warm off the request path: by the keeper (every KEEP_EVERY it pings
+the connection requests use, and tries to reconnect when Redis is out of reach), the follower, and
+the background writes. Redis failing never fails a request. When a background call cannot reach
+Redis (refused, broken, or no answer within SLOW_TIMEOUT), sharing is off, with one alert, and the
+proxy goes on with its own picture; a request's late look at a command value is not an outage (a
+busy event loop or a far Redis can make it late). When Redis answers again, the keeper sends what
+changed here meanwhile (merged: the later cooldown wins, a disable stays), reads the shared state
+back and says so in one line.
 """
 
 from __future__ import annotations
@@ -39,8 +47,8 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy.log import ALERT
@@ -56,15 +64,15 @@ from addon.tokens import TokenPool, token_key
 
 logger = logging.getLogger(__name__)
 
-OP_TIMEOUT = 0.05  # seconds: the most one call on the request path waits for Redis (socket and whole call)
-SLOW_TIMEOUT = 5.0  # seconds, for what no request waits on: connecting, reading the whole state, commands
-KEEP_EVERY = 1.0  # seconds between the keeper's turns: read the stream when idle, or try to reconnect
+OP_TIMEOUT = 0.05  # seconds: the most a request waits for Redis (a command value's look; socket and whole call)
+SLOW_TIMEOUT = 5.0  # seconds, for what no request waits on: connecting, writes, reading the whole state, commands
+KEEP_EVERY = 1.0  # seconds between the keeper's turns: send the successes, warm the request's connection, reconnect
+FOLLOW_BLOCK = 1.0  # seconds the follower's XREAD waits for new entries before it asks again
 EVENTS_KEPT = 100_000  # stream entries kept (about): a proxy that was gone longer reads the whole state
 EVENTS_PER_READ = 1000
 MERGE_CHUNK = 1000  # records sent per script call when a proxy comes back
 READ_CHUNK = 10_000  # records applied per turn of the event loop when the whole state is read
-
-LATE_IN_A_ROW = 3  # late answers before sharing is turned off (a busy event loop alone can make one late)
+PLACES_AT_MOST = 1000  # rotation places fetched in one round trip
 
 FAILURES = (redis_errors.RedisError, OSError, asyncio.TimeoutError)
 
@@ -88,7 +96,7 @@ local function num(key) return tonumber(redis.call('GET', key) or '0') end
 """
 
 # KEYS[3] breaker, [4] recent, [5] before; ARGV[2] token key, [3] now, [4] cooldown, [5] window,
-# [6] threshold, [7] pause. Returns {marked 0/1, record, breaker open until or '0', opened 0/1}; with
+# [6] threshold, [7] pause, [8] the proxy that tells it (its breaker entry says `by`). Returns {marked 0/1, record, breaker open until or '0', opened 0/1}; with
 # the breaker open, nothing changes (as recovery.py passes such refusals on untouched).
 REFUSE = _RECORDS + """
 local k, now, cd = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -115,7 +123,7 @@ for _, o in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
   if o == k then v = vo end
 end
 redis.call('DEL', KEYS[4], KEYS[5])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'b', string.format('%.17g', open_until))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'b', string.format('%.17g', open_until), 'by', ARGV[8])
 return {marked, v, string.format('%.17g', open_until), 1}
 """
 
@@ -212,39 +220,39 @@ class _Keys:
         self.value, self.lock = base + "value:", base + "lock:"
 
 
-@dataclass
-class _Batch:
-    """Draws that share one round trip."""
-
-    draws: int = 0
-    done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-
-
 class SharedStore:
     def __init__(self, spec: StoreSpec, pool: TokenPool, breaker: Breaker, clock: Callable[[], float] = time.time) -> None:
         self.spec, self.pool, self.breaker, self.clock = spec, pool, breaker, clock
         self.keys = _Keys(spec.namespace)
+        self.origin = uuid.uuid4().hex[:12]  # this proxy, in the breaker entries it causes
         self.online = False
-        self.round_trips = 0  # request-path round trips, for status and tests
+        self.round_trips = 0  # calls a request waited on (command values' looks), for status and tests
+        self.background_trips = 0  # calls no request waits on (writes, places, the follower's reads)
         options: dict[str, Any] = dict(
             decode_responses=True, retry=Retry(NoBackoff(), 0), health_check_interval=0,
             # a new connection sends no CLIENT SETINFO and no maintenance subscription (a Redis Cloud feature):
-            # those are round trips before the first command, each with the socket's time limit
+            # those are round trips before the first command
             driver_info=None, maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )  # fmt: skip
-        self._fast = Redis.from_url(spec.url, socket_timeout=OP_TIMEOUT, socket_connect_timeout=OP_TIMEOUT, **options)
+        # three clients, so that a request never waits behind a slow call or the follower's blocking read
+        # the request path's calls are bounded as a whole (asyncio.timeout); its socket timeout is for the keeper's ping
+        self._fast = Redis.from_url(spec.url, socket_timeout=SLOW_TIMEOUT, socket_connect_timeout=SLOW_TIMEOUT, **options)
         self._slow = Redis.from_url(spec.url, socket_timeout=SLOW_TIMEOUT, socket_connect_timeout=SLOW_TIMEOUT, **options)
+        self._follow = Redis.from_url(spec.url, socket_timeout=FOLLOW_BLOCK + SLOW_TIMEOUT,
+                                      socket_connect_timeout=SLOW_TIMEOUT, **options)  # fmt: skip
         self._sha: dict[str, str] = {}
         self._last_id = "0-0"  # the last stream entry applied
-        self._next: _Batch | None = None
-        self._syncing: asyncio.Task | None = None  # the task making round trips while draws wait for them
-        self._synced_at = 0.0
+        self._places: deque[int] = deque()  # places of the shared rotation fetched ahead
+        self._wanted = 0  # draws since places were last asked for
+        self._asking = False  # places are being fetched
+        self._judging: Counter[str] = Counter()  # keys whose refusal Redis is judging: the stream's older word waits
         self._successes: dict[str, list[float]] = {}  # key -> [count, latest send time], not yet sent
         self._successes_due: float | None = None  # when to send them (monotonic); None: none waiting
         self._stopped = False
         self._keeper: asyncio.Task | None = None
+        self._follower: asyncio.Task | None = None
+        self._wake = asyncio.Event()  # the keeper's sleep ends early (a success to send now)
         self._problem: str | None = None  # why sharing is off (logged once per outage)
-        self._late = 0  # answers in a row that came too late
         self._tasks: set[asyncio.Task] = set()
 
     # life
@@ -257,7 +265,7 @@ class SharedStore:
     def stop(self) -> None:
         """No more sharing (shut-down, or another store): the connections close in the background."""
         self._stopped = True
-        for task in (self._keeper, self._syncing):
+        for task in (self._keeper, self._follower):
             if task is not None:
                 task.cancel()
         self.online = False
@@ -268,8 +276,13 @@ class SharedStore:
         self._background(self._close(), "closing the shared store's connections")
 
     async def _close(self) -> None:
-        for client in (self._fast, self._slow):
+        for client in (self._fast, self._slow, self._follow):
             await client.aclose()
+
+    async def settled(self) -> None:
+        """Wait until the calls sent in the background so far have their answers (tests, shut-down)."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
 
     def read_again(self) -> None:
         """Read every record again (the tokens file changed: some tokens may be new here)."""
@@ -281,11 +294,23 @@ class SharedStore:
             try:
                 if not self.online:
                     await self._connect()
-                elif time.monotonic() - self._synced_at >= KEEP_EVERY or self._successes:
-                    await self._sync(0)  # idle: read the stream; or the successes counted meanwhile
+                else:
+                    await self._send_successes()
+                    await self._fast.ping()  # the request path's connection: made and kept here, not by a request
+                    self.background_trips += 1
+            except FAILURES as e:
+                self._went_offline(e)
             except Exception:  # a bug, not Redis: say so, and keep the keeper going
                 logger.exception("tokens: the shared store's keeper failed")
-            await asyncio.sleep(KEEP_EVERY)
+            self._wake.clear()
+            due = KEEP_EVERY
+            if self.online and self._successes_due is not None:
+                due = min(due, max(0.0, self._successes_due - time.monotonic()))
+            try:
+                async with asyncio.timeout(due):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
 
     async def _connect(self) -> None:
         try:
@@ -298,38 +323,33 @@ class SharedStore:
             # put back what the others have changed since (an enable, a reset, a cooldown ended).
             await self._merge(set(self.pool.take_changes()) | (self.pool.inactive if empty else frozenset()))
             count = await self._read_all(keep_changes=True)
+            await self._fast.ping()
         except FAILURES as e:
             self._went_offline(e)
             return
         self._problem = None
         self.online = True
+        self._places.clear()
+        self._ask_places(1)
+        self._follower = asyncio.get_running_loop().create_task(self._follow_events(), name="shared store follower")
         where = f"{self.spec.shown} (namespace {self.spec.namespace})"
         if back:
             logger.info(f"tokens: Redis at {where} is back: token health is shared again ({count} record(s))")
         else:
             logger.info(f"tokens: token health shared through Redis at {where}: {count} record(s)")
 
-    def _failed(self, error: BaseException) -> None:
-        """A call on the request path failed; the request goes on with this proxy's picture."""
-        if _late(error) and self.online:
-            self._late += 1
-            if self._late < LATE_IN_A_ROW:
-                logger.debug(f"tokens: Redis at {self.spec.shown} answered late ({self._late} in a row): "
-                             "a request went on with this proxy's picture")
-                return
-        if isinstance(error, redis_errors.NoScriptError):  # Redis restarted empty: the keeper loads them again
-            self._sha.clear()
-        self._went_offline(error)
-
     def _went_offline(self, error: BaseException) -> None:
         if self.online:
             self.pool.take_changes()  # from now on, what changes here is merged in when Redis is back
         self.online = False
-        self._late = 0
+        if self._follower is not None and self._follower is not asyncio.current_task():
+            self._follower.cancel()
+        self._follower = None
         if self._problem is None and not self._stopped:
             self._problem = str(error).rstrip(".") or type(error).__name__
             if isinstance(error, redis_errors.NoScriptError):
                 self._problem = "it lost the addon's scripts: restarted?"
+                self._sha.clear()
             logger.log(ALERT, f"tokens: Redis at {self.spec.shown} cannot be reached ({self._problem}); this proxy goes "
                        "on with its own token health, breaker and values, and tries again every second")
 
@@ -359,75 +379,18 @@ class SharedStore:
         if meanwhile:
             await self._merge(self.pool.take_changes())
         self._breaker_until(float(open_until or 0), quiet=True)
-        self._synced_at = time.monotonic()
         return len(records)
 
-    # the request path
-
-    async def draw(self) -> str | None:
-        """The token for a request: after reading what other proxies changed, at the shared rotation's
-        next place (round_robin). On this proxy's own picture when Redis does not answer."""
-        if not self.online:
-            return self.pool.draw()
-        shared = self.pool.strategy == "round_robin"
-        position = await self._sync(1 if shared else 0)
-        return self.pool.draw(position=position if shared else None)
-
-    async def _sync(self, draws: int) -> int | None:
-        """One round trip, shared by every draw that arrives while one is under way (or before the task
-        that makes it starts): take `draws` places in the rotation, send the successes due, read the
-        stream. Returns the first place taken (None: Redis failed, or no place was asked for)."""
-        batch = self._next
-        if batch is None:
-            batch = self._next = _Batch()
-        first = batch.draws
-        batch.draws += draws
-        if self._syncing is None:
-            self._syncing = asyncio.get_running_loop().create_task(self._syncs(), name="shared store sync")
-        base = await asyncio.shield(batch.done)
-        return base + first if base is not None and draws else None
-
-    async def _syncs(self) -> None:
+    async def _follow_events(self) -> None:
+        """Apply the stream's entries as they come, for as long as Redis answers."""
         try:
-            while self._next is not None:
-                batch, self._next = self._next, None
-                try:
-                    base = await self._round_trip(batch.draws) if self.online else None
-                except BaseException:  # whatever happens, nobody waits for ever: they draw on their own
-                    batch.done.set_result(None)
-                    raise
-                batch.done.set_result(base)
-        finally:
-            self._syncing = None
-
-    async def _round_trip(self, draws: int) -> int | None:
-        successes = {}
-        if self._successes_due is not None and time.monotonic() >= self._successes_due:
-            successes, self._successes, self._successes_due = self._successes, {}, None
-        k = self.keys
-        pipe = self._fast.pipeline(transaction=False)
-        if draws:
-            pipe.incrby(k.rr, draws)
-        if successes:
-            args = [a for key, (n, sent) in successes.items() for a in (key, int(n), repr(sent))]
-            pipe.evalsha(self._sha["succeed"], 2, k.health, k.events, EVENTS_KEPT, repr(self.clock()), *args)
-        pipe.xread({k.events: self._last_id}, count=EVENTS_PER_READ)
-        self.round_trips += 1
-        try:
-            async with asyncio.timeout(OP_TIMEOUT):  # the whole call (and each socket operation has it too)
-                results = await pipe.execute()
+            while self.online:
+                read = await self._follow.xread({self.keys.events: self._last_id}, count=EVENTS_PER_READ,
+                                                block=int(FOLLOW_BLOCK * 1000))  # fmt: skip
+                self.background_trips += 1
+                self._apply(read)
         except FAILURES as e:
-            if not _late(e):  # not sent, most likely (a late answer was probably counted): send them later
-                for key, (n, sent) in successes.items():
-                    self._count(key, n, sent, time.monotonic() + KEEP_EVERY)
-            self._failed(e)
-            return None
-        self._late = 0
-        self._synced_at = time.monotonic()
-        self._apply(results[-1])
-        if len(results[-1]) and len(results[-1][0][1]) >= EVENTS_PER_READ:
-            self._background(self._sync(0), "tokens: reading the shared store")  # more to read
-        return int(results[0]) - draws if draws else None
+            self._went_offline(e)
 
     def _apply(self, read: list) -> None:
         """Apply stream entries: token records and breaker changes, in order."""
@@ -435,47 +398,89 @@ class SharedStore:
             for entry_id, fields in entries:
                 self._last_id = entry_id
                 if "h" in fields:
-                    self.pool.put_health(fields["h"], parse_record(fields["r"]))
+                    if not self._judging[fields["h"]]:  # else the refusal's own answer brings the newer record
+                        self._put_health(fields["h"], parse_record(fields["r"]))
                 elif "b" in fields:
-                    self._breaker_until(float(fields["b"]))
+                    self._breaker_until(float(fields["b"]), by_us=fields.get("by") == self.origin)
 
-    def _breaker_until(self, until: float, quiet: bool = False) -> None:
-        if until == self.breaker.open_until:
+    def _put_health(self, key: str, record: tuple[float, float, bool, int, int]) -> None:
+        """Take another proxy's word on a token; say so when it is a refusal that cools it here."""
+        now, health = self.clock(), self.pool.health.get(key)
+        was_cooling = health is not None and health.cooling_until > now
+        self.pool.put_health(key, record)
+        health = self.pool.health.get(key)
+        if health is not None and not was_cooling and health.cooling_until > now and not self.breaker.is_open:
+            logger.info(f"tokens: {health.suffix} refused through another proxy; passed over for "
+                        f"{health.cooling_until - now:.0f} s")
+
+    def _breaker_until(self, until: float, quiet: bool = False, by_us: bool = False) -> None:
+        if until == self.breaker.open_until or (by_us and self.breaker.is_open):
             return
         if until > self.clock() and not quiet:
-            self.breaker.opened(until, elsewhere=True)
+            self.breaker.opened(until, elsewhere=not by_us)
         else:
             self.breaker.open_until = until
 
-    async def refused(self, token: str, retry_after: float | None) -> bool | None:
-        """Judge a refusal in Redis: True when it cooled the token down, False when it was cooling
-        already or the breaker is open; None when Redis did not answer (judge it here, then)."""
+    # the request path: nothing here waits for Redis
+
+    def draw(self) -> str | None:
+        """The token for a request, from this proxy's picture: with round_robin, at the next place of
+        the shared rotation fetched ahead (or this proxy's own next one when none has come)."""
+        if not self.online or self.pool.strategy != "round_robin":
+            return self.pool.draw()
+        position = self._places.popleft() if self._places else None
+        self._wanted += 1
+        if not self._asking:
+            self._ask_places(self._wanted)
+        return self.pool.draw(position=position)
+
+    def _ask_places(self, n: int) -> None:
+        """Fetch `n` places of the shared rotation in the background (as many as were drawn meanwhile)."""
+        n = max(1, min(n, PLACES_AT_MOST))
+        self._wanted, self._asking = 0, True
+
+        async def ask() -> None:
+            try:
+                end = int(await self._slow.incrby(self.keys.rr, n))
+                self.background_trips += 1
+                self._places.extend(range(end - n, end))
+            finally:
+                self._asking = False
+
+        self._background(ask(), "tokens: places of the shared rotation")
+
+    def refused(self, token: str, retry_after: float | None) -> None:
+        """Tell Redis of a refusal this proxy judged already (TokenPool.refused, Breaker.refused): it is
+        judged there for every proxy, in the background, and its answer becomes this proxy's record."""
         if not self.online or "refuse" not in self._sha:
-            return None
+            return
         k, spec, key = self.keys, self.breaker.spec, token_key(token)
         cooldown = max(self.pool.cooldown, retry_after or 0)
-        self.round_trips += 1
-        try:
-            async with asyncio.timeout(OP_TIMEOUT):
-                marked, record, open_until, opened = await self._fast.evalsha(
-                    self._sha["refuse"], 5, k.health, k.events, k.breaker, k.recent, k.before,
-                    EVENTS_KEPT, key, repr(self.clock()), repr(cooldown), repr(spec.window), spec.tokens, repr(spec.pause),
+        self._judging[key] += 1
+
+        async def refuse() -> None:
+            try:
+                _marked, record, open_until, opened = await self._slow.evalsha(
+                    self._sha["refuse"], 5, k.health, k.events, k.breaker, k.recent, k.before, EVENTS_KEPT, key,
+                    repr(self.clock()), repr(cooldown), repr(spec.window), spec.tokens, repr(spec.pause), self.origin,
                 )  # fmt: skip
-        except FAILURES as e:
-            self._failed(e)
-            return None
-        self._late = 0
-        if record:
-            self.pool.put_health(key, parse_record(record))
-        if opened:  # by this refusal; the cooldowns it undid in Redis come here with the stream
-            self.breaker.opened(float(open_until))
-        elif float(open_until) > self.clock():  # open already, by another proxy
-            self._breaker_until(float(open_until))
-        return bool(marked)
+                self.background_trips += 1
+            except BaseException:
+                self.pool.changed_here(key)  # merged in when Redis is back
+                raise
+            finally:
+                self._judging[key] -= 1
+                if not self._judging[key]:
+                    del self._judging[key]
+            if record:
+                self.pool.put_health(key, parse_record(record))
+            if opened or float(open_until) > self.clock():  # by this refusal, or open already by another proxy
+                self._breaker_until(float(open_until), by_us=bool(opened))
+
+        self._background(refuse(), "tokens: a refusal sent to the shared store")
 
     def succeeded(self, token: str, sent_at: float) -> None:
-        """Count a success here now, and in Redis within about a second; one that ends a cooldown
-        goes with the next round trip."""
+        """Count a success here now, and in Redis within about a second; one that ends a cooldown is sent at once."""
         i = self.pool.list.position.get(token)
         key = self.pool.list.keys[i] if i is not None else token_key(token)
         health = self.pool.health.get(key)
@@ -483,11 +488,28 @@ class SharedStore:
         self.pool.succeeded(token, sent_at)
         if self.online:
             self._count(key, 1, sent_at, 0.0 if ends else time.monotonic() + KEEP_EVERY)
+            if ends:
+                self._wake.set()
 
     def _count(self, key: str, n: int, sent_at: float, due: float) -> None:
         counted = self._successes.setdefault(key, [0, 0.0])
         counted[0], counted[1] = counted[0] + n, max(counted[1], sent_at)
         self._successes_due = due if self._successes_due is None else min(self._successes_due, due)
+
+    async def _send_successes(self) -> None:
+        if self._successes_due is None or time.monotonic() < self._successes_due:
+            return
+        successes, self._successes, self._successes_due = self._successes, {}, None
+        k = self.keys
+        args = [a for key, (n, sent) in successes.items() for a in (key, int(n), repr(sent))]
+        try:
+            await self._slow.evalsha(self._sha["succeed"], 2, k.health, k.events, EVENTS_KEPT, repr(self.clock()), *args)
+            self.background_trips += 1
+        except FAILURES as e:
+            if not _late(e):  # not sent, most likely (a late answer was probably counted): send them later
+                for key, (n, sent) in successes.items():
+                    self._count(key, n, sent, time.monotonic() + KEEP_EVERY)
+            raise
 
     # by hand
 
@@ -517,11 +539,16 @@ class SharedStore:
         return self.online
 
     def _background(self, call, what: str) -> None:
+        """Run a call no request waits for; Redis failing turns sharing off (one alert)."""
+
         async def run() -> None:
             try:
                 await call
             except FAILURES as e:
-                logger.error(f"{what} failed ({e}); it holds on this proxy only")
+                if self.online:
+                    self._went_offline(e)
+                else:
+                    logger.debug(f"{what} failed ({e}); it holds on this proxy only")
 
         task = asyncio.get_running_loop().create_task(run(), name=what)
         self._tasks.add(task)
@@ -532,32 +559,33 @@ class SharedStore:
     async def claim(self, name: str, stale: str | None, lock_seconds: float) -> tuple | None:
         """A value another proxy keeps for `name` (not `stale`): ('value', value, seconds left); or
         ('run', lock): run the command, then `publish`; or ('wait',): another proxy runs it. None:
-        Redis did not answer (run it here)."""
+        Redis did not answer within OP_TIMEOUT (run it here; that alone does not turn sharing off)."""
         if not self.online or "claim" not in self._sha:
             return None
         lock = uuid.uuid4().hex
+        self.round_trips += 1
         try:
             async with asyncio.timeout(OP_TIMEOUT):
                 got = await self._fast.evalsha(self._sha["claim"], 2, self.keys.value + name, self.keys.lock + name,
                                                stale or "", lock, int(lock_seconds * 1000))
         except FAILURES as e:
-            self._failed(e)
+            if not _late(e):
+                self._went_offline(e)
+            else:
+                logger.debug(f"{name}: Redis at {self.spec.shown} answered late; the value is fetched here")
             return None
-        self._late = 0
         if got[0] == "value":
             return "value", got[1], max(int(got[2]), 0) / 1000
         return ("run", lock) if got[0] == "run" else ("wait",)
 
-    async def publish(self, name: str, lock: str, value: str | None, ttl: float) -> None:
-        """Keep the value a command gave for `ttl` seconds (none: the run failed), and let go of the lock."""
+    def publish(self, name: str, lock: str, value: str | None, ttl: float) -> None:
+        """Keep the value a command gave for `ttl` seconds (none: the run failed), and let go of the lock
+        (in the background)."""
         if "publish" not in self._sha:
             return
-        try:
-            async with asyncio.timeout(OP_TIMEOUT):
-                await self._fast.evalsha(self._sha["publish"], 2, self.keys.value + name, self.keys.lock + name,
-                                         lock, value or "", max(int(ttl * 1000), 1))
-        except FAILURES as e:
-            self._failed(e)
+        self._background(self._slow.evalsha(self._sha["publish"], 2, self.keys.value + name, self.keys.lock + name,
+                                            lock, value or "", max(int(ttl * 1000), 1)),
+                         f"{name}: publishing the value on the shared store")  # fmt: skip
 
     def describe(self) -> str:
         state = "shared" if self.online else f"not shared now: {self._problem or 'connecting'}"

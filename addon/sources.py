@@ -169,7 +169,7 @@ class ValueSource:
                 return self._accept(got[1], ttl=got[2], quiet=True)
             if got[0] == "run":
                 value = await self._fetch()
-                await shared.publish(self.name, got[1], value, self.spec.ttl)
+                shared.publish(self.name, got[1], value, self.spec.ttl)
                 return value
             if self._clock() >= deadline:  # the proxy that runs it is gone: its lock expires, or run it here
                 return await self._fetch()

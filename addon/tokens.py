@@ -333,6 +333,11 @@ class TokenPool:
         health.successes, health.refusals = int(successes), int(refusals)
         self._classify(key, self.clock())
 
+    def changed_here(self, key: str) -> None:
+        """Count this token's health as changed here (merged into a shared store when it is back)."""
+        if key in self.health:
+            self._changed.add(key)
+
     @property
     def changed(self) -> frozenset[str]:
         """The keys whose health changed here since the last `take_changes`."""
