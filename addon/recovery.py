@@ -43,7 +43,7 @@ from addon.masking import mask
 from addon.plan import apply_plan
 from addon.replay import Handover, Limits, Replay
 from addon.rewriter import METADATA_KEY, REPLAY_KEY, Rewriter, Sent
-from addon.streamtap import BodyCopy
+from addon.streamtap import BodyCopy, keep_copy
 from addon.template import TOKEN
 from addon.tokens import token_key
 from addon.verdict import applies, may_retry, retry_after, verdict
@@ -80,8 +80,9 @@ class Recovery:
         self.rewriter = rewriter
         self.limits = Limits(headers=120.0, idle=300.0)
         self.stream_retries = False  # asked for, and addon.httplayer's check passed
-        # client flows whose answer streams from a retry: the attempts line, written when it ends
-        self.streamed: weakref.WeakKeyDictionary[http.HTTPFlow, str] = weakref.WeakKeyDictionary()
+        # client flows whose answer streams from a retry, until it ends
+        self.streamed: weakref.WeakKeyDictionary[http.HTTPFlow, _Streamed] = weakref.WeakKeyDictionary()
+        self._updates: set[asyncio.Task] = set()  # mitmweb updates sent from hooks that cannot wait
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -289,16 +290,26 @@ class Recovery:
         flow.response.stream = BodyCopy(self.state.stream_copy_limit)  # the copy mitmweb shows, as for any stream
         flow.marked = ":repeat:"
         replay.flow.comment += f"; its body went to flow {flow.id[:8]} as it came"
-        self.streamed[flow] = summary
+        self.streamed[flow] = _Streamed(summary, replay, client)
         client.stream_from(replay)
         await ctx.master.addons.trigger_event(UpdateHook([flow]))  # mitmweb shows the answer that worked
 
-    def _streamed_end(self, flow: http.HTTPFlow, summary: str) -> None:
-        """A recovered stream ended: whole (the response hook), or broken off (the error hook)."""
-        where = f"{flow.request.method} {flow.request.pretty_url}"
+    def _streamed_end(self, flow: http.HTTPFlow, streamed: _Streamed) -> None:
+        """A recovered stream ended: whole (the response hook), or with an error (the error hook).
+        An error is not a break when the client hung up once it had what it wanted: the upstream's
+        answer was complete, or an SSE `data: [DONE]` had gone to it (the `openai` SDK, for one,
+        closes the response as soon as it reads that event)."""
+        where, summary = f"{flow.request.method} {flow.request.pretty_url}", streamed.summary
+        copy = keep_copy(flow) if flow.response is not None else None  # on error, no response hook keeps it
         if flow.error is None:
             logger.info(f"recovered {where}: {summary} (streamed)")
             note = f"attempts: {summary} (streamed)"
+        elif streamed.replay.complete or (streamed.client.left is not None and copy is not None and copy.done):
+            why = "its answer was complete" if streamed.replay.complete else "it had the stream's data: [DONE]"
+            logger.info(f"recovered {where}: {summary} (streamed; the client hung up once {why})")
+            note = f"attempts: {summary} (streamed; the client hung up once {why})"
+            flow.error = None  # not a broken stream: mitmweb shows the answer that worked
+            self._update_later(flow)
         else:
             flow.marked = ""
             logger.warning(f"recovered {where}, then its stream broke off: {summary} ({flow.error.msg})")
@@ -306,6 +317,12 @@ class Recovery:
         if flow.response is not None:
             flow.response.timestamp_end = time.time()  # mitmweb's time: as long as the client waited
         add_note(flow, note)
+
+    def _update_later(self, flow: http.HTTPFlow) -> None:
+        """Tell mitmweb a flow changed, from a hook that cannot wait (the error hook)."""
+        task = asyncio.get_running_loop().create_task(ctx.master.addons.trigger_event(UpdateHook([flow])))
+        self._updates.add(task)
+        task.add_done_callback(self._updates.discard)
 
     def _refused(self, token: str, response: http.Response) -> None:
         pool, key, wait = self.state.tokens, token_key(token), retry_after(response)
@@ -380,6 +397,15 @@ class Recovery:
         replay = Replay(copy, self.limits, client, lambda r: not may_retry(config.on_response, r.status_code, injected))
         await replay.run()
         return replay
+
+
+@dataclass(frozen=True)
+class _Streamed:
+    """A client's stream that a retry's answer goes to, until it ends."""
+
+    summary: str  # the attempts line
+    replay: Replay
+    client: Handover
 
 
 def _take_head(flow: http.HTTPFlow, response: http.Response) -> None:

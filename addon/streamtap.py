@@ -12,6 +12,8 @@ request was a streaming one (addon/recovery.py, addon/httplayer.py).
 
 from __future__ import annotations
 
+import re
+
 from mitmproxy import http
 
 from addon.comment import add_note
@@ -20,20 +22,48 @@ from addon.rewriter import METADATA_KEY, REPLAY_KEY
 from addon.verdict import may_retry
 
 
+# the event that ends an OpenAI-style SSE stream: clients such as the `openai` SDK hang up once they have it
+_DONE = re.compile(rb"(?:^|\n)data: ?\[DONE\]\r?\n")
+_DONE_TAIL = 16  # bytes of the chunk before kept, so that an event cut in two is still found
+
+
 class BodyCopy:
-    """A response `stream` callable: passes chunks through unchanged, keeping a capped copy."""
+    """A response `stream` callable: passes chunks through unchanged, keeping a capped copy, and
+    noting whether an SSE `data: [DONE]` event went through (`done`)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.kept = bytearray()
         self.seen = 0
+        self.done = False
+        self._tail = b"\n"
 
     def __call__(self, chunk: bytes) -> bytes:
         self.seen += len(chunk)
         room = self.limit - len(self.kept)
         if room > 0:
             self.kept += chunk[:room]
+        if chunk and not self.done:
+            self.done = _DONE.search(self._tail + chunk) is not None
+            self._tail = (self._tail + chunk)[-_DONE_TAIL:]
         return chunk
+
+
+def keep_copy(flow: http.HTTPFlow) -> BodyCopy | None:
+    """A streamed answer ended (whole, or broken off): the flow's body becomes the copy kept for
+    mitmweb, with a note when the copy is not all of it. Returns the copy (None: none was kept)."""
+    assert flow.response
+    tap = flow.response.stream
+    if not isinstance(tap, BodyCopy):
+        return None
+    flow.response.raw_content = bytes(tap.kept)
+    flow.response.stream = True  # done: let the copy go, but say the body was streamed
+    if tap.seen > len(tap.kept):
+        note = f"streamed body: {tap.seen} bytes, the first {len(tap.kept)} kept"
+        if "content-encoding" in flow.response.headers:
+            note += " (compressed, so the part kept may not decode)"
+        add_note(flow, note)
+    return tap
 
 
 class StreamTap:
@@ -59,14 +89,4 @@ class StreamTap:
         return False
 
     def response(self, flow: http.HTTPFlow) -> None:
-        assert flow.response
-        tap = flow.response.stream
-        if not isinstance(tap, BodyCopy):
-            return
-        flow.response.raw_content = bytes(tap.kept)
-        flow.response.stream = True  # done: let the copy go, but say the body was streamed
-        if tap.seen > len(tap.kept):
-            note = f"streamed body: {tap.seen} bytes, the first {len(tap.kept)} kept"
-            if "content-encoding" in flow.response.headers:
-                note += " (compressed, so the part kept may not decode)"
-            add_note(flow, note)
+        keep_copy(flow)

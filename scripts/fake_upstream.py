@@ -100,6 +100,8 @@ class ProtectedAPI:
     chunks: int = 5
     interval: float = 0.2  # seconds between streamed events
     stall_after: int | None = None  # a stream goes silent after this many events, until the client hangs up
+    linger: float = 0.0  # seconds a stream waits after its `data: [DONE]` before it ends (unless the client left)
+    refuse_odd: bool = False  # refuse the 1st, 3rd, 5th… request: each one then recovers with one retry
     log: bool = False
     received: list[Received] = field(default_factory=list)
     events_sent: int = 0  # streamed events, all streams together
@@ -148,6 +150,8 @@ class ProtectedAPI:
         """Why the real service would refuse this request, or None."""
         if self.refuse_all:
             return self.refuse_all
+        if self.refuse_odd and len(self.received) % 2:
+            return "unknown account"
         if "Mozilla/5.0" not in (rec.header("user-agent") or ""):
             return "browser required"
         wanted = "text/event-stream" if streaming else "application/json"
@@ -214,7 +218,10 @@ class ProtectedAPI:
                 await send({"type": "http.response.body", "body": f"data: {json.dumps(event)}\n\n".encode(), "more_body": True})
                 self.events_sent += 1
             end = chunk(payload, {}, "stop", time.time())
-            await send({"type": "http.response.body", "body": f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode()})
+            last = f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode()
+            await send({"type": "http.response.body", "body": last, "more_body": bool(self.linger)})
+            if self.linger and not await self._left(disconnect, self.linger):
+                await send({"type": "http.response.body", "body": b""})
         finally:
             disconnect.cancel()
 

@@ -87,3 +87,20 @@ def test_existing_stream_setting_is_respected(tap):
     f.response.stream = True
     tap.responseheaders(f)
     assert f.response.stream is True
+
+
+@pytest.mark.parametrize(
+    "chunks, done",
+    [
+        ([b'data: {"a": 1}\n\n', b"data: [DONE]\n\n"], True),
+        ([b'data: {"a": 1}\n\ndata: [DO', b"NE]\n\n"], True),  # the event cut in two
+        ([b"data:[DONE]\r\n\r\n"], True),
+        ([b'data: {"text": "data: [DONE]"}\n\n'], False),  # inside another event's data
+        ([b'data: {"a": 1}\n\n'], False),
+    ],
+    ids=["whole", "split", "no-space-crlf", "quoted", "none"],
+)
+def test_the_copy_notes_an_sse_done_event(chunks, done):
+    copy = BodyCopy(limit=8)  # the cap on the copy does not hide it
+    assert [copy(c) for c in chunks] == chunks
+    assert copy.done is done

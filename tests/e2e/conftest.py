@@ -106,7 +106,8 @@ def fresh(server: UpstreamServer) -> UpstreamServer:
     app.retry_after = app.refuse_all = app.stall_after = None
     app.refusal_delay = 0.0
     app.padding = {}
-    app.chunks, app.events_sent = 5, 0
+    app.chunks, app.events_sent, app.interval = 5, 0, 0.3
+    app.linger, app.refuse_odd = 0.0, False
     app.hung_up.clear()
     app.clearances = app.on_challenge = None
     return server

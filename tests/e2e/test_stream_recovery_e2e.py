@@ -180,6 +180,34 @@ def test_openai_sdk_gets_a_recovered_stream_as_it_comes(tmp_path, start_proxy, u
     assert [r.cookie("session") for r in upstream.app.received] == [TOKENS[0], TOKENS[1]]
 
 
+def test_openai_sdk_hanging_up_after_done_leaves_every_recovered_stream_a_success(tmp_path, upstream):
+    """The `openai` SDK closes a stream as soon as it reads `data: [DONE]`. Here the upstream waits a
+    second after that event before it ends its answer, so the SDK always hangs up first: each of 30
+    recovered streams is still a success in mitmweb (🔁, 200, "(streamed…)", the copy of its body)."""
+    upstream.app.tokens, upstream.app.refuse_odd = set(TOKENS), True  # every request recovers with one retry
+    upstream.app.linger, upstream.app.interval = 1.0, 0.01
+    web = Mitmweb(rules_for(tmp_path, upstream.port, breaker=100), tmp_path).start()
+    assert web.web is not None
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{upstream.port}/v1", api_key="sk-client",
+                               http_client=httpx.Client(proxy=web.url, timeout=60), max_retries=0)  # fmt: skip
+        for _ in range(30):
+            chunks = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+            assert "".join(c.choices[0].delta.content or "" for c in chunks) == "word0 word1 word2 word3 word4 "
+        web.wait_for_log(r"the client hung up once it had the stream's data: \[DONE\]", count=30)
+        flows = web.web.get("/flows").json()
+    finally:
+        web.stop()
+    originals = [f for f in flows if not f["is_replay"]]
+    assert len(originals) == 30 and len(upstream.app.received) == 60
+    for f in originals:
+        assert f["response"]["status_code"] == 200 and f["marked"] == "🔁" and "error" not in f, f
+        assert f["comment"].splitlines()[-1].startswith("· attempts: 403 with …"), f["comment"]
+        assert "(streamed; the client hung up once it had the stream's data: [DONE])" in f["comment"], f["comment"]
+        assert f["response"]["contentLength"] > 500  # the copy of what was streamed, for mitmweb to show
+    assert "broke off" not in web.log()
+
+
 # a retry that goes silent after three events: the client's stream ends with a protocol error
 STALLS = {
     "HTTP/1.1": ("upstream", "http", False, "incomplete chunked read"),
@@ -212,6 +240,7 @@ def test_retry_that_stalls_mid_stream_ends_the_clients_stream_with_an_error(requ
         f"· attempts: 403 with {MASKS[0]} → 200 with {MASKS[1]} (streamed; the retry's answer broke off: {why})"
     )
     assert original.marked == ""
+    assert original.response.raw_content.count(b"data: {") == 3  # the copy holds what was streamed
     assert f"then its stream broke off: 403 with {MASKS[0]} → 200 with {MASKS[1]}" in proxy.log()
     health = state(rules)
     assert [health[_key(t)]["refusals"] for t in TOKENS[:2]] == [1, 0]  # no token is blamed for the silence
