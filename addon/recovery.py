@@ -251,6 +251,8 @@ class Recovery:
             if isinstance(next_values, str):
                 outcome = next_values
                 break
+            if len(attempts) == 1:
+                self._show_refused(flow, attempts[0])
             values = next_values
             sent_at = time.time()
             replay = await self._attempt(flow, sent, values, len(attempts) + 1, config, client)
@@ -281,6 +283,25 @@ class Recovery:
         else:
             logger.warning(f"not recovered {flow.request.method} {flow.request.pretty_url}: {summary} ({outcome})")
         add_note(flow, f"attempts: {summary}" + ("" if recovered else f" ({outcome})"))
+
+    def _show_refused(self, flow: http.HTTPFlow, first: Attempt) -> None:
+        """A retry is about to be sent: the client's flow will show the answer that works, so its
+        refused first attempt becomes a flow of its own in mitmweb (and mitmproxy's console), with
+        its request as it was sent and its refusal. Every flow of the family names the client's
+        flow's short id, so that a filter selects them all."""
+        assert flow.response is not None
+        family = f"~comment {flow.id[:8]}"
+        add_note(flow, f"refused ({first.describe()}), then retried; this flow and each attempt: {family}")
+        view = ctx.master.addons.get("view")
+        if view is None:  # mitmdump: no flow list (the log has the attempts line)
+            return
+        refused = http.HTTPFlow(flow.client_conn, flow.server_conn)
+        refused.request = flow.request.copy()
+        refused.response = flow.response.copy()
+        token = "token " if TOKEN in first.values else ""
+        refused.comment = f"attempt 1 of flow {flow.id[:8]}, with {token}{first.shown}: refused, then retried ({family})"
+        refused.marked = ":no_entry:"
+        view.add([refused])
 
     async def _stream_from(self, flow: http.HTTPFlow, client: Handover, replay: Replay, summary: str) -> None:
         """The client gets this retry's status and headers now and its body as it comes; the

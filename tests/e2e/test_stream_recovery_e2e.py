@@ -404,3 +404,40 @@ def _key(token: str) -> str:
     from addon.tokens import token_key
 
     return token_key(token)
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["streaming", "not streaming"])
+def test_mitmweb_shows_the_refused_attempt_as_a_flow_of_its_own(tmp_path, upstream, streaming):
+    """The client's flow shows the answer that worked; its refused first attempt is a flow of its own
+    (the request as sent, the 403 and its body, marked ⛔), and one filter selects the whole family."""
+    upstream.app.tokens = {TOKENS[1]}
+    web = Mitmweb(rules_for(tmp_path, upstream.port), tmp_path).start()
+    assert web.web is not None
+    body = CHAT if streaming else CHAT.replace(b', "stream": true', b"")
+    try:
+        with httpx.Client(proxy=web.url, timeout=60) as client:
+            answer = client.post(chat_url(upstream.port), content=body)
+            assert answer.status_code == 200
+            web.wait_for_log(r"recovered POST")
+            assert client.post(chat_url(upstream.port), content=body).status_code == 200  # not of the family
+        flows = web.web.get("/flows").json()
+        original = next(f for f in flows if f["marked"] == "🔁")
+        family = f"~comment {original['id'][:8]}"
+        assert web.web.put("/options", json={"view_filter": family}).status_code == 200
+        selected = web.web.get("/flows").json()
+        refused_body = web.web.get(f"/flows/{next(f['id'] for f in flows if f['marked'] == '⛔')}/response/content.data")
+    finally:
+        web.stop()
+    assert_no_secrets(tmp_path)
+    assert len(flows) == 4  # the client's, its refused first attempt, the retry; and another request
+    refused = next(f for f in flows if f["marked"] == "⛔")
+    retry = next(f for f in flows if f["is_replay"])
+    assert refused["response"]["status_code"] == 403 and not refused["is_replay"]
+    assert refused["comment"] == (
+        f"attempt 1 of flow {original['id'][:8]}, with token {MASKS[0]}: refused, then retried ({family})"
+    )
+    assert any(name.lower() == "cookie" and TOKENS[0] in value for name, value in refused["request"]["headers"])
+    assert json.loads(refused_body.text)["error"]["message"] == "unknown account"  # the refusal's own body
+    assert f"· refused (403 with {MASKS[0]}), then retried; this flow and each attempt: {family}" in original["comment"]
+    assert original["response"]["status_code"] == retry["response"]["status_code"] == 200
+    assert sorted(f["id"] for f in selected) == sorted(f["id"] for f in (original, refused, retry))  # the family
