@@ -38,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fake_upstream  # noqa: E402
+from latency_relay import LatencyRelay  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(sys.executable).parent  # the venv running this script
@@ -85,10 +86,10 @@ class Settings:
 
 FULL = Settings(False, rounds=6, tput_seconds=8, lat_seconds=5, connections=10, sse_rounds=5, big_bytes=1 << 30,
                 recovery_rounds=30, storm_rounds=8, captcha_rounds=3, startup_rounds=5, reload_rounds=5,
-                sse_recovery_rounds=8, shared_rounds=5, shared_seconds=4, propagation_rounds=12, idle_rounds=2)
+                sse_recovery_rounds=8, shared_rounds=5, shared_seconds=4, propagation_rounds=12, idle_rounds=5)
 QUICK = Settings(True, rounds=2, tput_seconds=3, lat_seconds=2, connections=10, sse_rounds=2, big_bytes=256 << 20,
                  recovery_rounds=10, storm_rounds=2, captcha_rounds=1, startup_rounds=2, reload_rounds=2,
-                 sse_recovery_rounds=3, shared_rounds=2, shared_seconds=2, propagation_rounds=4, idle_rounds=1)
+                 sse_recovery_rounds=3, shared_rounds=2, shared_seconds=2, propagation_rounds=4, idle_rounds=2)
 
 
 # ----------------------------------------------------------------------------- processes
@@ -296,7 +297,7 @@ def burst(port: int, per_connection: list[list[bytes]], timeout: float = 120) ->
 # scenario 11, propagation: tokens.cooldown of proxies A and B; seconds of B's requests looked at after each
 # refusal through A (and 0.2 s before it); the idle variant's time without requests through B, and the
 # Retry-After of its refusals (longer, so that the token still cools when B's request comes)
-SHARED_COOLDOWN, SHARED_WINDOW, IDLE_GAP, IDLE_RETRY_AFTER = 1.0, 0.4, 2.0, 3
+SHARED_COOLDOWN, SHARED_WINDOW, IDLE_GAP, IDLE_RETRY_AFTER = 2.0, 1.2, 2.0, 3
 
 
 class SteadyClient:
@@ -630,6 +631,23 @@ def log(msg: str) -> None:
 # ----------------------------------------------------------------------------- the bench
 
 
+def _log_ms(line: str) -> float | None:
+    """Milliseconds since midnight of a mitmdump log line (`[HH:MM:SS.mmm] …`)."""
+    m = re.match(r"\[(\d+):(\d+):(\d+\.\d+)\]", line)
+    return (int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])) * 1000 if m else None
+
+
+def _told_after(a: Proxy, b: Proxy, token: str) -> float | None:
+    """How long after A logged its refusal of `token` B logged that another proxy had refused it (ms;
+    both logs have the same clock), or None when B never said so."""
+    shown = f"…{token[-4:]}"
+    refused = [_log_ms(x) for x in a.log().splitlines() if f"{shown} refused (" in x]
+    heard = [_log_ms(x) for x in b.log().splitlines() if f"{shown} refused through another proxy" in x]
+    if not refused or not heard or refused[-1] is None or heard[-1] is None:
+        return None
+    return (heard[-1] - refused[-1]) % 86_400_000
+
+
 class Bench:
     def __init__(self, s: Settings, workdir: Path) -> None:
         self.s, self.w = s, workdir
@@ -643,6 +661,7 @@ class Bench:
         self.fast: Proc | None = None
         self.protected: Proc | None = None
         self.proxies: dict[str, Proxy] = {}
+        self.redis_delays: list[float] = [0.0, 0.005, 0.05]  # scenario 11: seconds added each way to Redis
 
     # set-up
 
@@ -1237,7 +1256,8 @@ class Bench:
 
     def shared_store(self) -> None:
         """Throughput with the Redis store against the file store and bare mitmdump, then how soon a
-        refusal through one proxy is seen by another on the same store."""
+        refusal through one proxy is seen by another on the same store; with Redis on this host, and
+        behind a relay that adds each of `redis_delays` (seconds each way: a Redis in another zone)."""
         from redis import Redis  # the addon's own requirement (addon/shared.py)
 
         port = free_port()
@@ -1245,10 +1265,18 @@ class Bench:
         self.redis = Proc("redis", [server, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                                     "--dir", self.w, "--logfile", ""], self.w, OTHER_CPUS, port).start()  # fmt: skip
         self.redis_client = Redis(host="127.0.0.1", port=port, decode_responses=True, socket_timeout=5)
-        self.redis_url = f"redis://127.0.0.1:{port}/0"
         try:
-            shared = self._shared_throughput()
-            self._propagation(shared)
+            for i, delay in enumerate(self.redis_delays):
+                relay = LatencyRelay(port, delay).start() if delay else None
+                self.redis_url = f"redis://127.0.0.1:{relay.port if relay else port}/0"
+                self.redis_delay, self.redis_key = delay, i / 100
+                log(f"shared store: Redis {'on this host' if not delay else f'{delay * 1000:g} ms away each way'}")
+                try:
+                    shared = self._shared_throughput()
+                    self._propagation(shared)
+                finally:
+                    if relay is not None:
+                        relay.stop()
         finally:
             self.redis_client.close()
             self.redis.stop()
@@ -1290,7 +1318,7 @@ class Bench:
         if not script.exists():
             script = write_wrk_script(self.w, self.fast.port)
         hosts = ["api.example.com", f"127.0.0.1:{self.fast.port}", f"localhost:{self.fast.port}"]
-        namespace = "bench-throughput"
+        namespace = f"bench-throughput-{self.redis_key}"
         rules = rules_file(self.w / "rules10-redis.yaml", realistic_rules(hosts), self.w / "tokens.txt",
                            self.captcha_file(), store=self.redis_url, namespace=namespace)
         proxy = self.proxies["addon-10-redis"] = Proxy("addon-10-redis", self.w, rules).start()
@@ -1342,7 +1370,7 @@ class Bench:
         # Four tokens at most are ever refused at once: a breaker of five never opens.
         rules = rules_file(self.w / "rules-shared.yaml", realistic_rules(hosts), tokens_file, self.captcha_file(),
                            strategy="sticky", cooldown=SHARED_COOLDOWN, store=self.redis_url,
-                           namespace="bench-propagation",
+                           namespace=f"bench-propagation-{self.redis_key}",
                            breaker="{tokens: 5, window: 60, pause: 300}")
         a = Proxy("addon-shared-a", self.w, rules).start()
         b = Proxy("addon-shared-b", self.w, rules).start()
@@ -1361,6 +1389,7 @@ class Bench:
         b_rate: list[float] = []
         idle: list[bool] = []  # B's request after IDLE_GAP avoided the token
         idle_on_it: list[bool] = []  # B's last request before the pause carried it
+        told: list[float | None] = []  # ms: A logged the refusal → B logged that another proxy refused it (B idle)
         try:
             self._wait_shared(a)
             self._wait_shared(b)
@@ -1402,9 +1431,11 @@ class Bench:
                 status, _, _, _ = fetch(b.port, chat("B", f"idle-{r}"))
                 first = next((rec for rec in api.received[n0:] if rec.header("x-bench-seq") == f"idle-{r}"), None)
                 idle.append(status == 200 and first is not None and first.cookie("session") != refused)
+                told.append(_told_after(a, b, refused))
                 api.tokens = api.tokens | {refused}
-                log(f"propagation, idle round {r + 1}/{s.idle_rounds}: after {IDLE_GAP:g} s without requests, "
-                    f"B's next request {'avoided' if idle[-1] else 'carried'} the refused token")
+                log(f"propagation, idle round {r + 1}/{s.idle_rounds}: B heard of A's refusal "
+                    f"{'never' if told[-1] is None else f'{told[-1]:.0f} ms after A logged it'}; after {IDLE_GAP:g} s "
+                    f"without requests, B's next request {'avoided' if idle[-1] else 'carried'} the refused token")
                 if r + 1 < s.idle_rounds:
                     time.sleep(max(0.0, t_ref + IDLE_RETRY_AFTER + 0.2 - time.time()))
                 stream.go.set()
@@ -1421,9 +1452,10 @@ class Bench:
                                f"({sorted(set(bad))}) and errors {stream.errors[:3]}")
         self._shared_rows(shared, {"lag_ms": lags, "after": after, "late": late, "judged_ms": judged,
                                    "b_rps": b_rate, "b_after": b_after, "idle": idle, "idle_on_it": idle_on_it,
+                                   "told_ms": told,
                                    "outages": outages})
 
-    def _refuse_through(self, proxy: Proxy, cue: RefusalOnCue, request: bytes) -> tuple[str, float, float]:
+    def _refuse_through(self, proxy: Proxy, cue: RefusalOnCue, request: bytes) -> tuple[str, float, float]:  # noqa: D401
         """One request through `proxy` whose token the upstream refuses from then on (for every proxy);
         it must be recovered with another. The token, when its refusal and the retry reached the upstream."""
         cue.arm()
@@ -1441,19 +1473,21 @@ class Bench:
         redis_bare = [a / b for a, b in zip(rps["addon-10-redis"], rps["bare"])]
         file_bare = [a / b for a, b in zip(rps["addon-10"], rps["bare"])]
         f3, f2 = "{:.3f}", "{:.2f}"
-        self.results[11] = Result(
-            11, "shared store: small JSON POSTs (scenario 1: 10 rules, `{token}` from 4), token health on Redis",
+        away = f" {self.redis_delay * 1000:g} ms away (each way, through a relay)" if self.redis_delay else " on this host"
+        self.results[11 + self.redis_key] = Result(
+            11, f"shared store: small JSON POSTs (scenario 1: 10 rules, `{{token}}` from 4), token health on Redis{away}",
             "req/s with `store: redis://…` ÷ req/s with the state file, same load",
-            "≤ 1 Redis round trip per request (the issue's); the ratio has no target: it is what the store costs",
+            "≤ 1 Redis round trip per request, none of them waited on; the ratio has no target: it is what the "
+            "store costs",
             f"**{med(redis_file):.3f}** ({min(redis_file):.3f}–{max(redis_file):.3f}); ÷ bare mitmdump: Redis "
             f"store {span(redis_bare, '', f3)}, file store {span(file_bare, '', f3)}; Redis store "
             f"{span(rps['addon-10-redis'])} req/s, file store {span(rps['addon-10'])} req/s, bare {span(rps['bare'])} "
-            f"req/s; per request, Redis round trips (one `XREAD` each) {span(per['xread'], '', f3)}, "
-            f"`INCRBY` {span(per['incrby'], '', f3)}, `EVALSHA` "
+            f"req/s; per request, in the background: `INCRBY` (places of the rotation) {span(per['incrby'], '', f3)}, "
+            f"`XREAD` (the follower) {span(per['xread'], '', f3)}, `EVALSHA` "
             f"(successes, sent about once a second) {span(per['evalsha'], '', f3)}; "
             f"{s.shared_rounds} rounds of {s.shared_seconds:g} s, wrk -c{s.connections}; "
             + outage_text(shared["outages"], "the Redis proxy"),
-            max(per["xread"]) <= 1,
+            max(a + b for a, b in zip(per["incrby"], per["xread"])) <= 1 and not shared["outages"][0],
             raw={"rps": rps, "redis_per_request": per, "redis_vs_file": redis_file, "rotation_moves": shared["rr"],
                  "redis_requests": shared["redis_requests"], "outages": shared["outages"][:2]},
             part="a",
@@ -1462,21 +1496,25 @@ class Bench:
         idle_text = (f"; idle: {IDLE_GAP:g} s with no request through B, then one: it avoided the token in "
                      f"**{sum(idle)} of {len(idle)}** round(s) (B's last request before the pause had carried it in "
                      f"{sum(seen_by_b['idle_on_it'])})") if idle else ""
-        self.results[11.5] = Result(
-            11, "shared store: the token in use refused through proxy A while one client sends requests through "
-            "proxy B (both on one Redis, 4 tokens, `sticky`: B sends that token until it learns)",
-            "at the upstream: last request from B with that token − A's refusal (≤ 0: B's next request avoided it)",
-            "B's next request after the refusal avoids the token",
-            f"median **{med(seen):+.2f} ms**, max **{max(seen):+.2f} ms** ({len(seen)} of {len(lags)} rounds with "
-            f"the token in B's requests near the refusal: B was on it); B's requests with it that arrived after A's "
-            f"refusal: "
-            f"{sum(after)} in {sum(1 for n in after if n)} round(s), of which sent by B's client after A's retry had "
-            f"reached the upstream (the refusal was judged in Redis by then): **{sum(late)}**; A's refusal → its "
+        told = [x for x in seen_by_b["told_ms"] if x is not None]
+        told_text = (f"median **{med(told):.0f} ms**, max **{max(told):.0f} ms**" if told else "**never**") + (
+            f" ({len(told)} of {len(seen_by_b['told_ms'])} idle round(s))")
+        self.results[11.5 + self.redis_key] = Result(
+            11, "shared store: the token in use refused through proxy A, proxy B on the same Redis"
+            f"{away} (4 tokens, `sticky`: B stays on that token until it learns or is refused itself)",
+            "A logs its refusal → B logs that another proxy refused the token (B idle; the logs' clock is one); "
+            "and, with one client sending through B, B's last request with that token − A's refusal, at the upstream",
+            "B knows within 1 s; B passes the token over after an idle pause",
+            f"B knew after {told_text}; with B busy: last request with the token "
+            f"median {med(seen):+.2f} ms, max {max(seen):+.2f} ms after A's refusal ({len(seen)} of {len(lags)} rounds "
+            f"with the token in B's requests near the refusal: B was on it); B's requests with it that arrived after "
+            f"A's refusal: {sum(after)} in {sum(1 for n in after if n)} round(s), of which sent by B's client after "
+            f"A's retry had reached the upstream: {sum(late)}; A's refusal → its "
             f"retry at the upstream {span(judged, ' ms', f2)}; B ran at {span(seen_by_b['b_rps'], ' req/s')} (one "
             f"client, kept-alive connection), {span(seen_by_b['b_after'])} of its requests in the "
             f"{SHARED_WINDOW * 1000:.0f} ms after each refusal{idle_text}; "
             + outage_text(seen_by_b["outages"], "A or B"),
-            sum(late) == 0 and all(idle),
+            bool(told) and len(told) == len(seen_by_b["told_ms"]) and max(told) <= 1000 and all(idle),
             raw={**seen_by_b, "outages": seen_by_b["outages"][:2]},
             part="b",
         )
@@ -1736,6 +1774,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, rules files)")
     parser.add_argument("--addon", type=Path, help="the addon's main.py to measure (default: this checkout's); "
                                                    "to try a change kept in another worktree")
+    parser.add_argument("--redis-delays", default="0,5,50", help="scenario 11: milliseconds added to each way between "
+                        "the proxies and Redis, one run for each (default 0,5,50)")
     args = parser.parse_args()
     only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 12))
     if only & {1, 2, 3, 11} and not shutil.which("wrk"):  # the throughput and latency scenarios use it
@@ -1783,6 +1823,7 @@ def main() -> int:
         if 10 in only:
             bench.sse_recovery()
         if 11 in only:
+            bench.redis_delays = [float(ms) / 1000 for ms in args.redis_delays.split(",")]
             bench.shared_store()
         if 6 in only or 7 in only:
             bench.start_protected()
