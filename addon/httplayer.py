@@ -36,10 +36,16 @@ The internals used, as in mitmproxy 11.0.2 and 12.3.1 (`check()` verifies them b
   11; an `ErrorCode` on 12), `RequestProtocolError`.
 - `mitmproxy.proxy.layer`: `Layer.handle_event(event)` and `Layer._paused_event_queue`.
 - `mitmproxy.proxy.commands.StartHook`: a blocking command that runs an addon hook.
+- Back-pressure: `mitmproxy.proxy.server.ConnectionHandler.transports` (a `ConnectionIO` with its
+  `writer`, an asyncio StreamWriter) of the client's handler, found in the proxyserver addon's
+  `connections` by the client's id (`mode_servers.ServerManager.connections`): the relay waits while
+  more than CLIENT_BACKLOG bytes sit in that writer's buffer. On the retry's side, addon/replay.py's
+  handler overrides `ConnectionHandler.drain_writers()` and `hook_task(hook)`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import weakref
 from dataclasses import dataclass
@@ -51,6 +57,8 @@ from addon.replay import Handover
 try:
     from mitmproxy.proxy.commands import StartHook
     from mitmproxy.proxy.layer import Layer
+    from mitmproxy.proxy.mode_servers import ServerManager
+    from mitmproxy.proxy.server import ConnectionHandler, ConnectionIO
     from mitmproxy.proxy.layers.http import (
         HttpLayer,
         HttpStream,
@@ -64,7 +72,9 @@ try:
     _IMPORT_PROBLEM = None
 except ImportError as e:  # this module must load on any mitmproxy; check() then says no
     _IMPORT_PROBLEM = f"cannot import what it needs: {e}"
-    StartHook = HttpLayer = HttpStream = Layer = object  # type: ignore[assignment,misc]
+    StartHook = HttpLayer = HttpStream = Layer = ConnectionHandler = ConnectionIO = ServerManager = object  # type: ignore[assignment,misc]
+
+CLIENT_BACKLOG = 1 << 20  # bytes sent to a client but not yet on its socket; past it, the relay waits for it
 
 _held: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
 _broken_off_code: object = None  # the ResponseProtocolError code for a retry that broke off; set by check()
@@ -125,7 +135,8 @@ class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
             yield from super().send_response(already_streamed)
             return
         _held.discard(self.flow)
-        handover = self.handover = Handover(self.flow)
+        writer = _client_writer(self.context.client)
+        handover = self.handover = Handover(self.flow, writer.drain if writer is not None else None)
         try:
             yield HeldAnswerHook(handover)
             if (yield from self.check_killed(True)):
@@ -140,8 +151,11 @@ class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
     def _relay(self, handover: Handover):
         assert self.flow.response
         yield SendHttp(ResponseHeaders(self.stream_id, self.flow.response, end_stream=False), self.context.client)
+        writer = _client_writer(self.context.client)
         while not handover.ended:
-            if not handover.poll():  # nothing has come yet: wait for it in a hook
+            backlog = writer.transport.get_write_buffer_size() if writer is not None else 0
+            # the client has not taken what it was sent, or nothing has come yet: wait in a hook
+            if backlog > CLIENT_BACKLOG or not handover.poll():
                 yield RelayHook(handover)
                 if (yield from self.check_killed(True)):
                     return
@@ -166,6 +180,15 @@ class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
                 yield SendHttp(ResponseData(self.stream_id, piece), self.context.client)
 
 
+def _client_writer(client) -> asyncio.StreamWriter | None:
+    """The stream writer of a client's connection (its ConnectionHandler's, found through the
+    proxyserver addon), to wait until the client takes what it was sent; None when there is none."""
+    handler = getattr(ctx.master.addons.get("proxyserver"), "connections", {}).get(client.id)
+    io = handler.transports.get(client) if handler is not None else None
+    writer = getattr(io, "writer", None)
+    return writer if isinstance(writer, asyncio.StreamWriter) else None
+
+
 # the version guard
 
 _SIGNATURES = {  # parameters (with defaults) as in mitmproxy 11.0.2 and 12.3.1
@@ -177,11 +200,16 @@ _SIGNATURES = {  # parameters (with defaults) as in mitmproxy 11.0.2 and 12.3.1
     "SendHttp": "(event, connection)",
     "ResponseHeaders": "(stream_id, response, end_stream=False)",
     "ResponseData": "(stream_id, data)",
+    "ConnectionHandler.drain_writers": "(self)",
+    "ConnectionHandler.hook_task": "(self, hook)",
 }
 _ATTRIBUTES = {  # class: annotated attributes this module relies on
     "HttpLayer": ("streams",),
     "HttpStream": ("flow", "stream_id"),
     "Layer": ("_paused", "_paused_event_queue"),
+    "ConnectionHandler": ("transports",),
+    "ConnectionIO": ("writer",),
+    "ServerManager": ("connections",),
 }
 
 
@@ -192,7 +220,8 @@ def check() -> str | None:
     if _IMPORT_PROBLEM:
         return _IMPORT_PROBLEM
     names = {"HttpLayer": HttpLayer, "HttpStream": HttpStream, "Layer": Layer, "SendHttp": SendHttp,
-             "ResponseHeaders": ResponseHeaders, "ResponseData": ResponseData}  # fmt: skip
+             "ResponseHeaders": ResponseHeaders, "ResponseData": ResponseData, "ConnectionHandler": ConnectionHandler,
+             "ConnectionIO": ConnectionIO, "ServerManager": ServerManager}  # fmt: skip
     for path, expected in _SIGNATURES.items():
         owner, _, attribute = path.partition(".")
         target = getattr(names[owner], attribute, None) if attribute else names[owner]

@@ -7,8 +7,11 @@ body may not go silent for more than `retry_idle_timeout`. The body is either he
 may be a refusal to judge, or the client's answer is not streamed), or forwarded as it comes
 to a `Handover`: the client's stream waiting for it (see `addon.httplayer`).
 
-Everything here is public mitmproxy API; the client's side of the HTTP layer is in
-`addon.httplayer`.
+A streamed answer is read from the upstream no faster than the client takes it: the replay's
+connection handler waits in `drain_writers` (mitmproxy's own back-pressure point, called after each
+read) while more than FORWARD_BUFFER bytes wait for the client's stream. That, `hook_task` and
+`transports` are mitmproxy internals (`ConnectionHandler`'s), checked with the rest by
+`addon.httplayer.check()`; the client's side of the HTTP layer is in `addon.httplayer`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from mitmproxy import ctx, http
@@ -26,6 +29,7 @@ from mitmproxy.hooks import UpdateHook
 
 HANG_UP_GRACE = 5.0  # seconds a hung-up replay gets to wind down before its task is cancelled
 CLIENT_LEFT = "the client left"
+FORWARD_BUFFER = 1 << 20  # bytes of a streamed retry's answer read ahead of the client; past it, reading waits
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,9 @@ class Handover:
     ends the client's answer when `ended` is set, or with a protocol error when `failure` is. It
     calls `client_left` when the client goes away, which hangs up the retry at once."""
 
-    def __init__(self, flow: http.HTTPFlow) -> None:
+    def __init__(self, flow: http.HTTPFlow, drain: Callable[[], Awaitable[None]] | None = None) -> None:
         self.flow = flow  # the client's flow
+        self.drain = drain  # waits until the client's connection has taken what it was sent (addon.httplayer)
         self.replay: Replay | None = None  # the retry in flight, and, once streaming, the one streamed
         self.streaming = False
         self.chunks: list[bytes] = []
@@ -76,8 +81,17 @@ class Handover:
         return bool(chunks) or ended
 
     async def pull(self) -> None:
-        """Wait for more of the streamed answer: chunks, its end, a stall, or the client leaving."""
+        """Wait until the client has taken what it was sent, then for more of the streamed answer:
+        chunks, its end, a stall, or the client leaving."""
         assert self.replay is not None and self.streaming
+        if self.drain is not None:
+            try:
+                await self.drain()
+            except OSError as e:  # the client's connection broke: mitmproxy ends the flow
+                self.client_left(str(e) or type(e).__name__)
+                return
+            if self.poll():
+                return
         chunks, ended, failure = await self.replay.forwarded()
         self.chunks += chunks
         self.failure = failure
@@ -122,7 +136,9 @@ class Replay:
         self.headers_seen = False
         self._body = bytearray()  # held
         self._pending: list[bytes] = []  # forwarded, not yet taken by the client's stream
+        self._pending_bytes = 0
         self._changed = asyncio.Event()
+        self.handler.owner = self
 
     @classmethod
     def of(cls, flow: http.HTTPFlow) -> Replay | None:
@@ -166,9 +182,22 @@ class Replay:
     def _forward(self, chunk: bytes) -> bytes:
         if chunk:
             self._pending.append(chunk)
+            self._pending_bytes += len(chunk)
             self.data_at = _now()
             self.wake()
         return b""
+
+    async def room(self) -> None:
+        """Wait until the client's stream has taken what came (but FORWARD_BUFFER bytes), so that the
+        retry's upstream is read no faster than the client reads, as mitmproxy does for any stream."""
+        while self._pending_bytes > FORWARD_BUFFER and not self._over():
+            self._changed.clear()
+            await self._changed.wait()
+
+    def _take(self) -> list[bytes]:
+        chunks, self._pending, self._pending_bytes = self._pending, [], 0
+        self.wake()  # room for more
+        return chunks
 
     # waiting
 
@@ -214,7 +243,7 @@ class Replay:
             return [], False, await self.hang_up(f"no data for {self.limits.idle:g} s (retry_idle_timeout)")
         if self._left():
             return [], False, await self.hang_up(CLIENT_LEFT)
-        chunks, self._pending = self._pending, []
+        chunks = self._take()
         if self.complete:
             return chunks, True, None
         if chunks:
@@ -223,8 +252,7 @@ class Replay:
 
     def forwarded_now(self) -> tuple[list[bytes], bool]:
         """What came of a streamed answer since the last call, without waiting: (chunks, ended)."""
-        chunks, self._pending = self._pending, []
-        return chunks, self.complete
+        return self._take(), self.complete
 
     async def _until(self, ready: Callable[[], bool], limit: float, since: Callable[[], float]) -> bool:
         """Wait until `ready()`; False when `limit` seconds pass after `since()` first."""
@@ -289,6 +317,14 @@ class _Handler(ReplayHandler):
         super().__init__(flow, options)
         self.hook_runs: set[asyncio.Task] = set()
         self.streams = False  # the answer is streamed to a client, not held
+        self.owner: Replay | None = None  # (ReplayHandler.replay is its method)
+
+    async def drain_writers(self) -> None:
+        """mitmproxy reads a connection's next data once this returns: a streamed answer waits here
+        until the client's stream has room for it (`Replay.room`)."""
+        await super().drain_writers()
+        if self.owner is not None and self.streams:
+            await self.owner.room()
 
     async def hook_task(self, hook) -> None:
         task = asyncio.current_task()

@@ -102,6 +102,8 @@ class ProtectedAPI:
     stall_after: int | None = None  # a stream goes silent after this many events, until the client hangs up
     linger: float = 0.0  # seconds a stream waits after its `data: [DONE]` before it ends (unless the client left)
     refuse_odd: bool = False  # refuse the 1st, 3rd, 5th… request: each one then recovers with one retry
+    firehose: int = 0  # a stream is this many bytes of 64 KiB events, sent as fast as the connection takes them
+    firehose_sent: int = 0  # bytes of them sent so far, all streams together
     log: bool = False
     received: list[Received] = field(default_factory=list)
     events_sent: int = 0  # streamed events, all streams together
@@ -210,6 +212,8 @@ class ProtectedAPI:
                     "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
         disconnect = asyncio.ensure_future(receive())  # once the body is read, this waits for the client to leave
         try:
+            if self.firehose:
+                return await self._firehose(send, disconnect)
             words = [f"word{i} " for i in range(self.chunks)]
             for i, word in enumerate(words):
                 if i and await self._left(disconnect, None if i == self.stall_after else self.interval):
@@ -224,6 +228,16 @@ class ProtectedAPI:
                 await send({"type": "http.response.body", "body": b""})
         finally:
             disconnect.cancel()
+
+    async def _firehose(self, send, disconnect: asyncio.Future) -> None:
+        event = b"data: " + b"x" * (65536 - 8) + b"\n\n"
+        for _ in range(self.firehose // len(event)):
+            if disconnect.done():
+                self.hung_up.set()
+                return
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+            self.firehose_sent += len(event)
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
     async def _left(self, disconnect: asyncio.Future, wait: float | None) -> bool:
         """Wait `wait` seconds (None: for ever); True, and `hung_up` set, when the client left meanwhile."""

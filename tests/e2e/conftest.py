@@ -107,7 +107,7 @@ def fresh(server: UpstreamServer) -> UpstreamServer:
     app.refusal_delay = 0.0
     app.padding = {}
     app.chunks, app.events_sent, app.interval = 5, 0, 0.3
-    app.linger, app.refuse_odd = 0.0, False
+    app.linger, app.refuse_odd, app.firehose, app.firehose_sent = 0.0, False, 0, 0
     app.hung_up.clear()
     app.clearances = app.on_challenge = None
     return server

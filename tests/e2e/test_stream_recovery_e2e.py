@@ -82,7 +82,8 @@ def test_mitmweb_shows_the_answer_that_worked_while_it_streams(tmp_path, upstrea
     finally:
         web.stop()
     assert_no_secrets(tmp_path)
-    original, retry = sorted(during, key=lambda f: bool(f["is_replay"]))
+    (refused,) = [f for f in during if f["marked"] == "⛔"]  # the refused first attempt, a flow of its own
+    original, retry = sorted((f for f in during if f is not refused), key=lambda f: bool(f["is_replay"]))
     assert original["response"]["status_code"] == 200 and original["marked"] == "🔁"  # mitmweb shows the emoji
     assert retry["is_replay"] == "request" and retry["response"]["status_code"] == 200  # each attempt a flow of its own
     (done,) = [f for f in after if f["id"] == original["id"]]
@@ -198,7 +199,7 @@ def test_openai_sdk_hanging_up_after_done_leaves_every_recovered_stream_a_succes
         flows = web.web.get("/flows").json()
     finally:
         web.stop()
-    originals = [f for f in flows if not f["is_replay"]]
+    originals = [f for f in flows if not f["is_replay"] and f["marked"] != "⛔"]  # not the refused attempts
     assert len(originals) == 30 and len(upstream.app.received) == 60
     for f in originals:
         assert f["response"]["status_code"] == 200 and f["marked"] == "🔁" and "error" not in f, f
@@ -441,3 +442,30 @@ def test_mitmweb_shows_the_refused_attempt_as_a_flow_of_its_own(tmp_path, upstre
     assert f"· refused (403 with {MASKS[0]}), then retried; this flow and each attempt: {family}" in original["comment"]
     assert original["response"]["status_code"] == retry["response"]["status_code"] == 200
     assert sorted(f["id"] for f in selected) == sorted(f["id"] for f in (original, refused, retry))  # the family
+
+
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "held whole (stream_retries=false)"])
+def test_a_client_that_stops_reading_holds_the_retry_back(tmp_path, start_proxy, upstream, streamed):
+    """A recovered stream is read from the upstream no faster than the client reads it: while the
+    client reads nothing, the upstream gets to send a few MiB at most, not its whole answer; then the
+    client reads on and gets all of it. (Held whole, with stream_retries off, it is buffered: the
+    fallback's known cost.)"""
+    upstream.app.tokens, upstream.app.firehose = {TOKENS[1]}, 96 << 20
+    proxy = start_proxy(rules_for(tmp_path, upstream.port), "--set", f"stream_retries={str(streamed).lower()}")
+    with httpx.Client(proxy=proxy.url, timeout=120) as client:
+        with client.stream("POST", chat_url(upstream.port), content=CHAT) as response:
+            assert response.status_code == 200, proxy.log()
+            chunks = response.iter_raw()
+            got = len(next(chunks))
+            for _ in range(50):  # the client reads no more; the proxy would read the whole answer in this time
+                if upstream.app.firehose_sent >= upstream.app.firehose:
+                    break
+                time.sleep(0.1)
+            sent_while_paused = upstream.app.firehose_sent
+            got += sum(len(c) for c in chunks)
+    if streamed:
+        assert sent_while_paused < 32 << 20, f"{sent_while_paused >> 20} MiB sent while the client read nothing"
+    else:
+        assert sent_while_paused == upstream.app.firehose  # buffered whole before the client gets any
+    assert got >= upstream.app.firehose
+    assert [r.cookie("session") for r in upstream.app.received] == [TOKENS[0], TOKENS[1]]
