@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mitmproxy import ctx, http
@@ -77,12 +78,25 @@ except ImportError as e:  # this module must load on any mitmproxy; check() then
 CLIENT_BACKLOG = 1 << 20  # bytes sent to a client but not yet on its socket; past it, the relay waits for it
 
 _held: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
+_departed: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()  # flows whose client left (closed, or reset the stream)
+_on_departure: weakref.WeakKeyDictionary[http.HTTPFlow, Callable[[], None]] = weakref.WeakKeyDictionary()
 _broken_off_code: object = None  # the ResponseProtocolError code for a retry that broke off; set by check()
 
 
 def hold(flow: http.HTTPFlow) -> None:
     """Once this held answer is complete, hand it to the addon (HeldAnswerHook) before it is sent."""
     _held.add(flow)
+
+
+def departed(flow: http.HTTPFlow) -> bool:
+    """Did the client of this flow leave it (closed its connection or reset its HTTP/2 stream), as
+    mitmproxy's HTTP layer saw it? Known for the connections `install` reached."""
+    return flow in _departed
+
+
+def on_departure(flow: http.HTTPFlow, callback: Callable[[], None]) -> None:
+    """Call `callback` (once) when the client of this flow leaves it."""
+    _on_departure[flow] = callback
 
 
 def install(nextlayer) -> None:
@@ -126,8 +140,13 @@ class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
     handover: Handover | None = None
 
     def handle_event(self, event):
-        if self.handover is not None and isinstance(event, RequestProtocolError):
-            self.handover.client_left(event.message)
+        if isinstance(event, RequestProtocolError) and getattr(self, "flow", None) is not None:
+            _departed.add(self.flow)  # seen as it arrives, even while the flow waits in a hook
+            if self.handover is not None:
+                self.handover.client_left(event.message)
+            callback = _on_departure.pop(self.flow, None)
+            if callback is not None:
+                callback()
         return super().handle_event(event)
 
     def send_response(self, already_streamed: bool = False):

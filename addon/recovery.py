@@ -235,6 +235,7 @@ class Recovery:
         tried = {values[TOKEN]} if TOKEN in values else set()
         outcome = ""
         streamed: Replay | None = None
+        previous = flow  # the flow whose answer `last` is
         while True:
             if action.kind == ROTATE:
                 if self.state.breaker.is_open:
@@ -244,6 +245,9 @@ class Recovery:
                 if self.state.breaker.is_open:
                     outcome = "this refusal opened the breaker"
                     break
+            if _client_gone(flow, client):  # no retry for nobody: it would only cool more tokens
+                outcome = "the client left"
+                break
             if len(attempts) >= max_attempts:
                 outcome = f"gave up after {max_attempts} attempts"
                 break
@@ -260,7 +264,9 @@ class Recovery:
                 attempts.append(self._attempt_of(None, values, action.refresh))
                 outcome = f"attempt {len(attempts)} failed: {replay.failure}"
                 break
-            last = replay.flow.response
+            if last is not flow.response:  # the refusal before this answer goes to nobody: mitmweb keeps a copy
+                self._keep_little(previous)
+            last, previous = replay.flow.response, replay.flow
             attempts.append(self._attempt_of(last.status_code, values, action.refresh))
             if replay.streaming:  # it cannot be a refusal (see may_retry): it goes to the client as it comes
                 streamed, action = replay, None
@@ -301,7 +307,17 @@ class Recovery:
         token = "token " if TOKEN in first.values else ""
         refused.comment = f"attempt 1 of flow {flow.id[:8]}, with {token}{first.shown}: refused, then retried ({family})"
         refused.marked = ":no_entry:"
+        self._keep_little(refused)
         view.add([refused])
+
+    def _keep_little(self, flow: http.HTTPFlow) -> None:
+        """A refusal that goes to no client: keep what mitmweb shows of it (the first stream_copy_limit
+        bytes of its body), so that a long recovery holds one refusal's body at a time, not one each."""
+        response, limit = flow.response, self.state.stream_copy_limit
+        if response is None or response.raw_content is None or len(response.raw_content) <= limit:
+            return
+        add_note(flow, f"refusal's body: {len(response.raw_content)} bytes, the first {limit} kept")
+        response.raw_content = response.raw_content[:limit]
 
     async def _stream_from(self, flow: http.HTTPFlow, client: Handover, replay: Replay, summary: str) -> None:
         """The client gets this retry's status and headers now and its body as it comes; the
@@ -415,9 +431,19 @@ class Recovery:
         shown = self._attempt_of(None, values).shown
         copy.comment = f"attempt {n} of flow {flow.id[:8]}, with {'token ' if TOKEN in values else ''}{shown}"
         injected = set(values)
-        replay = Replay(copy, self.limits, client, lambda r: not may_retry(config.on_response, r.status_code, injected))
+        streamable = lambda r: not may_retry(config.on_response, r.status_code, injected)  # noqa: E731
+        replay = Replay(copy, self.limits, client, streamable, gone=lambda: _client_gone(flow, client))
+        httplayer.on_departure(flow, replay.wake)  # a client that leaves hangs up the retry at once
         await replay.run()
         return replay
+
+
+def _client_gone(flow: http.HTTPFlow, client: Handover | None) -> bool:
+    """Has the client left this request: closed its connection, or (as mitmproxy's HTTP layer saw it,
+    addon.httplayer) reset its HTTP/2 stream?"""
+    if (client is not None and client.left is not None) or httplayer.departed(flow):
+        return True
+    return not flow.is_replay and not flow.client_conn.connected  # (a replay from mitmweb has no client waiting)
 
 
 @dataclass(frozen=True)

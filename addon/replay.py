@@ -121,10 +121,12 @@ class Replay:
         limits: Limits,
         client: Handover | None = None,
         streamable: Callable[[http.Response], bool] = lambda response: False,
+        gone: Callable[[], bool] = lambda: False,
     ) -> None:
         self.flow = flow
         self.limits = limits
         self.client = client  # the client's stream, when the answer may be streamed to it
+        self.gone = gone  # has the client left? (then the retry is not sent, or is hung up: `wake` tells it)
         self.streamable = streamable  # would this answer be streamed to the client?
         self.handler = _Handler(flow, ctx.options)
         self.task: asyncio.Future | None = None
@@ -203,7 +205,7 @@ class Replay:
 
     async def run(self) -> None:
         """Send the retry, then wait for its answer (see the class); sets `failure` when there is none."""
-        if self.client is not None and self.client.left:
+        if self._left():
             self.failure = CLIENT_LEFT  # not sent at all
             return
         Replay._running[self.flow.id] = self
@@ -269,7 +271,7 @@ class Replay:
         return True
 
     def _left(self) -> bool:
-        return self.client is not None and self.client.left is not None
+        return (self.client is not None and self.client.left is not None) or self.gone()
 
     def _over(self) -> bool:
         """The replay ended, or the client it was for left."""

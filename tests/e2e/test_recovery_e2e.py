@@ -16,7 +16,8 @@ import openai
 import pytest
 from mitmproxy import io
 
-from conftest import Proxy, free_port
+from conftest import Mitmweb, Proxy, free_port
+from streams import h2_read_then_reset
 from helpers import TOKENS, write_rules
 
 RULES = """\
@@ -432,3 +433,49 @@ def _key(token: str) -> str:
     from addon.tokens import token_key
 
     return token_key(token)
+
+
+@pytest.mark.parametrize("way", ["HTTP/1.1 close", "HTTP/2 reset"])
+def test_no_retry_for_a_client_that_left(request, tmp_path, start_proxy, way):
+    """A client that leaves while its request is being recovered (each refusal takes 1 s; it leaves
+    during the first retry): the retry in flight is hung up, and nothing more is sent for it: no
+    other retry, no other token cooled."""
+    fixture = "upstream" if way == "HTTP/1.1 close" else "upstream_tls"
+    up = request.getfixturevalue(fixture)
+    up.app.tokens, up.app.refusal_delay = set(), 1.0
+    rules = rules_for(tmp_path, up.port, max_attempts=10, breaker=100, tokens=[*TOKENS, *(t + "x" for t in TOKENS)])
+    proxy = start_proxy(rules)
+    body = json.dumps({"model": "m", "messages": []}).encode()  # not streaming: recovered in the response hook
+    if way == "HTTP/1.1 close":
+        with httpx.Client(proxy=proxy.url, timeout=1.5) as client:
+            with pytest.raises(httpx.ReadTimeout):  # then httpx closes the connection
+                client.post(f"http://127.0.0.1:{up.port}/v1/chat/completions", content=body)
+    else:
+        sock = h2_read_then_reset(proxy.url, f"https://127.0.0.1:{up.port}/v1/chat/completions", body, proxy.ca, 0, 1.5)
+    proxy.wait_for_log(r"not recovered POST .*the client left")
+    time.sleep(1.5)  # another retry would have reached the upstream by now
+    if way == "HTTP/2 reset":
+        sock.close()
+    assert len(up.app.received) == 2, proxy.log()  # the client's request and the one retry under way when it left
+    assert proxy.log().count("refused (403)") == 1  # one token cooled, not one per retry
+
+
+def test_refusals_that_go_to_no_client_keep_only_a_copy(tmp_path, upstream):
+    """Three refusals of 2 MB each: the client gets the last one whole; the attempts before it keep
+    the first stream_copy_limit bytes of theirs in memory (what mitmweb shows), not all of it."""
+    upstream.app.tokens, upstream.app.padding = set(), {403: 2_000_000}
+    web = Mitmweb(rules_for(tmp_path, upstream.port, breaker=100), tmp_path, "--set", "stream_copy_limit=1k").start()
+    assert web.web is not None
+    try:
+        answer = post(web, upstream)
+        web.wait_for_log(r"not recovered POST")
+        flows = web.web.get("/flows").json()
+    finally:
+        web.stop()
+    assert answer.status_code == 403 and len(answer.content) > 2_000_000  # the last refusal, whole
+    size = {f["comment"].split(",")[0] if f["comment"].startswith("attempt") else "client": f["response"]["contentLength"]
+            for f in flows}  # fmt: skip
+    assert size["client"] > 2_000_000
+    assert size["attempt 1 of flow " + flows[0]["id"][:8]] == 1024  # the refused first attempt, for mitmweb
+    assert size["attempt 2 of flow " + flows[0]["id"][:8]] == 1024
+    assert size["attempt 3 of flow " + flows[0]["id"][:8]] > 2_000_000  # its answer is the one the client got
