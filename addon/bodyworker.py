@@ -32,7 +32,6 @@ logger = logging.getLogger(__name__)
 
 SMALL_BODY = 64 * 1024  # bytes, as sent and decoded: bodies up to this are read on the event loop
 JOB_TIMEOUT = 30.0  # seconds a job may take before the worker is killed (31 MB of JSON: about 1 s)
-_FRAME = struct.Struct("!Q")
 _ROOT = str(Path(__file__).resolve().parent.parent)
 
 
@@ -66,8 +65,11 @@ class BodyWorker:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
 
-    async def run(self, job: str, *args: Any) -> Any:
-        """The result of `job` (a name of JOBS) called with `args` in the worker; what it raises, raised here.
+    async def run(self, job: str, body: bytes | None, *args: Any) -> tuple[bytes | None, Any]:
+        """`job` (a name of JOBS) called with `body` and `args` in the worker: the body it gives back
+        (None: none) and its other result; what it raises, raised here. Bodies travel outside the
+        pickles, a CHUNK at a time, so that no turn of the event loop copies a large one whole but once,
+        when it comes back.
 
         Raises:
             WorkerFailed: no answer.
@@ -79,15 +81,11 @@ class BodyWorker:
         async with self._lock:
             proc = await self._started()
             assert proc.stdin is not None and proc.stdout is not None
-            data = pickle.dumps((job, args), protocol=pickle.HIGHEST_PROTOCOL)
             answered = False
             try:
                 async with asyncio.timeout(JOB_TIMEOUT):
-                    proc.stdin.write(_FRAME.pack(len(data)))
-                    proc.stdin.write(data)
-                    await proc.stdin.drain()
-                    size = _FRAME.unpack(await proc.stdout.readexactly(_FRAME.size))[0]
-                    ok, value = pickle.loads(await proc.stdout.readexactly(size))
+                    await _send(proc.stdin, (job, args), body)
+                    (ok, value), body = await _receive(proc.stdout)
                 answered = True
             except TimeoutError:
                 raise WorkerFailed(f"it took longer than {JOB_TIMEOUT:g} s, and was stopped") from None
@@ -99,7 +97,7 @@ class BodyWorker:
             self.jobs += 1
         if not ok:
             raise value
-        return value
+        return body, value
 
     async def _started(self) -> asyncio.subprocess.Process:
         if self._proc is not None and self._proc.returncode is None:
@@ -139,14 +137,41 @@ class BodyWorker:
 
 WORKER = BodyWorker()  # the one the hooks use; Pipeline.done closes it
 
+# a message: its head (_HEAD: the pickle's length, the body's length or NO_BODY), the pickle, the body
+_HEAD = struct.Struct("!QQ")
+NO_BODY = 2**64 - 1
+CHUNK = 2**20  # bytes of a body handed to the pipe at a time (a copy of this much per turn of the loop)
+
+
+async def _send(writer: asyncio.StreamWriter, obj: Any, body: bytes | None) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    writer.write(_HEAD.pack(len(data), NO_BODY if body is None else len(body)) + data)
+    view = memoryview(body or b"")
+    for at in range(0, len(view), CHUNK):
+        writer.write(view[at : at + CHUNK])
+        await writer.drain()  # waits until the pipe has taken most of it
+    await writer.drain()
+
+
+async def _receive(reader: asyncio.StreamReader) -> tuple[Any, bytes | None]:
+    size, body_size = _HEAD.unpack(await reader.readexactly(_HEAD.size))
+    obj = pickle.loads(await reader.readexactly(size))
+    if body_size == NO_BODY:
+        return obj, None
+    parts = []
+    while body_size > 0:
+        parts.append(await reader.readexactly(min(CHUNK, body_size)))
+        body_size -= len(parts[-1])
+    return obj, b"".join(parts)
+
 
 # in the worker
 
 
 def judge(raw: bytes, content_encoding: str | None, json_field: tuple[str, ...], flow_state: dict | None,
-          filters: tuple[str, ...]) -> tuple[bool, bool, tuple[bool, ...]]:  # fmt: skip
-    """Stream detection and `~b` filters on one decoding: (streaming, decoded past the bound, whether
-    each filter matches the flow whose state is `flow_state`)."""
+          filters: tuple[str, ...]) -> tuple[None, tuple[bool, bool, tuple[bool, ...]]]:  # fmt: skip
+    """Stream detection and `~b` filters on one decoding: (no body, (streaming, decoded past the bound,
+    whether each filter matches the flow whose state is `flow_state`, its request's body being `raw`))."""
     from mitmproxy import flowfilter, http
 
     from addon.decoding import decoded_request
@@ -162,10 +187,11 @@ def judge(raw: bytes, content_encoding: str | None, json_field: tuple[str, ...],
     streaming = not overlong and len(raw) <= MAX_JSON_BODY and json_says_streaming(body, json_field)
     passes: tuple[bool, ...] = ()
     if filters and flow_state is not None:
+        flow_state["request"]["content"] = raw  # sent once, as the body
         flow = http.HTTPFlow.from_state(flow_state)
         with decoded_request(flow.request, MAX_JSON_BODY):
             passes = tuple(bool(_filter(text, flowfilter)(flow)) for text in filters)
-    return streaming, overlong, passes
+    return None, (streaming, overlong, passes)
 
 
 _FILTERS: dict[str, Any] = {}
@@ -193,18 +219,29 @@ def serve() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # mitmdump decides when the worker ends
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but answers on the pipe
-    while True:
-        head = stdin.read(_FRAME.size)
-        if len(head) < _FRAME.size:
+
+    def read(n: int) -> bytes:
+        data = stdin.read(n)
+        if len(data) < n:
             os._exit(0)  # mitmdump closed the pipe, or is gone
-        data = stdin.read(_FRAME.unpack(head)[0])
+        return data
+
+    while True:
+        size, body_size = _HEAD.unpack(read(_HEAD.size))
+        data = read(size)
+        body = None if body_size == NO_BODY else read(body_size)
+        out = None
         try:
             job, args = pickle.loads(data)
-            answer = pickle.dumps((True, JOBS[job](*args)), protocol=pickle.HIGHEST_PROTOCOL)
+            out, value = JOBS[job](body, *args)
+            answer = pickle.dumps((True, value), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as e:  # sent back and raised there: a NotEditable, or a bug
+            out = None
             try:
                 answer = pickle.dumps((False, e), protocol=pickle.HIGHEST_PROTOCOL)
             except Exception:
                 answer = pickle.dumps((False, RuntimeError(f"{type(e).__name__}: {e}")))
-        stdout.write(_FRAME.pack(len(answer)) + answer)
+        stdout.write(_HEAD.pack(len(answer), NO_BODY if out is None else len(out)) + answer)
+        if out is not None:
+            stdout.write(out)
         stdout.flush()

@@ -112,9 +112,13 @@ async def plan_request_off_loop(config: Config, flow: http.HTTPFlow, worker: Bod
                  "is read in the body worker")  # fmt: skip
     readers = tuple(r for r in candidates if r.match.filter_reads_body)  # judged with the stream detection
     filters = tuple(r.match.filter.pattern for r in readers)  # type: ignore[union-attr]
+    state = None
+    if readers:  # the flow for the filters; its body goes once, as the job's body
+        state = flow.get_state()
+        state["request"] = {**state["request"], "content": None}
     try:
-        streaming, overlong, passes = await worker.run(
-            "judge", req.raw_content, encoding, config.stream.json_field, flow.get_state() if readers else None, filters
+        _, (streaming, overlong, passes) = await worker.run(
+            "judge", req.raw_content, encoding, config.stream.json_field, state, filters
         )
     except WorkerFailed as e:
         logger.warning(f"rules: the body of {req.method} {req.pretty_url} was not read ({e}): it counts as not "

@@ -180,7 +180,7 @@ def test_a_worker_that_dies_fails_the_job_and_the_next_job_starts_another(config
     first, lines, again = run(main)
     assert lines[-1].startswith("body not edited by first, second: the body worker failed: it stopped")
     assert f.request.raw_content == big_json()  # as it came
-    assert again == (True, False, ()) and worker.pid != first
+    assert again == (None, (True, False, ())) and worker.pid != first
     assert "the body worker failed: it stopped" in caplog.text
 
 
