@@ -7,8 +7,10 @@ starts it): stream detection and `~b` filters (`judge`, one decoding for both) a
 (`jsonbody.edit`). A body at most SMALL_BODY long is read where it is, which costs well under a
 millisecond.
 
-The worker is a child Python process speaking length-prefixed pickles on its stdin and stdout; jobs
-go one at a time. It runs in a session of its own, so that a Ctrl-C at the terminal reaches only
+The worker is a child Python process reading jobs on its stdin and writing results on its stdout:
+each a length-prefixed pickle, and the body apart from it (sent a MiB per turn of the event loop, so
+that no turn copies a large body whole but the one that joins it when it comes back); jobs go one at
+a time. It runs in a session of its own, so that a Ctrl-C at the terminal reaches only
 mitmdump, which closes it at shut-down (`close`); it leaves by itself when its stdin closes, so it
 never outlives a mitmdump that was killed. A job that takes more than JOB_TIMEOUT, or a worker that
 dies, is a `WorkerFailed`; the next job starts a new worker. (One internal: asyncio's subprocess
@@ -33,6 +35,7 @@ logger = logging.getLogger(__name__)
 SMALL_BODY = 64 * 1024  # bytes, as sent and decoded: bodies up to this are read on the event loop
 JOB_TIMEOUT = 30.0  # seconds a job may take before the worker is killed (31 MB of JSON: about 1 s)
 _ROOT = str(Path(__file__).resolve().parent.parent)
+_SERVE = f"import sys; sys.path.insert(0, {_ROOT!r}); import addon.bodyworker; addon.bodyworker.serve()"
 
 
 class WorkerFailed(Exception):
@@ -104,7 +107,7 @@ class BodyWorker:
             return self._proc
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", f"import sys; sys.path.insert(0, {_ROOT!r}); from addon.bodyworker import serve; serve()",
+                sys.executable, "-c", _SERVE,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,
                 start_new_session=True,  # Ctrl-C at the terminal is for mitmdump, which closes the worker
                 limit=2**20,

@@ -101,7 +101,9 @@ def _written(doc: dict[str, Any], ce: str | None) -> bytes:
     return data
 
 
-def edit(raw: bytes | None, ce: str | None, edits: tuple[tuple[Path, bool, Any], ...]) -> tuple[bytes | None, tuple[Any, ...]]:
+def edit(
+    raw: bytes | None, ce: str | None, edits: tuple[tuple[Path, bool, Any], ...]
+) -> tuple[bytes | None, tuple[Any, ...]]:
     """The body as sent (`raw`, with Content-Encoding `ce`) with `edits` made, each (path, remove,
     value): read once, every edit made in order, written once. Returns the new body as sent (None:
     nothing changed) and each edit's outcome: for a removal whether there was a field, for a value

@@ -279,7 +279,9 @@ async def apply_plan_off_loop(
     return _comment_lines(lines, found, removed, body_lines)
 
 
-def _edit_heads(compiled: _Compiled, request: http.Request, values: Mapping[str, str]) -> tuple[list | tuple, set | None]:
+def _edit_heads(
+    compiled: _Compiled, request: http.Request, values: Mapping[str, str]
+) -> tuple[list | tuple, set | None]:
     """Every header and cookie edit; their comment lines (and removals, kept when `found` names
     them), and `found` (None when the plan removes nothing)."""
     headers, cookies = compiled.headers, compiled.cookies
@@ -316,7 +318,9 @@ def _edit_heads(compiled: _Compiled, request: http.Request, values: Mapping[str,
     return lines, found
 
 
-def _comment_lines(lines: list | tuple, found: set | None, removed: set[Edit] | None, body_lines: list[str] | None) -> list[str]:
+def _comment_lines(
+    lines: list | tuple, found: set | None, removed: set[Edit] | None, body_lines: list[str] | None
+) -> list[str]:
     if found is None:
         return list(lines) if body_lines is None else [*lines, *body_lines]
     # a removal is listed only when the request had the header or cookie: it removed something
@@ -333,8 +337,11 @@ def _comment_lines(lines: list | tuple, found: set | None, removed: set[Edit] | 
 _BodyStep = tuple[Edit, str, "int | None"]
 
 
-def _body_edits(compiled: _Compiled, values: Mapping[str, str]) -> tuple[tuple[tuple[tuple[str, ...], bool, object], ...], list[_BodyStep]]:
-    edits: list[tuple[tuple[str, ...], bool, object]] = []
+_BodyEdit = tuple[tuple[str, ...], bool, object]  # as jsonbody.edit takes them: (path, remove, value)
+
+
+def _body_edits(compiled: _Compiled, values: Mapping[str, str]) -> tuple[tuple[_BodyEdit, ...], list[_BodyStep]]:
+    edits: list[_BodyEdit] = []
     steps: list[_BodyStep] = []
     for path, edit in compiled.body:
         label = _label("body", edit)
@@ -384,7 +391,9 @@ async def _edit_body_in(
     return _body_done(request, data, outcomes, steps, removed)
 
 
-def _body_done(request: http.Request, data: bytes | None, outcomes: tuple, steps: list[_BodyStep], removed: set[Edit] | None) -> list[str]:
+def _body_done(
+    request: http.Request, data: bytes | None, outcomes: tuple, steps: list[_BodyStep], removed: set[Edit] | None
+) -> list[str]:
     if data is not None:
         jsonbody.set_body(request, data)
     lines: list[str] = []

@@ -45,8 +45,9 @@ class BoundedParser(_AsyncRESP3Parser):
             except ValueError:
                 return line  # redis-py says what is wrong with it
             if n > self.max_reply:
-                raise ReplyTooLarge(f"Redis announced a reply of {n} {'elements' if line[:1] in b'*~%>|' else 'bytes'}, "
-                                    f"over the bound of {self.max_reply // 2**20} MiB")
+                unit = "elements" if line[:1] in b"*~%>|" else "bytes"
+                bound = f"{self.max_reply // 2**20} MiB"
+                raise ReplyTooLarge(f"Redis announced a reply of {n} {unit}, over the bound of {bound}")
             if line[:1] in b"$=!" and self._pos + n > self.max_reply:
                 raise ReplyTooLarge(f"Redis sent a reply of more than {self.max_reply // 2**20} MiB")
         return line
