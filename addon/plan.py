@@ -116,6 +116,7 @@ async def plan_request_off_loop(config: Config, flow: http.HTTPFlow, worker: Bod
     if readers:  # the flow for the filters; its body goes once, as the job's body
         state = flow.get_state()
         state["request"] = {**state["request"], "content": None}
+        state["metadata"] = {}  # what addons keep on a flow need not pickle, and no filter reads it
     try:
         _, (streaming, overlong, passes) = await worker.run(
             "judge", req.raw_content, encoding, config.stream.json_field, state, filters
