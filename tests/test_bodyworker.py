@@ -117,6 +117,7 @@ rules:
 """))  # fmt: skip
     f = flow(content_encoding="gzip")
     f.request.raw_content = gzip.compress(big_json(stream=False, model="gpt-4o"))
+    f.metadata["another addon"] = lambda: None  # copies, does not pickle: it stays here
 
     async def main():
         return await plan_request_off_loop(config, f, worker)
