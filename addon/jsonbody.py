@@ -31,12 +31,14 @@ def decoded_body(request: http.Request) -> bytes:
     Raises:
         NotEditable: no body, too large, or an encoding that cannot be undone.
     """
-    raw = request.raw_content
+    return _decoded(request.raw_content, request.headers.get("content-encoding"))
+
+
+def _decoded(raw: bytes | None, ce: str | None) -> bytes:
     if not raw:
         raise NotEditable("the request has no body")
     if len(raw) > MAX_JSON_BODY:
         raise NotEditable(f"the body is larger than {MAX_JSON_BODY // 2**20} MiB")
-    ce = request.headers.get("content-encoding")
     if not ce:
         return raw
     try:
@@ -54,7 +56,10 @@ def read_object(request: http.Request) -> dict[str, Any]:
     Raises:
         NotEditable: it is not one.
     """
-    body = decoded_body(request)
+    return _parsed(decoded_body(request))
+
+
+def _parsed(body: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError):
@@ -70,6 +75,17 @@ def write_object(request: http.Request, doc: dict[str, Any]) -> None:
     Raises:
         NotEditable: it cannot be written as JSON (a number the body had that JSON cannot hold).
     """
+    set_body(request, _written(doc, request.headers.get("content-encoding")))
+
+
+def set_body(request: http.Request, data: bytes) -> None:
+    """The body as sent, with a right Content-Length."""
+    request.raw_content = data
+    if "transfer-encoding" not in request.headers:
+        request.headers["content-length"] = str(len(data))
+
+
+def _written(doc: dict[str, Any], ce: str | None) -> bytes:
     try:
         text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except ValueError:
@@ -78,14 +94,37 @@ def write_object(request: http.Request, doc: dict[str, Any]) -> None:
         data = text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate, as \ud800 in the body: keep it escaped
         data = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("ascii")
-    ce = request.headers.get("content-encoding")
     if ce:
         for coding in (c.strip() for c in ce.split(",")):  # applied in the order listed, as HTTP says
             if coding and coding.lower() != "identity":
                 data = encoding.encode(data, coding)
-    request.raw_content = data
-    if "transfer-encoding" not in request.headers:
-        request.headers["content-length"] = str(len(data))
+    return data
+
+
+def edit(
+    raw: bytes | None, ce: str | None, edits: tuple[tuple[Path, bool, Any], ...]
+) -> tuple[bytes | None, tuple[Any, ...]]:
+    """The body as sent (`raw`, with Content-Encoding `ce`) with `edits` made, each (path, remove,
+    value): read once, every edit made in order, written once. Returns the new body as sent (None:
+    nothing changed) and each edit's outcome: for a removal whether there was a field, for a value
+    None or why it was not set. A function of bytes only: addon/bodyworker.py runs it in its process
+    for a large body.
+
+    Raises:
+        NotEditable: the body is not a JSON object, or the result cannot be written.
+    """
+    doc = _parsed(_decoded(raw, ce))
+    outcomes: list[Any] = []
+    changed = False
+    for path, remove, value in edits:
+        if remove:
+            outcome: Any = remove_field(doc, path)
+            changed = changed or outcome
+        else:
+            outcome = set_field(doc, path, value)
+            changed = changed or outcome is None
+        outcomes.append(outcome)
+    return (_written(doc, ce) if changed else None), tuple(outcomes)
 
 
 def set_field(doc: dict[str, Any], path: Path, value: Any) -> str | None:

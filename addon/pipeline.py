@@ -15,6 +15,7 @@ from collections.abc import Awaitable
 from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
+from addon.bodyworker import WORKER
 from addon.commands import TokenCommands
 from addon.guard import SelfGuard
 from addon.loader import RulesLoader
@@ -53,6 +54,7 @@ class Pipeline:
 
     def done(self) -> None:
         self.rules.done()
+        WORKER.close()  # the body worker, if one started
 
     # the guard's hooks return a coroutine only when there is something to look up (mitmproxy
     # awaits what a hook returns): most requests and connections pass without one

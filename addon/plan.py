@@ -19,12 +19,13 @@ from dataclasses import dataclass, replace
 from mitmproxy import http
 
 from addon import comment, jsonbody
+from addon.bodyworker import WORKER, BodyWorker, WorkerFailed, is_large
 from addon.config import Config, Rule
 from addon.cookies import edit_cookie_headers
 from addon.masking import mask
 from addon.decoding import decoded_request
 from addon.schema import JsonLiteral
-from addon.streamdetect import MAX_JSON_BODY, is_streaming
+from addon.streamdetect import MAX_JSON_BODY, is_streaming, warn_overlong
 from addon.template import TOKEN, Template
 
 logger = logging.getLogger(__name__)
@@ -78,22 +79,14 @@ _MEMO_LIMIT = 4096  # entries in each of the index's memos before it starts over
 
 
 def plan_request(config: Config, flow: http.HTTPFlow) -> Plan | None:
-    """The edits the matching rules make, or None when no rule matches."""
+    """The edits the matching rules make, or None when no rule matches. The body is read here, on
+    this thread, whatever its size: the request hook calls `plan_request_off_loop`."""
     req = flow.request
     candidates = config.index.candidates(req.host, req.port)
     if not candidates:
         return None
     streaming = is_streaming(req, config.stream.json_field)
-    # all conditions but filters depend only on the request's shape: judge each shape once
-    method, path = req.method.upper(), req.path.partition("?")[0]
-    shape = (req.host, req.port, method, path, streaming)
-    judged = config.index.requests.get(shape)
-    if judged is None:
-        maybe = tuple(r for r in candidates if r.match.matches_shape(method, path, streaming))
-        filtered = any(r.match.filter for r in maybe)
-        plan = _plan(config, maybe, streaming) if maybe and not filtered else None
-        judged = _remember(config.index.requests, shape, (maybe, filtered, plan))
-    maybe, filtered, plan = judged
+    maybe, filtered, plan = _judged(config, req, candidates, streaming)
     if not filtered:
         return plan
     if req.raw_content and any(r.match.filter_reads_body for r in maybe):
@@ -102,6 +95,60 @@ def plan_request(config: Config, flow: http.HTTPFlow) -> Plan | None:
     else:
         rules = tuple(r for r in maybe if r.match.filter is None or r.match.filter(flow))
     return _plan(config, rules, streaming) if rules else None
+
+
+async def plan_request_off_loop(config: Config, flow: http.HTTPFlow, worker: BodyWorker = WORKER) -> Plan | None:
+    """As `plan_request`; a body over bodyworker.SMALL_BODY is decoded and parsed, and `~b` filters
+    judged on it, in the worker process, with one decoding for both. A worker that fails leaves the
+    request not streaming and its `~b` filters unmatched (with a warning)."""
+    req = flow.request
+    candidates = config.index.candidates(req.host, req.port)
+    if not candidates:
+        return None
+    encoding = req.headers.get("content-encoding")
+    if not is_large(req.raw_content, encoding):
+        return plan_request(config, flow)
+    logger.debug(f"rules: the body of {req.method} {req.pretty_url} ({len(req.raw_content or b'')} bytes as sent) "
+                 "is read in the body worker")  # fmt: skip
+    readers = tuple(r for r in candidates if r.match.filter_reads_body)  # judged with the stream detection
+    filters = tuple(r.match.filter.pattern for r in readers)  # type: ignore[union-attr]
+    state = None
+    if readers:  # the flow for the filters; its body goes once, as the job's body
+        state = flow.get_state()
+        state["request"] = {**state["request"], "content": None}
+        state["metadata"] = {}  # what addons keep on a flow need not pickle, and no filter reads it
+    try:
+        _, (streaming, overlong, passes) = await worker.run(
+            "judge", req.raw_content, encoding, config.stream.json_field, state, filters
+        )
+    except WorkerFailed as e:
+        logger.warning(f"rules: the body of {req.method} {req.pretty_url} was not read ({e}): it counts as not "
+                       "streaming, and no `~b` filter matches it")  # fmt: skip
+        streaming, overlong, passes = False, False, (False,) * len(readers)
+    if overlong:
+        warn_overlong(req, encoding or "")
+    streaming = streaming or any(b"text/event-stream" in v for k, v in req.headers.fields if k.lower() == b"accept")
+    maybe, filtered, plan = _judged(config, req, candidates, streaming)
+    if not filtered:
+        return plan
+    judged = {id(r): passed for r, passed in zip(readers, passes)}
+    rules = tuple(r for r in maybe if r.match.filter is None or judged.get(id(r), False) or (
+        id(r) not in judged and r.match.filter(flow)))  # fmt: skip
+    return _plan(config, rules, streaming) if rules else None
+
+
+def _judged(config: Config, req: http.Request, candidates: tuple[Rule, ...], streaming: bool) -> tuple:
+    """(the rules whose shape matches, whether any has a filter, the plan when none has): all
+    conditions but filters depend only on the request's shape, so each shape is judged once."""
+    method, path = req.method.upper(), req.path.partition("?")[0]
+    shape = (req.host, req.port, method, path, streaming)
+    judged = config.index.requests.get(shape)
+    if judged is None:
+        maybe = tuple(r for r in candidates if r.match.matches_shape(method, path, streaming))
+        filtered = any(r.match.filter for r in maybe)
+        plan = _plan(config, maybe, streaming) if maybe and not filtered else None
+        judged = _remember(config.index.requests, shape, (maybe, filtered, plan))
+    return judged
 
 
 def _plan(config: Config, rules: tuple[Rule, ...], streaming: bool) -> Plan:
@@ -206,9 +253,38 @@ def apply_plan(
     the line says so. A removal has a line only when the request had the header,
     cookie or body field; `removed`, when given, gets those removals' edits. Body
     edits need a JSON object: any other body is left as it came, and one line
-    (and a debug log line) says why.
+    (and a debug log line) says why. The body is read here, on this thread,
+    whatever its size: the hooks call `apply_plan_off_loop`.
     """
     compiled = plan.compiled
+    lines, found = _edit_heads(compiled, request, values)
+    body_lines = _edit_body(compiled, request, values, removed) if compiled.body else None
+    return _comment_lines(lines, found, removed, body_lines)
+
+
+async def apply_plan_off_loop(
+    plan: Plan, request: http.Request, values: Mapping[str, str], removed: set[Edit] | None = None,
+    worker: BodyWorker = WORKER,
+) -> list[str]:  # fmt: skip
+    """As `apply_plan`; body edits on a body over bodyworker.SMALL_BODY are made in the worker
+    process (up to MAX_JSON_BODY, as any body edit). A worker that fails leaves the body as it came,
+    and the comment line says why."""
+    compiled = plan.compiled
+    lines, found = _edit_heads(compiled, request, values)
+    body_lines = None
+    if compiled.body:
+        if is_large(request.raw_content, request.headers.get("content-encoding")):
+            body_lines = await _edit_body_in(worker, compiled, request, values, removed)
+        else:
+            body_lines = _edit_body(compiled, request, values, removed)
+    return _comment_lines(lines, found, removed, body_lines)
+
+
+def _edit_heads(
+    compiled: _Compiled, request: http.Request, values: Mapping[str, str]
+) -> tuple[list | tuple, set | None]:
+    """Every header and cookie edit; their comment lines (and removals, kept when `found` names
+    them), and `found` (None when the plan removes nothing)."""
     headers, cookies = compiled.headers, compiled.cookies
     lines: list | tuple  # of the steps' strings and _Removal, until the edits are done
     if not compiled.drawn:
@@ -240,7 +316,12 @@ def apply_plan(
         headers = {}
     if headers or cookies:
         _edit_fields(request.headers, headers, cookies, found)
-    body_lines = _edit_body(compiled, request, values, removed) if compiled.body else None
+    return lines, found
+
+
+def _comment_lines(
+    lines: list | tuple, found: set | None, removed: set[Edit] | None, body_lines: list[str] | None
+) -> list[str]:
     if found is None:
         return list(lines) if body_lines is None else [*lines, *body_lines]
     # a removal is listed only when the request had the header or cookie: it removed something
@@ -252,44 +333,83 @@ def apply_plan(
     return kept
 
 
-def _edit_body(compiled: _Compiled, request: http.Request, values: Mapping[str, str], removed: set[Edit] | None) -> list[str]:
-    """Every body edit, on the body parsed once and written once; one comment line per edit, or one
-    line saying why the body was left as it came."""
-    try:
-        doc = jsonbody.read_object(request)
-    except jsonbody.NotEditable as e:
-        return [_body_skipped(compiled, request, str(e))]
-    lines: list[str] = []
-    changed = False
+# a body edit step: the edit, its comment line when it is made, and its place in the edits sent to
+# jsonbody.edit (None: not sent, the line says why)
+_BodyStep = tuple[Edit, str, "int | None"]
+
+
+_BodyEdit = tuple[tuple[str, ...], bool, object]  # as jsonbody.edit takes them: (path, remove, value)
+
+
+def _body_edits(compiled: _Compiled, values: Mapping[str, str]) -> tuple[tuple[_BodyEdit, ...], list[_BodyStep]]:
+    edits: list[_BodyEdit] = []
+    steps: list[_BodyStep] = []
     for path, edit in compiled.body:
         label = _label("body", edit)
         if edit.value is None:
-            if jsonbody.remove_field(doc, path):  # listed only when there was one, as headers and cookies
-                changed = True
-                lines.append(f"{label} removed by {edit.rule}")
-                if removed is not None:
-                    removed.add(edit)
+            steps.append((edit, f"{label} removed by {edit.rule}", len(edits)))
+            edits.append((path, True, None))
             continue
         if isinstance(edit.value, JsonLiteral):
             value, line = edit.value.value(), f"{label} ← {edit.rule}"
         elif edit.value.uses:
             line, value = _render("body", edit, values, compiled.public)
             if value is None:
-                lines.append(line)
+                steps.append((edit, line, None))
                 continue
         else:
             value, line = edit.value.render({}), f"{label} ← {edit.rule}"
-        why = jsonbody.set_field(doc, path, value)
-        if why is None:
-            changed = True
+        steps.append((edit, line, len(edits)))
+        edits.append((path, False, value))
+    return tuple(edits), steps
+
+
+def _edit_body(compiled: _Compiled, request: http.Request, values: Mapping[str, str], removed: set[Edit] | None) -> list[str]:
+    """Every body edit, on the body parsed once and written once; one comment line per edit, or one
+    line saying why the body was left as it came."""
+    edits, steps = _body_edits(compiled, values)
+    try:
+        data, outcomes = jsonbody.edit(request.raw_content, request.headers.get("content-encoding"), edits)
+    except jsonbody.NotEditable as e:
+        return [_body_skipped(compiled, request, str(e))]
+    return _body_done(request, data, outcomes, steps, removed)
+
+
+async def _edit_body_in(
+    worker: BodyWorker, compiled: _Compiled, request: http.Request, values: Mapping[str, str], removed: set[Edit] | None
+) -> list[str]:
+    """As `_edit_body`, in the worker process."""
+    edits, steps = _body_edits(compiled, values)
+    logger.debug(f"rules: the body of {request.method} {request.pretty_url} is edited in the body worker")
+    try:
+        data, outcomes = await worker.run("edit", request.raw_content, request.headers.get("content-encoding"), edits)
+    except jsonbody.NotEditable as e:
+        return [_body_skipped(compiled, request, str(e))]
+    except WorkerFailed as e:
+        logger.warning(f"rules: body of {request.method} {request.pretty_url} not edited ({compiled.body_rules}): "
+                       f"the body worker failed: {e}")  # fmt: skip
+        return [f"body not edited by {compiled.body_rules}: the body worker failed: {e}"]
+    return _body_done(request, data, outcomes, steps, removed)
+
+
+def _body_done(
+    request: http.Request, data: bytes | None, outcomes: tuple, steps: list[_BodyStep], removed: set[Edit] | None
+) -> list[str]:
+    if data is not None:
+        jsonbody.set_body(request, data)
+    lines: list[str] = []
+    for edit, line, at in steps:
+        if at is None:
+            lines.append(line)
+        elif edit.value is None:  # a removal is listed only when there was a field, as headers and cookies
+            if outcomes[at]:
+                lines.append(line)
+                if removed is not None:
+                    removed.add(edit)
+        elif outcomes[at] is None:
             lines.append(line)
         else:
-            lines.append(f"{label} not set by {edit.rule}: {why}")
-    if changed:
-        try:
-            jsonbody.write_object(request, doc)
-        except jsonbody.NotEditable as e:
-            return [_body_skipped(compiled, request, str(e))]
+            lines.append(f"{_label('body', edit)} not set by {edit.rule}: {outcomes[at]}")
     return lines
 
 

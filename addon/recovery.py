@@ -40,7 +40,7 @@ from addon.comment import add_note
 from addon.config import REFRESH, ROTATE, Config
 from addon.loader import RulesLoader
 from addon.masking import mask
-from addon.plan import apply_plan
+from addon.plan import apply_plan_off_loop
 from addon.replay import Handover, Limits, Replay
 from addon.rewriter import METADATA_KEY, REPLAY_KEY, Rewriter, Sent
 from addon.streamtap import BodyCopy, keep_copy
@@ -427,7 +427,7 @@ class Recovery:
         copy.metadata = dict(flow.metadata)
         copy.is_replay = "request"
         copy.metadata[REPLAY_KEY] = {"of": flow.id, "attempt": n}
-        apply_plan(sent.plan.dynamic, copy.request, values)
+        await apply_plan_off_loop(sent.plan.dynamic, copy.request, values)  # a large body: in the worker
         shown = self._attempt_of(None, values).shown
         copy.comment = f"attempt {n} of flow {flow.id[:8]}, with {'token ' if TOKEN in values else ''}{shown}"
         injected = set(values)

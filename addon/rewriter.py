@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from mitmproxy import http
 
 from addon.loader import RulesLoader
-from addon.plan import Plan, apply_plan, describe, plan_request
+from addon.plan import Plan, apply_plan_off_loop, describe, plan_request_off_loop
 from addon.template import TOKEN
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Rewriter:
             if config.index.candidates(flow.request.host, flow.request.port):
                 logger.warning(f"rules: not applied to {flow.request.pretty_url}: its body was streamed (stream_large_bodies)")
             return
-        plan = plan_request(config, flow)
+        plan = await plan_request_off_loop(config, flow)  # a large body: read in the worker process
         if plan is None:
             return
         values = await self._draw_values(plan) if plan.named else {}
@@ -61,7 +61,9 @@ class Rewriter:
                 self._no_tokens(flow)
                 return
             values[TOKEN] = token
-        lines = apply_plan(plan, flow.request, values)
+        # (a body over bodyworker.SMALL_BODY with edits is edited in the worker: an await after the
+        # draw, about a second for 31 MB of JSON; a token refused meanwhile is then sent once)
+        lines = await apply_plan_off_loop(plan, flow.request, values)
         flow.comment = describe(plan, lines)
         flow.metadata[METADATA_KEY] = {
             "rules": [r.name for r in plan.rules],

@@ -60,6 +60,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 
 from addon.breaker import Breaker
 from addon.config import StoreSpec
+from addon.redisbound import BoundedParser
 from addon.tokens import TokenPool, token_key
 
 logger = logging.getLogger(__name__)
@@ -202,9 +203,28 @@ def _late(error: BaseException) -> bool:
     return isinstance(error, (redis_errors.TimeoutError, asyncio.TimeoutError))
 
 
-def parse_record(text: str) -> tuple[float, float, bool, int, int]:
-    a, b, c, d, e = text.split()
-    return float(a), float(b), c != "0", int(float(d)), int(float(e))
+def parse_record(text: str) -> tuple[float, float, bool, int, int] | None:
+    """A health record as Redis keeps it; None (and one warning per kind of fault) when it is not five
+    sane numbers: times and counts finite, not negative and below MAX_NUMBER, `disabled` 0 or 1."""
+    try:
+        a, b, c, d, e = (float(x) for x in text.split())
+    except ValueError:  # not five fields, or one is not a number
+        return _bad_record(text, "it is not five numbers")
+    if not all(0 <= x < MAX_NUMBER for x in (a, b, d, e)) or c not in (0, 1):  # NaN fails every comparison
+        return _bad_record(text, "a number is out of range (negative, infinite, NaN or too large)")
+    return a, b, c != 0, int(d), int(e)
+
+
+MAX_NUMBER = 2.0**53  # above any time (seconds) or count a record can sanely hold
+_warned: set[str] = set()
+
+
+def _bad_record(text: str, why: str) -> None:
+    if why not in _warned:  # one warning for each kind of fault, not one per record or per second
+        _warned.add(why)
+        logger.warning(f"tokens: a token health record in Redis is ignored: {why} ({text[:60]!r}); "
+                       "further records like it are ignored without a word")
+    return None
 
 
 def format_record(record: Iterable[Any]) -> str:
@@ -233,6 +253,7 @@ class SharedStore:
             # a new connection sends no CLIENT SETINFO and no maintenance subscription (a Redis Cloud feature):
             # those are round trips before the first command
             driver_info=None, maint_notifications_config=MaintNotificationsConfig(enabled=False),
+            parser_class=BoundedParser,  # no reply over its bound is read (a hostile Redis: `$2000000000`)
         )  # fmt: skip
         # three clients, so that a request never waits behind a slow call or the follower's blocking read
         # the request path's calls are bounded as a whole (asyncio.timeout); its socket timeout is for the keeper's ping
@@ -372,8 +393,8 @@ class SharedStore:
         self._last_id = last[0][0] if last else "0-0"
         meanwhile = self.pool.changed if keep_changes else frozenset()
         for n, (key, text) in enumerate(records.items(), 1):
-            if key not in meanwhile:
-                self.pool.put_health(key, parse_record(text))
+            if key not in meanwhile and (record := parse_record(text)) is not None:
+                self.pool.put_health(key, record)
             if n % READ_CHUNK == 0:
                 await asyncio.sleep(0)  # a big store: let requests through between chunks
         if meanwhile:
@@ -398,8 +419,10 @@ class SharedStore:
             for entry_id, fields in entries:
                 self._last_id = entry_id
                 if "h" in fields:
-                    if not self._judging[fields["h"]]:  # else the refusal's own answer brings the newer record
-                        self._put_health(fields["h"], parse_record(fields["r"]))
+                    if self._judging[fields["h"]]:  # the refusal's own answer brings the newer record
+                        continue
+                    if (record := parse_record(fields["r"])) is not None:
+                        self._put_health(fields["h"], record)
                 elif "b" in fields:
                     self._breaker_until(float(fields["b"]), by_us=fields.get("by") == self.origin)
 
@@ -472,8 +495,8 @@ class SharedStore:
                 self._judging[key] -= 1
                 if not self._judging[key]:
                     del self._judging[key]
-            if record:
-                self.pool.put_health(key, parse_record(record))
+            if record and (parsed := parse_record(record)) is not None:
+                self.pool.put_health(key, parsed)
             if opened or float(open_until) > self.clock():  # by this refusal, or open already by another proxy
                 self._breaker_until(float(open_until), by_us=bool(opened))
 

@@ -37,12 +37,22 @@ def is_streaming(request: http.Request, json_field: tuple[str, ...]) -> bool:
         except ValueError:  # an unknown or broken content-encoding
             return False
         if not complete:
-            logger.warning(f"rules: the body of {request.method} {request.pretty_url} decodes to more than "
-                           f"{MAX_JSON_BODY // 2**20} MiB (Content-Encoding: {encoding.decode('latin-1')}); "
-                           "decoding stopped there and it counts as not streaming")
+            warn_overlong(request, encoding.decode("latin-1"))
             return False
     else:
         body = raw
+    return json_says_streaming(body, json_field)
+
+
+def warn_overlong(request: http.Request, encoding: str) -> None:
+    logger.warning(f"rules: the body of {request.method} {request.pretty_url} decodes to more than "
+                   f"{MAX_JSON_BODY // 2**20} MiB (Content-Encoding: {encoding}); "
+                   "decoding stopped there and it counts as not streaming")
+
+
+def json_says_streaming(body: bytes, json_field: tuple[str, ...]) -> bool:
+    """Is `body` a JSON object with `true` at the field? (Parsed here: addon/bodyworker.py calls
+    this in its process for a body over its bound.)"""
     # cheap test first: most bodies never mention the field at all
     if json_field[-1].encode() not in body or not body.lstrip()[:1] == b"{":
         return False

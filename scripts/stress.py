@@ -10,6 +10,10 @@
             one cooling, and a write of the state file with an entry per token
   switch    a proxy with 1,000,000 tokens and a state entry for each, whose tokens file is replaced
             by a 2-token one: request latency and RSS after the switch, and the state file's size
+  json      (issue 23) a 46 KiB gzip body that decodes to 31 MiB of JSON (4 million small objects):
+            one and four at once, without and with a `body:` edit; the latency of another client
+            meanwhile (its max: the stall), and the RSS of mitmdump and of its children (with
+            STRESS_EXTRA_SCRIPT=scripts/loop_lag_probe.py, also how late mitmdump's loop ran)
 
 Traffic goes to a local upstream on 127.0.0.1 only. Prints one line per figure.
 """
@@ -307,16 +311,77 @@ def measure_switch(folder: Path, port: int) -> None:
         proxy.stop()
 
 
+def slow_json_gzip(size: int = 31 * MiB) -> bytes:
+    """`{"stream": true, "model": "client", "messages": [{"n":0}, …]}` of about `size` bytes, gzip (31 KB)."""
+    import zlib
+
+    chunk = b'{"n":0},' * 100_000
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts = [z.compress(b'{"stream": true, "model": "client", "messages": [')]
+    parts += [z.compress(chunk) for _ in range(size // len(chunk))]
+    return b"".join([*parts, z.compress(b'{"n":0}]}'), z.flush()])
+
+
+def children_rss(pid: int, field: str = "VmRSS") -> float:
+    """The RSS (or with "VmHWM" the peak RSS) of the children of `pid` (the body worker), in MiB."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                status = dict(line.split(":", 1) for line in Path(f"/proc/{entry}/status").read_text().splitlines())
+                total += int(status[field].split()[0])
+        except (OSError, KeyError, ValueError):
+            continue
+    return total / 1024
+
+
+def measure_json(folder: Path, port: int) -> None:
+    body = slow_json_gzip()
+    for edit in (False, True):
+        rules = folder / "rules.yaml"
+        rules.write_text(f"rules:\n  - {{name: here, match: {{host: '127.0.0.1:{port}'}}, headers: {{X-Here: '1'}}"
+                         + (", body: {model: edited}}\n" if edit else "}\n"))
+        proxy = Proxy(rules)
+        try:
+            url = f"http://127.0.0.1:{port}/v1/x"
+            proxy.client.get(url)
+            for n in (1, 4):
+                rss = proxy.rss()[0]
+                done = threading.Event()
+                others: list[float] = []
+                sender = threading.Thread(target=lambda: others.extend(latencies(proxy, url, done)))
+                sender.start()
+
+                def post() -> None:
+                    with httpx.Client(proxy=f"http://127.0.0.1:{proxy.port}", timeout=300) as c:
+                        c.post(url, content=body, headers={"Content-Encoding": "gzip"})
+
+                posts = [threading.Thread(target=post) for _ in range(n)]
+                took = timed(lambda: [[t.start() for t in posts], [t.join() for t in posts]])
+                done.set()
+                sender.join()
+                after, peak = proxy.rss()
+                print(f"json: {n} × {len(body) / 1024:.0f} KiB gzip of 31 MiB JSON{' with a body: edit' if edit else ''}: "
+                      f"took {took:.1f} s; another client meanwhile: {summary(others)}; mitmdump RSS {rss:.0f} -> "
+                      f"{after:.0f} MiB (peak so far {peak:.0f}); its children {children_rss(proxy.proc.pid):.0f} MiB "
+                      f"(peak so far {children_rss(proxy.proc.pid, 'VmHWM'):.0f})")
+        finally:
+            proxy.stop()
+        for line in proxy.log.read_text(errors="replace").splitlines():
+            if "loop lag probe:" in line:  # with STRESS_EXTRA_SCRIPT=scripts/loop_lag_probe.py
+                print(f"json: {'with' if edit else 'without'} the body: edit, inside mitmdump, {line.split('probe: ', 1)[1]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="*", choices=["rules", "bombs", "tokens", "switch"])
+    parser.add_argument("--only", nargs="*", choices=["rules", "bombs", "tokens", "switch", "json"])
     args = parser.parse_args()
     import mitmproxy.version
 
     print(f"mitmproxy {mitmproxy.version.VERSION}, Python {sys.version.split()[0]}, {os.cpu_count()} cores")
     port = upstream()
     for name, fn in (("rules", measure_rules), ("bombs", measure_bombs), ("tokens", measure_tokens),
-                     ("switch", measure_switch)):  # fmt: skip
+                     ("switch", measure_switch), ("json", measure_json)):  # fmt: skip
         if args.only and name not in args.only:
             continue
         with tempfile.TemporaryDirectory() as folder:

@@ -9,10 +9,14 @@ clients are answered while the bad thing is there.
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 
 import httpx
 import pytest
@@ -141,3 +145,106 @@ def test_a_decompression_bomb_is_decoded_only_up_to_the_bound(tmp_path, scripted
     proxy.wait_for_log(rf"the body of POST http://127\.0\.0\.1:{scripted.port}/v1/x decodes to more than 32 MiB "
                        rf"\(Content-Encoding: {encoding}\); decoding stopped there and it counts as not streaming")
     assert get(proxy, scripted.port).status_code == 200
+
+
+# clients: a JSON body that takes seconds to parse (issue 23): read in the worker process
+
+
+def slow_json_gzip(size: int = 31 * 2**20) -> bytes:
+    """`{"stream": true, "model": "client", "messages": [{"n":0}, …]}` of about `size` bytes: millions
+    of small objects, seconds to parse and write again; about 1/1000 of that as gzip (31 KB)."""
+    import zlib
+
+    item, per_chunk = b'{"n":0},', 100_000
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts = [z.compress(b'{"stream": true, "model": "client", "messages": [')]
+    chunk = item * per_chunk
+    parts += [z.compress(chunk) for _ in range(size // len(chunk))]
+    parts += [z.compress(b'{"n":0}]}'), z.flush()]
+    return b"".join(parts)
+
+
+BODY_RULES = RULES + "    body: {{model: edited}}\n"
+WORKER_LINE = r"the body of POST \S+ \(\d+ bytes as sent\) is read in the body worker"
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def gone(pid: int, within: float = 15.0) -> bool:
+    """Has `pid` ended (or is it a zombie, ended but not yet reaped) within `within` seconds?"""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def sent_json(request: Request) -> dict:
+    return json.loads(gzip.decompress(request.body))
+
+
+def test_a_json_body_that_takes_seconds_to_parse_holds_back_no_other_request(tmp_path, scripted, start_proxy):
+    """A 31 KB gzip body that decodes to 31 MB of JSON, with a `body:` edit, stalled every other request
+    for seconds. Now it is read and edited in the worker process: shown without timing, by freezing the
+    worker (SIGSTOP) while it holds the big body; other clients must be answered meanwhile."""
+    proxy = start_proxy(write_rules(tmp_path, BODY_RULES.format(port=scripted.port, version=1)))
+    big = slow_json_gzip()
+
+    def post() -> httpx.Response:
+        with httpx.Client(proxy=proxy.url, timeout=120) as client:
+            return client.post(f"http://127.0.0.1:{scripted.port}/v1/x", content=big, headers={"Content-Encoding": "gzip"})
+
+    assert post().status_code == 200  # the first large body starts the worker
+    first = sent_json(last(scripted))
+    assert first["model"] == "edited" and first["stream"] is True and len(first["messages"]) == 4_000_001
+    workers = children(proxy.proc.pid)
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    answers: dict[str, httpx.Response] = {}
+    try:
+        held = threading.Thread(target=lambda: answers.setdefault("big", post()))
+        held.start()
+        proxy.wait_for_log(WORKER_LINE, count=2, timeout=60)  # the second big body is with the (frozen) worker
+        small = [get(proxy, scripted.port) for _ in range(5)]  # other clients, each on a connection of its own
+        assert [r.status_code for r in small] == [200] * 5
+        assert held.is_alive() and [r.method for r in scripted.received].count("POST") == 1  # still held
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    held.join(120)
+    assert workers and answers["big"].status_code == 200
+    assert sent_json(last(scripted))["model"] == "edited"  # applied, not refused
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"])
+def test_mitmdump_ends_with_its_body_worker(tmp_path, scripted, start_proxy, sig):
+    """On SIGINT and SIGTERM mitmdump exits at once and cleanly, its worker with it; killed, it leaves
+    no worker behind (the worker leaves when its pipe closes)."""
+    proxy = start_proxy(write_rules(tmp_path, BODY_RULES.format(port=scripted.port, version=1)))
+    body = json.dumps({"model": "client", "messages": [{"n": n} for n in range(20_000)]}).encode()  # 250 KB
+    sent = get(proxy, scripted.port, method="POST", content=body)
+    assert sent.status_code == 200 and json.loads(last(scripted).body)["model"] == "edited"
+    (worker,) = children(proxy.proc.pid)
+    proxy.proc.send_signal(sig)
+    code = proxy.proc.wait(30)
+    assert gone(worker)
+    if sig != signal.SIGKILL:
+        assert code == 0 and "Traceback" not in proxy.log()
