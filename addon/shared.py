@@ -488,9 +488,10 @@ class SharedStore:
                     repr(self.clock()), repr(cooldown), repr(spec.window), spec.tokens, repr(spec.pause), self.origin,
                 )  # fmt: skip
                 self.background_trips += 1
-            except BaseException:
-                self.pool.changed_here(key)  # merged in when Redis is back
-                raise
+            except FAILURES as e:
+                self._went_offline(e)
+                self.pool.changed_here(key)  # after going off (which starts the changes anew): merged when it is back
+                return
             finally:
                 self._judging[key] -= 1
                 if not self._judging[key]:

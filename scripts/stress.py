@@ -14,8 +14,15 @@
             one and four at once, without and with a `body:` edit; the latency of another client
             meanwhile (its max: the stall), and the RSS of mitmdump and of its children (with
             STRESS_EXTRA_SCRIPT=scripts/loop_lag_probe.py, also how late mitmdump's loop ran)
+  reader    (issue 23, attack 5) clients whose streaming request is refused, then recovered with a
+            retry that streams 256 MiB as fast as it can, and that read nothing after the first
+            bytes for 20 s: what the upstream got to send meanwhile, and mitmdump's RSS
+  departed  (issue 23, attack 7) 5 clients that leave after 2 s while every token is refused (each
+            refusal after 50 ms; 1,000 tokens, max_attempts 1,000, a breaker that never opens): the
+            upstream requests made for them in the 10 s after they left
 
-Traffic goes to a local upstream on 127.0.0.1 only. Prints one line per figure.
+Traffic goes to a local upstream on 127.0.0.1 only. Prints one line per figure. STRESS_ADDON=path/to/main.py
+measures another checkout's addon (the code before a fix, say) with these attacks.
 """
 
 from __future__ import annotations
@@ -82,7 +89,7 @@ class Proxy:
         self.log = rules.with_name("mitmdump.log")
         self._out = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [str(MITMDUMP), "-s", str(ROOT / "addon" / "main.py"), "--set", f"rules={rules}", "--listen-host",
+            [str(MITMDUMP), "-s", os.environ.get("STRESS_ADDON", str(ROOT / "addon" / "main.py")), "--set", f"rules={rules}", "--listen-host",
              "127.0.0.1", "--listen-port", str(self.port), "--set", "flow_detail=0",
              "--set", f"confdir={rules.parent / 'conf'}", *extra],
             stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
@@ -372,16 +379,96 @@ def measure_json(folder: Path, port: int) -> None:
                 print(f"json: {'with' if edit else 'without'} the body: edit, inside mitmdump, {line.split('probe: ', 1)[1]}")
 
 
+RECOVERY_RULES = """\
+rules:
+  - name: account
+    match: {{host: "127.0.0.1:{port}"}}
+    headers: {{User-Agent: "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0", Accept: "{accept}", X-Captcha-Token: cap-x}}
+    cookies: {{session: "{{token}}"}}
+tokens: {{file: tokens.txt, max_attempts: {attempts}, breaker: {{tokens: 100000, window: 1, pause: 1}}}}
+on_response:
+  - match: {{status: 403}}
+    action: rotate
+"""
+
+
+def _recovery_setup(folder: Path, listed: list[str], attempts: int, accept: str, **app):
+    """A fake upstream (scripts/fake_upstream.py) with these settings, and a proxy whose rules rotate on a 403."""
+    from fake_upstream import ProtectedAPI, UpstreamServer
+
+    server = UpstreamServer(ProtectedAPI(**app), free_port()).start()
+    (folder / "tokens.txt").write_text("\n".join(listed) + "\n")
+    rules = folder / "rules.yaml"
+    rules.write_text(RECOVERY_RULES.format(port=server.port, attempts=attempts, accept=accept))
+    return server, Proxy(rules)
+
+
+def measure_reader(folder: Path, port: int) -> None:
+    body = json.dumps({"model": "m", "messages": [], "stream": True}).encode()
+    for clients in (1, 8):
+        tokens = [f"tok-reader-{i}-0000000" for i in range(2)]
+        server, proxy = _recovery_setup(folder, tokens, 3, "text/event-stream", tokens={tokens[1]},
+                                        firehose=256 * MiB)  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{server.port}/v1/chat/completions"
+            rss = proxy.rss()[0]
+            streams = []
+            for _ in range(clients):
+                c = httpx.Client(proxy=f"http://127.0.0.1:{proxy.port}", timeout=120)
+                response = c.send(c.build_request("POST", url, content=body), stream=True)
+                next(response.iter_raw())  # the first bytes; then nothing more is read
+                streams.append((c, response))
+            time.sleep(20)
+            after, peak = proxy.rss()
+            print(f"reader: {clients} client(s) reading nothing of a recovered 256 MiB stream for 20 s: the upstream "
+                  f"sent {server.app.firehose_sent / MiB:.0f} MiB; mitmdump RSS {rss:.0f} -> {after:.0f} MiB "
+                  f"(peak {peak:.0f})")
+            for c, response in streams:
+                response.close()
+                c.close()
+        finally:
+            proxy.stop()
+            server.stop()
+
+
+def measure_departed(folder: Path, port: int) -> None:
+    tokens = [f"tok-departed-{i:04d}-0000" for i in range(1000)]
+    server, proxy = _recovery_setup(folder, tokens, 1000, "application/json", tokens=set(), refusal_delay=0.05)
+    try:
+        url = f"http://127.0.0.1:{server.port}/v1/chat/completions"
+
+        def leave() -> None:
+            with httpx.Client(proxy=f"http://127.0.0.1:{proxy.port}", timeout=2) as c:
+                try:
+                    c.post(url, content=b'{"model": "m", "messages": []}')
+                except httpx.TimeoutException:
+                    pass
+
+        threads = [threading.Thread(target=leave) for _ in range(5)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        at_leave = len(server.app.received)
+        time.sleep(10)
+        after = len(server.app.received) - at_leave
+        cooled = proxy.log.read_text(errors="replace").count("refused (403)")
+        print(f"departed: 5 clients left after 2 s ({at_leave} upstream requests by then); in the next 10 s the proxy "
+              f"sent {after} more for them; {cooled} token(s) cooled in all")
+    finally:
+        proxy.stop()
+        server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="*", choices=["rules", "bombs", "tokens", "switch", "json"])
+    parser.add_argument("--only", nargs="*", choices=["rules", "bombs", "tokens", "switch", "json", "reader", "departed"])
     args = parser.parse_args()
     import mitmproxy.version
 
     print(f"mitmproxy {mitmproxy.version.VERSION}, Python {sys.version.split()[0]}, {os.cpu_count()} cores")
     port = upstream()
     for name, fn in (("rules", measure_rules), ("bombs", measure_bombs), ("tokens", measure_tokens),
-                     ("switch", measure_switch), ("json", measure_json)):  # fmt: skip
+                     ("switch", measure_switch), ("json", measure_json), ("reader", measure_reader),
+                     ("departed", measure_departed)):  # fmt: skip
         if args.only and name not in args.only:
             continue
         with tempfile.TemporaryDirectory() as folder:
