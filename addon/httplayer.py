@@ -182,7 +182,8 @@ class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
             for chunk in chunks:
                 yield from self._send_data(chunk)
             if handover.failure is not None or not (chunks or handover.ended):
-                why = handover.failure or "the addon gave no data (was it unloaded?)"
+                why = handover.failure or (f"the client left ({handover.left})" if handover.left else
+                                           "the addon gave no data (was it unloaded?)")
                 error = ResponseProtocolError(self.stream_id, f"the retry's answer broke off: {why}", _broken_off_code)
                 yield from self.handle_protocol_error(error)
                 return

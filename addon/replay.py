@@ -62,6 +62,8 @@ class Handover:
             self.left = reason
             if self.replay is not None:
                 self.replay.wake()
+                if self.streaming:  # nobody waits on it any more: hang it up here
+                    self.replay.hang_up_soon(CLIENT_LEFT)
 
     def stream_from(self, replay: Replay) -> None:
         self.replay, self.streaming = replay, True
@@ -140,6 +142,7 @@ class Replay:
         self._pending: list[bytes] = []  # forwarded, not yet taken by the client's stream
         self._pending_bytes = 0
         self._changed = asyncio.Event()
+        self._hanging_up: asyncio.Future | None = None
         self.handler.owner = self
 
     @classmethod
@@ -182,7 +185,7 @@ class Replay:
         return b""  # nothing goes on to mitmproxy's stand-in client of the replay
 
     def _forward(self, chunk: bytes) -> bytes:
-        if chunk:
+        if chunk and not self._left():  # (for a client that left, nothing is kept: the retry is being hung up)
             self._pending.append(chunk)
             self._pending_bytes += len(chunk)
             self.data_at = _now()
@@ -285,6 +288,11 @@ class Replay:
         if not self.task.cancelled() and self.task.exception() is not None:
             return f"the replay failed: {self.task.exception()!r}"
         return "the replay ended without a whole answer"
+
+    def hang_up_soon(self, why: str) -> None:
+        """`hang_up`, from code that cannot wait for it."""
+        if self._hanging_up is None and self.task is not None and not self.task.done():
+            self._hanging_up = asyncio.ensure_future(self.hang_up(why))
 
     async def hang_up(self, why: str) -> str:
         """Stop the replay wherever it is: held in a hook (or intercepted), it is killed, so it is

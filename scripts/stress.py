@@ -416,14 +416,15 @@ def measure_reader(folder: Path, port: int) -> None:
             for _ in range(clients):
                 c = httpx.Client(proxy=f"http://127.0.0.1:{proxy.port}", timeout=120)
                 response = c.send(c.build_request("POST", url, content=body), stream=True)
-                next(response.iter_raw())  # the first bytes; then nothing more is read
-                streams.append((c, response))
+                chunks = response.iter_raw()  # kept: a generator that goes away closes the response
+                next(chunks)  # the first bytes; then nothing more is read
+                streams.append((c, response, chunks))
             time.sleep(20)
             after, peak = proxy.rss()
             print(f"reader: {clients} client(s) reading nothing of a recovered 256 MiB stream for 20 s: the upstream "
                   f"sent {server.app.firehose_sent / MiB:.0f} MiB; mitmdump RSS {rss:.0f} -> {after:.0f} MiB "
                   f"(peak {peak:.0f})")
-            for c, response in streams:
+            for c, response, _ in streams:
                 response.close()
                 c.close()
         finally:

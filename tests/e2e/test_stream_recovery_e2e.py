@@ -469,3 +469,19 @@ def test_a_client_that_stops_reading_holds_the_retry_back(tmp_path, start_proxy,
         assert sent_while_paused == upstream.app.firehose  # buffered whole before the client gets any
     assert got >= upstream.app.firehose
     assert [r.cookie("session") for r in upstream.app.received] == [TOKENS[0], TOKENS[1]]
+
+
+def test_a_client_that_leaves_a_recovered_stream_hangs_up_the_retry(tmp_path, start_proxy, upstream):
+    """The client takes the first bytes of a recovered 512 MiB stream and leaves: the retry is hung
+    up, and what its upstream still sends is not kept (mitmdump's peak memory does not grow by it)."""
+    upstream.app.tokens, upstream.app.firehose = {TOKENS[1]}, 512 << 20
+    proxy = start_proxy(rules_for(tmp_path, upstream.port))
+    peak = lambda: int(next(x for x in open(f"/proc/{proxy.proc.pid}/status") if x.startswith("VmHWM")).split()[1])  # noqa: E731
+    before = peak()
+    with httpx.Client(proxy=proxy.url, timeout=60) as client:
+        with client.stream("POST", chat_url(upstream.port), content=CHAT) as response:
+            assert response.status_code == 200
+            next(response.iter_raw())
+    proxy.wait_for_log(r"then its stream broke off: .* \(.*(the client left|Client disconnected)")
+    time.sleep(5)  # the upstream goes on sending as fast as it can
+    assert peak() - before < 128 * 1024, f"mitmdump's peak memory grew by {(peak() - before) >> 10} MiB"
