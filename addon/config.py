@@ -60,8 +60,8 @@ class StreamSpec:
 
 @dataclass(frozen=True)
 class BreakerSpec:
-    """When `tokens` different tokens are refused within `window` seconds, the cause is
-    probably not the tokens: for `pause` seconds refusals pass to the client as they are."""
+    """When `tokens` different tokens are refused within `window` seconds with no success in between,
+    the cause is probably not the tokens: for `pause` seconds refusals pass to the client as they are."""
 
     tokens: int = 3
     window: float = 60

@@ -36,6 +36,7 @@ from mitmproxy.hooks import UpdateHook
 from mitmproxy.version import VERSION as MITMPROXY_VERSION
 
 from addon import httplayer
+from addon.breaker import refuse_here
 from addon.comment import add_note
 from addon.config import REFRESH, ROTATE, Config
 from addon.loader import RulesLoader
@@ -219,6 +220,7 @@ class Recovery:
     def _settled(self, response: http.Response, values: dict[str, str], sent_at: float) -> None:
         if TOKEN in values and response.status_code < 400:
             (self.state.shared or self.state.tokens).succeeded(values[TOKEN], sent_at)
+            self.state.breaker.succeeded(sent_at)  # a token works: refusals counted before it was sent are the tokens'
 
     async def _recover(
         self, flow: http.HTTPFlow, sent: Sent, action: Action, config: Config, client: Handover | None = None
@@ -311,11 +313,7 @@ class Recovery:
         pool, key, shared = self.state.tokens, token_key(token), self.state.shared
         marked = await shared.refused(token, retry_after(response)) if shared is not None else None
         if marked is None:  # judged here: no shared store, or it did not answer
-            before = pool.health[key].cooling_until if key in pool.health else 0.0
-            marked = pool.refused(token, retry_after(response))
-            undo = self.state.breaker.refused(key, before)
-            if undo is not None:
-                pool.restore(undo)
+            marked = refuse_here(pool, self.state.breaker, token, retry_after(response))
         if marked and not self.state.breaker.is_open and key in pool.health:  # (an opened breaker says so itself)
             until = pool.health[key].cooling_until - pool.clock()
             logger.info(f"tokens: {mask(token)} refused ({response.status_code}); passed over for {until:.0f} s")

@@ -5,7 +5,10 @@ Breaker of the loader, which the hooks read as before) and Redis keeps the one a
 
 - A refusal is judged in Redis, by one script (`REFUSE`): it cools the token down unless it is
   cooling already, counts it for the breaker and opens the breaker when the threshold is reached,
-  undoing the cooldowns of the refusals that opened it, as breaker.py does on one proxy.
+  undoing the cooldowns of the refusals that opened it, as breaker.py does on one proxy. A success
+  clears the count: this proxy's own at once (its latest success's send time goes with each refusal),
+  another proxy's when its batch of successes reaches Redis (within about a second; until then that
+  proxy's success is not "in between").
 - Every change of a token's health or of the breaker is also an entry of a stream, `events`. A
   request that draws a token first reads the entries it has not seen, in one pipelined round trip
   that also takes its place in the shared rotation (`INCRBY rr`): it never draws a token another
@@ -85,16 +88,26 @@ local function put(k, r, tell)
   return v
 end
 local function num(key) return tonumber(redis.call('GET', key) or '0') end
+-- the breaker's window: `recent` (token key -> when refused), `before` (token key -> its cooldown end
+-- before). A success of a request sent at t clears the refusals counted before t (breaker.py's rule).
+local function forget_before(recent, before, t)
+  for _, o in ipairs(redis.call('ZRANGEBYSCORE', recent, '-inf', '(' .. string.format('%.17g', t))) do
+    redis.call('ZREM', recent, o); redis.call('HDEL', before, o)
+  end
+end
 """
 
 # KEYS[3] breaker, [4] recent, [5] before; ARGV[2] token key, [3] now, [4] cooldown, [5] window,
-# [6] threshold, [7] pause. Returns {marked 0/1, record, breaker open until or '0', opened 0/1}; with
-# the breaker open, nothing changes (as recovery.py passes such refusals on untouched).
+# [6] threshold, [7] pause, [8] the send time of the latest success the calling proxy saw (its own
+# successes reach Redis in batches, about once a second: this way they count at once, for it).
+# Returns {marked 0/1, record, breaker open until or '0', opened 0/1}; with the breaker open, nothing
+# changes (as recovery.py passes such refusals on untouched).
 REFUSE = _RECORDS + """
 local k, now, cd = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local window, threshold, pause = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local open_until = num(KEYS[3])
 if open_until > now then return {0, '', string.format('%.17g', open_until), 0} end
+forget_before(KEYS[4], KEYS[5], tonumber(ARGV[8] or '0'))
 local r = get(k)
 local before = r[1]
 r[5] = r[5] + 1
@@ -119,10 +132,12 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'b', string.format('%.1
 return {marked, v, string.format('%.17g', open_until), 1}
 """
 
-# ARGV[2] now, then (token key, successes, latest send time) triples. A success ends a cooldown
-# that began before the request was sent (tokens.TokenPool.succeeded); only that is told.
+# KEYS[3] recent, [4] before (the breaker's window); ARGV[2] now, then (token key, successes, latest
+# send time) triples. A success ends a cooldown that began before the request was sent
+# (tokens.TokenPool.succeeded); only that is told. It also clears the breaker's count of the refusals
+# before it was sent.
 SUCCEED = _RECORDS + """
-local now = tonumber(ARGV[2])
+local now, latest = tonumber(ARGV[2]), 0
 for i = 3, #ARGV, 3 do
   local k, n, sent = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local r = get(k)
@@ -130,7 +145,9 @@ for i = 3, #ARGV, 3 do
   local ends = sent > r[2] and r[1] > now
   if sent > r[2] and r[1] > 0 then r[1] = 0 end
   put(k, r, ends)
+  latest = math.max(latest, sent)
 end
+forget_before(KEYS[3], KEYS[4], latest)
 return 0
 """
 
@@ -410,7 +427,8 @@ class SharedStore:
             pipe.incrby(k.rr, draws)
         if successes:
             args = [a for key, (n, sent) in successes.items() for a in (key, int(n), repr(sent))]
-            pipe.evalsha(self._sha["succeed"], 2, k.health, k.events, EVENTS_KEPT, repr(self.clock()), *args)
+            pipe.evalsha(self._sha["succeed"], 4, k.health, k.events, k.recent, k.before, EVENTS_KEPT,
+                         repr(self.clock()), *args)
         pipe.xread({k.events: self._last_id}, count=EVENTS_PER_READ)
         self.round_trips += 1
         try:
@@ -460,6 +478,7 @@ class SharedStore:
                 marked, record, open_until, opened = await self._fast.evalsha(
                     self._sha["refuse"], 5, k.health, k.events, k.breaker, k.recent, k.before,
                     EVENTS_KEPT, key, repr(self.clock()), repr(cooldown), repr(spec.window), spec.tokens, repr(spec.pause),
+                    repr(self.breaker.last_success),
                 )  # fmt: skip
         except FAILURES as e:
             self._failed(e)
