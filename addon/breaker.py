@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from addon.config import BreakerSpec
 from addon.tokens import TokenPool, token_key
@@ -32,16 +33,17 @@ class Breaker:
         self.clock = clock
         self.open_until = 0.0
         self.last_success = 0.0  # the latest send time of a request that succeeded (here)
-        self._recent: dict[str, tuple[float, float]] = {}  # token key -> (time refused, cooldown before)
+        self._recent: dict[str, tuple[float, Any]] = {}  # token key -> (time refused, cooldown before)
 
     @property
     def is_open(self) -> bool:
         return self.clock() < self.open_until
 
-    def refused(self, key: str, cooling_before: float) -> dict[str, float] | None:
+    def refused(self, key: str, cooling_before: Any) -> dict[str, Any] | None:
         """Count a refusal of the token with this key (`cooling_before`: its cooldown end
-        before this refusal). When this refusal opens the breaker, returns the cooldowns
-        to put back for the tokens refused in the window: blame is not theirs."""
+        before this refusal, or what TokenPool.restore takes). When this refusal opens the
+        breaker, returns the cooldowns to put back for the tokens refused in the window:
+        blame is not theirs."""
         now = self.clock()
         first_before = self._recent[key][1] if key in self._recent else cooling_before
         self._recent[key] = (now, first_before)
@@ -75,15 +77,16 @@ class Breaker:
         )
 
 
-def refuse_here(pool: TokenPool, breaker: Breaker, token: str, retry_after: float | None) -> bool:
-    """A refusal judged on this proxy: the token cools down (see TokenPool.refused, whose answer this
-    is), the breaker counts it, and the refusals that open it have their cooldowns put back. With the
-    breaker open, nothing changes (the refusal goes to the client as it is)."""
+def refuse_here(pool: TokenPool, breaker: Breaker, token: str, retry_after: float | None, retire: bool = False) -> bool:
+    """A refusal judged on this proxy: the token cools down and may be retired (see TokenPool.refused,
+    whose answer this is), the breaker counts it, and the refusals that open it have their cooldowns
+    (and retirements) put back. With the breaker open, nothing changes (the refusal goes to the client
+    as it is)."""
     if breaker.is_open:
         return False
     key = token_key(token)
-    before = pool.health[key].cooling_until if key in pool.health else 0.0
-    marked = pool.refused(token, retry_after)
+    before = pool.health[key].undo_point if key in pool.health else (0.0, 0, 0.0, 0)
+    marked = pool.refused(token, retry_after, retire)
     undo = breaker.refused(key, before)
     if undo is not None:
         pool.restore(undo)

@@ -163,6 +163,7 @@ class RulesLoader:
         self.config = config
         if config.tokens:
             self.tokens.strategy, self.tokens.cooldown = config.tokens.strategy, config.tokens.cooldown
+            self.tokens.retire_after = config.tokens.retire_after
             if read.state is not None and read.state[0] != self.saver.path:
                 _, store, health = read.state
                 self.saver.use(store)

@@ -38,7 +38,7 @@ from mitmproxy.version import VERSION as MITMPROXY_VERSION
 from addon import httplayer
 from addon.breaker import refuse_here
 from addon.comment import add_note
-from addon.config import REFRESH, ROTATE, Config
+from addon.config import DISABLE, REFRESH, ROTATE, Config
 from addon.loader import RulesLoader
 from addon.masking import mask
 from addon.plan import apply_plan
@@ -60,6 +60,7 @@ class Action:
 
     kind: str  # ROTATE or REFRESH
     refresh: frozenset[str] = frozenset()  # for REFRESH: of the values the request used, those to fetch anew
+    retire: bool = False  # for ROTATE: retire the refused token at once (action disable)
 
 
 @dataclass(frozen=True)
@@ -200,8 +201,8 @@ class Recovery:
         if not applies(rule, values):
             return None
         assert rule is not None
-        if rule.action == ROTATE:
-            return Action(ROTATE)
+        if rule.action in (ROTATE, DISABLE):
+            return Action(ROTATE, retire=rule.action == DISABLE)
         return Action(REFRESH, frozenset(name for name in rule.refreshes if name in values))
 
     def _attempt_of(self, status: int | None, values: dict[str, str], refreshed: frozenset[str] = frozenset()) -> Attempt:
@@ -241,7 +242,7 @@ class Recovery:
                 if self.state.breaker.is_open:
                     outcome = "the breaker is open: refusals go to the client as they are"
                     break
-                await self._refused(values[TOKEN], last)
+                await self._refused(values[TOKEN], last, action.retire)
                 if self.state.breaker.is_open:
                     outcome = "this refusal opened the breaker"
                     break
@@ -309,13 +310,20 @@ class Recovery:
             flow.response.timestamp_end = time.time()  # mitmweb's time: as long as the client waited
         add_note(flow, note)
 
-    async def _refused(self, token: str, response: http.Response) -> None:
+    async def _refused(self, token: str, response: http.Response, retire: bool = False) -> None:
         pool, key, shared = self.state.tokens, token_key(token), self.state.shared
-        marked = await shared.refused(token, retry_after(response)) if shared is not None else None
+        was_retired = key in pool.health and pool.health[key].retired_at > 0
+        marked = await shared.refused(token, retry_after(response), retire) if shared is not None else None
         if marked is None:  # judged here: no shared store, or it did not answer
-            marked = refuse_here(pool, self.state.breaker, token, retry_after(response))
-        if marked and not self.state.breaker.is_open and key in pool.health:  # (an opened breaker says so itself)
-            until = pool.health[key].cooling_until - pool.clock()
+            marked = refuse_here(pool, self.state.breaker, token, retry_after(response), retire)
+        health = pool.health.get(key)
+        if self.state.breaker.is_open or health is None:  # (an opened breaker says so itself)
+            return
+        if health.retired_at and not was_retired:  # once: by the proxy whose refusal retired it
+            logger.warning(f"tokens: {mask(token)} retired ({health.retired_reason}, the last {response.status_code}); "
+                           f"it is not used again until tokens.enable {mask(token)}")
+        elif marked:
+            until = health.cooling_until - pool.clock()
             logger.info(f"tokens: {mask(token)} refused ({response.status_code}); passed over for {until:.0f} s")
 
     async def _next_values(self, action: Action, values: dict[str, str], tried: set[str]) -> dict[str, str] | str:

@@ -158,6 +158,42 @@ def test_disable_and_reset_by_hand_hold_everywhere(redis_server):
     assert TOKENS[1] in enabled
 
 
+def test_a_retirement_holds_everywhere_until_an_enable(redis_server):
+    async def main():
+        a, b = store(redis_server.url), store(redis_server.url)
+        await started(a, b)
+        await a.refused(TOKENS[0], None, retire=True)  # an on_response rule with action disable
+        retired = [await b.draw() for _ in range(6)], b.pool.status()[0][0]
+        a.set_disabled(TOKENS[0][-6:], False)  # tokens.enable
+        await asyncio.sleep(0.1)  # the command's script runs in the background
+        await b.draw()
+        enabled = b.pool.status()[0][0], a.pool.status()[0][0]
+        a.stop(), b.stop()
+        return retired, enabled
+
+    (drawn, state), enabled = run(main)
+    assert TOKENS[0] not in drawn and state == "retired"
+    assert enabled == ("cooling", "cooling")  # no longer retired; its refusal's cooldown runs on
+
+
+def test_records_written_before_retirement_still_load(redis_server):
+    """A store written by the version before (5 fields a record) is read, and refusals extend its records."""
+    old = store(redis_server.url)
+    key = token_key(TOKENS[0])
+    redis_server.client().hset(old.keys.health, key, "9999999999.5 1000.25 0 7 2")
+
+    async def main():
+        a = store(redis_server.url)
+        await started(a)
+        read = a.pool.health[key].record
+        await a.refused(TOKENS[1], None)
+        a.stop()
+        return read
+
+    assert run(main) == (9999999999.5, 1000.25, False, 7, 2, 0, 0.0, 0)
+    assert len(redis_server.client().hget(old.keys.health, token_key(TOKENS[1])).split()) == 8
+
+
 def test_redis_gone_then_back(redis_server, caplog):
     """Nothing fails while Redis is down; one alert; what changed meanwhile is merged in when it is back."""
     caplog.set_level(logging.INFO)
