@@ -71,3 +71,21 @@ def test_a_token_refused_retire_after_times_in_a_row_is_retired(tmp_path, start_
     proxy.stop()
     assert proxy.log().count(f"tokens: …{TOKENS[0][-4:]} retired (refused 2 time(s) in a row, the last 403)") == 1
     assert "different tokens were refused" not in proxy.log()
+
+
+def test_two_proxies_on_one_state_file_the_second_says_so_and_does_not_write_it(tmp_path, start_proxy, upstream):
+    """A forward and a reverse proxy on one tokens file, as a new user would start them."""
+    upstream.app.tokens = {TOKENS[1], TOKENS[2]}  # T0 is refused: its health changes
+    rules = rules_for(tmp_path, upstream.port)
+    state = tmp_path / "tokens.state.json"
+    first = start_proxy(rules)
+    second = start_proxy(rules, "--mode", f"reverse:http://127.0.0.1:{upstream.port}")
+    second.wait_for_log(r"uses the state file .*tokens\.state\.json")
+    assert "tokens.store" in second.log() and "tokens.store" not in first.log()
+    with httpx.Client(timeout=60) as client:  # through the reverse proxy: T0 refused, then T1
+        assert client.post(f"{second.url}/v1/chat/completions", json={}).status_code == 200
+    second.stop()  # a proxy writes what changed at shut-down at the latest
+    assert not state.exists()
+    assert posts(first, upstream, 1) == [200]  # the first: T0 refused here too, and it is written
+    first.stop()
+    assert health(rules, TOKENS[0])["refusals"] == 1
