@@ -22,7 +22,8 @@ class TokenCommands:
     @command.command("tokens.status")
     def status(self) -> Sequence[str]:
         """Each token (masked), one to a row: its state (active; cooling until a time; on trial: its
-        cooldown is over and it has not worked since; retired, at a time; disabled by hand), successes
+        cooldown is over and it has not worked since; retired, at a time; disabled by hand; expired, at
+        its own expiry time), successes
         and refusals.
         The same rows go to the event log, where mitmweb shows them as rows."""
         # the console shows a list one item to a row; mitmweb's command bar shows it as one line of
@@ -33,6 +34,8 @@ class TokenCommands:
                 state = f"cooling until {_when(h.cooling_until)}"
             elif state == "retired":
                 state = f"retired {_when(h.retired_at)}"
+            elif state == "expired":
+                state = f"expired {_when(h.expires_at)}"
             rows.append(f"{h.suffix:<6} {state:<33} {h.successes:>6} ok {h.refusals:>6} refused")
         if not rows:
             rows.append("no tokens")  # never an empty list: the console's data viewer cannot show one

@@ -88,6 +88,7 @@ class TokensSpec:
     breaker: BreakerSpec = BreakerSpec()
     store: StoreSpec | None = None  # None: the state file
     retire_after: int = 3  # refusals in a row (each after a cooldown) that retire a token; 0: never
+    expiry_margin: float = 60  # seconds before a token's own expiry (a JWT's exp) that it is no longer sent
 
 
 ROTATE, REFRESH, REFRESH_CAPTCHA, PASS = "rotate", "refresh", "refresh_captcha", "pass"
@@ -322,6 +323,9 @@ def rules_schema(base: Path, file: Path, environ: Mapping[str, str], names: froz
                         "retire_after": Field(Int(0), default=3,
                                               doc="A token refused this many times in a row (a success starts the "
                                               "count again) is retired: never used again until tokens.enable. 0: never."),
+                        "expiry_margin": Field(Number(0), default=60,
+                                               doc="A token that is a JWT (or a base64- session value carrying its "
+                                               "expiry) is not sent once it expires in less than this many seconds."),
                         "state_file": Field(Str(lambda name: base / name),
                                             doc="Where token health is kept (default: beside the tokens file)."),
                         "store": Field(Str(partial(_store_url, environ), "a redis:// or rediss:// URL"),

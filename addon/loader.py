@@ -168,7 +168,7 @@ class RulesLoader:
         self.config = config
         if config.tokens:
             self.tokens.strategy, self.tokens.cooldown = config.tokens.strategy, config.tokens.cooldown
-            self.tokens.retire_after = config.tokens.retire_after
+            self.tokens.retire_after, self.tokens.expiry_margin = config.tokens.retire_after, config.tokens.expiry_margin
             if read.state is not None and read.state[0] != self.saver.path:
                 state_file, store, health = read.state
                 self.saver.use(store if self._lock_state(state_file) else None)

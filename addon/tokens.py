@@ -6,9 +6,11 @@ the health of the others; the rotation also follows token values.
 
 A token is active, cooling down (passed over until a time), on trial (its
 cooldown is over, and it has not worked since), retired (refused `retire_after`
-times in a row, or by a `disable` rule) or disabled (by hand). Cooling tokens
-are used only when no usable one is left, the soonest ready first. Retired and
-disabled tokens are never drawn, until `tokens.enable`.
+times in a row, or by a `disable` rule), disabled (by hand) or expired (a JWT,
+or a session value carrying one, past its expiry less `expiry_margin`: see
+expiry.py). Cooling tokens are used only when no usable one is left, the soonest
+ready first. Retired and disabled tokens are never drawn, until `tokens.enable`;
+expired ones never.
 
 Sizes: a tokens file can hold a million tokens. Reading it, hashing every token
 and indexing them happens where the file is read (off the event loop, see
@@ -22,6 +24,7 @@ loop over the tokens. Saving hands over only what changed since the last save.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import heapq
 import logging
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from addon.expiry import expires_at, might_expire
 from addon.masking import mask
 
 logger = logging.getLogger(__name__)
@@ -83,12 +87,14 @@ class TokenList:
     keys: tuple[str, ...]
     position: dict[str, int]  # token -> its place
     key_position: dict[str, int]  # key -> its place
+    expiry: dict[int, float]  # place -> when the token expires, for those that say (see expiry.py)
 
     @classmethod
     def of(cls, tokens: Sequence[str]) -> TokenList:
         tokens = tuple(tokens)
         keys = tuple(token_key(t) for t in tokens)
-        return cls(tokens, keys, {t: i for i, t in enumerate(tokens)}, {k: i for i, k in enumerate(keys)})
+        expiry = {i: at for i, t in enumerate(tokens) if might_expire(t) and (at := expires_at(t)) is not None}
+        return cls(tokens, keys, {t: i for i, t in enumerate(tokens)}, {k: i for i, k in enumerate(keys)}, expiry)
 
 
 def read_token_list(path: Path) -> TokenList:
@@ -111,6 +117,7 @@ class Health:
     in_a_row: int = 0  # refusals that cooled it down since it last worked
     retired_at: float = 0.0  # 0: not retired
     retired_why: int = 0  # IN_A_ROW or BY_RULE
+    expires_at: float = 0.0  # read from the token (not kept: see TokenList.expiry); set by TokenPool.status
 
     @property
     def out(self) -> bool:
@@ -188,10 +195,12 @@ class TokenPool:
         cooldown: float = 300,
         clock: Callable[[], float] = time.time,
         retire_after: int = 3,
+        expiry_margin: float = 60,
     ) -> None:
         self.strategy = strategy
         self.cooldown = cooldown
         self.retire_after = retire_after  # refusals in a row that retire a token (0: never)
+        self.expiry_margin = expiry_margin  # seconds before its expiry that a token is no longer sent
         self.clock = clock
         self.on_change: Callable[[], None] = lambda: None  # health changed: persist it
         self.health: dict[str, Health] = {}  # only tokens something happened to
@@ -199,6 +208,8 @@ class TokenPool:
         self.listed_at = 0.0  # when this list replaced the one before
         self._usable = bytearray()  # per place: 1 when neither cooling nor retired nor disabled
         self._cooling: list[tuple[float, int, str]] = []  # heap of (until, place, key); stale entries skipped
+        self._expiring: list[tuple[float, int]] = []  # heap of (expires at, place) of the list in force
+        self._expired: set[str] = set()  # keys of the tokens past their expiry (less the margin)
         self._inactive: set[str] = set()  # keys that are cooling, retired or disabled (cooling may have ended since)
         self._changed: set[str] = set()  # keys whose health changed since the last `take_changes`
         self._last: str | None = None
@@ -214,6 +225,9 @@ class TokenPool:
         self.list, self.listed_at = new, now
         self._usable = bytearray(b"\x01") * len(new.tokens)
         self._cooling = []
+        self._expiring = [(at, i) for i, at in new.expiry.items()]
+        self._expired = set()
+        heapq.heapify(self._expiring)
         for key in list(self._inactive):
             self._classify(key, now)
         heapq.heapify(self._cooling)
@@ -234,12 +248,20 @@ class TokenPool:
         i = self.list.key_position.get(key)
         if i is None:
             return
-        self._usable[i] = 0 if key in self._inactive else 1
+        self._usable[i] = 0 if key in self._inactive or key in self._expired else 1
         if cooling:
             heapq.heappush(self._cooling, (health.cooling_until, i, key))
 
     def _wake(self, now: float) -> None:
-        """Tokens whose cooldown has ended are usable again."""
+        """Tokens whose cooldown has ended are usable again; tokens that expire (less the margin) no longer are."""
+        while self._expiring and self._expiring[0][0] - self.expiry_margin <= now:
+            at, i = heapq.heappop(self._expiring)
+            key = self.list.keys[i]
+            self._expired.add(key)
+            self._usable[i] = 0
+            when = datetime.datetime.fromtimestamp(at).isoformat(" ", "seconds")
+            logger.info(f"tokens: {mask(self.list.tokens[i])} expired ({when}, less a margin of "
+                        f"{self.expiry_margin:g} s); it is no longer sent")
         while self._cooling and self._cooling[0][0] <= now:
             until, i, key = heapq.heappop(self._cooling)
             health = self.health.get(key)
@@ -302,8 +324,8 @@ class TokenPool:
             entry = heapq.heappop(self._cooling)
             until, i, key = entry
             health = self.health.get(key)
-            if health is None or health.cooling_until != until or health.out:
-                continue  # stale: the token's health changed since
+            if health is None or health.cooling_until != until or health.out or key in self._expired:
+                continue  # stale: the token's health changed since (or it expired)
             skipped.append(entry)
             if self.list.tokens[i] not in exclude:
                 found = self.list.tokens[i]
@@ -433,12 +455,18 @@ class TokenPool:
         self.on_change()
 
     def status(self) -> list[tuple[str, Health]]:
-        """(state, health) of each token in the file, in file order."""
+        """(state, health) of each token in the file, in file order; an expired token's state is
+        "expired" (unless it is disabled or retired), and its health has its `expires_at`."""
         now = self.clock()
+        self._wake(now)
         rows = []
-        for token, key in zip(self.list.tokens, self.list.keys):
+        for i, (token, key) in enumerate(zip(self.list.tokens, self.list.keys)):
             health = self.health.get(key) or Health(mask(token))
-            rows.append((health.state(now), health))
+            health.expires_at = self.list.expiry.get(i, 0.0)
+            state = health.state(now)
+            if key in self._expired and state not in ("disabled", "retired"):
+                state = "expired"
+            rows.append((state, health))
         return rows
 
     def _health(self, token: str) -> tuple[str, Health]:

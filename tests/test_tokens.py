@@ -3,6 +3,7 @@ import sys
 
 import pytest
 
+from addon.masking import mask
 from addon.tokens import Health, TokenList, TokenPool, TokensFileError, health_from_state, read_tokens, token_key
 
 
@@ -384,3 +385,33 @@ def test_a_new_list_and_a_save_cost_what_changed_not_all_tokens(big_list, clock)
     assert len(changes) == 3 and lines < 100
     lines, _ = python_lines(pool.replace, TokenList.of(BIG[:2]))  # 99,998 tokens leave: nothing per token now
     assert lines < 200
+
+
+# expiry: a token that says when it expires (see test_expiry.py) is not drawn after that, less the margin
+
+def test_an_expired_token_is_passed_over_and_status_says_when(clock, caplog):
+    from test_expiry import jwt
+
+    soon, later = jwt({"exp": clock.now + 100}), jwt({"exp": clock.now + 10_000})
+    pool = TokenPool([soon, "plain-token-0001", later], clock=clock, expiry_margin=60)
+    assert [pool.draw() for _ in range(3)] == [soon, "plain-token-0001", later]
+    clock.now += 41  # 59 s before it expires: within the margin
+    with caplog.at_level("INFO"):
+        assert [pool.draw() for _ in range(4)] == ["plain-token-0001", later] * 2
+        assert pool.replacement(later, exclude={"plain-token-0001"}) is None  # never, not even as a last resort
+    state, health = pool.status()[0]
+    assert (state, health.expires_at) == ("expired", clock.now + 59)
+    assert caplog.text.count(f"tokens: {mask(soon)} expired (") == 1 and soon not in caplog.text
+    clock.now += 10_000
+    assert pool.draw() == "plain-token-0001" and [s for s, _ in pool.status()] == ["expired", "active", "expired"]
+
+
+def test_an_expired_and_cooling_token_is_not_the_last_resort(clock):
+    from test_expiry import jwt
+
+    token = jwt({"exp": clock.now + 100})
+    pool = TokenPool([token], clock=clock, cooldown=300, expiry_margin=0)
+    pool.refused(token)
+    assert pool.draw() == token  # cooling, the only one: still the last resort
+    clock.now += 101
+    assert pool.draw() is None

@@ -5,6 +5,7 @@ disable), kept across a restart."""
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 
@@ -89,3 +90,24 @@ def test_two_proxies_on_one_state_file_the_second_says_so_and_does_not_write_it(
     assert posts(first, upstream, 1) == [200]  # the first: T0 refused here too, and it is written
     first.stop()
     assert health(rules, TOKENS[0])["refusals"] == 1
+
+
+def test_expired_tokens_are_not_sent_the_next_usable_one_goes_instead(tmp_path, start_proxy, upstream):
+    """JWTs, and a Supabase-style session value carrying its expiry: the upstream would take them all
+    (it does not read them), so only the proxy's own judgement keeps the expired ones back."""
+    from test_expiry import jwt, session
+
+    now = time.time()
+    expired, expiring = jwt({"sub": "u1", "exp": now - 10}, "sig1"), jwt({"sub": "u2", "exp": now + 30}, "sig2")  # 30 s: within the margin
+    good = jwt({"sub": "u3", "exp": now + 3600}, "sig3")
+    old_session = session({"access_token": jwt({"exp": now + 3600}), "expires_at": now - 5})
+    tokens = [expired, TOKENS[0], expiring, old_session, good]
+    upstream.app.tokens = set(tokens)
+    rules = write_rules(tmp_path, RULES.format(port=upstream.port, cooldown=300, retire_after=3), tokens=tokens)
+    proxy = start_proxy(rules)
+    assert posts(proxy, upstream, 6) == [200] * 6
+    assert sent(upstream) == [TOKENS[0], good] * 3  # no request wasted on an expired one
+    proxy.stop()
+    log = proxy.log()
+    for token in (expired, expiring, old_session):
+        assert log.count(f"tokens: …{token[-4:]} expired (") == 1 and token not in log
