@@ -58,7 +58,8 @@ class Breaker:
         """A token worked for a request sent at `sent_at`: the refusals counted before it no longer
         count (the tokens refused are to blame, not what they have in common)."""
         self.last_success = max(self.last_success, sent_at)
-        self._recent = {k: v for k, v in self._recent.items() if v[0] >= sent_at}
+        if self._recent:  # (a success comes with nearly every request; the window is mostly empty)
+            self._recent = {k: v for k, v in self._recent.items() if v[0] >= sent_at}
 
     def opened(self, until: float, elsewhere: bool = False) -> None:
         """The breaker opened until `until`: here, or (`elsewhere`) on a proxy sharing the store."""
@@ -70,7 +71,8 @@ class Breaker:
             return
         logger.log(
             ALERT,
-            f"tokens: {self.spec.tokens} different tokens were refused within {self.spec.window:g} s; the cause is "
+            f"tokens: {self.spec.tokens} different tokens were refused within {self.spec.window:g} s and none worked "
+            "in between; the cause is "
             f"probably not the tokens (headers, captcha, IP address). For the next {self.spec.pause:g} s refusals "
             "go to the client as they are and no token is cooled down (the cooldowns these refusals set are "
             "undone). Check the refused flows in mitmweb.",
