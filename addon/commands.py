@@ -21,7 +21,10 @@ class TokenCommands:
 
     @command.command("tokens.status")
     def status(self) -> Sequence[str]:
-        """Each token (masked), one to a row: its state, cooldown end, successes and refusals.
+        """Each token (masked), one to a row: its state (active; cooling until a time; on trial: its
+        cooldown is over and it has not worked since; retired, at a time; disabled by hand; expired, at
+        its own expiry time), successes
+        and refusals.
         The same rows go to the event log, where mitmweb shows them as rows."""
         # the console shows a list one item to a row; mitmweb's command bar shows it as one line of
         # JSON with its spaces run together, so each row names its fields rather than relying on a header
@@ -29,6 +32,10 @@ class TokenCommands:
         for state, h in self.state.tokens.status():
             if state == "cooling":
                 state = f"cooling until {_when(h.cooling_until)}"
+            elif state == "retired":
+                state = f"retired {_when(h.retired_at)}"
+            elif state == "expired":
+                state = f"expired {_when(h.expires_at)}"
             rows.append(f"{h.suffix:<6} {state:<33} {h.successes:>6} ok {h.refusals:>6} refused")
         if not rows:
             rows.append("no tokens")  # never an empty list: the console's data viewer cannot show one
@@ -57,7 +64,7 @@ class TokenCommands:
 
     @command.command("tokens.enable")
     def enable(self, suffix: str) -> None:
-        """Use a disabled token again."""
+        """Use a disabled or retired token again."""
         self._set(suffix, False)
 
     def _set(self, suffix: str, disabled: bool) -> None:

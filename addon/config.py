@@ -60,8 +60,8 @@ class StreamSpec:
 
 @dataclass(frozen=True)
 class BreakerSpec:
-    """When `tokens` different tokens are refused within `window` seconds, the cause is
-    probably not the tokens: for `pause` seconds refusals pass to the client as they are."""
+    """When `tokens` different tokens are refused within `window` seconds with no success in between,
+    the cause is probably not the tokens: for `pause` seconds refusals pass to the client as they are."""
 
     tokens: int = 3
     window: float = 60
@@ -87,9 +87,12 @@ class TokensSpec:
     state_file: Path | None = None  # where token health is kept (unless `store` is set)
     breaker: BreakerSpec = BreakerSpec()
     store: StoreSpec | None = None  # None: the state file
+    retire_after: int = 3  # refusals in a row (each after a cooldown) that retire a token; 0: never
+    expiry_margin: float = 60  # seconds before a token's own expiry (a JWT's exp) that it is no longer sent
 
 
 ROTATE, REFRESH, REFRESH_CAPTCHA, PASS = "rotate", "refresh", "refresh_captcha", "pass"
+DISABLE = "disable"  # as rotate, and the token is retired at once
 
 
 class Regex(Protocol):
@@ -104,12 +107,12 @@ class ResponseRule:
 
     statuses: frozenset[int]
     body: Regex | None
-    action: str  # rotate | refresh | refresh_captcha | pass
+    action: str  # rotate | disable | refresh | refresh_captcha | pass
     values: frozenset[str] = frozenset()  # for refresh: the values it may fetch anew (default: every refreshable one)
 
     @property
     def refreshes(self) -> frozenset[str]:
-        """The values this rule fetches anew (of those a request used): none for rotate and pass."""
+        """The values this rule fetches anew (of those a request used): none for rotate, disable and pass."""
         if self.action == REFRESH_CAPTCHA:
             return frozenset({CAPTCHA})
         return self.values if self.action == REFRESH else frozenset()
@@ -317,6 +320,12 @@ def rules_schema(base: Path, file: Path, environ: Mapping[str, str], names: froz
                         "max_attempts": Field(Int(1), default=3, doc="Tries per request, the first included."),
                         "cooldown": Field(Number(0), default=300,
                                           doc="Seconds a refused token is passed over; a longer Retry-After wins."),
+                        "retire_after": Field(Int(0), default=3,
+                                              doc="A token refused this many times in a row (a success starts the "
+                                              "count again) is retired: never used again until tokens.enable. 0: never."),
+                        "expiry_margin": Field(Number(0), default=60,
+                                               doc="A token that is a JWT (or a base64- session value carrying its "
+                                               "expiry) is not sent once it expires in less than this many seconds."),
                         "state_file": Field(Str(lambda name: base / name),
                                             doc="Where token health is kept (default: beside the tokens file)."),
                         "store": Field(Str(partial(_store_url, environ), "a redis:// or rediss:// URL"),
@@ -358,9 +367,10 @@ def rules_schema(base: Path, file: Path, environ: Mapping[str, str], names: froz
                                 ),
                                 required=True,
                             ),
-                            "action": Field(Choice(ROTATE, REFRESH, REFRESH_CAPTCHA, PASS), required=True,
-                                            doc="rotate: the next token; refresh: the same token and new values; "
-                                            "refresh_captcha: refresh with values [captcha]; pass: no retry."),
+                            "action": Field(Choice(ROTATE, DISABLE, REFRESH, REFRESH_CAPTCHA, PASS), required=True,
+                                            doc="rotate: the next token; disable: retire this token at once, then "
+                                            "as rotate; refresh: the same token and new values; refresh_captcha: "
+                                            "refresh with values [captcha]; pass: no retry."),
                             "values": Field(SeqOf(Str(), single=True, min_items=1),
                                             doc="For refresh: the values to fetch anew (default: every value from "
                                             "a file or command the request used)."),

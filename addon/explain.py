@@ -22,7 +22,7 @@ from mitmproxy import connection, exceptions, http, io
 from mitmproxy.net.http.url import hostport as url_hostport
 
 from addon import jsonbody, statefile
-from addon.config import PASS, REFRESH, REFRESH_CAPTCHA, ROTATE, Config
+from addon.config import DISABLE, PASS, REFRESH, REFRESH_CAPTCHA, ROTATE, Config
 from addon.masking import mask
 from addon.plan import Edit, Plan, apply_plan, plan_request
 from addon.template import TOKEN
@@ -36,6 +36,7 @@ class InputError(ValueError):
 
 ACTIONS = {
     ROTATE: "retry with the next token (and a fresh captcha value)",
+    DISABLE: "retire this token, then retry with the next one (and a fresh captcha value)",
     REFRESH: "retry with the same token and a new {values}",
     PASS: "hand it to the client as it is",
 }

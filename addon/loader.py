@@ -32,6 +32,7 @@ from addon.offloop import in_thread
 from addon.schema import RulesError, RulesErrors
 from addon.shared import SharedStore
 from addon.sources import ValueSource
+from addon.statelock import StateFileLock
 from addon.statesaver import StateSaver
 from addon.template import CAPTCHA
 from addon.tokens import GONE_GRACE, Health, TokenList, TokenPool, TokensFileError, health_from_state, read_token_list
@@ -63,6 +64,7 @@ class RulesLoader:
         self.saver = StateSaver(self.tokens)
         self.tokens.on_change = self.saver.changed
         self.breaker = Breaker()
+        self._state_lock: StateFileLock | None = None  # held while this proxy writes the state file
         self.shared: SharedStore | None = None  # tokens.store: health shared with other proxies through Redis
         self.values: dict[str, ValueSource] = {}  # by name, as the rules file's values: (and captcha:)
         self.stream_copy_limit = 1024 * 1024
@@ -118,6 +120,9 @@ class RulesLoader:
         if self.shared is not None:
             self.shared.stop()
         self.saver.done()
+        if self._state_lock is not None:
+            self._state_lock.release()
+            self._state_lock = None
 
     # loading
 
@@ -163,9 +168,10 @@ class RulesLoader:
         self.config = config
         if config.tokens:
             self.tokens.strategy, self.tokens.cooldown = config.tokens.strategy, config.tokens.cooldown
+            self.tokens.retire_after, self.tokens.expiry_margin = config.tokens.retire_after, config.tokens.expiry_margin
             if read.state is not None and read.state[0] != self.saver.path:
-                _, store, health = read.state
-                self.saver.use(store)
+                state_file, store, health = read.state
+                self.saver.use(store if self._lock_state(state_file) else None)
                 self.tokens.load_health(health)
         self.breaker.spec = config.tokens.breaker if config.tokens else BreakerSpec()
         self.tokens.replace(tokens)
@@ -190,6 +196,18 @@ class RulesLoader:
         logger.info(f"rules: loaded {path}: {summary}")
         if not config.rules:
             logger.warning(f"rules: {path} has no rules: every request passes unchanged")
+
+    def _lock_state(self, path: Path) -> bool:
+        """Hold the lock of this state file (and let go of the one held before); False: another proxy has it."""
+        if self._state_lock is not None and self._state_lock.state_file == path:
+            return True
+        lock = StateFileLock(path)
+        if not lock.acquire():
+            return False
+        if self._state_lock is not None:
+            self._state_lock.release()
+        self._state_lock = lock
+        return True
 
     def _apply_tokens(self, read: TokenList | Exception) -> None:
         assert self.config is not None and self.config.tokens is not None

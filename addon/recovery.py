@@ -36,8 +36,9 @@ from mitmproxy.hooks import UpdateHook
 from mitmproxy.version import VERSION as MITMPROXY_VERSION
 
 from addon import httplayer
+from addon.breaker import refuse_here
 from addon.comment import add_note
-from addon.config import REFRESH, ROTATE, Config
+from addon.config import DISABLE, REFRESH, ROTATE, Config
 from addon.loader import RulesLoader
 from addon.masking import mask
 from addon.plan import apply_plan_off_loop
@@ -59,6 +60,7 @@ class Action:
 
     kind: str  # ROTATE or REFRESH
     refresh: frozenset[str] = frozenset()  # for REFRESH: of the values the request used, those to fetch anew
+    retire: bool = False  # for ROTATE: retire the refused token at once (action disable)
 
 
 @dataclass(frozen=True)
@@ -200,8 +202,8 @@ class Recovery:
         if not applies(rule, values):
             return None
         assert rule is not None
-        if rule.action == ROTATE:
-            return Action(ROTATE)
+        if rule.action in (ROTATE, DISABLE):
+            return Action(ROTATE, retire=rule.action == DISABLE)
         return Action(REFRESH, frozenset(name for name in rule.refreshes if name in values))
 
     def _attempt_of(self, status: int | None, values: dict[str, str], refreshed: frozenset[str] = frozenset()) -> Attempt:
@@ -220,6 +222,7 @@ class Recovery:
     def _settled(self, response: http.Response, values: dict[str, str], sent_at: float) -> None:
         if TOKEN in values and response.status_code < 400:
             (self.state.shared or self.state.tokens).succeeded(values[TOKEN], sent_at)
+            self.state.breaker.succeeded(sent_at)  # a token works: refusals counted before it was sent are the tokens'
 
     async def _recover(
         self, flow: http.HTTPFlow, sent: Sent, action: Action, config: Config, client: Handover | None = None
@@ -241,7 +244,7 @@ class Recovery:
                 if self.state.breaker.is_open:
                     outcome = "the breaker is open: refusals go to the client as they are"
                     break
-                self._refused(values[TOKEN], last)
+                self._refused(values[TOKEN], last, action.retire)
                 if self.state.breaker.is_open:
                     outcome = "this refusal opened the breaker"
                     break
@@ -361,17 +364,21 @@ class Recovery:
         self._updates.add(task)
         task.add_done_callback(self._updates.discard)
 
-    def _refused(self, token: str, response: http.Response) -> None:
+    def _refused(self, token: str, response: http.Response, retire: bool = False) -> None:
         pool, key, wait = self.state.tokens, token_key(token), retry_after(response)
-        before = pool.health[key].cooling_until if key in pool.health else 0.0
-        marked = pool.refused(token, wait)  # judged here at once; and, with a shared store, there for all
-        undo = self.state.breaker.refused(key, before)
-        if undo is not None:
-            pool.restore(undo)
+        was_retired = key in pool.health and pool.health[key].retired_at > 0
+        # judged here at once; and, with a shared store, there for all (its answer comes in the background)
+        marked = refuse_here(pool, self.state.breaker, token, wait, retire)
         if self.state.shared is not None:
-            self.state.shared.refused(token, wait)
-        if marked and not self.state.breaker.is_open and key in pool.health:  # (an opened breaker says so itself)
-            until = pool.health[key].cooling_until - pool.clock()
+            self.state.shared.refused(token, wait, retire)
+        health = pool.health.get(key)
+        if self.state.breaker.is_open or health is None:  # (an opened breaker says so itself)
+            return
+        if health.retired_at and not was_retired:  # once: by the proxy whose refusal retired it
+            logger.warning(f"tokens: {mask(token)} retired ({health.retired_reason}, the last {response.status_code}); "
+                           f"it is not used again until tokens.enable {mask(token)}")
+        elif marked:
+            until = health.cooling_until - pool.clock()
             logger.info(f"tokens: {mask(token)} refused ({response.status_code}); passed over for {until:.0f} s")
 
     async def _next_values(self, action: Action, values: dict[str, str], tried: set[str]) -> dict[str, str] | str:

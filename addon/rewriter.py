@@ -102,7 +102,7 @@ class Rewriter:
         assert self.state.config is not None and self.state.config.tokens is not None
         file = self.state.config.tokens.file
         if len(self.state.tokens):
-            reason = f"every token in {file} is disabled (tokens.enable turns one back on)"
+            reason = f"no token in {file} is usable: each is disabled, retired or expired (tokens.status tells which)"
         else:
             reason = f"the tokens file {file} has no tokens"
         logger.warning(f"rules: answered 503 for {flow.request.pretty_url}: {reason}")

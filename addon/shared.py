@@ -9,7 +9,9 @@ proxies agree on, and each proxy keeps its own current in the background:
   one script (`REFUSE`) judges it for all: it cools the token down unless it is cooling already,
   counts it for the breaker and opens the breaker when the threshold is reached, undoing the
   cooldowns of the refusals that opened it, as breaker.py does on one proxy. Its answer replaces
-  this proxy's record of the token.
+  this proxy's record of the token. A success clears the breaker's count: this proxy's own at once
+  (its latest success's send time goes with each refusal), another proxy's when its batch of
+  successes reaches Redis (within about a second; until then that proxy's success is not "in between").
 - Every change of a token's health or of the breaker is also an entry of a stream, `events`. A
   follower task waits on that stream (`XREAD BLOCK`) and applies each entry as it comes: another
   proxy's refusal reaches this one's picture one trip from Redis after it was judged there.
@@ -77,87 +79,114 @@ PLACES_AT_MOST = 1000  # rotation places fetched in one round trip
 
 FAILURES = (redis_errors.RedisError, OSError, asyncio.TimeoutError)
 
-# A record: "cooling_until refused_at disabled successes refusals"; every script that changes one
-# also adds it to the stream. KEYS[1] health, KEYS[2] events; ARGV[1] the stream's length to keep.
+# A record: "cooling_until refused_at disabled successes refusals in_a_row retired_at retired_why"
+# (a record of 5 fields, written before retirement, reads with zeros for the last three); every script
+# that changes one also adds it to the stream. KEYS[1] health, KEYS[2] events; ARGV[1] the stream's
+# length to keep.
 _RECORDS = """
 local function get(k)
   local v = redis.call('HGET', KEYS[1], k)
-  if not v then return {0, 0, 0, 0, 0} end
   local r = {}
-  for x in string.gmatch(v, '%S+') do r[#r + 1] = tonumber(x) end
+  if v then for x in string.gmatch(v, '%S+') do r[#r + 1] = tonumber(x) end end
+  for i = #r + 1, 8 do r[i] = 0 end
   return r
 end
 local function put(k, r, tell)
-  local v = string.format('%.17g %.17g %d %d %d', r[1], r[2], r[3], r[4], r[5])
+  local v = string.format('%.17g %.17g %d %d %d %d %.17g %d', r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8])
   redis.call('HSET', KEYS[1], k, v)
   if tell then redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'h', k, 'r', v) end
   return v
 end
 local function num(key) return tonumber(redis.call('GET', key) or '0') end
+-- the breaker's window: `recent` (token key -> when refused), `before` (token key -> "cooling_until
+-- in_a_row retired_at retired_why" before). A success of a request sent at t clears the refusals
+-- counted before t (breaker.py's rule).
+local function forget_before(recent, before, t)
+  for _, o in ipairs(redis.call('ZRANGEBYSCORE', recent, '-inf', '(' .. string.format('%.17g', t))) do
+    redis.call('ZREM', recent, o); redis.call('HDEL', before, o)
+  end
+end
 """
 
 # KEYS[3] breaker, [4] recent, [5] before; ARGV[2] token key, [3] now, [4] cooldown, [5] window,
-# [6] threshold, [7] pause, [8] the proxy that tells it (its breaker entry says `by`). Returns {marked 0/1, record, breaker open until or '0', opened 0/1}; with
-# the breaker open, nothing changes (as recovery.py passes such refusals on untouched).
+# [6] threshold, [7] pause, [8] the send time of the latest success the calling proxy saw (its own
+# successes reach Redis in batches, about once a second: this way they count at once, for it),
+# [9] retire_after (0: never), [10] 1: retire at once (a disable rule), as tokens.TokenPool.refused,
+# [11] the proxy that tells it (the breaker's entry says `by`, so that it knows the breaker is its own).
+# Returns {marked 0/1, record, breaker open until or '0', opened 0/1}; with the breaker open, nothing
+# changes (as recovery.py passes such refusals on untouched).
 REFUSE = _RECORDS + """
 local k, now, cd = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local window, threshold, pause = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local open_until = num(KEYS[3])
 if open_until > now then return {0, '', string.format('%.17g', open_until), 0} end
+forget_before(KEYS[4], KEYS[5], tonumber(ARGV[8] or '0'))
 local r = get(k)
-local before = r[1]
+local before = string.format('%.17g %d %.17g %d', r[1], r[6], r[7], r[8])
+local retire_after, at_once = tonumber(ARGV[9] or '0'), ARGV[10] == '1'
 r[5] = r[5] + 1
 local marked = 0
-if r[1] <= now then r[1] = now + cd; r[2] = now; marked = 1 end
+if r[1] <= now then r[1] = now + cd; r[2] = now; r[6] = r[6] + 1; marked = 1 end
+if r[7] == 0 and (at_once or (marked == 1 and retire_after > 0 and r[6] >= retire_after)) then
+  r[7] = now; r[8] = at_once and 2 or 1
+end
 local v = put(k, r, true)
 local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. string.format('%.17g', now - window))
 for _, o in ipairs(old) do redis.call('ZREM', KEYS[4], o); redis.call('HDEL', KEYS[5], o) end
-if not redis.call('ZSCORE', KEYS[4], k) then redis.call('HSET', KEYS[5], k, string.format('%.17g', before)) end
+if not redis.call('ZSCORE', KEYS[4], k) then redis.call('HSET', KEYS[5], k, before) end
 redis.call('ZADD', KEYS[4], now, k)
 if redis.call('ZCARD', KEYS[4]) < threshold then return {marked, v, '0', 0} end
 open_until = now + pause
 redis.call('SET', KEYS[3], string.format('%.17g', open_until))
 for _, o in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
-  local ro = get(o)
-  ro[1] = tonumber(redis.call('HGET', KEYS[5], o) or '0')
+  local ro, b = get(o), {}
+  for x in string.gmatch(redis.call('HGET', KEYS[5], o) or '0', '%S+') do b[#b + 1] = tonumber(x) end
+  ro[1] = b[1]
+  if #b == 4 then ro[6] = b[2]; ro[7] = b[3]; ro[8] = b[4] end
   local vo = put(o, ro, true)
   if o == k then v = vo end
 end
 redis.call('DEL', KEYS[4], KEYS[5])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'b', string.format('%.17g', open_until), 'by', ARGV[8])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'b', string.format('%.17g', open_until), 'by', ARGV[11])
 return {marked, v, string.format('%.17g', open_until), 1}
 """
 
-# ARGV[2] now, then (token key, successes, latest send time) triples. A success ends a cooldown
-# that began before the request was sent (tokens.TokenPool.succeeded); only that is told.
+# KEYS[3] recent, [4] before (the breaker's window); ARGV[2] now, then (token key, successes, latest
+# send time) triples. A success ends a cooldown that began before the request was sent
+# (tokens.TokenPool.succeeded), and the count of refusals in a row; only that is told. It also clears
+# the breaker's count of the refusals before it was sent.
 SUCCEED = _RECORDS + """
-local now = tonumber(ARGV[2])
+local now, latest = tonumber(ARGV[2]), 0
 for i = 3, #ARGV, 3 do
   local k, n, sent = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local r = get(k)
   r[4] = r[4] + n
-  local ends = sent > r[2] and r[1] > now
-  if sent > r[2] and r[1] > 0 then r[1] = 0 end
+  local ends = sent > r[2] and (r[1] > now or r[6] > 0)
+  if sent > r[2] and (r[1] > 0 or r[6] > 0) then r[1] = 0; r[6] = 0 end
   put(k, r, ends)
+  latest = math.max(latest, sent)
 end
+forget_before(KEYS[3], KEYS[4], latest)
 return 0
 """
 
-# ARGV[2] 1 disable / 0 enable, then token keys.
+# ARGV[2] 1 disable / 0 enable (a retired token too), then token keys.
 DISABLE = _RECORDS + """
 for i = 3, #ARGV do
   local r = get(ARGV[i])
   r[3] = tonumber(ARGV[2])
+  if r[3] == 0 then r[6] = 0; r[7] = 0; r[8] = 0 end
   put(ARGV[i], r, true)
 end
 return 0
 """
 
-# KEYS[3] breaker, [4] recent, [5] before: every cooldown ends, the breaker closes.
+# KEYS[3] breaker, [4] recent, [5] before: every cooldown and count of refusals in a row ends, the
+# breaker closes.
 RESET = _RECORDS + """
 for _, k in ipairs(redis.call('HKEYS', KEYS[1])) do
   local r = get(k)
-  if r[1] > 0 then r[1] = 0; put(k, r, true) end
+  if r[1] > 0 or r[6] > 0 then r[1] = 0; r[6] = 0; put(k, r, true) end
 end
 redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'b', '0')
@@ -165,7 +194,7 @@ return 0
 """
 
 # What changed on a proxy while Redis was out of reach, merged in: ARGV[2..] (key, record) pairs;
-# the later cooldown and refusal win, a disable stays, counters take the larger.
+# the later cooldown and refusal win, a disable and a retirement stay, counters take the larger.
 MERGE = _RECORDS + """
 for i = 2, #ARGV, 2 do
   local r = get(ARGV[i])
@@ -173,6 +202,8 @@ for i = 2, #ARGV, 2 do
   for x in string.gmatch(ARGV[i + 1], '%S+') do l[#l + 1] = tonumber(x) end
   r[1] = math.max(r[1], l[1]); r[2] = math.max(r[2], l[2]); r[3] = math.max(r[3], l[3])
   r[4] = math.max(r[4], l[4]); r[5] = math.max(r[5], l[5])
+  r[6] = math.max(r[6], l[6] or 0)
+  if r[7] == 0 and (l[7] or 0) > 0 then r[7] = l[7]; r[8] = l[8] end
   put(ARGV[i], r, true)
 end
 return 0
@@ -203,16 +234,20 @@ def _late(error: BaseException) -> bool:
     return isinstance(error, (redis_errors.TimeoutError, asyncio.TimeoutError))
 
 
-def parse_record(text: str) -> tuple[float, float, bool, int, int] | None:
-    """A health record as Redis keeps it; None (and one warning per kind of fault) when it is not five
-    sane numbers: times and counts finite, not negative and below MAX_NUMBER, `disabled` 0 or 1."""
+def parse_record(text: str) -> tuple[float, float, bool, int, int, int, float, int] | None:
+    """A health record as _RECORDS keeps it (one of 5 fields, written before retirement, reads with
+    zeros); None (and one warning per kind of fault) when it is not sane numbers: finite, not negative
+    and below MAX_NUMBER, `disabled` 0 or 1."""
+    fields = text.split()
+    if len(fields) not in (5, 8):
+        return _bad_record(text, "it is not five or eight numbers")
     try:
-        a, b, c, d, e = (float(x) for x in text.split())
-    except ValueError:  # not five fields, or one is not a number
-        return _bad_record(text, "it is not five numbers")
-    if not all(0 <= x < MAX_NUMBER for x in (a, b, d, e)) or c not in (0, 1):  # NaN fails every comparison
+        a, b, c, d, e, f, g, h = (float(x) for x in (fields + ["0", "0", "0"])[:8])
+    except ValueError:  # one is not a number
+        return _bad_record(text, "it is not five or eight numbers")
+    if not all(0 <= x < MAX_NUMBER for x in (a, b, d, e, f, g, h)) or c not in (0, 1):  # NaN fails every comparison
         return _bad_record(text, "a number is out of range (negative, infinite, NaN or too large)")
-    return a, b, c != 0, int(d), int(e)
+    return a, b, c != 0, int(d), int(e), int(f), g, int(h)
 
 
 MAX_NUMBER = 2.0**53  # above any time (seconds) or count a record can sanely hold
@@ -228,8 +263,8 @@ def _bad_record(text: str, why: str) -> None:
 
 
 def format_record(record: Iterable[Any]) -> str:
-    a, b, c, d, e = record
-    return f"{float(a)!r} {float(b)!r} {int(bool(c))} {int(d)} {int(e)}"
+    a, b, c, d, e, f, g, h = record
+    return f"{float(a)!r} {float(b)!r} {int(bool(c))} {int(d)} {int(e)} {int(f)} {float(g)!r} {int(h)}"
 
 
 class _Keys:
@@ -426,7 +461,7 @@ class SharedStore:
                 elif "b" in fields:
                     self._breaker_until(float(fields["b"]), by_us=fields.get("by") == self.origin)
 
-    def _put_health(self, key: str, record: tuple[float, float, bool, int, int]) -> None:
+    def _put_health(self, key: str, record: tuple[float, float, bool, int, int, int, float, int]) -> None:
         """Take another proxy's word on a token; say so when it is a refusal that cools it here."""
         now, health = self.clock(), self.pool.health.get(key)
         was_cooling = health is not None and health.cooling_until > now
@@ -472,9 +507,10 @@ class SharedStore:
 
         self._background(ask(), "tokens: places of the shared rotation")
 
-    def refused(self, token: str, retry_after: float | None) -> None:
-        """Tell Redis of a refusal this proxy judged already (TokenPool.refused, Breaker.refused): it is
-        judged there for every proxy, in the background, and its answer becomes this proxy's record."""
+    def refused(self, token: str, retry_after: float | None, retire: bool = False) -> None:
+        """Tell Redis of a refusal this proxy judged already (breaker.refuse_here): it is judged there
+        for every proxy, in the background, and its answer becomes this proxy's record. `retire`: at
+        once (a disable rule), as TokenPool.refused."""
         if not self.online or "refuse" not in self._sha:
             return
         k, spec, key = self.keys, self.breaker.spec, token_key(token)
@@ -485,7 +521,8 @@ class SharedStore:
             try:
                 _marked, record, open_until, opened = await self._slow.evalsha(
                     self._sha["refuse"], 5, k.health, k.events, k.breaker, k.recent, k.before, EVENTS_KEPT, key,
-                    repr(self.clock()), repr(cooldown), repr(spec.window), spec.tokens, repr(spec.pause), self.origin,
+                    repr(self.clock()), repr(cooldown), repr(spec.window), spec.tokens, repr(spec.pause),
+                    repr(self.breaker.last_success), self.pool.retire_after, int(retire), self.origin,
                 )  # fmt: skip
                 self.background_trips += 1
             except FAILURES as e:
@@ -527,7 +564,8 @@ class SharedStore:
         k = self.keys
         args = [a for key, (n, sent) in successes.items() for a in (key, int(n), repr(sent))]
         try:
-            await self._slow.evalsha(self._sha["succeed"], 2, k.health, k.events, EVENTS_KEPT, repr(self.clock()), *args)
+            await self._slow.evalsha(self._sha["succeed"], 4, k.health, k.events, k.recent, k.before, EVENTS_KEPT,
+                                     repr(self.clock()), *args)
             self.background_trips += 1
         except FAILURES as e:
             if not _late(e):  # not sent, most likely (a late answer was probably counted): send them later

@@ -41,8 +41,9 @@ class StateSaver:
     def path(self) -> Path | None:
         return self.store.path if self.store is not None else None
 
-    def use(self, store: StateStore) -> None:
-        """Save to another state file from now on (what the old one still had to get is written first)."""
+    def use(self, store: StateStore | None) -> None:
+        """Save to another state file from now on, or (None) to none (what the old one still had to get
+        is written first)."""
         self.flush()
         self.store = store
 

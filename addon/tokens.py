@@ -4,9 +4,13 @@ The addon only ever reads the tokens file. Health is kept by a hash of each
 token, never by its line number, so editing, reordering or adding tokens keeps
 the health of the others; the rotation also follows token values.
 
-A token is active, cooling down (passed over until a time) or disabled (by
-hand). Cooling tokens are used only when no active token is left, the soonest
-ready first: a refusal never takes a token out of use for good.
+A token is active, cooling down (passed over until a time), on trial (its
+cooldown is over, and it has not worked since), retired (refused `retire_after`
+times in a row, or by a `disable` rule), disabled (by hand) or expired (a JWT,
+or a session value carrying one, past its expiry less `expiry_margin`: see
+expiry.py). Cooling tokens are used only when no usable one is left, the soonest
+ready first. Retired and disabled tokens are never drawn, until `tokens.enable`;
+expired ones never.
 
 Sizes: a tokens file can hold a million tokens. Reading it, hashing every token
 and indexing them happens where the file is read (off the event loop, see
@@ -20,6 +24,7 @@ loop over the tokens. Saving hands over only what changed since the last save.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import heapq
 import logging
@@ -29,11 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from addon.expiry import expires_at, might_expire
 from addon.masking import mask
 
 logger = logging.getLogger(__name__)
 
 GONE_GRACE = 24 * 3600.0  # seconds the health of a token no longer in the file is kept
+
+# why a token was retired (Health.retired_why; a number, as a shared store keeps it)
+IN_A_ROW, BY_RULE = 1, 2
 
 
 class TokensFileError(ValueError):
@@ -78,12 +87,14 @@ class TokenList:
     keys: tuple[str, ...]
     position: dict[str, int]  # token -> its place
     key_position: dict[str, int]  # key -> its place
+    expiry: dict[int, float]  # place -> when the token expires, for those that say (see expiry.py)
 
     @classmethod
     def of(cls, tokens: Sequence[str]) -> TokenList:
         tokens = tuple(tokens)
         keys = tuple(token_key(t) for t in tokens)
-        return cls(tokens, keys, {t: i for i, t in enumerate(tokens)}, {k: i for i, k in enumerate(keys)})
+        expiry = {i: at for i, t in enumerate(tokens) if might_expire(t) and (at := expires_at(t)) is not None}
+        return cls(tokens, keys, {t: i for i, t in enumerate(tokens)}, {k: i for i, k in enumerate(keys)}, expiry)
 
 
 def read_token_list(path: Path) -> TokenList:
@@ -103,16 +114,41 @@ class Health:
     disabled: bool = False
     successes: int = 0
     refusals: int = 0
+    in_a_row: int = 0  # refusals that cooled it down since it last worked
+    retired_at: float = 0.0  # 0: not retired
+    retired_why: int = 0  # IN_A_ROW or BY_RULE
+    expires_at: float = 0.0  # read from the token (not kept: see TokenList.expiry); set by TokenPool.status
+
+    @property
+    def out(self) -> bool:
+        """Never drawn: retired or disabled."""
+        return self.disabled or self.retired_at > 0
 
     def state(self, now: float) -> str:
         if self.disabled:
             return "disabled"
-        return "cooling" if self.cooling_until > now else "active"
+        if self.retired_at:
+            return "retired"
+        if self.cooling_until > now:
+            return "cooling"
+        return "on trial" if self.in_a_row else "active"
 
     @property
-    def record(self) -> tuple[float, float, bool, int, int]:
+    def retired_reason(self) -> str:
+        if self.retired_why == BY_RULE:
+            return "an on_response rule with action disable"
+        return f"refused {self.in_a_row} time(s) in a row"
+
+    @property
+    def record(self) -> tuple[float, float, bool, int, int, int, float, int]:
         """As a shared store keeps it (see put_health): no suffix, nothing of the token."""
-        return self.cooling_until, self.refused_at, self.disabled, self.successes, self.refusals
+        return (self.cooling_until, self.refused_at, self.disabled, self.successes, self.refusals,
+                self.in_a_row, self.retired_at, self.retired_why)  # fmt: skip
+
+    @property
+    def undo_point(self) -> tuple[float, int, float, int]:
+        """What a refusal changes that the breaker may put back (see TokenPool.restore)."""
+        return self.cooling_until, self.in_a_row, self.retired_at, self.retired_why
 
     def to_entry(self) -> dict[str, Any]:
         return {
@@ -122,6 +158,9 @@ class Health:
             "disabled": self.disabled,
             "successes": self.successes,
             "refusals": self.refusals,
+            "in_a_row": self.in_a_row,
+            "retired_at": self.retired_at,
+            "retired_why": self.retired_why,
         }
 
 
@@ -155,17 +194,23 @@ class TokenPool:
         strategy: str = "round_robin",
         cooldown: float = 300,
         clock: Callable[[], float] = time.time,
+        retire_after: int = 3,
+        expiry_margin: float = 60,
     ) -> None:
         self.strategy = strategy
         self.cooldown = cooldown
+        self.retire_after = retire_after  # refusals in a row that retire a token (0: never)
+        self.expiry_margin = expiry_margin  # seconds before its expiry that a token is no longer sent
         self.clock = clock
         self.on_change: Callable[[], None] = lambda: None  # health changed: persist it
         self.health: dict[str, Health] = {}  # only tokens something happened to
         self.list = TokenList.of(())
         self.listed_at = 0.0  # when this list replaced the one before
-        self._usable = bytearray()  # per place: 1 when neither cooling nor disabled
+        self._usable = bytearray()  # per place: 1 when neither cooling nor retired nor disabled
         self._cooling: list[tuple[float, int, str]] = []  # heap of (until, place, key); stale entries skipped
-        self._inactive: set[str] = set()  # keys that are cooling or disabled (cooling may have ended since)
+        self._expiring: list[tuple[float, int]] = []  # heap of (expires at, place) of the list in force
+        self._expired: set[str] = set()  # keys of the tokens past their expiry (less the margin)
+        self._inactive: set[str] = set()  # keys that are cooling, retired or disabled (cooling may have ended since)
         self._changed: set[str] = set()  # keys whose health changed since the last `take_changes`
         self._last: str | None = None
         self.replace(tokens)
@@ -180,6 +225,9 @@ class TokenPool:
         self.list, self.listed_at = new, now
         self._usable = bytearray(b"\x01") * len(new.tokens)
         self._cooling = []
+        self._expiring = [(at, i) for i, at in new.expiry.items()]
+        self._expired = set()
+        heapq.heapify(self._expiring)
         for key in list(self._inactive):
             self._classify(key, now)
         heapq.heapify(self._cooling)
@@ -192,20 +240,28 @@ class TokenPool:
     def _classify(self, key: str, now: float) -> None:
         """Put a token's place in the bitmap (and the heap) as its health says."""
         health = self.health.get(key)
-        cooling = health is not None and not health.disabled and health.cooling_until > now
-        if health is None or not (health.disabled or cooling):
+        cooling = health is not None and not health.out and health.cooling_until > now
+        if health is None or not (health.out or cooling):
             self._inactive.discard(key)
         else:
             self._inactive.add(key)
         i = self.list.key_position.get(key)
         if i is None:
             return
-        self._usable[i] = 0 if key in self._inactive else 1
+        self._usable[i] = 0 if key in self._inactive or key in self._expired else 1
         if cooling:
             heapq.heappush(self._cooling, (health.cooling_until, i, key))
 
     def _wake(self, now: float) -> None:
-        """Tokens whose cooldown has ended are usable again."""
+        """Tokens whose cooldown has ended are usable again; tokens that expire (less the margin) no longer are."""
+        while self._expiring and self._expiring[0][0] - self.expiry_margin <= now:
+            at, i = heapq.heappop(self._expiring)
+            key = self.list.keys[i]
+            self._expired.add(key)
+            self._usable[i] = 0
+            when = datetime.datetime.fromtimestamp(at).isoformat(" ", "seconds")
+            logger.info(f"tokens: {mask(self.list.tokens[i])} expired ({when}, less a margin of "
+                        f"{self.expiry_margin:g} s); it is no longer sent")
         while self._cooling and self._cooling[0][0] <= now:
             until, i, key = heapq.heappop(self._cooling)
             health = self.health.get(key)
@@ -268,8 +324,8 @@ class TokenPool:
             entry = heapq.heappop(self._cooling)
             until, i, key = entry
             health = self.health.get(key)
-            if health is None or health.cooling_until != until or health.disabled:
-                continue  # stale: the token's health changed since
+            if health is None or health.cooling_until != until or health.out or key in self._expired:
+                continue  # stale: the token's health changed since (or it expired)
             skipped.append(entry)
             if self.list.tokens[i] not in exclude:
                 found = self.list.tokens[i]
@@ -280,57 +336,68 @@ class TokenPool:
 
     # outcomes
 
-    def refused(self, token: str, retry_after: float | None = None) -> bool:
+    def refused(self, token: str, retry_after: float | None = None, retire: bool = False) -> bool:
         """The upstream refused `token`: it cools down for the cooldown or Retry-After,
-        whichever is longer. Returns False when it was cooling already (a refusal of
-        a request that was sent before the token was marked), which changes nothing."""
+        whichever is longer, and is retired when that makes `retire_after` refusals in a row
+        (`retire`: at once, a `disable` rule). Returns False when it was cooling already (a
+        refusal of a request that was sent before the token was marked), which changes
+        nothing but the count (and a `disable`)."""
         key, health = self._health(token)
         now = self.clock()
         health.refusals += 1
         self._changed.add(key)
-        if health.cooling_until > now:
-            self.on_change()
-            return False
-        health.cooling_until = now + max(self.cooldown, retry_after or 0)
-        health.refused_at = now
+        marked = health.cooling_until <= now
+        if marked:
+            health.cooling_until = now + max(self.cooldown, retry_after or 0)
+            health.refused_at = now
+            health.in_a_row += 1
+        if not health.retired_at and (retire or (marked and 0 < self.retire_after <= health.in_a_row)):
+            health.retired_at, health.retired_why = now, BY_RULE if retire else IN_A_ROW
         self._classify(key, now)
         self.on_change()
-        return True
+        return marked
 
     def succeeded(self, token: str, sent_at: float) -> None:
-        """A success proves a token works: it is active again if it was cooling, unless
-        the request that succeeded was sent before the refusal (a long stream, say)."""
+        """A success proves a token works: it is active again if it was cooling or on trial
+        (and its count of refusals in a row starts again), unless the request that succeeded
+        was sent before the refusal (a long stream, say). A retired token stays retired."""
         key, health = self._health(token)
         health.successes += 1
-        if sent_at > health.refused_at and health.cooling_until:
-            health.cooling_until = 0.0
+        if sent_at > health.refused_at and (health.cooling_until or health.in_a_row):
+            health.cooling_until, health.in_a_row = 0.0, 0
             self._classify(key, self.clock())
         self._changed.add(key)
         self.on_change()
 
-    def restore(self, cooling_until: dict[str, float]) -> None:
-        """Put cooldowns back as they were (the breaker undoes the refusals that opened it)."""
+    def restore(self, before: dict[str, float | tuple[float, int, float, int]]) -> None:
+        """Put cooldowns back as they were (the breaker undoes the refusals that opened it): a
+        cooldown end, or a Health.undo_point (the count in a row and a retirement too)."""
         now = self.clock()
-        for key, until in cooling_until.items():
+        for key, point in before.items():
             if key in self.health:
-                self.health[key].cooling_until = until
+                h = self.health[key]
+                if isinstance(point, tuple):
+                    h.cooling_until, h.in_a_row, h.retired_at, h.retired_why = point
+                else:
+                    h.cooling_until = point
                 self._classify(key, now)
                 self._changed.add(key)
         self.on_change()
 
     def put_health(self, key: str, record: Sequence[float]) -> None:
         """Take a token's health as another place keeps it (a shared store): cooling_until, refused_at,
-        disabled, successes, refusals. Not a change of this proxy's: nothing is saved for it. Ignored
-        for a token not in the file."""
+        disabled, successes, refusals, in_a_row, retired_at, retired_why. Not a change of this proxy's:
+        nothing is saved for it. Ignored for a token not in the file."""
         i = self.list.key_position.get(key)
         if i is None:
             return
         health = self.health.get(key)
         if health is None:
             health = self.health[key] = Health(mask(self.list.tokens[i]))
-        cooling_until, refused_at, disabled, successes, refusals = record
+        cooling_until, refused_at, disabled, successes, refusals, in_a_row, retired_at, why = record
         health.cooling_until, health.refused_at, health.disabled = float(cooling_until), float(refused_at), bool(disabled)
         health.successes, health.refusals = int(successes), int(refusals)
+        health.in_a_row, health.retired_at, health.retired_why = int(in_a_row), float(retired_at), int(why)
         self._classify(key, self.clock())
 
     def changed_here(self, key: str) -> None:
@@ -345,7 +412,7 @@ class TokenPool:
 
     @property
     def inactive(self) -> frozenset[str]:
-        """The keys of the tokens that are cooling or disabled (cooling may have ended since)."""
+        """The keys of the tokens that are cooling, retired or disabled (cooling may have ended since)."""
         return frozenset(self._inactive)
 
     def keys_ending(self, suffix: str) -> list[str]:
@@ -365,6 +432,7 @@ class TokenPool:
         ]
 
     def set_disabled(self, suffix: str, disabled: bool) -> list[Health]:
+        """Disable by hand; or enable: in use again, a retired token too (its count in a row starts again)."""
         suffix = suffix.lstrip("…").lstrip(".")
         found = []
         now = self.clock()
@@ -372,6 +440,8 @@ class TokenPool:
             if suffix and t.endswith(suffix):
                 key, health = self._health(t)
                 health.disabled = disabled
+                if not disabled:
+                    health.retired_at, health.retired_why, health.in_a_row = 0.0, 0, 0
                 self._classify(key, now)
                 self._changed.add(key)
                 found.append(health)
@@ -380,21 +450,28 @@ class TokenPool:
         return found
 
     def reset(self) -> None:
-        """Clear every cooldown (disabled tokens stay disabled)."""
+        """Clear every cooldown, and every count of refusals in a row (disabled and retired tokens stay so)."""
         now = self.clock()
-        for key in list(self._inactive):
-            self.health[key].cooling_until = 0.0
-            self._classify(key, now)
-            self._changed.add(key)
+        for key, health in self.health.items():
+            if health.cooling_until or health.in_a_row:
+                health.cooling_until, health.in_a_row = 0.0, 0
+                self._classify(key, now)
+                self._changed.add(key)
         self.on_change()
 
     def status(self) -> list[tuple[str, Health]]:
-        """(state, health) of each token in the file, in file order."""
+        """(state, health) of each token in the file, in file order; an expired token's state is
+        "expired" (unless it is disabled or retired), and its health has its `expires_at`."""
         now = self.clock()
+        self._wake(now)
         rows = []
-        for token, key in zip(self.list.tokens, self.list.keys):
+        for i, (token, key) in enumerate(zip(self.list.tokens, self.list.keys)):
             health = self.health.get(key) or Health(mask(token))
-            rows.append((health.state(now), health))
+            health.expires_at = self.list.expiry.get(i, 0.0)
+            state = health.state(now)
+            if key in self._expired and state not in ("disabled", "retired"):
+                state = "expired"
+            rows.append((state, health))
         return rows
 
     def _health(self, token: str) -> tuple[str, Health]:
@@ -438,7 +515,7 @@ class TokenPool:
         now = self.clock()
         self.health.update(health)
         for key, h in health.items():
-            if h.disabled or h.cooling_until > now:
+            if h.out or h.cooling_until > now:
                 self._classify(key, now)
 
 
@@ -454,6 +531,9 @@ def health_from_state(state: dict[str, Any]) -> dict[str, Health]:
                 disabled=bool(entry["disabled"]),
                 successes=int(entry["successes"]),
                 refusals=int(entry["refusals"]),
+                in_a_row=int(entry.get("in_a_row", 0)),  # not in a state file written before retirement
+                retired_at=float(entry.get("retired_at", 0.0)),
+                retired_why=int(entry.get("retired_why", 0)),
             )
         except (KeyError, TypeError, ValueError):
             logger.warning(f"tokens: skipped a malformed entry in the state file ({key[:8]}…)")

@@ -8,7 +8,7 @@ from collections.abc import Collection
 
 from mitmproxy import http
 
-from addon.config import PASS, ROTATE, ResponseRule
+from addon.config import DISABLE, PASS, ROTATE, ResponseRule
 from addon.decoding import decode_body
 from addon.template import TOKEN
 
@@ -21,7 +21,7 @@ def applies(rule: ResponseRule | None, injected: Collection[str]) -> bool:
     refreshing, one of the values it refreshes."""
     if rule is None:
         return False
-    if rule.action == ROTATE:
+    if rule.action in (ROTATE, DISABLE):
         return TOKEN in injected
     return any(name in injected for name in rule.refreshes)
 

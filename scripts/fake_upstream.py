@@ -91,6 +91,7 @@ class ProtectedAPI:
     rejected_captchas: set[str] = field(default_factory=set)  # refused as "recaptcha validation failed"
     retry_after: str | None = None  # sent with every refusal of an account token
     refuse_all: str | None = None  # refuse every request with this message (like an IP ban)
+    revoked: set[str] = field(default_factory=set)  # account tokens answered 401 "session revoked" (not 403)
     refusal_delay: float = 0.0  # seconds a refusal waits before it is sent (keeps requests in flight with one token)
     padding: dict[int, int] = field(default_factory=dict)  # status -> bytes of filler in JSON answers
     # the chat front-end under /nextjs-api/stream/: the cf_clearance cookies it accepts (None: it asks for
@@ -137,6 +138,9 @@ class ProtectedAPI:
             payload = {}
         streaming = isinstance(payload, dict) and payload.get("stream") is True
         refusal = self.refusal(rec, streaming) if self.protect else None
+        if refusal == "unknown account" and rec.cookie("session") in self.revoked:
+            rec.status = 401
+            return await self._json(send, 401, {"error": {"message": "session revoked", "type": "unauthorized"}})
         if refusal:
             rec.status = 403
             extra = [(b"retry-after", self.retry_after.encode())] if self.retry_after and refusal == "unknown account" else []

@@ -81,6 +81,7 @@ tokens:
   strategy: round_robin
   max_attempts: {max_attempts}
   cooldown: 0       # a refused token comes round again: one request in ten keeps being refused
+  retire_after: 0   # and is never retired
   breaker: {{tokens: 5, window: 60, pause: 300}}   # only 2 tokens are ever refused: it never opens
 captcha: {{file: captcha.txt, ttl: 300}}
 """

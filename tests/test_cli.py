@@ -32,7 +32,7 @@ def test_schema_knows_every_key_and_forbids_others():
     assert set(source["properties"]) == {"file", "env", "command", "ttl", "timeout", "wait", "secret"}
     assert schema["properties"]["captcha"]["properties"] == source["properties"]
     response_rule = schema["properties"]["on_response"]["items"]
-    assert response_rule["properties"]["action"]["enum"] == ["rotate", "refresh", "refresh_captcha", "pass"]
+    assert response_rule["properties"]["action"]["enum"] == ["rotate", "disable", "refresh", "refresh_captcha", "pass"]
     assert set(response_rule["properties"]) == {"match", "action", "values"}
     strategy = schema["properties"]["tokens"]["properties"]["strategy"]
     assert strategy["enum"] == ["round_robin", "sticky"]

@@ -102,3 +102,23 @@ def test_values_refresh_names_the_value(tctx, tmp_path):
     assert (tmp_path / "runs.txt").read_text() == "run\nrun\n"
     with pytest.raises(exceptions.CommandError, match=r"^no value named 'cf' \(the rules file has captcha\)$"):
         run(tctx, "values.refresh cf")
+
+
+def test_status_tells_on_trial_retired_and_expired_apart(tctx, tmp_path):
+    from test_expiry import jwt
+
+    expired = jwt({"exp": 1_000_000}, "sig9")
+    (tmp_path / "tokens.txt").write_text("\n".join([*TOKENS, expired]) + "\n")
+    tctx.loader.reload_tokens()
+    pool = tctx.loader.tokens
+    pool.refused(TOKENS[0])
+    pool.health[pool.list.keys[0]].cooling_until = 1.0  # its cooldown is over; it has not worked since
+    pool.refused(TOKENS[1], retire=True)
+    when = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    rows = run(tctx, "tokens.status")
+    assert re.fullmatch(r"…1111  on trial +0 ok +1 refused", rows[0])
+    assert re.fullmatch(rf"…2222  retired {when} +0 ok +1 refused", rows[1])
+    assert rows[2].startswith("…3333  active ")
+    assert re.fullmatch(rf"…sig9  expired {when} +0 ok +0 refused", rows[3])
+    run(tctx, "tokens.enable 2222")
+    assert run(tctx, "tokens.status")[1].startswith("…2222  cooling until ")  # back; its refusal's cooldown runs on

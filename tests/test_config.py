@@ -244,7 +244,7 @@ BAD = [
     (R + "captcha: {env: HOME, ttl: -1}\n", "4:27: captcha.ttl: expected a number of at least 0, got -1"),
     # recovery: tokens settings and on_response rules
     (R + "on_response: [{match: {status: 403}, action: retry}]\n",
-     "4:46: on_response[0].action: expected one of rotate, refresh, refresh_captcha, pass; got 'retry'"),
+     "4:46: on_response[0].action: expected one of rotate, disable, refresh, refresh_captcha, pass; got 'retry'"),
     (R + "on_response: [{match: {status: 403, body: '('}, action: rotate}]\n",
      "4:43: on_response[0].match.body: bad regular expression '(': missing ): ("),
     # body regexes run on RE2 (linear time): what it cannot run is refused when the file loads

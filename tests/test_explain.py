@@ -108,3 +108,15 @@ def test_explain_says_when_the_body_is_not_a_json_object(tmp_path):
     config = load_config(write_rules(tmp_path, "rules:\n  - match: {host: a.example}\n    body: {a: 1}\n"))
     lines = list(explain(config, make_flow("POST", "http://a.example/x", [], "a=1"), {}))
     assert lines[-1] == "  note: body not edited by rules[0]: the body is not JSON"
+
+
+def test_explain_says_what_a_disable_rule_would_do(tmp_path):
+    from mitmproxy.test import tutils
+
+    rules = ("rules:\n  - match: {host: a.example}\n    headers: {Authorization: 'Bearer {token}'}\n"
+             "tokens: {file: tokens.txt}\non_response:\n  - match: {status: 401}\n    action: disable\n")  # fmt: skip
+    config = load_config(write_rules(tmp_path, rules))
+    f = make_flow("GET", "http://a.example/x", [], "")
+    f.response = tutils.tresp(status_code=401)
+    lines = list(explain(config, f, {"token": "…1111"}))
+    assert lines[-1] == "  response 401: disable: retire this token, then retry with the next one (and a fresh captcha value)"

@@ -173,3 +173,38 @@ def test_limits_must_be_positive(option, value):
         with pytest.raises(exceptions.OptionsError) as e:
             tctx.configure(pipeline, **{option: value})
         assert str(e.value) == f"{option} must be a positive number of seconds"
+
+
+DISABLE_RULES = RULES + """\
+on_response:
+  - match: {status: 401}
+    action: disable
+  - match: {status: 403}
+    action: rotate
+"""
+
+
+@pytest.mark.parametrize("status, action", [(401, Action(ROTATE, retire=True)), (403, Action(ROTATE)), (200, None)])
+def test_a_disable_rule_asks_for_a_rotation_that_retires_the_token(tmp_path, status, action):
+    (tmp_path / "fetch.sh").write_text("#!/bin/sh\necho cap-recovery-test\n")
+    (tmp_path / "fetch.sh").chmod(0o755)
+    loader = RulesLoader()
+    addon = Recovery(loader, Rewriter(loader))
+    with taddons.context(loader, addon) as tctx:
+        tctx.configure(loader, rules=str(write_rules(tmp_path, DISABLE_RULES)))
+        assert addon._action(loader.config, tflow.tresp(status_code=status), dict(SENT)) == action
+
+
+def test_a_retirement_is_logged_once_with_the_last_four_characters(recover, caplog):
+    response = tflow.tresp(status_code=401)
+    pool = recover.state.tokens
+    with caplog.at_level("INFO"):
+        recover._refused(TOKENS[0], response, retire=True)
+        recover._refused(TOKENS[0], response, retire=True)  # a second answer of one in flight
+    assert pool.status()[0][0] == "retired"
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert [r.getMessage() for r in warnings] == [
+        f"tokens: …{TOKENS[0][-4:]} retired (an on_response rule with action disable, the last 401); it is not used "
+        f"again until tokens.enable …{TOKENS[0][-4:]}"
+    ]
+    assert TOKENS[0] not in caplog.text

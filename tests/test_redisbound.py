@@ -186,8 +186,9 @@ def test_parse_record_ignores_records_that_are_not_sane_numbers(record, caplog, 
 
 
 def test_parse_record_reads_a_good_one():
-    assert parse_record("1765000000.5 1764999000.25 1 3 2") == (1765000000.5, 1764999000.25, True, 3, 2)
-    assert parse_record("0.0 0.0 0 0 0") == (0.0, 0.0, False, 0, 0)
+    assert parse_record("1765000000.5 1764999000.25 1 3 2") == (1765000000.5, 1764999000.25, True, 3, 2, 0, 0.0, 0)
+    assert parse_record("0.0 0.0 0 0 0") == (0.0, 0.0, False, 0, 0, 0, 0.0, 0)
+    assert parse_record("0.0 0.0 0 4 1 1 1765000000.5 2") == (0.0, 0.0, False, 4, 1, 1, 1765000000.5, 2)  # retirement
 
 
 def test_a_hostile_record_in_a_real_redis_is_ignored_with_one_warning(redis_server, caplog, monkeypatch):

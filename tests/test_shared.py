@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from addon.breaker import Breaker
+from addon.breaker import Breaker, refuse_here
 from addon.config import BreakerSpec, StoreSpec, ValueSpec, load_config
 from addon import shared as shared_module
 from addon.shared import OP_TIMEOUT, SharedStore
@@ -37,15 +37,10 @@ def run(main):
     return asyncio.run(main())
 
 
-def refuse(s: SharedStore, token: str) -> bool:
+def refuse(s: SharedStore, token: str, retire: bool = False) -> bool:
     """A refusal as the recovery judges it (addon/recovery.py `_refused`): here at once, then in Redis."""
-    key = token_key(token)
-    before = s.pool.health[key].cooling_until if key in s.pool.health else 0.0
-    marked = s.pool.refused(token)
-    undo = s.breaker.refused(key, before)
-    if undo is not None:
-        s.pool.restore(undo)
-    s.refused(token, None)
+    marked = refuse_here(s.pool, s.breaker, token, None, retire)
+    s.refused(token, None, retire)
     return marked
 
 
@@ -203,6 +198,43 @@ def test_disable_and_reset_by_hand_hold_everywhere(redis_server):
     assert TOKENS[1] not in first and TOKENS[2] not in first
     assert TOKENS[1] not in after and TOKENS[2] in after  # reset ends cooldowns, not a disable
     assert TOKENS[1] in enabled
+
+
+def test_a_retirement_holds_everywhere_until_an_enable(redis_server):
+    async def main():
+        a, b = store(redis_server.url), store(redis_server.url)
+        await started(a, b)
+        refuse(a, TOKENS[0], retire=True)  # an on_response rule with action disable
+        await eventually(lambda: b.pool.status()[0][0] == "retired", "retired on b")
+        retired = [b.draw() for _ in range(6)], b.pool.status()[0][0]
+        a.set_disabled(TOKENS[0][-6:], False)  # tokens.enable
+        await eventually(lambda: b.pool.status()[0][0] != "retired", "enabled on b")
+        enabled = b.pool.status()[0][0], a.pool.status()[0][0]
+        a.stop(), b.stop()
+        return retired, enabled
+
+    (drawn, state), enabled = run(main)
+    assert TOKENS[0] not in drawn and state == "retired"
+    assert enabled == ("cooling", "cooling")  # no longer retired; its refusal's cooldown runs on
+
+
+def test_records_written_before_retirement_still_load(redis_server):
+    """A store written by the version before (5 fields a record) is read, and refusals extend its records."""
+    old = store(redis_server.url)
+    key = token_key(TOKENS[0])
+    redis_server.client().hset(old.keys.health, key, "9999999999.5 1000.25 0 7 2")
+
+    async def main():
+        a = store(redis_server.url)
+        await started(a)
+        read = a.pool.health[key].record
+        refuse(a, TOKENS[1])
+        await a.settled()
+        a.stop()
+        return read
+
+    assert run(main) == (9999999999.5, 1000.25, False, 7, 2, 0, 0.0, 0)
+    assert len(redis_server.client().hget(old.keys.health, token_key(TOKENS[1])).split()) == 8
 
 
 def test_redis_gone_then_back(redis_server, caplog):

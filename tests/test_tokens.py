@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from addon.tokens import TokenList, TokenPool, TokensFileError, read_tokens, token_key
+from addon.masking import mask
+from addon.tokens import Health, TokenList, TokenPool, TokensFileError, health_from_state, read_tokens, token_key
 
 
 def test_read_tokens_skips_blanks_comments_bom_and_repeats(tmp_path):
@@ -71,7 +72,9 @@ def test_refused_token_cools_down_and_comes_back(clock):
     assert pool.refused("a") is True
     assert pool.draw() == "b"  # sticky moves on
     assert [s for s, _ in pool.status()] == ["cooling", "active", "active"]
-    clock.now += 301
+    clock.now += 301  # usable again, but not active until it works
+    assert [s for s, _ in pool.status()] == ["on trial", "active", "active"]
+    pool.succeeded("a", clock.now)
     assert [s for s, _ in pool.status()] == ["active", "active", "active"]
 
 
@@ -159,9 +162,82 @@ def test_success_of_a_request_sent_before_the_refusal_keeps_the_cooldown(clock):
 
 def test_restore_puts_cooldowns_back(clock):
     pool = TokenPool(["a", "b"], clock=clock)
+    before = Health("…").undo_point
     pool.refused("a")
-    pool.restore({token_key("a"): 0.0, "unknown-key": 5.0})
+    pool.restore({token_key("a"): before, "unknown-key": before})
     assert [s for s, _ in pool.status()] == ["active", "active"]
+    assert pool.health[token_key("a")].refusals == 1  # counted, not blamed
+
+
+# retirement: refused `retire_after` times in a row (each one after a cooldown)
+
+def refused_after_cooldowns(pool, clock, token, times):
+    for _ in range(times):
+        pool.refused(token)
+        clock.now += pool.cooldown + 1
+
+
+def test_a_token_refused_retire_after_times_in_a_row_is_retired_for_good(clock):
+    pool = TokenPool(["a", "b"], cooldown=10, clock=clock, retire_after=3)
+    refused_after_cooldowns(pool, clock, "a", 2)
+    assert pool.status()[0][0] == "on trial"
+    pool.refused("a")
+    state, health = pool.status()[0]
+    assert (state, health.retired_reason, health.retired_at > 0) == ("retired", "refused 3 time(s) in a row", True)
+    clock.now += 10_000
+    assert {pool.draw() for _ in range(4)} == {"b"}
+    assert pool.replacement("b", exclude=()) is None  # not even when no other token is left
+    pool.set_disabled("a", False)  # tokens.enable brings it back, its count started again
+    assert pool.status()[0][0] == "active" and pool.health[token_key("a")].in_a_row == 0
+
+
+def test_a_success_starts_the_count_again_and_refusals_while_cooling_do_not_count(clock):
+    pool = TokenPool(["a"], cooldown=10, clock=clock, retire_after=3)
+    refused_after_cooldowns(pool, clock, "a", 2)
+    pool.succeeded("a", clock.now)
+    pool.refused("a")
+    pool.refused("a")  # in flight before it was marked: counted as a refusal, not in the row
+    pool.refused("a")
+    clock.now += 11
+    refused_after_cooldowns(pool, clock, "a", 1)
+    assert pool.status()[0][0] == "on trial" and pool.health[token_key("a")].in_a_row == 2
+
+
+@pytest.mark.parametrize("retire_after", [0, 1])
+def test_retire_after_zero_is_never_and_one_is_the_first_refusal(clock, retire_after):
+    pool = TokenPool(["a"], cooldown=10, clock=clock, retire_after=retire_after)
+    refused_after_cooldowns(pool, clock, "a", 1 if retire_after else 20)
+    assert pool.status()[0][0] == ("retired" if retire_after else "on trial")
+
+
+def test_a_disable_rule_retires_at_once_even_a_cooling_token(clock):
+    pool = TokenPool(["a", "b"], cooldown=10, clock=clock, retire_after=3)
+    pool.refused("a")
+    assert pool.refused("a", retire=True) is False  # cooling already: not marked again, but retired
+    health = pool.health[token_key("a")]
+    assert (pool.status()[0][0], health.retired_reason) == ("retired", "an on_response rule with action disable")
+
+
+def test_retirement_is_kept_in_the_state_and_old_entries_load(clock):
+    pool = TokenPool(["a", "b"], cooldown=10, clock=clock, retire_after=1)
+    pool.refused("a")
+    pool.refused("b")
+    clock.now += 11
+    fresh = TokenPool(["a", "b"], clock=clock)
+    fresh.load_state(pool.to_state())
+    assert [s for s, _ in fresh.status()] == ["retired", "retired"]
+    old = {"k": {"suffix": "…1111", "cooling_until": 5.0, "refused_at": 1.0, "disabled": False, "successes": 2, "refusals": 1}}
+    assert health_from_state(old)["k"] == Health("…1111", 5.0, 1.0, False, 2, 1)  # written before retirement
+
+
+def test_status_tells_the_states_apart(clock):
+    pool = TokenPool(["a", "b", "c", "d", "e"], cooldown=10, clock=clock, retire_after=1)
+    pool.retire_after = 2
+    refused_after_cooldowns(pool, clock, "b", 1)  # on trial
+    pool.refused("a")  # cooling
+    pool.refused("c", retire=True)
+    pool.set_disabled("d", True)
+    assert [s for s, _ in pool.status()] == ["cooling", "on trial", "retired", "disabled", "active"]
 
 
 def test_disabled_tokens_are_never_drawn(clock):
@@ -309,3 +385,33 @@ def test_a_new_list_and_a_save_cost_what_changed_not_all_tokens(big_list, clock)
     assert len(changes) == 3 and lines < 100
     lines, _ = python_lines(pool.replace, TokenList.of(BIG[:2]))  # 99,998 tokens leave: nothing per token now
     assert lines < 200
+
+
+# expiry: a token that says when it expires (see test_expiry.py) is not drawn after that, less the margin
+
+def test_an_expired_token_is_passed_over_and_status_says_when(clock, caplog):
+    from test_expiry import jwt
+
+    soon, later = jwt({"exp": clock.now + 100}), jwt({"exp": clock.now + 10_000})
+    pool = TokenPool([soon, "plain-token-0001", later], clock=clock, expiry_margin=60)
+    assert [pool.draw() for _ in range(3)] == [soon, "plain-token-0001", later]
+    clock.now += 41  # 59 s before it expires: within the margin
+    with caplog.at_level("INFO"):
+        assert [pool.draw() for _ in range(4)] == ["plain-token-0001", later] * 2
+        assert pool.replacement(later, exclude={"plain-token-0001"}) is None  # never, not even as a last resort
+    state, health = pool.status()[0]
+    assert (state, health.expires_at) == ("expired", clock.now + 59)
+    assert caplog.text.count(f"tokens: {mask(soon)} expired (") == 1 and soon not in caplog.text
+    clock.now += 10_000
+    assert pool.draw() == "plain-token-0001" and [s for s, _ in pool.status()] == ["expired", "active", "expired"]
+
+
+def test_an_expired_and_cooling_token_is_not_the_last_resort(clock):
+    from test_expiry import jwt
+
+    token = jwt({"exp": clock.now + 100})
+    pool = TokenPool([token], clock=clock, cooldown=300, expiry_margin=0)
+    pool.refused(token)
+    assert pool.draw() == token  # cooling, the only one: still the last resort
+    clock.now += 101
+    assert pool.draw() is None

@@ -103,6 +103,7 @@ def fresh(server: UpstreamServer) -> UpstreamServer:
     app.received.clear()
     app.tokens = set(TOKENS)
     app.rejected_captchas = set()
+    app.revoked = set()
     app.retry_after = app.refuse_all = app.stall_after = None
     app.refusal_delay = 0.0
     app.padding = {}

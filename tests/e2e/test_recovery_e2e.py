@@ -246,11 +246,32 @@ def test_breaker_stops_rotation_when_every_token_is_refused(make_rules, start_pr
     assert passed.cookie("session") == TOKENS[1]
     proxy.stop()
     log = proxy.log()
-    assert log.count("3 different tokens were refused within 60 s; the cause is probably not the tokens") == 1
+    assert log.count("3 different tokens were refused within 60 s and none worked in between; the cause is probably "
+                     "not the tokens") == 1
     health = state(rules)
     assert _key("tok-delta-0000000004444") not in health  # never drawn: no record, so active
     assert [health[_key(t)]["refusals"] for t in TOKENS] == [1, 1, 1]  # counted (not while open), ...
     assert [health[_key(t)]["cooling_until"] for t in TOKENS] == [0, 0, 0]  # ... but no good token cooled
+
+
+def test_revoked_tokens_among_good_ones_cool_down_and_the_breaker_stays_closed(make_rules, start_proxy, upstream):
+    """Issue 22: 6 tokens of which 3 are revoked, round robin, the default breaker (3 tokens in 60 s).
+    The good tokens' successes between the refusals put the blame on the revoked ones."""
+    revoked = [f"tok-revoked-00000000000{n}" for n in range(3)]
+    tokens = [t for pair in zip(TOKENS, revoked) for t in pair]  # good, revoked, good, revoked, ...
+    rules = make_rules(breaker=3, tokens=tokens)
+    proxy = start(start_proxy, rules)
+    with httpx.Client(proxy=proxy.url, timeout=60) as client:
+        statuses = [client.post(f"http://127.0.0.1:{upstream.port}/v1/chat/completions", content=BODY).status_code
+                    for _ in range(200)]  # fmt: skip
+    assert statuses == [200] * 200
+    sent = [r.cookie("session") for r in upstream.app.received]
+    assert [sent.count(t) for t in revoked] == [1, 1, 1]  # each refused once, then passed over
+    proxy.stop()
+    assert "different tokens were refused" not in proxy.log()
+    health = state(rules)
+    for t in revoked:
+        assert health[_key(t)]["refusals"] == 1 and health[_key(t)]["cooling_until"] > time.time()
 
 
 def test_token_health_survives_a_restart(make_rules, start_proxy, upstream):
