@@ -48,6 +48,7 @@ class Pipeline:
         self.recovery.configure(updated)
 
     async def running(self) -> None:
+        self.options_check.running()
         await self.guard.running()
         self.rules.running()
 

@@ -8,14 +8,23 @@ left out of the addon chain and the proxy runs on without it, rewriting nothing 
 saying nothing. This part looks, right after the script has loaded, for options that
 exist now but are still deferred, and logs mitmproxy's own error for them; at start-up
 mitmproxy's error check then stops the proxy with exit status 1.
+
+An option no addon declares (`--set retry_timout=30`) stays deferred for ever, in silence.
+Once every script has loaded (the `running` hook: mitmproxy loads the scripts while it reads its
+options, before it runs), a `--set` option that is still unknown is an error naming the nearest
+known one, and the start stops the same way. Options from mitmproxy's config.yaml only get a
+warning: one file often serves mitmdump and mitmweb, whose options each other does not know. They
+are told apart by what mitmproxy keeps: `--set` values unconverted, in `optmanager._UnconvertedStrings`
+(11.0.2, 12.3.1); without that class every unknown option is an error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
 
-from mitmproxy import ctx, exceptions
+from mitmproxy import ctx, exceptions, optmanager
 
 logger = logging.getLogger(__name__)
 
@@ -41,3 +50,16 @@ class OptionCheck:
             f"mitmproxy could not set the rules addon's options: {problem} (not applied: {', '.join(stuck)}). "
             "The rules addon is not running: requests would pass unchanged. Give each option once, with a valid value."
         )
+
+    def running(self) -> None:
+        unknown = sorted((name, value) for name, value in ctx.options.deferred.items() if name not in ctx.options)
+        given = getattr(optmanager, "_UnconvertedStrings", object)
+        for name, value in unknown:
+            near = difflib.get_close_matches(name, list(ctx.options.keys()), n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            if given is object or isinstance(value, given):
+                logger.error(f"unknown option {name} (--set {name}=…): neither mitmproxy nor a script it loaded has "
+                             f"it{hint}. The proxy does not start with an option it would ignore.")  # fmt: skip
+            else:
+                logger.warning(f"unknown option {name} in mitmproxy's config.yaml: neither mitmproxy nor a script "
+                               f"it loaded has it{hint}; it is ignored")  # fmt: skip
