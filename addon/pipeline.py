@@ -48,9 +48,9 @@ class Pipeline:
         self.recovery.configure(updated)
 
     async def running(self) -> None:
-        self.options_check.running()
         await self.guard.running()
         self.rules.running()
+        self.options_check.running()
 
     def done(self) -> None:
         self.rules.done()
