@@ -160,7 +160,7 @@ def stand_in_values(config: Config) -> dict[str, str]:
     return values
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0 and C1 controls, DEL, line and paragraph separators
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0 and C1 controls, DEL, line and paragraph separators
 
 
 def printable(text: str) -> str:

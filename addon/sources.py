@@ -10,8 +10,9 @@ other than the one turned down: a command runs again; a file is read again, wait
 seconds for it to change (a browser script that solves a challenge rewrites it). Every refusal of
 the same value waits for the same refresh. A refresh that fails, or brings back the value turned
 down, gives None. A failed fetch is logged and yields None; the request then goes on without what
-needed it. A command's run is bounded in time (`timeout`) and output (MAX_OUTPUT); see `_run`. Values are secrets: the log shows at most their last four characters, unless the spec
-says `secret: false`.
+needed it. A command's run is bounded in time (`timeout`) and output (MAX_OUTPUT); see `_run`.
+Values are secrets: the log shows at most their last four characters, unless the spec says
+`secret: false`.
 
 On a shared store (`tokens.store`, addon/shared.py), a command with a ttl runs on one proxy at a
 time: the others wait for its value and take it, with what is left of its ttl, from Redis.

@@ -45,9 +45,9 @@ def read_tokens(path: Path) -> tuple[str, ...]:
     """One token per line; blank lines and lines starting with # are skipped.
 
     A byte-order mark, Windows line endings and repeated tokens are tolerated
-    (a repeat is used once). Lines end at `\n` (or `\r\n`) only: a line that holds
-    any other control character (`\v`, `\f`, `\x1c`, `\x85`, U+2028, a lone `\r`, a tab
-    inside the token...) is skipped with a warning that names the file and line.
+    (a repeat is used once). Lines end at LF (or CR LF) only: a line that holds any
+    other control character (VT, FF, U+001C, U+0085, U+2028, a lone CR, a tab inside
+    the token...) is skipped with a warning that names the file and line.
 
     Raises:
         TokensFileError: the file is missing, unreadable or not UTF-8.
@@ -74,7 +74,7 @@ def read_tokens(path: Path) -> tuple[str, ...]:
     return tuple(tokens)
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0 and C1 controls, DEL, line and paragraph separators
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0 and C1 controls, DEL, line and paragraph separators
 
 
 def token_key(token: str) -> str:
