@@ -12,10 +12,11 @@ mitmproxy's error check then stops the proxy with exit status 1.
 An option no addon declares (`--set retry_timout=30`) stays deferred for ever, in silence.
 Once every script has loaded (the `running` hook: mitmproxy loads the scripts while it reads its
 options, before it runs), a `--set` option that is still unknown is an error naming the nearest
-known one, and the start stops the same way. Options from mitmproxy's config.yaml only get a
-warning: one file often serves mitmdump and mitmweb, whose options each other does not know. They
-are told apart by what mitmproxy keeps: `--set` values unconverted, in `optmanager._UnconvertedStrings`
-(11.0.2, 12.3.1); without that class every unknown option is an error.
+known one, and the start stops the same way. Two kinds only get a warning: options of another of
+mitmproxy's tools (`--set flow_detail=0`, mitmdump's, given to mitmweb: one command line or
+config.yaml often serves them all), and options from mitmproxy's config.yaml. They are told apart
+from `--set` by what mitmproxy keeps: `--set` values unconverted, in `optmanager._UnconvertedStrings`
+(11.0.2, 12.3.1); without that class every unknown option counts as given with `--set`.
 """
 
 from __future__ import annotations
@@ -52,14 +53,34 @@ class OptionCheck:
         )
 
     def running(self) -> None:
+        known = list(ctx.options.keys())
         unknown = sorted((name, value) for name, value in ctx.options.deferred.items() if name not in ctx.options)
         given = getattr(optmanager, "_UnconvertedStrings", object)
         for name, value in unknown:
-            near = difflib.get_close_matches(name, list(ctx.options.keys()), n=1)
+            tool = _other_tool(name, known)
+            near = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean {near[0]}?)" if near else ""
-            if given is object or isinstance(value, given):
+            if tool is not None:
+                logger.warning(f"option {name} is one of {tool}'s; this tool of mitmproxy ignores it")
+            elif given is object or isinstance(value, given):
                 logger.error(f"unknown option {name} (--set {name}=…): neither mitmproxy nor a script it loaded has "
                              f"it{hint}. The proxy does not start with an option it would ignore.")  # fmt: skip
             else:
                 logger.warning(f"unknown option {name} in mitmproxy's config.yaml: neither mitmproxy nor a script "
                                f"it loaded has it{hint}; it is ignored")  # fmt: skip
+
+
+# mitmproxy's tools, each with an option only it declares and the prefixes of the options only it declares
+TOOLS = {
+    "mitmdump": ("flow_detail", ("flow_detail", "dumper_")),
+    "mitmweb": ("web_port", ("web_",)),
+    "mitmproxy's console": ("console_layout", ("console_",)),
+}
+
+
+def _other_tool(name: str, known: list[str]) -> str | None:
+    """The tool of mitmproxy's that declares this option, when it is not the one running."""
+    for tool, (mark, prefixes) in TOOLS.items():
+        if name.startswith(prefixes) and mark not in known:
+            return tool
+    return None

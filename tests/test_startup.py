@@ -38,3 +38,16 @@ def test_options_that_are_known_are_not_reported(caplog):
         tctx.options.set("retry_timeout=30", defer=True)
         pipeline.options_check.running()
     assert caplog.records == []
+
+
+def test_an_option_of_another_of_mitmproxys_tools_is_a_warning(caplog):
+    pipeline = Pipeline()
+    with taddons.context(pipeline) as tctx:  # mitmproxy's core options only: no dumper, web or console
+        tctx.options.set("flow_detail=0", "web_port=8081", "console_layout=single", "dumper_filtr=~q", defer=True)
+        pipeline.options_check.running()
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "option console_layout is one of mitmproxy's console's; this tool of mitmproxy ignores it"),
+        (logging.WARNING, "option dumper_filtr is one of mitmdump's; this tool of mitmproxy ignores it"),
+        (logging.WARNING, "option flow_detail is one of mitmdump's; this tool of mitmproxy ignores it"),
+        (logging.WARNING, "option web_port is one of mitmweb's; this tool of mitmproxy ignores it"),
+    ]
