@@ -9,7 +9,7 @@ from pathlib import Path
 
 from addon.check import check
 from addon.config import json_schema, load_config
-from addon.explain import InputError, explain, requests_from_args, stand_in_values
+from addon.explain import InputError, explain, printable, requests_from_args, stand_in_values
 from addon.schema import RulesError, RulesErrors
 
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         flows = requests_from_args(args)
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(printable(f"error: {e}"), file=sys.stderr)
         return 1
     values = stand_in_values(config)
     for i, flow in enumerate(flows):

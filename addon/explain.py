@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import time
 from collections.abc import Iterator, Sequence
@@ -49,10 +50,20 @@ _CURL_SKIP_WITH_VALUE = {
 
 
 def flows_from_file(path: Path) -> list[http.HTTPFlow]:
+    """The HTTP flows of a flows file.
+
+    Raises:
+        InputError: it cannot be read, or is not a flows file mitmproxy can load (one line, no traceback).
+    """
     try:
         flows = [f for f in io.read_flows_from_paths([str(path)]) if isinstance(f, http.HTTPFlow)]
     except exceptions.FlowReadException as e:
-        raise InputError(f"{path}: cannot read flows: {e}") from None
+        raise InputError(f"{path}: cannot read flows: {str(e)[:200]}") from None
+    except RecursionError:
+        raise InputError(f"{path}: cannot read flows: they are nested too deeply to be a flow") from None
+    except Exception as e:  # a flow of an unexpected shape: mitmproxy raises whatever its loading meets
+        problem = f"{type(e).__name__}: {e}"[:200]
+        raise InputError(f"{path}: cannot read flows: not a flow mitmproxy can load ({problem})") from None
     if not flows:
         raise InputError(f"{path}: no HTTP flows in the file")
     return flows
@@ -150,7 +161,21 @@ def stand_in_values(config: Config) -> dict[str, str]:
     return values
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0 and C1 controls, DEL, line and paragraph separators
+
+
+def printable(text: str) -> str:
+    """The text with its control characters escaped (`\\x1b`, `\\u2028`): a flow's ESC and OSC
+    sequences reach the terminal as text, never as commands to it."""
+    return _CONTROL.sub(lambda m: ascii(m[0])[1:-1], text)
+
+
 def explain(config: Config, flow: http.HTTPFlow, values: dict[str, str]) -> Iterator[str]:
+    """What the rules would do to the flow, line by line, control characters escaped."""
+    return map(printable, _explain(config, flow, values))
+
+
+def _explain(config: Config, flow: http.HTTPFlow, values: dict[str, str]) -> Iterator[str]:
     req = flow.request
     yield f"{req.method} {req.pretty_url}"
     plan = plan_request(config, flow)

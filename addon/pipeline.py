@@ -51,6 +51,7 @@ class Pipeline:
     async def running(self) -> None:
         await self.guard.running()
         self.rules.running()
+        self.options_check.running()
 
     def done(self) -> None:
         self.rules.done()

@@ -8,14 +8,24 @@ left out of the addon chain and the proxy runs on without it, rewriting nothing 
 saying nothing. This part looks, right after the script has loaded, for options that
 exist now but are still deferred, and logs mitmproxy's own error for them; at start-up
 mitmproxy's error check then stops the proxy with exit status 1.
+
+An option no addon declares (`--set retry_timout=30`) stays deferred for ever, in silence.
+Once every script has loaded (the `running` hook: mitmproxy loads the scripts while it reads its
+options, before it runs), a `--set` option that is still unknown is an error naming the nearest
+known one, and the start stops the same way. Two kinds only get a warning: options of another of
+mitmproxy's tools (`--set flow_detail=0`, mitmdump's, given to mitmweb: one command line or
+config.yaml often serves them all), and options from mitmproxy's config.yaml. They are told apart
+from `--set` by what mitmproxy keeps: `--set` values unconverted, in `optmanager._UnconvertedStrings`
+(11.0.2, 12.3.1); without that class every unknown option counts as given with `--set`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
 
-from mitmproxy import ctx, exceptions
+from mitmproxy import ctx, exceptions, optmanager
 
 logger = logging.getLogger(__name__)
 
@@ -41,3 +51,36 @@ class OptionCheck:
             f"mitmproxy could not set the rules addon's options: {problem} (not applied: {', '.join(stuck)}). "
             "The rules addon is not running: requests would pass unchanged. Give each option once, with a valid value."
         )
+
+    def running(self) -> None:
+        known = list(ctx.options.keys())
+        unknown = sorted((name, value) for name, value in ctx.options.deferred.items() if name not in ctx.options)
+        given = getattr(optmanager, "_UnconvertedStrings", object)
+        for name, value in unknown:
+            tool = _other_tool(name, known)
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            if tool is not None:
+                logger.warning(f"option {name} is one of {tool}'s; this tool of mitmproxy ignores it")
+            elif given is object or isinstance(value, given):
+                logger.error(f"unknown option {name} (--set {name}=…): neither mitmproxy nor a script it loaded has "
+                             f"it{hint}. The proxy does not start with an option it would ignore.")  # fmt: skip
+            else:
+                logger.warning(f"unknown option {name} in mitmproxy's config.yaml: neither mitmproxy nor a script "
+                               f"it loaded has it{hint}; it is ignored")  # fmt: skip
+
+
+# mitmproxy's tools, each with an option only it declares and the prefixes of the options only it declares
+TOOLS = {
+    "mitmdump": ("flow_detail", ("flow_detail", "dumper_")),
+    "mitmweb": ("web_port", ("web_",)),
+    "mitmproxy's console": ("console_layout", ("console_",)),
+}
+
+
+def _other_tool(name: str, known: list[str]) -> str | None:
+    """The tool of mitmproxy's that declares this option, when it is not the one running."""
+    for tool, (mark, prefixes) in TOOLS.items():
+        if name.startswith(prefixes) and mark not in known:
+            return tool
+    return None

@@ -10,7 +10,9 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -21,20 +23,66 @@ logger = logging.getLogger(__name__)
 VERSION = 1
 
 
+MAX_STATE_BYTES = 256 * 2**20  # a million tokens' health is about 160 MiB; a file over this is not read
+
+
+class NotUsable(ValueError):
+    """The state file is there but cannot be trusted or read at all."""
+
+
 def load_state(path: Path) -> dict[str, Any]:
-    """The saved token health, or {} (with a warning) when there is none to trust."""
+    """The saved token health, or {} (with a warning) when there is none to trust.
+
+    The file is opened without waiting (a FIFO in its place opens at once, and is refused with any
+    other file that is not a regular one) and refused unread when it is over MAX_STATE_BYTES; a
+    number that JSON allows but no health record holds (1e400, NaN, Infinity) refuses it too.
+    """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_regular(path), parse_constant=_no_constant, parse_float=_finite)
     except FileNotFoundError:
         logger.info(f"tokens: no state file at {path} yet; every token starts active")
         return {}
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         logger.warning(f"tokens: cannot use the state file {path} ({e}); starting with every token active")
         return {}
     if not isinstance(data, dict) or data.get("version") != VERSION or not isinstance(data.get("tokens"), dict):
         logger.warning(f"tokens: the state file {path} is not one this version wrote; starting with every token active")
         return {}
     return data["tokens"]
+
+
+def _read_regular(path: Path) -> str:
+    """The text of a regular file of at most MAX_STATE_BYTES, opened without blocking.
+
+    Raises:
+        OSError, UnicodeDecodeError: as reading it does; NotUsable: not a regular file, or too big.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO would block a plain open
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotUsable("it is not a regular file")
+        if st.st_size > MAX_STATE_BYTES:
+            raise NotUsable(f"it is {st.st_size / 2**20:.0f} MiB, over the {MAX_STATE_BYTES // 2**20} MiB "
+                            "a state file may be")  # fmt: skip
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_STATE_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_STATE_BYTES:  # it grew since
+        raise NotUsable(f"it is over the {MAX_STATE_BYTES // 2**20} MiB a state file may be")
+    return data.decode("utf-8")
+
+
+def _no_constant(name: str) -> Any:
+    raise NotUsable(f"it holds {name}, which no health record does")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise NotUsable(f"it holds the number {text[:40]}, out of range")
+    return number
 
 
 GONE_KEY = "gone_since"  # in an entry: since when the token has not been in the tokens file

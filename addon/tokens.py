@@ -28,11 +28,12 @@ import datetime
 import hashlib
 import heapq
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from addon.expiry import expires_at, might_expire
 from addon.masking import mask
@@ -53,7 +54,9 @@ def read_tokens(path: Path) -> tuple[str, ...]:
     """One token per line; blank lines and lines starting with # are skipped.
 
     A byte-order mark, Windows line endings and repeated tokens are tolerated
-    (a repeat is used once).
+    (a repeat is used once). Lines end at LF (or CR LF) only: a line that holds any
+    other control character (VT, FF, U+001C, U+0085, U+2028, a lone CR, a tab inside
+    the token...) is skipped with a warning that names the file and line.
 
     Raises:
         TokensFileError: the file is missing, unreadable or not UTF-8.
@@ -67,11 +70,20 @@ def read_tokens(path: Path) -> tuple[str, ...]:
     except UnicodeDecodeError as e:
         raise TokensFileError(f"{path}: the tokens file is not UTF-8 text (byte {e.start})") from None
     tokens: dict[str, None] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            tokens.setdefault(line, None)
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r").strip(" \t")
+        if not line or line.startswith("#"):
+            continue
+        control = _CONTROL.search(line)
+        if control is not None:
+            logger.warning(f"{path}:{number}: skipped: the line holds the control character U+{ord(control[0]):04X} "
+                           "(a token is one line of printable text)")  # fmt: skip
+            continue
+        tokens.setdefault(line.strip(), None)
     return tuple(tokens)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0 and C1 controls, DEL, line and paragraph separators
 
 
 def token_key(token: str) -> str:
@@ -520,21 +532,38 @@ class TokenPool:
 
 
 def health_from_state(state: dict[str, Any]) -> dict[str, Health]:
-    """Health records from state-file entries; entries that do not look right are skipped."""
+    """Health records from state-file entries; entries that do not look right (numbers out of range
+    among them: 1e400, NaN, a negative count) are skipped."""
     health = {}
     for key, entry in state.items():
         try:
             health[key] = Health(
                 suffix=str(entry["suffix"]),
-                cooling_until=float(entry["cooling_until"]),
-                refused_at=float(entry.get("refused_at", 0.0)),
+                cooling_until=_in_range(float(entry["cooling_until"]), MAX_TIME),
+                refused_at=_in_range(float(entry.get("refused_at", 0.0)), MAX_TIME),
                 disabled=bool(entry["disabled"]),
-                successes=int(entry["successes"]),
-                refusals=int(entry["refusals"]),
-                in_a_row=int(entry.get("in_a_row", 0)),  # not in a state file written before retirement
-                retired_at=float(entry.get("retired_at", 0.0)),
+                successes=_in_range(int(entry["successes"]), MAX_COUNT),
+                refusals=_in_range(int(entry["refusals"]), MAX_COUNT),
+                in_a_row=_in_range(int(entry.get("in_a_row", 0)), MAX_COUNT),  # not in a state file written before retirement
+                retired_at=_in_range(float(entry.get("retired_at", 0.0)), MAX_TIME),
                 retired_why=int(entry.get("retired_why", 0)),
             )
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             logger.warning(f"tokens: skipped a malformed entry in the state file ({key[:8]}…)")
     return health
+
+
+MAX_TIME = 253402300799.0  # 9999-12-31 23:59:59 UTC, the last time a date can show
+MAX_COUNT = 2**63 - 1
+N = TypeVar("N", int, float)
+
+
+def _in_range(number: N, top: float) -> N:
+    """The number, when it is from 0 to top (not NaN).
+
+    Raises:
+        ValueError: it is not.
+    """
+    if not 0 <= number <= top:
+        raise ValueError(f"{number} is out of range")
+    return number

@@ -69,14 +69,15 @@ def may_retry(rules: tuple[ResponseRule, ...], status: int, injected: Collection
 
 
 def retry_after(response: http.Response, now: float | None = None) -> float | None:
-    """Seconds from a Retry-After header (a number or an HTTP date), or None."""
-    value = response.headers.get("retry-after", "").strip()
+    """Seconds from a Retry-After header (ASCII digits or an HTTP date), capped at a day, or None:
+    anything else (`²`, `١٢`, `1e3`, `-5`, `5.0`) is ignored as if the header were absent."""
+    value = response.headers.get("retry-after", "").strip(" \t")
     if not value:
         return None
-    if value.isdigit():
-        return min(float(value), MAX_RETRY_AFTER)
+    if value.isascii() and value.isdigit():  # "²".isdigit() is true too, and float("١٢") is 12.0
+        return min(float(value), MAX_RETRY_AFTER)  # (a number too long for a float is inf: a day)
     try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, OverflowError):
+        seconds = email.utils.parsedate_to_datetime(value).timestamp() - (time.time() if now is None else now)
+    except (TypeError, ValueError, OverflowError, OSError):
         return None
-    return min(max(0.0, when.timestamp() - (time.time() if now is None else now)), MAX_RETRY_AFTER)
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)

@@ -1,4 +1,4 @@
-"""The attacks of issue 15 that have figures, measured against a real mitmdump on this line.
+"""The attacks of issues 15 and 23 that have figures, measured against a real mitmdump on this line.
 
     .venv/bin/python scripts/stress.py [--only NAME ...]      (and with .venv-mitm11/bin/python)
 
@@ -20,6 +20,14 @@
   departed  (issue 23, attack 7) 5 clients that leave after 2 s while every token is refused (each
             refusal after 50 ms; 1,000 tokens, max_attempts 1,000, a breaker that never opens): the
             upstream requests made for them in the 10 s after they left
+
+And of issue 23 (value commands):
+
+  orphans   a captcha command (ttl 0, timeout 1 s) whose child keeps its output open for 20 s
+            (`sleep 20 & wait`): how long 5 requests sent at once that need the value wait, and how
+            many of the children are alive 3 s after they were sent
+  flood     a captcha command (ttl 0, timeout 120 s) that prints 500 MiB: mitmdump's RSS before, at
+            its peak and after one request that needs the value, and how long that request took
 
 Traffic goes to a local upstream on 127.0.0.1 only. Prints one line per figure. STRESS_ADDON=path/to/main.py
 measures another checkout's addon (the code before a fix, say) with these attacks.
@@ -459,17 +467,84 @@ def measure_departed(folder: Path, port: int) -> None:
         server.stop()
 
 
+def command_rules(port: int, command: list[str], timeout: float) -> str:
+    return (f"rules:\n  - {{name: c, match: {{host: '127.0.0.1:{port}', path: /v1/*}}, "
+            "headers: {X-Captcha: '{captcha}'}}\n"
+            f"captcha: {{command: {json.dumps(command)}, ttl: 0, timeout: {timeout}}}\n")  # fmt: skip
+
+
+ORPHAN_SECONDS = "20.0311"  # a length of sleep that names the children of this measure
+
+
+def orphans_alive() -> list[int]:
+    """The pids of the children `orphans` started that are still running (not zombies)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if (proc / "cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", ORPHAN_SECONDS.encode()]:
+                if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    pids.append(int(proc.name))
+        except (OSError, ValueError):
+            pass
+    return pids
+
+
+def measure_orphans(folder: Path, port: int) -> None:
+    rules = folder / "rules.yaml"
+    rules.write_text(command_rules(port, ["sh", "-c", f"sleep {ORPHAN_SECONDS} & wait"], timeout=1))
+    proxy = Proxy(rules)
+    try:
+        url = f"http://127.0.0.1:{port}/v1/x"
+        proxy.wait_for("rules: loaded")
+        waits: list[float] = []
+        send = lambda: waits.append(timed(lambda: proxy.client.get(url)))  # noqa: E731
+        senders = [threading.Thread(target=send) for _ in range(5)]
+        for sender in senders:
+            sender.start()
+        time.sleep(3)
+        alive = len(orphans_alive())
+        for sender in senders:
+            sender.join()
+        print(f"orphans: 5 requests at once needing a value whose command (timeout 1 s) leaves a child holding its "
+              f"output for 20 s: they waited {min(waits):.2f}-{max(waits):.2f} s; children alive 3 s after they were "
+              f"sent: {alive}, after the last answer: {len(orphans_alive())}")
+    finally:
+        proxy.stop()
+        for pid in orphans_alive():  # (the old code left them running)
+            os.kill(pid, 9)
+
+
+def measure_flood(folder: Path, port: int) -> None:
+    rules = folder / "rules.yaml"
+    code = "import sys\nchunk = b'x' * 2**20\nfor _ in range(500):\n    sys.stdout.buffer.write(chunk)\n"
+    rules.write_text(command_rules(port, [sys.executable, "-c", code], timeout=120))
+    proxy = Proxy(rules)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        proxy.wait_for("rules: loaded")
+        proxy.client.get(f"{url}/elsewhere")  # a request no rule touches: warm up
+        before, _ = proxy.rss()
+        Path(f"/proc/{proxy.proc.pid}/clear_refs").write_text("5")  # reset the peak
+        took = timed(lambda: proxy.client.get(f"{url}/v1/x"))
+        after, peak = proxy.rss()
+        print(f"flood: a request needing a value whose command prints 500 MiB took {took:.2f} s; "
+              f"mitmdump RSS {before:.0f} MiB before, peak {peak:.0f} MiB, {after:.0f} MiB after")
+    finally:
+        proxy.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="*", choices=["rules", "bombs", "tokens", "switch", "json", "reader", "departed"])
+    parser.add_argument("--only", nargs="*", choices=["rules", "bombs", "tokens", "switch", "json", "orphans", "flood",
+                                                      "reader", "departed"])
     args = parser.parse_args()
     import mitmproxy.version
 
     print(f"mitmproxy {mitmproxy.version.VERSION}, Python {sys.version.split()[0]}, {os.cpu_count()} cores")
     port = upstream()
     for name, fn in (("rules", measure_rules), ("bombs", measure_bombs), ("tokens", measure_tokens),
-                     ("switch", measure_switch), ("json", measure_json), ("reader", measure_reader),
-                     ("departed", measure_departed)):  # fmt: skip
+                     ("switch", measure_switch), ("json", measure_json), ("orphans", measure_orphans),
+                     ("flood", measure_flood), ("reader", measure_reader), ("departed", measure_departed)):  # fmt: skip
         if args.only and name not in args.only:
             continue
         with tempfile.TemporaryDirectory() as folder:

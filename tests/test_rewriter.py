@@ -206,23 +206,24 @@ def test_failed_captcha_skips_only_that_header(tmp_path, caplog):
 
 
 @pytest.mark.parametrize(
-    "token, where",
-    [("tok-with;semicolon-0001", "cookie"), ("tok-with\x01control-0001", "header")],
+    "value, where",
+    # (a tokens file's line with a control character is skipped when it is read: the captcha brings one here)
+    [("tok-with;semicolon-0001", "cookie"), ("cap-with\x01control-0001", "header")],
     ids=["semicolon into a cookie", "control character into a header"],
 )
-def test_drawn_values_that_would_break_out_of_their_place_are_not_set(tmp_path, token, where):
-    rules = RULES if where == "cookie" else RULES.replace('x-captcha-token: "{captcha}"', 'x-token: "{token}"')
+def test_drawn_values_that_would_break_out_of_their_place_are_not_set(tmp_path, value, where):
     loader = RulesLoader()
     rewriter = Rewriter(loader)
+    written = write_rules(tmp_path, RULES, tokens=[value]) if where == "cookie" else write_rules(tmp_path, RULES, captcha=value)
     with taddons.context(loader, rewriter) as tctx:
-        tctx.configure(loader, rules=str(write_rules(tmp_path, rules, tokens=[token])))
+        tctx.configure(loader, rules=str(written))
         f = run(rewriter, flow(cookie="a=1"))
     if where == "cookie":
         assert f.request.headers["Cookie"] == "a=1"
         assert "cookie session not set by account: the token …0001 value cannot go in a cookie" in f.comment
     else:
-        assert "X-Token" not in f.request.headers
-        assert "x-token not set by account: the token …0001 value cannot go in a header" in f.comment
+        assert "X-Captcha-Token" not in f.request.headers
+        assert "x-captcha-token not set by account: the captcha …0001 value cannot go in a header" in f.comment
 
 
 def test_a_token_refused_while_the_captcha_is_fetched_is_not_sent(addons):

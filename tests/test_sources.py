@@ -1,6 +1,7 @@
 import asyncio
 import logging
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,7 +88,9 @@ def test_invalidate_reads_the_file_again(tmp_path):
     "body, timeout, message",
     [
         ("import time; time.sleep(5)", 0.3, "failed: timed out after 0.3 s"),
-        ("import sys; print('x-secret-out'); sys.exit('bad things')", 10, "failed: exit status 1 (bad things)"),
+        ("import sys; print('x-secret-out'); sys.exit('x-secret-err')", 10,
+         "failed: exit status 1 (13 byte(s) on stderr, not logged: they may hold a secret)"),
+        ("import sys; sys.exit(3)", 10, "failed: exit status 3; requests go on"),
         ("pass", 10, "gave an empty value"),
         ("print('a'); print('b')", 10, "gave a value with a line break"),
     ],
@@ -98,7 +101,67 @@ def test_failures_are_logged_and_give_none(tmp_path, caplog, body, timeout, mess
         assert asyncio.run(source.get()) is None
     assert message in caplog.text
     assert "requests go on without" in caplog.text
-    assert "x-secret-out" not in caplog.text
+    assert "x-secret-out" not in caplog.text and "x-secret-err" not in caplog.text
+
+
+# attacks 1 and 4 of issue 23: a command that leaves a child holding its output, or prints without end
+
+ORPHAN = ("sh", "-c", "sleep 100000 & echo $! > child.pid; wait")  # the sleep holds stdout and stderr
+
+
+def gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"  # dead, not yet reaped
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("ttl", [0, 100], ids=["ttl 0", "ttl 100"])
+def test_a_timed_out_command_is_killed_with_its_children_and_the_request_goes_on(tmp_path, caplog, ttl):
+    source = ValueSource(spec(tmp_path, ttl=ttl, timeout=0.5, command=ORPHAN))
+
+    async def main():
+        return await asyncio.wait_for(source.get(), 60)  # before: until the child died, 100000 s
+
+    assert asyncio.run(main()) is None
+    assert "failed: timed out after 0.5 s; it and the processes it started were killed" in caplog.text
+    child = int((tmp_path / "child.pid").read_text())
+    for _ in range(100):
+        if gone(child):
+            break
+        time.sleep(0.1)
+    assert gone(child)
+
+
+def peak_rss_reset() -> None:
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss() -> float:
+    """MiB, since the last reset."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return int(status["VmHWM"].split()[0]) / 1024
+
+
+def test_a_command_printing_500_mib_fails_and_memory_stays_flat(tmp_path, caplog):
+    body = "import sys\nchunk = b'x' * 2**20\nfor _ in range(500):\n    sys.stdout.buffer.write(chunk)\n"
+    source = ValueSource(spec(tmp_path, timeout=60, command=script(tmp_path, body)))
+    peak_rss_reset()
+    before = peak_rss()
+    assert asyncio.run(source.get()) is None
+    assert peak_rss() - before < 100  # before: + 500 MiB (and more), all of it read
+    assert "failed: printed more than 64 KiB (a value is one line); it and the processes it started were killed" in caplog.text
+
+
+def test_64_kib_is_still_a_value(tmp_path):
+    body = "print('v' * (64 * 1024 - 1))"  # and the line break: 64 KiB
+    assert asyncio.run(ValueSource(spec(tmp_path, command=script(tmp_path, body))).get()) == "v" * (64 * 1024 - 1)
+
+
+def test_a_command_output_that_is_not_utf8_is_refused_as_a_files_is(tmp_path, caplog):
+    body = "import sys; sys.stdout.buffer.write(b'cap-\\xff\\xfe-value')"
+    assert asyncio.run(ValueSource(spec(tmp_path, command=script(tmp_path, body))).get()) is None
+    assert "failed: its output is not UTF-8 text (byte 4); requests go on without the captcha value" in caplog.text
 
 
 def test_missing_file_at_fetch_time(tmp_path, caplog):

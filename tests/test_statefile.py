@@ -1,10 +1,14 @@
 import json
 import os
+import threading
 
 import pytest
+from mitmproxy.test import taddons
 
-from addon.statefile import StateStore, load_state
+from addon.loader import RulesLoader
+from addon.statefile import MAX_STATE_BYTES, StateStore, load_state
 from addon.tokens import TokenList, TokenPool, token_key
+from helpers import TOKENS, write_rules
 
 
 def save_state(path, entries):
@@ -113,3 +117,77 @@ def test_a_token_back_within_the_day_keeps_its_health_and_the_clock_survives_a_r
     store.update(pool.take_changes(), pool.list, pool.listed_at, now[0] + 10)
     assert store.update({}, pool.list, pool.listed_at, now[0] + 2 * DAY) == []
     assert [s for s, _ in pool.status()] == ["cooling"]
+
+
+# issue 23, attack 9: what is in the state file's place is never a crash or a hang at start-up
+
+ENTRY = {"suffix": "…abcd", "cooling_until": 0.0, "refused_at": 0.0, "disabled": False, "successes": 1, "refusals": 0}
+
+
+def test_a_fifo_as_the_state_file_is_a_fresh_start_not_a_hang(tmp_path, caplog):
+    path = tmp_path / "s.json"
+    os.mkfifo(path)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(load_state(path)), daemon=True)
+    reader.start()
+    reader.join(30)  # before: open() waited for a writer, for ever
+    try:
+        assert not reader.is_alive()
+    finally:
+        if reader.is_alive():  # let it go: a writer that closes at once
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            reader.join(30)
+    assert got == [{}]
+    assert f"cannot use the state file {path} (it is not a regular file); starting with every token active" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["folder", "device"])
+def test_a_state_file_that_is_not_a_regular_file_is_a_fresh_start(tmp_path, caplog, kind):
+    path = tmp_path / "s.json"
+    path.mkdir() if kind == "folder" else path.symlink_to("/dev/null")
+    assert load_state(path) == {}
+    assert f"cannot use the state file {path} (it is not a regular file)" in caplog.text
+
+
+def test_a_state_file_over_the_size_bound_is_not_read(tmp_path, caplog):
+    path = tmp_path / "s.json"
+    with open(path, "wb") as f:
+        f.truncate(MAX_STATE_BYTES + 2**20)  # sparse: takes no room on the disk
+    assert load_state(path) == {}
+    assert (f"cannot use the state file {path} (it is 257 MiB, over the 256 MiB a state file may be); "
+            "starting with every token active") in caplog.text  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "number, message",
+    [
+        ("1e400", "it holds the number 1e400, out of range"),
+        ("-1e400", "it holds the number -1e400, out of range"),
+        ("NaN", "it holds NaN, which no health record does"),
+        ("Infinity", "it holds Infinity, which no health record does"),
+    ],
+)
+def test_a_number_no_health_record_holds_is_a_fresh_start(tmp_path, caplog, number, message):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"version": 1, "tokens": {"k": ENTRY}}).replace('"successes": 1', f'"successes": {number}'))
+    assert load_state(path) == {}
+    assert f"cannot use the state file {path} ({message}); starting with every token active" in caplog.text
+
+
+def test_a_deeply_nested_state_file_is_a_fresh_start(tmp_path, caplog):
+    path = tmp_path / "s.json"
+    path.write_text("[" * 1_000_000 + "]" * 1_000_000)
+    assert load_state(path) == {}
+    assert "starting with every token active" in caplog.text
+
+
+def test_a_state_file_with_1e400_does_not_stop_the_proxy(tmp_path, caplog):
+    write_rules(tmp_path, "rules:\n  - match: {host: a.com}\n    headers: {X: '{token}'}\ntokens: {file: tokens.txt}\n")
+    key = token_key(TOKENS[0])
+    state = {"version": 1, "tokens": {key: {**ENTRY, "successes": 1, "cooling_until": 2e9}}}
+    (tmp_path / "tokens.state.json").write_text(json.dumps(state).replace('"successes": 1', '"successes": 1e400'))
+    loader = RulesLoader()
+    with taddons.context(loader) as tctx:
+        tctx.configure(loader, rules=str(tmp_path / "rules.yaml"))  # before: OverflowError, and mitmdump exited 1
+        assert len(loader.tokens) == 3 and loader.tokens.health == {}
+    assert "it holds the number 1e400, out of range" in caplog.text

@@ -95,6 +95,10 @@ def test_may_retry_is_decided_on_status_and_what_was_put_in(status, injected, re
         ("120", 120.0), ("", None), ("soon", None),
         ("Thu, 01 Jan 1970 00:01:40 GMT", 40.0), ("Thu, 01 Jan 1970 00:00:00 GMT", 0.0),
         ("99999999999999", 86400.0),  # capped at a day
+        ("9" * 5000, 86400.0),  # too long for a float: a day, no OverflowError
+        # issue 23, attack 8: only ASCII digits or an HTTP date; anything else is as if absent
+        ("²", None), ("١٢", None), ("1e3", None), ("-5", None), ("+5", None), ("5.0", None), ("0x10", None),
+        ("1_000", None), ("12\x0b", None), ("Thu, 01 Jan 99999 00:00:00 GMT", None),
     ],  # fmt: skip
 )
 def test_retry_after(value, seconds):

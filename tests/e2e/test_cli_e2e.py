@@ -174,6 +174,62 @@ def test_explain_input_errors(rules, tmp_path, args, message):
     assert "Traceback" not in result.stderr
 
 
+# issue 23, attack 9: hostile flows files end with one line and status 1; a flow's control characters are shown escaped
+
+def _nested(depth: int) -> bytes:
+    """A tnetstring list inside a list, `depth` deep."""
+    data = b"0:]"
+    for _ in range(depth):
+        data = b"%d:%s]" % (len(data), data)
+    return data
+
+
+def _without_request() -> bytes:
+    from mitmproxy.io import tnetstring
+    from mitmproxy.test import tflow
+
+    state = tflow.tflow(resp=True).get_state()
+    del state["request"]
+    return tnetstring.dumps(state)
+
+
+@pytest.mark.parametrize(
+    "content, problems",
+    [
+        (_nested(100_000), ["they are nested too deeply to be a flow"]),  # before: RecursionError, a traceback
+        (bytes(range(256)) * 40, ["Invalid data format."]),
+        # 12.3.1 says what it found; 11.0.2 meets an AttributeError (before: a traceback)
+        (b"5:hello,", ["Invalid flow: loaded=b'hello'",
+                       "not a flow mitmproxy can load (AttributeError: 'bytes' object has no attribute 'get')"]),
+        (_without_request(), ["not a flow mitmproxy can load (KeyError: 'request')"]),  # before: a traceback
+    ],
+    ids=["deep tnetstring", "garbage", "not a dict", "a flow without its request"],
+)  # fmt: skip
+def test_explain_hostile_flows_files_end_with_one_line(rules, tmp_path, content, problems):
+    path = tmp_path / "hostile.mitm"
+    path.write_bytes(content)
+    result = run("explain", "--rules", str(rules), "--flows", str(path))
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr in [f"error: {path}: cannot read flows: {problem}\n" for problem in problems]
+
+
+def test_explain_shows_a_flows_control_characters_escaped(rules, tmp_path):
+    from mitmproxy import io
+    from mitmproxy.test import tflow
+
+    flow = tflow.tflow(resp=True)
+    flow.request.host, flow.request.port, flow.request.path = "127.0.0.1", 8765, "/v1/\x1b[2Jx"
+    flow.request.headers["X-Title"] = "\x1b]0;pwned\x07 \x9b31m \u2028"
+    path = tmp_path / "escapes.mitm"
+    with open(path, "wb") as f:
+        io.FlowWriter(f).add(flow)
+    result = run("explain", "--rules", str(rules), "--flows", str(path))
+    assert result.returncode == 0, result.stderr
+    assert not any(c in result.stdout for c in "\x1b\x07\x9b\u2028")  # before: written raw to the terminal
+    assert "X-Title: \\x1b]0;pwned\\x07 \\x9b31m \\u2028" in result.stdout
+    assert "/v1/\\x1b[2Jx" in result.stdout
+
+
 def test_explain_with_a_bad_rules_file(tmp_path):
     path = write_rules(tmp_path, "rules:\n  - match: {host: a.com}\n")
     result = run("explain", "--rules", str(path), "GET", "http://a.com/")

@@ -159,8 +159,13 @@ def test_huge_refusal_streamed_by_mitmproxy_reaches_the_client_whole(account, sc
 
 CAPTCHA_COMMANDS = {
     "hanging": ("import time; time.sleep(30)", r"timed out after 1 s"),
-    "crashing": ("import sys; sys.exit('captcha service down')", r"exit status 1 \(captcha service down\)"),
+    "crashing": ("import sys; sys.exit('captcha service ' + 'down')", r"exit status 1 \(21 byte\(s\) on stderr, not logged"),
     "silent": ("pass", r"gave an empty value"),
+    # issue 23: a child left holding the output (before: the request waited for it, 100000 s), and 500 MiB printed
+    "orphaning": ("import subprocess; subprocess.Popen(['sleep', '100000']).wait()",
+                  r"timed out after 1 s; it and the processes it started were killed"),
+    "flooding": ("import sys; [sys.stdout.buffer.write(b'x' * 2**20) for _ in range(500)]",
+                 r"printed more than 64 KiB \(a value is one line\)"),
 }
 
 
@@ -179,6 +184,8 @@ def test_failing_captcha_command_blames_no_token(account, scripted, kind):
     assert [r.cookie("session") for r in scripted.received] == TOKENS[:2]  # no retry
     assert "refused (403)" not in proxy.log()  # and the token is not passed over
     assert all("x-captcha-token" not in r.headers for r in scripted.received)
+    assert "captcha service down" not in proxy.log()  # its stderr may hold a secret
+    assert "will report returncode" not in proxy.log()  # asyncio's child watcher reaped what it killed
 
 
 def test_unwritable_state_folder_is_logged_once_and_serving_goes_on(tmp_path, account, scripted):

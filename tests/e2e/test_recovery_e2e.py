@@ -232,6 +232,19 @@ def test_retry_after_longer_than_the_cooldown_wins(make_rules, start_proxy, upst
     assert before + 7200 <= cooling_until <= time.time() + 7200
 
 
+def test_a_retry_after_of_other_digits_than_ascii_is_as_if_absent(make_rules, start_proxy, upstream):
+    upstream.app.tokens = {TOKENS[1]}
+    upstream.app.retry_after = "²"  # issue 23, attack 8: "²".isdigit() is true, float("²") raises
+    rules = make_rules()
+    proxy = start(start_proxy, rules)
+    before = time.time()
+    assert post(proxy, upstream).status_code == 200  # retried with the next token
+    proxy.stop()
+    assert "Traceback" not in proxy.log()
+    cooling_until = state(rules)[_key(TOKENS[0])]["cooling_until"]
+    assert before + 300 <= cooling_until <= time.time() + 300  # the cooldown, as with no Retry-After
+
+
 def test_breaker_stops_rotation_when_every_token_is_refused(make_rules, start_proxy, upstream):
     upstream.app.refuse_all = "access denied for your IP address"
     rules = make_rules(breaker=3, tokens=[*TOKENS, "tok-delta-0000000004444"])

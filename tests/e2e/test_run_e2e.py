@@ -65,8 +65,12 @@ def test_run_without_arguments_uses_the_example_rules(tmp_path):
         (["--set", "retry_timeout=soon"], ["could not set the rules addon's options: ", "nteger: soon (not applied: "
          "retry_timeout, rules)"]),
         (["--set", "rules=missing.yaml"], ["missing.yaml:1:1: rules file not found"]),
+        # issue 23, attack 10: before, it started and ran as if the option had not been given
+        (["--set", "retry_timout=30"], ["unknown option retry_timout (--set retry_timout=…): neither mitmproxy nor a "
+         "script it loaded has it (did you mean retry_timeout?). The proxy does not start with an option it would "
+         "ignore."]),
     ],
-    ids=["rules given twice", "not an integer", "no such rules file"],
+    ids=["rules given twice", "not an integer", "no such rules file", "misspelled option"],
 )
 def test_an_option_that_cannot_be_set_stops_the_start(tmp_path, args, messages):
     run = Run(tmp_path, *args)
@@ -76,6 +80,33 @@ def test_an_option_that_cannot_be_set_stops_the_start(tmp_path, args, messages):
     for message in messages:
         assert message in proc.stdout + proc.stderr
     assert "Error logged during startup, exiting" in proc.stderr
+
+
+OTHER_SCRIPT = """\
+class Other:
+    def load(self, loader):
+        loader.add_option("other_limit", int, 1, "An option of another script.")
+
+
+addons = [Other()]
+"""
+
+
+def test_options_of_other_scripts_are_known_and_others_in_config_yaml_only_warn(tmp_path, upstream):
+    (tmp_path / "other.py").write_text(OTHER_SCRIPT)
+    run = Run(tmp_path, "-s", "other.py", "--set", "other_limit=3")
+    run.confdir.mkdir()
+    (run.confdir / "config.yaml").write_text("web_open_browser: false\nretry_timout: 5\n")  # mitmweb's, and a typo
+    run.start()
+    try:
+        run.wait_for_log(r"unknown option retry_timout in mitmproxy's config.yaml: neither mitmproxy nor a script it "
+                         r"loaded has it \(did you mean retry_timeout\?\); it is ignored")  # fmt: skip
+        with httpx.Client(proxy=run.url, timeout=30) as client:  # and it runs
+            assert client.get(f"http://127.0.0.1:{upstream.port}/v1/models").status_code == 403
+    finally:
+        run.stop()
+    assert "option web_open_browser is one of mitmweb's; this tool of mitmproxy ignores it" in run.log()
+    assert "other_limit" not in run.log()
 
 
 def test_a_rules_file_with_no_rules_says_so(tmp_path):
