@@ -368,8 +368,14 @@ def check() -> str | None:
     else:
         return f"ResponseProtocolError's code is a {code.annotation!r}, not an int or an ErrorCode"
     found = _parameters(RequestProtocolError)
-    if found not in ("(stream_id, message, code)", "(stream_id, message, code=400)"):
+    try:
+        request_code = inspect.signature(RequestProtocolError, eval_str=True).parameters.get("code")
+    except (NameError, TypeError, ValueError):
+        request_code = None
+    if found not in ("(stream_id, message, code)", "(stream_id, message, code=400)") or request_code is None:
         return f"RequestProtocolError takes {found}, not (stream_id, message, code)"
+    if request_code.annotation is not code.annotation:
+        return f"RequestProtocolError's code is a {request_code.annotation!r}, not an int or an ErrorCode"
     return None
 
 
