@@ -77,12 +77,24 @@ def client_flow(proxy: Proxy):
     return next(f for f in proxy.saved_flows() if not f.is_replay)
 
 
-def test_a_stream_whose_first_event_is_an_error_is_retried_and_the_client_gets_only_the_retry(tmp_path, start_proxy, scripted):
+@pytest.mark.parametrize("tls", [False, True], ids=["HTTP", "HTTPS through CONNECT"])
+def test_a_stream_whose_first_event_is_an_error_is_retried_and_the_client_gets_only_the_retry(
+    tmp_path, start_proxy, upstream_cert, tls
+):
+    scripted = ScriptedUpstream(upstream_cert if tls else None)
+    try:
+        _retried_error_event(tmp_path, start_proxy, scripted, tls)
+    finally:
+        scripted.stop()
+
+
+def _retried_error_event(tmp_path, start_proxy, scripted, tls):
     # the refused answer would go on for 30 s: the proxy must stop reading it
     refused = [b": keep-alive\n\n", ERROR_EVENT, *[b'data: {"more": "FIRST-ANSWER"}\n\n', 0.3] * 100]
     scripted.script.extend([scripted.sse(*refused), scripted.sse(*good_events())])
     proxy = start_proxy(rules(tmp_path, scripted.port))
-    response, body, events = read_stream(f"http://127.0.0.1:{scripted.port}", proxy=proxy.url)
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{scripted.port}"
+    response, body, events = read_stream(url, proxy=proxy.url, verify=proxy.ssl_context)
     assert response.status_code == 200
     assert b"FIRST-ANSWER" not in body and b"keep-alive" not in body  # nothing of the refused answer
     assert body == b"".join(scripted.sent_bodies[1])  # the retry's stream, byte for byte
@@ -155,3 +167,47 @@ def test_with_stream_retries_off_the_answer_is_held_whole_and_judged_by_its_firs
     assert [r.cookie("session") for r in scripted.received] == [TOKENS[0], TOKENS[1]]
     flow = client_flow(proxy)
     assert flow.comment.splitlines()[-1] == f"· attempts: 200 with {MASKS[0]} → 200 with {MASKS[1]}"
+
+
+def test_a_retry_refused_by_its_first_event_too_is_followed_by_the_next_token(tmp_path, start_proxy, scripted):
+    scripted.script.extend([scripted.sse(ERROR_EVENT), scripted.sse(b": ping\n\n", ERROR_EVENT), scripted.sse(*good_events())])
+    proxy = start_proxy(rules(tmp_path, scripted.port))
+    response, body, events = read_stream(f"http://127.0.0.1:{scripted.port}", proxy=proxy.url)
+    assert body == b"".join(scripted.sent_bodies[2])
+    assert_spread_out(events)
+    assert [r.cookie("session") for r in scripted.received] == TOKENS[:3]
+    flow = client_flow(proxy)
+    assert flow.comment.splitlines()[-1] == (
+        f"· attempts: 200 with {MASKS[0]} → 200 with {MASKS[1]} → 200 with {MASKS[2]} (streamed)"
+    )
+
+
+def test_with_no_token_to_retry_with_the_refused_stream_goes_on_as_it_came(tmp_path, start_proxy, scripted):
+    parts = [ERROR_EVENT, *good_events()]
+    scripted.script.append(scripted.sse(*parts))
+    path = rules(tmp_path, scripted.port)
+    (tmp_path / "tokens.txt").write_text(TOKENS[0] + "\n")
+    proxy = start_proxy(path)
+    response, body, events = read_stream(f"http://127.0.0.1:{scripted.port}", proxy=proxy.url)
+    assert response.status_code == 200 and body == b"".join(scripted.sent_bodies[0])
+    assert_spread_out(events[1:])  # it still streams
+    flow = client_flow(proxy)
+    assert flow.comment.splitlines()[-1] == f"· attempts: 200 with {MASKS[0]} (no other token to try)"
+
+
+def test_a_first_event_that_does_not_come_within_retry_timeout_lets_the_stream_go_on_unjudged(tmp_path, start_proxy, scripted):
+    """The upstream says nothing until the client has the headers: the hold ends at retry_timeout,
+    and the stream goes on, not judged (its first event would have been refused)."""
+    headers_came = threading.Event()
+    scripted.script.append(scripted.sse(headers_came, ERROR_EVENT))
+    proxy = start_proxy(rules(tmp_path, scripted.port), "--set", "retry_timeout=1")
+    got = b""
+    with httpx.Client(proxy=proxy.url, timeout=30) as client:
+        with client.stream("POST", f"http://127.0.0.1:{scripted.port}/v1/chat/completions", content=CHAT) as response:
+            headers_came.set()
+            for chunk in response.iter_raw():
+                got += chunk
+    assert response.status_code == 200 and got == ERROR_EVENT
+    assert not scripted.gate_timed_out.is_set() and len(scripted.received) == 1
+    flow = client_flow(proxy)
+    assert flow.comment.splitlines()[-1] == "· not judged: its first event did not come within 1 s (retry_timeout)"
