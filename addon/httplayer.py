@@ -174,7 +174,8 @@ class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
     def _handle_event(self, event):
         first = self.first
         if isinstance(event, Wakeup):  # only a first-event hold asks for one on this stream
-            if first is not None and event.command is first.wakeup and self.server_state == self.state_first_event:
+            holding = first is not None and event.command is first.wakeup and self.server_state == self.state_first_event
+            if holding and self.flow.live:  # (not when the client left meanwhile: an HTTP/2 client may reset its stream)
                 yield from self._judge_first_event(timed_out=True)
             return
         if first is not None and first.cut and isinstance(event, _FROM_SERVER):

@@ -116,7 +116,8 @@ class ScriptedUpstream:
     def sse(self, *parts: bytes | Callable[[], bytes] | float | threading.Event, length: int | None = None) -> Step:
         """A 200 `text/event-stream` that sends `parts` in order, each a chunk of its own: bytes as
         they are, a callable's bytes made when it is sent, a float a pause of that many seconds, an
-        Event a wait (up to 30 s; `gate_timed_out` is set if it never comes). What it sent is kept in
+        Event a wait (up to 30 s; `gate_timed_out` is set if it never comes, `hung_up` if the proxy
+        closes the connection meanwhile). What it sent is kept in
         `sent_bodies`, one entry per step. `length`: a Content-Length body (the parts are its bytes),
         not chunks. A proxy that closes the connection ends it early, and `hung_up` is set."""
 
@@ -128,8 +129,14 @@ class ScriptedUpstream:
                 self.sent_bodies.append(sent)
             for part in parts:
                 if isinstance(part, threading.Event):
-                    if not part.wait(30):
-                        self.gate_timed_out.set()
+                    deadline = time.monotonic() + 30
+                    while not part.is_set():
+                        if time.monotonic() > deadline:
+                            self.gate_timed_out.set()
+                            break
+                        if self._closed_within(conn, 0.05):
+                            self.hung_up.set()
+                            return False
                     continue
                 if isinstance(part, float):
                     if self._closed_within(conn, part):

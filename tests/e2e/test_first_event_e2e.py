@@ -211,3 +211,20 @@ def test_a_first_event_that_does_not_come_within_retry_timeout_lets_the_stream_g
     assert not scripted.gate_timed_out.is_set() and len(scripted.received) == 1
     flow = client_flow(proxy)
     assert flow.comment.splitlines()[-1] == "· not judged: its first event did not come within 1 s (retry_timeout)"
+
+
+def test_a_client_that_leaves_while_the_answer_is_held_hangs_it_up(tmp_path, start_proxy, scripted):
+    never = threading.Event()
+    scripted.script.extend([scripted.sse(never, ERROR_EVENT), scripted.sse(*good_events(2))])
+    proxy = start_proxy(rules(tmp_path, scripted.port), "--set", "retry_timeout=1")
+    with httpx.Client(proxy=proxy.url, timeout=0.5) as client:
+        with pytest.raises(httpx.ReadTimeout):  # held: no headers come
+            client.post(f"http://127.0.0.1:{scripted.port}/v1/chat/completions", content=CHAT)
+    assert scripted.hung_up.wait(10), "the held answer's upstream connection was not closed"
+    proxy.wait_for_log(r"client disconnect|Client disconnected", timeout=10)
+    time.sleep(1.5)  # past retry_timeout: the end of the hold finds the client gone, and lets it be
+    response, body, events = read_stream(f"http://127.0.0.1:{scripted.port}", proxy=proxy.url)
+    assert response.status_code == 200 and len(events) == 2  # the proxy goes on serving
+    never.set()
+    proxy.stop()
+    assert "Traceback" not in proxy.log()
