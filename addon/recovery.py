@@ -13,6 +13,10 @@ reaches the client as it arrives. Other answers are recovered in the `response`
 hook and handed over whole; so are all of them with `stream_retries` off, or
 when addon.httplayer finds mitmproxy's internals are not what it was written for.
 
+A streamed answer that a `first_event` rule could retry is held only until its first event is
+there (the FirstEventHook of addon.httplayer, `mitm_rules_first_event`), judged by it, and either
+streams on or is recovered as a refusal, of which the client sees nothing.
+
 A retry whose response headers do not come within `retry_timeout` seconds, or
 whose body goes silent for `retry_idle_timeout` seconds, is hung up (its
 upstream connections are closed); before its answer is taken that is a failed
