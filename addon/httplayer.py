@@ -243,10 +243,14 @@ class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
 
     def send_response(self, already_streamed: bool = False):
         hold = None if already_streamed else _first_event.pop(self.flow, None)
-        if hold is not None:  # a streamed answer that came with no body at all: judged the same way
-            self.first = _FirstEventHold(*hold)
-            self.first.ended = True
-            self.first.reader.end()
+        if hold is not None:  # a streamed answer that came whole (with no body at all, as a rule): judged the same way
+            first = self.first = _FirstEventHold(*hold)
+            body = self.flow.response.raw_content if self.flow.response else None
+            if body:
+                first.chunks.append(body)
+                first.reader.feed(body)
+            first.ended = True
+            first.reader.end()
             yield from self._judge_first_event()
             return
         if already_streamed or self.flow not in _held:
