@@ -560,7 +560,8 @@ def _build_response_rule(v: dict[str, Any], at: At, where: dict[str, At]) -> Res
     match = v["match"]
     if match["body"] is not None and match["first_event"] is not None:
         _key_at(where["match"], "first_event").fail(
-            "give body or first_event, not both: body waits for the whole answer, first_event judges a stream by its start"
+            "give body or first_event, not both: body waits for the whole answer, "
+            "first_event judges a stream by its start"
         )
     # refresh without values: every refreshable value, filled in by _build_config, which knows them
     return ResponseRule(frozenset(match["status"]), match["body"], v["action"], frozenset(v["values"] or ()),

@@ -174,8 +174,9 @@ class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
     def _handle_event(self, event):
         first = self.first
         if isinstance(event, Wakeup):  # only a first-event hold asks for one on this stream
-            holding = first is not None and event.command is first.wakeup and self.server_state == self.state_first_event
-            if holding and self.flow.live:  # (not when the client left meanwhile: an HTTP/2 client may reset its stream)
+            ours = first is not None and event.command is first.wakeup
+            # (not when the client left meanwhile: an HTTP/2 client may reset its stream and stay)
+            if ours and self.server_state == self.state_first_event and self.flow.live:
                 yield from self._judge_first_event(timed_out=True)
             return
         if first is not None and first.cut and isinstance(event, _FROM_SERVER):
@@ -335,7 +336,8 @@ def check() -> str | None:
         return _IMPORT_PROBLEM
     names = {"HttpLayer": HttpLayer, "HttpStream": HttpStream, "Layer": Layer, "SendHttp": SendHttp,
              "ResponseHeaders": ResponseHeaders, "ResponseData": ResponseData, "ResponseTrailers": ResponseTrailers,
-             "ResponseEndOfMessage": ResponseEndOfMessage, "RequestWakeup": RequestWakeup, "Wakeup": Wakeup}  # fmt: skip
+             "ResponseEndOfMessage": ResponseEndOfMessage, "RequestWakeup": RequestWakeup,
+             "Wakeup": Wakeup}  # fmt: skip
     for path, expected in _SIGNATURES.items():
         owner, _, attribute = path.partition(".")
         target = getattr(names[owner], attribute, None) if attribute else names[owner]

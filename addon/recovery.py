@@ -42,6 +42,7 @@ from mitmproxy.version import VERSION as MITMPROXY_VERSION
 from addon import httplayer
 from addon.comment import add_note
 from addon.config import REFRESH, ROTATE, Config
+from addon.firstevent import is_sse
 from addon.loader import RulesLoader
 from addon.masking import mask
 from addon.plan import apply_plan
@@ -50,7 +51,6 @@ from addon.rewriter import METADATA_KEY, REPLAY_KEY, Rewriter, Sent
 from addon.streamtap import BodyCopy
 from addon.template import TOKEN
 from addon.tokens import token_key
-from addon.firstevent import is_sse
 from addon.verdict import applies, holds_for_first_event, may_retry, retry_after, verdict
 
 logger = logging.getLogger(__name__)
@@ -182,7 +182,8 @@ class Recovery:
         """How a retry's answer is judged by its first event, before it may stream to the client."""
         injected = set(values)
         return FirstEventJudge(
-            holds=lambda r: (streaming or is_sse(r.headers)) and not may_retry(config.on_response, r.status_code, injected)
+            holds=lambda r: (streaming or is_sse(r.headers))
+            and not may_retry(config.on_response, r.status_code, injected)
             and holds_for_first_event(config.on_response, r.status_code, injected),
             refuses=lambda r: self._action(config, r, values, streaming) is not None,
         )
@@ -243,7 +244,9 @@ class Recovery:
             return None
         return action
 
-    def _action(self, config: Config, response: http.Response, values: dict[str, str], streaming: bool = False) -> Action | None:
+    def _action(
+        self, config: Config, response: http.Response, values: dict[str, str], streaming: bool = False
+    ) -> Action | None:
         """What this answer means for a request sent with these values (None: pass it on);
         `streaming`: the request was a streaming one (see verdict)."""
         rule = verdict(config.on_response, response, streaming)
