@@ -95,7 +95,8 @@ class Recovery:
             120,
             "Seconds a retry of a refused request (see on_response in the rules) may take to get "
             "its response headers. A retry that takes longer is hung up and counts as a failed "
-            "attempt: the client gets the refusal it replaced.",
+            "attempt: the client gets the refusal it replaced. It also bounds how long a streamed answer "
+            "is held for its first event (first_event in on_response): one that has not come by then goes on unjudged.",
         )
         loader.add_option(
             "retry_idle_timeout",
