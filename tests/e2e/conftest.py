@@ -109,6 +109,7 @@ def fresh(server: UpstreamServer) -> UpstreamServer:
     app.chunks, app.events_sent = 5, 0
     app.hung_up.clear()
     app.clearances = app.on_challenge = None
+    app.error_first = set()
     return server
 
 

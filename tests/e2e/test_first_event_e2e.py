@@ -49,8 +49,9 @@ def good_events(count: int = 6, interval: float = 0.3) -> list:
     return [*parts[:-1], b"data: [DONE]\n\n"]
 
 
-def read_stream(url: str, path: str = "/v1/chat/completions", **client) -> tuple[httpx.Response, bytes, list]:
-    """POST a streaming request; the answer, its body as it came, and (arrival, event) per data event."""
+def read_stream(url: str, path: str = "/v1/chat/completions", then=lambda: None, **client) -> tuple[httpx.Response, bytes, list]:
+    """POST a streaming request; the answer, its body as it came, and (arrival, event) per data event.
+    `then` runs once the answer has ended, before the client closes its connection."""
     body, events, pending = b"", [], b""
     with httpx.Client(timeout=30, **client) as c:
         with c.stream("POST", url + path, content=CHAT) as response:
@@ -62,6 +63,7 @@ def read_stream(url: str, path: str = "/v1/chat/completions", **client) -> tuple
                     for line in block.split(b"\n"):
                         if line.startswith(b"data: {"):
                             events.append((time.time(), json.loads(line[6:])))
+        then()
     return response, body, events
 
 
@@ -89,18 +91,22 @@ def test_a_stream_whose_first_event_is_an_error_is_retried_and_the_client_gets_o
 
 
 def _retried_error_event(tmp_path, start_proxy, scripted, tls):
-    # the refused answer would go on for 30 s: the proxy must stop reading it
-    refused = [b": keep-alive\n\n", ERROR_EVENT, *[b'data: {"more": "FIRST-ANSWER"}\n\n', 0.3] * 100]
+    # the refused answer has more to send, once the client has had the retry's whole answer (or the
+    # proxy closes its connection: it must, before, while the client's connection is still open)
+    more = threading.Event()
+    refused = [b": keep-alive\n\n", ERROR_EVENT, more, b'data: {"more": "FIRST-ANSWER"}\n\n']
     scripted.script.extend([scripted.sse(*refused), scripted.sse(*good_events())])
     proxy = start_proxy(rules(tmp_path, scripted.port))
     url = f"{'https' if tls else 'http'}://127.0.0.1:{scripted.port}"
-    response, body, events = read_stream(url, proxy=proxy.url, verify=proxy.ssl_context)
+    hung_up_first = []
+    response, body, events = read_stream(url, proxy=proxy.url, verify=proxy.ssl_context,
+                                         then=lambda: (hung_up_first.append(scripted.hung_up.wait(10)), more.set()))
     assert response.status_code == 200
     assert b"FIRST-ANSWER" not in body and b"keep-alive" not in body  # nothing of the refused answer
     assert body == b"".join(scripted.sent_bodies[1])  # the retry's stream, byte for byte
     assert_spread_out(events)  # as it came
     assert [r.cookie("session") for r in scripted.received] == [TOKENS[0], TOKENS[1]]
-    assert scripted.hung_up.wait(10), "the refused answer's upstream connection was not closed"
+    assert hung_up_first == [True], "the refused answer's upstream connection was not closed"
     flow = client_flow(proxy)
     assert flow.marked == ":repeat:"
     assert flow.comment.splitlines()[-1] == f"· attempts: 200 with {MASKS[0]} → 200 with {MASKS[1]} (streamed)"
@@ -228,3 +234,22 @@ def test_a_client_that_leaves_while_the_answer_is_held_hangs_it_up(tmp_path, sta
     never.set()
     proxy.stop()
     assert "Traceback" not in proxy.log()
+
+
+def test_over_http2_on_both_sides_the_refused_stream_is_reset_and_the_retry_streams(tmp_path, start_proxy, upstream_tls):
+    from test_recovery_e2e import rules_for
+
+    upstream_tls.app.error_first = {TOKENS[0]}  # a 200 whose first event is an error, then its events all the same
+    path = rules_for(tmp_path, upstream_tls.port)
+    with open(path, "a") as f:
+        f.write('  - match: {status: 200, first_event: "(?m)^event: error$"}\n    action: rotate\n')
+    proxy = start_proxy(path)
+    response, body, events = read_stream(f"https://127.0.0.1:{upstream_tls.port}", proxy=proxy.url,
+                                         verify=proxy.ssl_context, http2=True)  # fmt: skip
+    assert response.status_code == 200 and response.http_version == "HTTP/2"
+    assert b"session expired" not in body and body.endswith(b"data: [DONE]\n\n")
+    assert_spread_out(events)
+    assert [(r.cookie("session"), r.http_version) for r in upstream_tls.app.received] == [(TOKENS[0], "2"), (TOKENS[1], "2")]
+    assert upstream_tls.app.hung_up.wait(10), "the refused answer's HTTP/2 stream was not reset"
+    flow = client_flow(proxy)
+    assert flow.comment.splitlines()[-1] == f"· attempts: 200 with {MASKS[0]} → 200 with {MASKS[1]} (streamed)"
