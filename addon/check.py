@@ -51,4 +51,7 @@ def summary(config: Config, tokens: int) -> str:
             parts.append(f"token health shared on {store.shown} (namespace {store.namespace}; not contacted by check)")
     for name, spec in config.values.items():
         parts.append(f"{name} from {spec.describe()}")
+    by_first_event = sum(rule.first_event is not None for rule in config.on_response)
+    if by_first_event:
+        parts.append(f"{by_first_event} on_response rule(s) judging a stream by its first event (held until it comes)")
     return "ok: " + ", ".join(parts)

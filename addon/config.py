@@ -103,12 +103,13 @@ class Regex(Protocol):
 
 @dataclass(frozen=True)
 class ResponseRule:
-    """What an upstream answer means: `action` when the status (and the body regex) match."""
+    """What an upstream answer means: `action` when the status (and the body or first-event regex) match."""
 
     statuses: frozenset[int]
     body: Regex | None
     action: str  # rotate | disable | refresh | refresh_captcha | pass
     values: frozenset[str] = frozenset()  # for refresh: the values it may fetch anew (default: every refreshable one)
+    first_event: Regex | None = None  # over the first event of a streamed answer (addon/firstevent.py)
 
     @property
     def refreshes(self) -> frozenset[str]:
@@ -363,6 +364,14 @@ def rules_schema(base: Path, file: Path, environ: Mapping[str, str], names: froz
                                         "body": Field(Str(_regex, "a regular expression"),
                                                       doc="An RE2 regular expression over the first MiB of the "
                                                       "decoded body, like (?i)captcha failed."),
+                                        "first_event": Field(
+                                            Str(partial(_regex, what="first_event"), "a regular expression"),
+                                            doc="An RE2 regular expression over the first event of a streamed "
+                                            "answer (of an event stream, its first event block with data; else "
+                                            "its first 64 KiB), like ^event: error; \"^$\" matches a stream that "
+                                            "ends without one. The answer is held until its first event comes, "
+                                            "and streams on if no rule refuses it. Never matches an answer that "
+                                            "is not streamed."),
                                     },
                                 ),
                                 required=True,
@@ -420,15 +429,15 @@ _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # the error goes in our message, not to stderr
 
 
-def _regex(text: str) -> Regex:
-    """A body regex, compiled for RE2, which matches in time linear in the body (no catastrophic
-    backtracking); it has no backreferences or lookaround, and says so here, at load time."""
+def _regex(text: str, what: str = "body") -> Regex:
+    """A body (or first_event) regex, compiled for RE2, which matches in time linear in the body (no
+    catastrophic backtracking); it has no backreferences or lookaround, and says so here, at load time."""
     try:
         return re2.compile(text, _RE2_OPTIONS)
     except re2.error as e:
         why = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
         if why.startswith(("invalid perl operator", "invalid escape sequence")):
-            why += " (body regexes run on RE2, which matches in linear time and so has no backreferences or lookaround)"
+            why += f" ({what} regexes run on RE2, which matches in linear time and so has no backreferences or lookaround)"
         raise ValueError(f"bad regular expression {text!r}: {why}") from None
 
 
@@ -558,8 +567,15 @@ def _build_response_rule(v: dict[str, Any], at: At, where: dict[str, At]) -> Res
     if v["values"] is not None and v["action"] != REFRESH:
         shorthand = "; refresh_captcha is refresh with values [captcha]" if v["action"] == REFRESH_CAPTCHA else ""
         where["values"].fail(f"values goes with action refresh, not {v['action']}{shorthand}")
+    match = v["match"]
+    if match["body"] is not None and match["first_event"] is not None:
+        _key_at(where["match"], "first_event").fail(
+            "give body or first_event, not both: body waits for the whole answer, "
+            "first_event judges a stream by its start"
+        )
     # refresh without values: every refreshable value, filled in by _build_config, which knows them
-    return ResponseRule(frozenset(v["match"]["status"]), v["match"]["body"], v["action"], frozenset(v["values"] or ()))
+    return ResponseRule(frozenset(match["status"]), match["body"], v["action"], frozenset(v["values"] or ()),
+                        match["first_event"])  # fmt: skip
 
 
 def _build_config(file: Path, v: dict[str, Any], at: At, where: dict[str, At]) -> Config:

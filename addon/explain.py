@@ -210,14 +210,15 @@ def _explain(config: Config, flow: http.HTTPFlow, values: dict[str, str]) -> Ite
         if "not set" in line or line.startswith("body not edited"):
             yield f"  note: {line}"
     if flow.response is not None:
-        rule = verdict(config.on_response, flow.response)
+        rule = verdict(config.on_response, flow.response, plan.streaming)
         if not applies(rule, plan.uses):
             yield f"  response {flow.response.status_code}: {PASS}: {ACTIONS[PASS]}"
         else:
             assert rule is not None
             action = REFRESH if rule.action == REFRESH_CAPTCHA else rule.action
             refreshed = " and ".join(sorted(rule.refreshes & plan.uses))
-            yield f"  response {flow.response.status_code}: {action}: {ACTIONS[action].format(values=refreshed)}"
+            by = " (by its first event)" if rule.first_event is not None else ""
+            yield f"  response {flow.response.status_code}{by}: {action}: {ACTIONS[action].format(values=refreshed)}"
 
 
 def _body_lines(plan: Plan, sent: http.Request, notes: list[str], removed: set[Edit]) -> Iterator[str]:

@@ -25,17 +25,34 @@ proxy core, for flows the addon marks with `hold()`, and nowhere else in the add
 - A retry that breaks off mid-stream ends the client's stream through `handle_protocol_error` with
   a `ResponseProtocolError`: on HTTP/1 the connection closes before the last chunk (a truncated
   chunked body), on HTTP/2 the stream is reset.
+- A streamed answer judged by its first event (`hold_first_event()`, from the responseheaders
+  hook, where the addon has set the response's `stream`): `start_response_stream` does not send
+  the headers; the stream reads the body (`state_first_event`) until its first event is there, or
+  its end, or 64 KiB (addon/firstevent.py), with a `RequestWakeup` of `retry_timeout` seconds as
+  the bound, then yields `FirstEventHook` with what came (`handover.head`). If the answer passes,
+  mitmproxy's own `start_response_stream` sends the headers, what came goes through
+  `state_stream_response_body` chunk by chunk as it came, and the rest streams as any streamed
+  answer. If a retry answered instead (`handover.answered`), the refused answer's upstream is cut
+  (a `RequestProtocolError` sent to the server: HTTP/1 closes the connection, HTTP/2 resets the
+  stream), whatever more of it comes is dropped (`_handle_event`), and the client gets the retry's
+  answer streamed (`_relay`) or whole. An answer that ends without a body at all is judged the same
+  way, from `send_response`.
 
 The internals used, as in mitmproxy 11.0.2 and 12.3.1 (`check()` verifies them before `install`):
 - `mitmproxy.proxy.layers.http`: `HttpLayer.make_stream(stream_id)` and `HttpLayer.streams`;
   `HttpStream.send_response(already_streamed=False)`, `HttpStream.check_killed(emit_error_hook)`,
   `HttpStream.handle_protocol_error(event)` (these read and set the stream's `client_state` and
-  `server_state`), `HttpStream.flow`, `.stream_id`, `.context.client`; `SendHttp(event,
+  `server_state`), `HttpStream.start_response_stream()`, `HttpStream.state_stream_response_body(event)`,
+  `HttpStream._handle_event(event)` (which hands server events to `server_state`),
+  `HttpStream.flow`, `.stream_id`, `.context.client`, `.context.server`; `SendHttp(event,
   connection)`; `ResponseHeaders(stream_id, response, end_stream)`, `ResponseData(stream_id,
-  data)`, `ResponseProtocolError(stream_id, message, code)` (the code an int, an HTTP status, on
-  11; an `ErrorCode` on 12), `RequestProtocolError`.
+  data)`, `ResponseTrailers(stream_id, trailers)`, `ResponseEndOfMessage(stream_id)`,
+  `ResponseProtocolError(stream_id, message, code)` and `RequestProtocolError(stream_id, message,
+  code)` (the code an int, an HTTP status, on 11; an `ErrorCode` on 12).
 - `mitmproxy.proxy.layer`: `Layer.handle_event(event)` and `Layer._paused_event_queue`.
-- `mitmproxy.proxy.commands.StartHook`: a blocking command that runs an addon hook.
+- `mitmproxy.proxy.commands.StartHook`: a blocking command that runs an addon hook;
+  `RequestWakeup(delay)`, answered by a `mitmproxy.proxy.events.Wakeup` with that `command`, which
+  `HttpLayer` routes back to the stream that asked for it.
 - Back-pressure: `mitmproxy.proxy.server.ConnectionHandler.transports` (a `ConnectionIO` with its
   `writer`, an asyncio StreamWriter) of the client's handler, found in the proxyserver addon's
   `connections` by the client's id (`mode_servers.ServerManager.connections`): the relay waits while
@@ -53,10 +70,12 @@ from dataclasses import dataclass
 
 from mitmproxy import ctx, http
 
+from addon.firstevent import FirstEventReader
 from addon.replay import Handover
 
 try:
-    from mitmproxy.proxy.commands import StartHook
+    from mitmproxy.proxy.commands import RequestWakeup, StartHook
+    from mitmproxy.proxy.events import Wakeup
     from mitmproxy.proxy.layer import Layer
     from mitmproxy.proxy.mode_servers import ServerManager
     from mitmproxy.proxy.server import ConnectionHandler, ConnectionIO
@@ -65,8 +84,10 @@ try:
         HttpStream,
         RequestProtocolError,
         ResponseData,
+        ResponseEndOfMessage,
         ResponseHeaders,
         ResponseProtocolError,
+        ResponseTrailers,
         SendHttp,
     )
 
@@ -80,7 +101,10 @@ CLIENT_BACKLOG = 1 << 20  # bytes sent to a client but not yet on its socket; pa
 _held: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
 _departed: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()  # flows whose client left (closed, or reset the stream)
 _on_departure: weakref.WeakKeyDictionary[http.HTTPFlow, Callable[[], None]] = weakref.WeakKeyDictionary()
+# streamed answers to hold until their first event: (is it an event stream, seconds to wait at most)
+_first_event: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[bool, float]] = weakref.WeakKeyDictionary()
 _broken_off_code: object = None  # the ResponseProtocolError code for a retry that broke off; set by check()
+_cut_code: object = None  # the RequestProtocolError code that cuts a refused answer's upstream; set by check()
 
 
 def hold(flow: http.HTTPFlow) -> None:
@@ -97,6 +121,12 @@ def departed(flow: http.HTTPFlow) -> bool:
 def on_departure(flow: http.HTTPFlow, callback: Callable[[], None]) -> None:
     """Call `callback` (once) when the client of this flow leaves it."""
     _on_departure[flow] = callback
+
+
+def hold_first_event(flow: http.HTTPFlow, sse: bool, timeout: float) -> None:
+    """Send nothing of this streamed answer until its first event is there (or `timeout` seconds
+    have passed); then hand it to the addon (FirstEventHook)."""
+    _first_event[flow] = (sse, timeout)
 
 
 def install(nextlayer) -> None:
@@ -128,6 +158,26 @@ class RelayHook(StartHook):  # type: ignore[misc,valid-type]
     handover: Handover
 
 
+@dataclass
+class FirstEventHook(StartHook):  # type: ignore[misc,valid-type]
+    """A streamed answer's first event is there (`handover.head`: what came of the body), and nothing
+    of it has been sent: the addon judges it, and may recover it as a refusal (`handover.answered`)."""
+
+    name = "mitm_rules_first_event"
+    handover: Handover
+
+
+class _FirstEventHold:
+    """A streamed answer held until its first event is there."""
+
+    def __init__(self, sse: bool, timeout: float) -> None:
+        self.reader = FirstEventReader(sse)
+        self.chunks: list[bytes] = []  # as they came
+        self.ended = False  # the whole answer came
+        self.wakeup = RequestWakeup(timeout)
+        self.cut = False  # refused: its upstream is cut, and what more comes of it is dropped
+
+
 class RelayingHttpLayer(HttpLayer):  # type: ignore[misc,valid-type]
     def make_stream(self, stream_id: int):
         yield from super().make_stream(stream_id)
@@ -138,6 +188,7 @@ class RelayingHttpLayer(HttpLayer):  # type: ignore[misc,valid-type]
 
 class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
     handover: Handover | None = None
+    first: _FirstEventHold | None = None
 
     def handle_event(self, event):
         if isinstance(event, RequestProtocolError) and getattr(self, "flow", None) is not None:
@@ -149,7 +200,89 @@ class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
                 callback()
         return super().handle_event(event)
 
+    def _handle_event(self, event):
+        first = self.first
+        if isinstance(event, Wakeup):  # only a first-event hold asks for one on this stream
+            ours = first is not None and event.command is first.wakeup
+            # (not when the client left meanwhile: an HTTP/2 client may reset its stream and stay)
+            if ours and self.server_state == self.state_first_event and self.flow.live:
+                yield from self._judge_first_event(timed_out=True)
+            return
+        if first is not None and first.cut and isinstance(event, _FROM_SERVER):
+            return  # more of a refused answer: none of it goes to the client
+        yield from super()._handle_event(event)
+
+    def start_response_stream(self):
+        hold = _first_event.pop(self.flow, None)
+        if hold is None:
+            yield from super().start_response_stream()
+            return
+        self.first = _FirstEventHold(*hold)  # the headers wait with the body
+        self.server_state = self.state_first_event
+        yield self.first.wakeup
+
+    def state_first_event(self, event):
+        first = self.first
+        assert first is not None and self.flow.response
+        if isinstance(event, ResponseData):
+            first.chunks.append(event.data)
+            if first.reader.feed(event.data):
+                yield from self._judge_first_event()
+        elif isinstance(event, ResponseTrailers):
+            self.flow.response.trailers = event.trailers  # sent after the body, as mitmproxy does
+        elif isinstance(event, ResponseEndOfMessage):
+            first.ended = True
+            first.reader.end()
+            yield from self._judge_first_event()
+
+    def _judge_first_event(self, timed_out: bool = False):
+        first = self.first
+        assert first is not None
+        self.server_state = self.state_judging_first_event
+        handover = self.handover = Handover(self.flow)
+        handover.head = b"".join(first.chunks)
+        if timed_out:
+            handover.unjudged = f"its first event did not come within {first.wakeup.delay:g} s (retry_timeout)"
+        try:
+            yield FirstEventHook(handover)
+            killed = yield from self.check_killed(True)
+            if killed or handover.answered:
+                first.cut = True
+                if not first.ended:
+                    why = "the client left" if killed else "refused by its first event"
+                    yield SendHttp(RequestProtocolError(self.stream_id, why, _cut_code), self.context.server)
+            if killed:
+                return
+            if handover.streaming:
+                yield from self._relay(handover)
+            elif handover.answered:
+                assert self.flow.response
+                self.flow.response.stream = False  # the retry's answer, whole
+                yield from super().send_response()
+            else:  # it streams on, as mitmproxy streams any answer
+                yield from super().start_response_stream()
+                for chunk in first.chunks:
+                    yield from self.state_stream_response_body(ResponseData(self.stream_id, chunk))
+                if first.ended:
+                    yield from self.state_stream_response_body(ResponseEndOfMessage(self.stream_id))
+        finally:
+            self.handover = None
+
+    def state_judging_first_event(self, event):
+        yield from ()  # (nothing comes here: the stream is paused while it judges)
+
     def send_response(self, already_streamed: bool = False):
+        hold = None if already_streamed else _first_event.pop(self.flow, None)
+        if hold is not None:  # a streamed answer that came whole (with no body at all, as a rule): judged the same way
+            first = self.first = _FirstEventHold(*hold)
+            body = self.flow.response.raw_content if self.flow.response else None
+            if body:
+                first.chunks.append(body)
+                first.reader.feed(body)
+            first.ended = True
+            first.reader.end()
+            yield from self._judge_first_event()
+            return
         if already_streamed or self.flow not in _held:
             yield from super().send_response(already_streamed)
             return
@@ -209,6 +342,9 @@ def _client_writer(client) -> asyncio.StreamWriter | None:
     return writer if isinstance(writer, asyncio.StreamWriter) else None
 
 
+_FROM_SERVER = (ResponseData, ResponseTrailers, ResponseEndOfMessage, ResponseProtocolError)
+
+
 # the version guard
 
 _SIGNATURES = {  # parameters (with defaults) as in mitmproxy 11.0.2 and 12.3.1
@@ -216,12 +352,19 @@ _SIGNATURES = {  # parameters (with defaults) as in mitmproxy 11.0.2 and 12.3.1
     "HttpStream.send_response": "(self, already_streamed=False)",
     "HttpStream.check_killed": "(self, emit_error_hook)",
     "HttpStream.handle_protocol_error": "(self, event)",
+    "HttpStream.start_response_stream": "(self)",
+    "HttpStream.state_stream_response_body": "(self, event)",
+    "HttpStream._handle_event": "(self, event)",
     "Layer.handle_event": "(self, event)",
     "SendHttp": "(event, connection)",
     "ResponseHeaders": "(stream_id, response, end_stream=False)",
     "ResponseData": "(stream_id, data)",
     "ConnectionHandler.drain_writers": "(self)",
     "ConnectionHandler.hook_task": "(self, hook)",
+    "ResponseTrailers": "(stream_id, trailers)",
+    "ResponseEndOfMessage": "(stream_id)",
+    "RequestWakeup": "(delay)",
+    "Wakeup": "(command)",
 }
 _ATTRIBUTES = {  # class: annotated attributes this module relies on
     "HttpLayer": ("streams",),
@@ -236,12 +379,13 @@ _ATTRIBUTES = {  # class: annotated attributes this module relies on
 def check() -> str | None:
     """Are mitmproxy's internals what this module was written for? None if so, else what differs.
     Remembers the ResponseProtocolError code to use."""
-    global _broken_off_code
+    global _broken_off_code, _cut_code
     if _IMPORT_PROBLEM:
         return _IMPORT_PROBLEM
     names = {"HttpLayer": HttpLayer, "HttpStream": HttpStream, "Layer": Layer, "SendHttp": SendHttp,
-             "ResponseHeaders": ResponseHeaders, "ResponseData": ResponseData, "ConnectionHandler": ConnectionHandler,
-             "ConnectionIO": ConnectionIO, "ServerManager": ServerManager}  # fmt: skip
+             "ResponseHeaders": ResponseHeaders, "ResponseData": ResponseData, "ResponseTrailers": ResponseTrailers,
+             "ResponseEndOfMessage": ResponseEndOfMessage, "RequestWakeup": RequestWakeup, "Wakeup": Wakeup,
+             "ConnectionHandler": ConnectionHandler, "ConnectionIO": ConnectionIO, "ServerManager": ServerManager}  # fmt: skip
     for path, expected in _SIGNATURES.items():
         owner, _, attribute = path.partition(".")
         target = getattr(names[owner], attribute, None) if attribute else names[owner]
@@ -255,6 +399,12 @@ def check() -> str | None:
         missing = [a for a in attributes if a not in annotated]
         if missing:
             return f"{owner} has no {', '.join(missing)}"
+    try:
+        routes_wakeups = "RequestWakeup" in inspect.getsource(HttpLayer.event_to_child)
+    except (OSError, TypeError):
+        routes_wakeups = False
+    if not routes_wakeups:
+        return "HttpLayer.event_to_child does not route a stream's RequestWakeup back to it"
     if getattr(StartHook, "blocking", None) is not True:
         return "StartHook is not a blocking command"
     found = _parameters(ResponseProtocolError)
@@ -266,10 +416,21 @@ def check() -> str | None:
         return f"ResponseProtocolError takes {found}, not (stream_id, message, code)"
     if code.annotation is int:  # 11: an HTTP status
         _broken_off_code = 502
-    elif getattr(code.annotation, "GENERIC_SERVER_ERROR", None) is not None:  # 12: an ErrorCode
-        _broken_off_code = code.annotation.GENERIC_SERVER_ERROR
+        _cut_code = 499  # Client Closed Request: HTTP/2 resets the stream with CANCEL
+    elif getattr(code.annotation, "GENERIC_SERVER_ERROR", None) is not None and hasattr(code.annotation, "CANCEL"):
+        _broken_off_code = code.annotation.GENERIC_SERVER_ERROR  # 12: an ErrorCode
+        _cut_code = code.annotation.CANCEL
     else:
         return f"ResponseProtocolError's code is a {code.annotation!r}, not an int or an ErrorCode"
+    found = _parameters(RequestProtocolError)
+    try:
+        request_code = inspect.signature(RequestProtocolError, eval_str=True).parameters.get("code")
+    except (NameError, TypeError, ValueError):
+        request_code = None
+    if found not in ("(stream_id, message, code)", "(stream_id, message, code=400)") or request_code is None:
+        return f"RequestProtocolError takes {found}, not (stream_id, message, code)"
+    if request_code.annotation is not code.annotation:
+        return f"RequestProtocolError's code is a {request_code.annotation!r}, not an int or an ErrorCode"
     return None
 
 

@@ -92,3 +92,6 @@ class Pipeline:
 
     async def mitm_rules_relay(self, handover: Handover) -> None:
         await self.recovery.mitm_rules_relay(handover)
+
+    async def mitm_rules_first_event(self, handover: Handover) -> None:
+        await self.recovery.mitm_rules_first_event(handover)

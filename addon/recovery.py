@@ -13,6 +13,10 @@ reaches the client as it arrives. Other answers are recovered in the `response`
 hook and handed over whole; so are all of them with `stream_retries` off, or
 when addon.httplayer finds mitmproxy's internals are not what it was written for.
 
+A streamed answer that a `first_event` rule could retry is held only until its first event is
+there (the FirstEventHook of addon.httplayer, `mitm_rules_first_event`), judged by it, and either
+streams on or is recovered as a refusal, of which the client sees nothing.
+
 A retry whose response headers do not come within `retry_timeout` seconds, or
 whose body goes silent for `retry_idle_timeout` seconds, is hung up (its
 upstream connections are closed); before its answer is taken that is a failed
@@ -39,15 +43,16 @@ from addon import httplayer
 from addon.breaker import refuse_here
 from addon.comment import add_note
 from addon.config import DISABLE, REFRESH, ROTATE, Config
+from addon.firstevent import is_sse
 from addon.loader import RulesLoader
 from addon.masking import mask
 from addon.plan import apply_plan_off_loop
-from addon.replay import Handover, Limits, Replay
+from addon.replay import FirstEventJudge, Handover, Limits, Replay
 from addon.rewriter import METADATA_KEY, REPLAY_KEY, Rewriter, Sent
 from addon.streamtap import BodyCopy, keep_copy
 from addon.template import TOKEN
 from addon.tokens import token_key
-from addon.verdict import applies, may_retry, retry_after, verdict
+from addon.verdict import applies, holds_for_first_event, may_retry, retry_after, verdict
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +98,8 @@ class Recovery:
             120,
             "Seconds a retry of a refused request (see on_response in the rules) may take to get "
             "its response headers. A retry that takes longer is hung up and counts as a failed "
-            "attempt: the client gets the refusal it replaced.",
+            "attempt: the client gets the refusal it replaced. It also bounds how long a streamed answer "
+            "is held for its first event (first_event in on_response): one that has not come by then goes on unjudged.",
         )
         loader.add_option(
             "retry_idle_timeout",
@@ -139,6 +145,8 @@ class Recovery:
                 replay.response_headers()
         elif held and self.stream_retries and flow.metadata[METADATA_KEY]["streaming"]:
             httplayer.hold(flow)  # recovered before it is sent: see mitm_rules_held_answer
+        elif not held:
+            self._hold_for_first_event(flow)
 
     async def response(self, flow: http.HTTPFlow) -> None:
         if REPLAY_KEY in flow.metadata:
@@ -159,6 +167,50 @@ class Recovery:
     async def mitm_rules_relay(self, handover: Handover) -> None:
         await handover.pull()
 
+    def _hold_for_first_event(self, flow: http.HTTPFlow) -> None:
+        """A streamed answer that a `first_event` rule could refuse is held until its first event
+        is there (mitm_rules_first_event); without stream_retries, held whole and judged when complete."""
+        config, record, response = self.state.config, flow.metadata.get(METADATA_KEY), flow.response
+        if config is None or record is None or response is None or not response.stream:
+            return  # (the stream tap streams every streamed answer the rules concern)
+        sse = is_sse(response.headers)
+        if not (sse or record["streaming"]) or not holds_for_first_event(config.on_response, response.status_code,
+                                                                       record["injected"]):  # fmt: skip
+            return
+        if self.stream_retries:
+            httplayer.hold_first_event(flow, sse, self.limits.headers)
+        else:
+            response.stream = False  # the buffered fallback: judged in the response hook, by its first event
+
+    def _first_event_judge(self, config: Config, values: dict[str, str], streaming: bool) -> FirstEventJudge:
+        """How a retry's answer is judged by its first event, before it may stream to the client."""
+        injected = set(values)
+        return FirstEventJudge(
+            holds=lambda r: (streaming or is_sse(r.headers))
+            and not may_retry(config.on_response, r.status_code, injected)
+            and holds_for_first_event(config.on_response, r.status_code, injected),
+            refuses=lambda r: self._action(config, r, values, streaming) is not None,
+        )
+
+    async def mitm_rules_first_event(self, handover: Handover) -> None:
+        """A streamed answer's first event is there, and nothing of it has been sent (addon.httplayer):
+        judged by what came of it (`handover.head`), and recovered when a rule refuses it. If a retry
+        answers (`handover.answered`), nothing of this answer reaches the client; otherwise it streams on."""
+        flow = handover.flow
+        assert flow.response is not None
+        if handover.unjudged is not None:
+            if self.rewriter.sent.pop(flow, None) is not None:
+                logger.warning(f"not judged {flow.request.method} {flow.request.pretty_url}: {handover.unjudged}")
+                add_note(flow, f"not judged: {handover.unjudged}")
+            return
+        stream, body = flow.response.stream, flow.response.raw_content
+        flow.response.stream, flow.response.raw_content = False, handover.head  # judged as if that were all
+        try:
+            await self._judge(flow, handover)
+        finally:
+            if not handover.answered:  # it streams on
+                flow.response.stream, flow.response.raw_content = stream, body
+
     def error(self, flow: http.HTTPFlow) -> None:
         self.rewriter.sent.pop(flow, None)  # nothing to recover: the request never got an answer
         if flow in self.streamed:
@@ -177,7 +229,7 @@ class Recovery:
     def _first_action(self, flow: http.HTTPFlow, sent: Sent, config: Config) -> Action | None:
         """What the first answer means: an action to recover with, or None to let it go to the client."""
         assert flow.response is not None
-        action = self._action(config, flow.response, sent.values)
+        action = self._action(config, flow.response, sent.values, sent.plan.streaming)
         if action is not None and flow.response.stream:
             # mitmproxy streamed it (stream_large_bodies, late): the client has it already
             logger.warning(f"not retried {flow.request.pretty_url}: the {flow.response.status_code} was "
@@ -196,9 +248,12 @@ class Recovery:
             return None
         return action
 
-    def _action(self, config: Config, response: http.Response, values: dict[str, str]) -> Action | None:
-        """What this answer means for a request sent with these values (None: pass it on)."""
-        rule = verdict(config.on_response, response)
+    def _action(
+        self, config: Config, response: http.Response, values: dict[str, str], streaming: bool = False
+    ) -> Action | None:
+        """What this answer means for a request sent with these values (None: pass it on);
+        `streaming`: the request was a streaming one (see verdict)."""
+        rule = verdict(config.on_response, response, streaming)
         if not applies(rule, values):
             return None
         assert rule is not None
@@ -274,7 +329,7 @@ class Recovery:
             if replay.streaming:  # it cannot be a refusal (see may_retry): it goes to the client as it comes
                 streamed, action = replay, None
             else:
-                action = self._action(config, last, values)
+                action = self._action(config, last, values, sent.plan.streaming)
             if action is None:
                 self._settled(last, values, sent_at)
                 break
@@ -439,7 +494,8 @@ class Recovery:
         copy.comment = f"attempt {n} of flow {flow.id[:8]}, with {'token ' if TOKEN in values else ''}{shown}"
         injected = set(values)
         streamable = lambda r: not may_retry(config.on_response, r.status_code, injected)  # noqa: E731
-        replay = Replay(copy, self.limits, client, streamable, gone=lambda: _client_gone(flow, client))
+        judge = self._first_event_judge(config, values, sent.plan.streaming)
+        replay = Replay(copy, self.limits, client, streamable, gone=lambda: _client_gone(flow, client), first_event=judge)
         httplayer.on_departure(flow, replay.wake)  # a client that leaves hangs up the retry at once
         await replay.run()
         return replay

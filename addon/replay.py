@@ -5,7 +5,9 @@ arrives, through the retry flow's `response.stream` (mitmproxy's public way to s
 chunk by chunk). Its headers must come within `retry_timeout` seconds of sending; then its
 body may not go silent for more than `retry_idle_timeout`. The body is either held whole (it
 may be a refusal to judge, or the client's answer is not streamed), or forwarded as it comes
-to a `Handover`: the client's stream waiting for it (see `addon.httplayer`).
+to a `Handover`: the client's stream waiting for it (see `addon.httplayer`). An answer that a
+`first_event` rule may refuse is held until its first event is there (`FirstEventJudge`): then it
+streams, or, refused, it is held whole (and judged whole by the recovery).
 
 A streamed answer is read from the upstream no faster than the client takes it: the replay's
 connection handler waits in `drain_writers` (mitmproxy's own back-pressure point, called after each
@@ -21,11 +23,14 @@ import logging
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from mitmproxy import ctx, http
 from mitmproxy.addons.clientplayback import ReplayHandler
 from mitmproxy.flow import Error
 from mitmproxy.hooks import UpdateHook
+
+from addon.firstevent import FirstEventReader, is_sse
 
 HANG_UP_GRACE = 5.0  # seconds a hung-up replay gets to wind down before its task is cancelled
 CLIENT_LEFT = "the client left"
@@ -36,6 +41,13 @@ FORWARD_BUFFER = 1 << 20  # bytes of a streamed retry's answer read ahead of the
 class Limits:
     headers: float  # seconds from sending a retry to its response headers (retry_timeout)
     idle: float  # seconds a retry's body may go without data (retry_idle_timeout)
+
+
+class FirstEventJudge(NamedTuple):
+    """How a retry's answer that may be refused by its first event is judged before it may stream."""
+
+    holds: Callable[[http.Response], bool]  # is this answer judged by its first event?
+    refuses: Callable[[http.Response], bool]  # does a rule refuse it, by what came of its body?
 
 
 class Handover:
@@ -56,6 +68,10 @@ class Handover:
         self.ended = False
         self.failure: str | None = None
         self.left: str | None = None  # the client went away (mitmproxy's reason)
+        # an answer judged by its first event (addon.httplayer's FirstEventHook):
+        self.head = b""  # what came of its body: the first event (or its end, or 64 KiB)
+        self.unjudged: str | None = None  # why it goes on unjudged (its first event did not come in time)
+        self.answered = False  # a retry answered: the client gets that answer instead, and nothing of this one
 
     def client_left(self, reason: str) -> None:
         if self.left is None:
@@ -124,12 +140,15 @@ class Replay:
         client: Handover | None = None,
         streamable: Callable[[http.Response], bool] = lambda response: False,
         gone: Callable[[], bool] = lambda: False,
+        first_event: FirstEventJudge | None = None,
     ) -> None:
         self.flow = flow
         self.limits = limits
         self.client = client  # the client's stream, when the answer may be streamed to it
         self.gone = gone  # has the client left? (then the retry is not sent, or is hung up: `wake` tells it)
         self.streamable = streamable  # would this answer be streamed to the client?
+        self.first_event = first_event
+        self._reader: FirstEventReader | None = None  # reading the answer's first event, to judge it
         self.handler = _Handler(flow, ctx.options)
         self.task: asyncio.Future | None = None
         self.streaming = False
@@ -159,7 +178,10 @@ class Replay:
         assert response is not None
         self.headers_seen = True
         self.data_at = _now()
-        if self.client is not None and self.streamable(response):
+        if self.client is not None and self.first_event is not None and self.first_event.holds(response):
+            self._reader = FirstEventReader(is_sse(response.headers))
+            response.stream = self._until_first_event
+        elif self.client is not None and self.streamable(response):
             self.streaming = True
             self.handler.streams = True
             response.stream = self._forward
@@ -172,6 +194,9 @@ class Replay:
     def response_done(self) -> None:
         response = self.flow.response
         assert response is not None
+        if self._reader is not None:  # it ended before its first event was there
+            self._reader.end()
+            self._judge_first_event()
         if not self.streaming and not self.too_large:
             response.raw_content = bytes(self._body)
             response.stream = False
@@ -183,6 +208,31 @@ class Replay:
         self._body += chunk
         self.data_at = _now()
         return b""  # nothing goes on to mitmproxy's stand-in client of the replay
+
+    def _until_first_event(self, chunk: bytes) -> bytes:
+        self._body += chunk
+        self.data_at = _now()
+        if chunk and self._reader is not None and self._reader.feed(chunk):
+            self._judge_first_event()
+        return b""
+
+    def _judge_first_event(self) -> None:
+        """Judge the answer by what came of it: refused, it is held whole; else it streams to the client."""
+        response = self.flow.response
+        assert response is not None and self.first_event is not None
+        self._reader = None
+        body, response.raw_content = response.raw_content, bytes(self._body)
+        refused = self.first_event.refuses(response)
+        response.raw_content = body
+        if refused:
+            response.stream = self._hold
+        else:
+            self.streaming = self.handler.streams = True
+            if self._body:
+                self._pending.append(bytes(self._body))
+            self._body = bytearray()
+            response.stream = self._forward
+        self.wake()
 
     def _forward(self, chunk: bytes) -> bytes:
         if chunk and not self._left():  # (for a client that left, nothing is kept: the retry is being hung up)
@@ -222,6 +272,8 @@ class Replay:
         except asyncio.CancelledError:  # the proxy is shutting down: take the replay with us
             self.task.cancel()
             raise
+        if self.client is not None and self.failure is None and self.flow.response is not None:
+            self.client.answered = True  # (the recovery gives the client this answer, or a later one)
 
     async def _answer(self) -> str | None:
         limits = self.limits
@@ -235,11 +287,12 @@ class Replay:
             return await self.hang_up("the answer was too large to hold (stream_large_bodies)")
         if self.streaming:
             return None
-        if not await self._until(self._over, limits.idle, lambda: self.data_at):
+        # (an answer judged by its first event may start streaming meanwhile)
+        if not await self._until(lambda: self._over() or self.streaming, limits.idle, lambda: self.data_at):
             return await self.hang_up(f"no data for {limits.idle:g} s (retry_idle_timeout)")
         if self._left():
             return await self.hang_up(CLIENT_LEFT)
-        return None if self.complete else self._ended_why()
+        return None if self.complete or self.streaming else self._ended_why()
 
     async def forwarded(self) -> tuple[list[bytes], bool, str | None]:
         """What came of a streamed answer since the last call, once something did: (chunks, ended, failure)."""

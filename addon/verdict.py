@@ -10,6 +10,7 @@ from mitmproxy import http
 
 from addon.config import DISABLE, PASS, ROTATE, ResponseRule
 from addon.decoding import decode_body
+from addon.firstevent import first_event, is_sse
 from addon.template import TOKEN
 
 BODY_SEARCH_LIMIT = 1024 * 1024  # bytes of a decoded body that `body:` regexes look at
@@ -26,12 +27,23 @@ def applies(rule: ResponseRule | None, injected: Collection[str]) -> bool:
     return any(name in injected for name in rule.refreshes)
 
 
-def verdict(rules: tuple[ResponseRule, ...], response: http.Response) -> ResponseRule | None:
-    """The first rule that matches, or None to pass the answer on (as a matching `pass` rule does)."""
+def verdict(rules: tuple[ResponseRule, ...], response: http.Response, streaming: bool = False) -> ResponseRule | None:
+    """The first rule that matches, or None to pass the answer on (as a matching `pass` rule does).
+    `streaming`: the request was a streaming one; its answer, like any event stream, is a streamed
+    answer, which `first_event` regexes judge by its body's first event (they never match another)."""
     text: str | None = None
+    event: str | None = None
     for rule in rules:
         if response.status_code not in rule.statuses:
             continue
+        if rule.first_event is not None:
+            sse = is_sse(response.headers)
+            if not (streaming or sse):
+                continue
+            if event is None:
+                event = first_event(response.raw_content or b"", sse)
+            if not rule.first_event.search(event):
+                continue
         if rule.body is not None:
             if text is None:
                 text = body_text(response)
@@ -57,13 +69,29 @@ def body_text(response: http.Response) -> str:
 
 
 def may_retry(rules: tuple[ResponseRule, ...], status: int, injected: Collection[str]) -> bool:
-    """Could an answer with this status be retried? Decided before the body is read, so a
-    rule whose `body` might match counts; the first rule without `body` ends the search."""
+    """Could an answer with this status be retried, so that it must be held whole? Decided before
+    the body is read, so a rule whose `body` might match counts; the first rule without `body` ends
+    the search. `first_event` rules do not count: see `holds_for_first_event`."""
     for rule in rules:
         if status in rule.statuses:
+            if rule.first_event is not None:
+                continue
             if applies(rule, injected):
                 return True
             if rule.body is None:
+                return False
+    return False
+
+
+def holds_for_first_event(rules: tuple[ResponseRule, ...], status: int, injected: Collection[str]) -> bool:
+    """Could a streamed answer with this status be retried for its first event? Then it is held
+    until that comes. (Asked of an answer that `may_retry` does not hold whole.)"""
+    for rule in rules:
+        if status in rule.statuses:
+            if rule.first_event is not None:
+                if applies(rule, injected):
+                    return True
+            elif rule.body is None:
                 return False
     return False
 

@@ -105,6 +105,7 @@ class ProtectedAPI:
     refuse_odd: bool = False  # refuse the 1st, 3rd, 5th… request: each one then recovers with one retry
     firehose: int = 0  # a stream is this many bytes of 64 KiB events, sent as fast as the connection takes them
     firehose_sent: int = 0  # bytes of them sent so far, all streams together
+    error_first: set[str] = field(default_factory=set)  # tokens whose 200 stream starts with an error event
     log: bool = False
     received: list[Received] = field(default_factory=list)
     events_sent: int = 0  # streamed events, all streams together
@@ -147,7 +148,7 @@ class ProtectedAPI:
             await asyncio.sleep(self.refusal_delay)
             return await self._json(send, 403, {"error": {"message": refusal, "type": "forbidden"}}, extra)
         if rec.path == "/v1/chat/completions" and streaming:
-            return await self._stream(send, receive, payload)
+            return await self._stream(send, receive, payload, rec.cookie("session") in self.error_first)
         if rec.path == "/v1/chat/completions":
             return await self._json(send, 200, completion(payload))
         return await self._json(send, 200, {"ok": True, "path": rec.path})
@@ -211,13 +212,17 @@ class ProtectedAPI:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 
-    async def _stream(self, send, receive, payload) -> None:
+    async def _stream(self, send, receive, payload, error_first: bool = False) -> None:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
         disconnect = asyncio.ensure_future(receive())  # once the body is read, this waits for the client to leave
         try:
             if self.firehose:
                 return await self._firehose(send, disconnect)
+            if error_first:  # a 200 that fails inside, as chat front-ends answer; the events still follow
+                error = {"error": {"message": "upstream session expired", "type": "server_error"}}
+                await send({"type": "http.response.body", "body": f"event: error\ndata: {json.dumps(error)}\n\n".encode(),
+                            "more_body": True})
             words = [f"word{i} " for i in range(self.chunks)]
             for i, word in enumerate(words):
                 if i and await self._left(disconnect, None if i == self.stall_after else self.interval):

@@ -34,6 +34,7 @@ def test_schema_knows_every_key_and_forbids_others():
     response_rule = schema["properties"]["on_response"]["items"]
     assert response_rule["properties"]["action"]["enum"] == ["rotate", "disable", "refresh", "refresh_captcha", "pass"]
     assert set(response_rule["properties"]) == {"match", "action", "values"}
+    assert set(response_rule["properties"]["match"]["properties"]) == {"status", "body", "first_event"}
     strategy = schema["properties"]["tokens"]["properties"]["strategy"]
     assert strategy["enum"] == ["round_robin", "sticky"]
 

@@ -89,6 +89,20 @@ def test_recovery_settings(tmp_path):
     assert (second.statuses, second.body, second.action) == ({401, 403}, None, "rotate")
 
 
+def test_a_first_event_rule(tmp_path):
+    text = R + "tokens: {file: tokens.txt}\n" + textwrap.dedent("""\
+        on_response:
+          - match: {status: 200, first_event: "(?m)^event: error$"}
+            action: rotate
+          - match: {status: 200, first_event: "^$"}
+            action: rotate
+        """)
+    first, empty = load_config(write(tmp_path, text)).on_response
+    assert (first.statuses, first.body, first.first_event.pattern, first.action) == ({200}, None, "(?m)^event: error$", "rotate")
+    assert first.first_event.search("data: {}\nevent: error") and not first.first_event.search("event: errors")
+    assert empty.first_event.search("") and not empty.first_event.search("data: {}")
+
+
 def test_the_intended_file_of_issue_16(tmp_path):
     (tmp_path / "mint-recaptcha").write_text("#!/bin/sh\necho cap-x\n")
     (tmp_path / "cf_clearance.txt").write_text("cf-1\n")
@@ -254,6 +268,14 @@ BAD = [
     (R + "on_response: [{match: {status: 403, body: 'token(?!ok)'}, action: rotate}]\n",
      "4:43: on_response[0].match.body: bad regular expression 'token(?!ok)': invalid perl operator: (?! "
      "(body regexes run on RE2, which matches in linear time and so has no backreferences or lookaround)"),
+    (R + "on_response: [{match: {status: 200, first_event: '(?<=x)'}, action: rotate}]\n",
+     "4:50: on_response[0].match.first_event: bad regular expression '(?<=x)': invalid perl operator: (?<= "
+     "(first_event regexes run on RE2, which matches in linear time and so has no backreferences or lookaround)"),
+    (R + "on_response: [{match: {status: 200, first_event: '['}, action: rotate}]\n",
+     "4:50: on_response[0].match.first_event: bad regular expression '[': missing ]: ["),
+    (R + "on_response: [{match: {status: 200, body: x, first_event: y}, action: rotate}]\n",
+     "4:59: on_response[0].match.first_event: give body or first_event, not both: body waits for the whole answer, "
+     "first_event judges a stream by its start"),
     (R + "on_response: [{match: {body: x}, action: rotate}]\n", "4:23: on_response[0].match: missing required key 'status'"),
     (R + "on_response: [{match: {status: '403'}, action: rotate}]\n",
      "4:32: on_response[0].match.status: expected a whole number, got a string"),

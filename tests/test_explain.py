@@ -120,3 +120,35 @@ def test_explain_says_what_a_disable_rule_would_do(tmp_path):
     f.response = tutils.tresp(status_code=401)
     lines = list(explain(config, f, {"token": "…1111"}))
     assert lines[-1] == "  response 401: disable: retire this token, then retry with the next one (and a fresh captcha value)"
+
+
+STREAM_RULES = """\
+rules:
+  - name: account
+    match: {host: api.example.com}
+    headers: {Authorization: "Bearer {token}"}
+tokens: {file: tokens.txt}
+on_response:
+  - match: {status: 200, first_event: "(?m)^event: error$"}
+    action: rotate
+"""
+
+
+@pytest.mark.parametrize(
+    "content_type, body, said",
+    [
+        ("text/event-stream", b'event: error\ndata: {"error": "x"}\n\n', "  response 200 (by its first event): rotate: "
+         "retry with the next token (and a fresh captcha value)"),
+        ("text/event-stream", b'data: {"n": 1}\n\nevent: error\ndata: {}\n\n', "  response 200: pass: hand it to the "
+         "client as it is"),
+        ("application/json", b"event: error\n", "  response 200: pass: hand it to the client as it is"),  # not streamed
+    ],
+)
+def test_explain_judges_a_saved_stream_by_its_first_event(tmp_path, content_type, body, said):
+    from mitmproxy.test import tutils
+
+    config = load_config(write_rules(tmp_path, STREAM_RULES))
+    f = make_flow("POST", "https://api.example.com/v1/chat", [("Content-Type", "application/json")], '{"stream": false}')
+    f.response = tutils.tresp(status_code=200, content=body)
+    f.response.headers["content-type"] = content_type
+    assert list(explain(config, f, {"token": "…1111"}))[-1] == said

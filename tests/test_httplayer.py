@@ -23,8 +23,10 @@ def test_the_guard_passes_on_this_mitmproxy_and_picks_its_error_code():
     assert httplayer.check() is None
     if VERSION.startswith("11."):
         assert httplayer._broken_off_code == 502  # an HTTP status on 11
+        assert httplayer._cut_code == 499  # (which HTTP/2 sends as a CANCEL)
     else:
         assert httplayer._broken_off_code is mhttp.ErrorCode.GENERIC_SERVER_ERROR
+        assert httplayer._cut_code is mhttp.ErrorCode.CANCEL
 
 
 @dataclasses.dataclass
@@ -55,11 +57,23 @@ BREAKS = [
     # an error code of another kind
     (lambda mp: mp.setattr(httplayer, "ResponseProtocolError", _CodeAsText),
      "ResponseProtocolError's code is a <class 'str'>, not an int or an ErrorCode"),
+    # what holding an answer for its first event uses
+    (lambda mp: mp.setattr(mhttp.HttpStream, "start_response_stream", lambda self, headers_sent: None),
+     "HttpStream.start_response_stream takes (self, headers_sent), not (self)"),
+    (lambda mp: mp.setattr(mhttp.HttpLayer, "event_to_child", _event_to_child),
+     "HttpLayer.event_to_child does not route a stream's RequestWakeup back to it"),
+    (lambda mp: mp.setattr(httplayer, "RequestProtocolError", _CodeAsText),
+     "RequestProtocolError's code is a <class 'str'>, not an int or an ErrorCode"),
 ]  # fmt: skip
 
 
+def _event_to_child(self, child, event):  # one that forgets which stream asked for a wakeup
+    yield from child.handle_event(event)
+
+
 @pytest.mark.parametrize("break_it, problem", BREAKS, ids=["signature", "extra parameter", "missing method",
-                                                            "import", "attribute", "error code"])  # fmt: skip
+                                                            "import", "attribute", "error code", "response stream",
+                                                            "wakeups", "request error code"])  # fmt: skip
 def test_the_guard_declines_when_an_internal_differs(monkeypatch, break_it, problem):
     break_it(monkeypatch)
     assert httplayer.check() == problem

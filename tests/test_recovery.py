@@ -184,6 +184,20 @@ on_response:
 """
 
 
+# a streamed answer judged by its first event (the FirstEventHook's side that needs no process)
+STREAM_RULES = """\
+rules:
+  - match: {host: a.com, path: /v1/*}
+    cookies: {session: "{token}"}
+  - match: {host: a.com}
+    headers: {User-Agent: browser}
+tokens: {file: tokens.txt}
+on_response:
+  - match: {status: 200, first_event: "(?m)^event: error$"}
+    action: rotate
+"""
+
+
 @pytest.mark.parametrize("status, action", [(401, Action(ROTATE, retire=True)), (403, Action(ROTATE)), (200, None)])
 def test_a_disable_rule_asks_for_a_rotation_that_retires_the_token(tmp_path, status, action):
     (tmp_path / "fetch.sh").write_text("#!/bin/sh\necho cap-recovery-test\n")
@@ -208,3 +222,67 @@ def test_a_retirement_is_logged_once_with_the_last_four_characters(recover, capl
         f"again until tokens.enable …{TOKENS[0][-4:]}"
     ]
     assert TOKENS[0] not in caplog.text
+
+
+def _streamed_answer(pipeline, path="/v1/chat", status=200, content_type="text/event-stream"):
+    """A flow through the request hook, with its answer's headers just come (and the hook run)."""
+    f = tflow.tflow()
+    f.request.host, f.request.port, f.request.path = "a.com", 443, path
+    asyncio.run(pipeline.request(f))
+    f.response = tflow.tresp(status_code=status, content=None)
+    f.response.headers["content-type"] = content_type
+    pipeline.responseheaders(f)
+    return f
+
+
+@pytest.mark.parametrize(
+    "path, status, content_type, held",
+    [
+        ("/v1/chat", 200, "text/event-stream", True),
+        ("/free", 200, "text/event-stream", False),  # no token in it: a rotate cannot retry it
+        ("/v1/chat", 201, "text/event-stream", False),  # no rule for the status
+        ("/v1/chat", 200, "application/json", False),  # not streamed (nor a streaming request)
+    ],
+)
+def test_only_a_streamed_answer_a_first_event_rule_could_retry_is_held_for_its_first_event(
+    tmp_path, path, status, content_type, held
+):
+    from addon import httplayer
+
+    pipeline = Pipeline()
+    with taddons.context(pipeline) as tctx:
+        tctx.configure(pipeline, rules=str(write_rules(tmp_path, STREAM_RULES)), stream_retries=True, retry_timeout=7)
+        f = _streamed_answer(pipeline, path, status, content_type)
+        assert (httplayer._first_event.get(f) == (True, 7.0)) is held
+        tctx.configure(pipeline, stream_retries=False)  # the fallback: held whole instead, and judged when complete
+        f = _streamed_answer(pipeline, path, status, content_type)
+        assert f not in httplayer._first_event and (not f.response.stream) is (held or content_type == "application/json")
+
+
+def test_an_answer_whose_first_event_passes_goes_on_as_it_was(tmp_path):
+    from addon.replay import Handover
+
+    pipeline = Pipeline()
+    with taddons.context(pipeline) as tctx:
+        tctx.configure(pipeline, rules=str(write_rules(tmp_path, STREAM_RULES)), stream_retries=True)
+        f = _streamed_answer(pipeline)
+        stream = f.response.stream
+        handover = Handover(f)
+        handover.head = b'data: {"n": 1}\n\nevent: error\ndata: {}\n\n'  # an error, but not the first event
+        asyncio.run(pipeline.mitm_rules_first_event(handover))
+        assert not handover.answered and f.response.stream is stream and f.response.raw_content is None
+        assert f not in pipeline.rewriter.sent  # judged: the response hook has nothing more to do
+
+
+def test_an_answer_whose_first_event_does_not_come_in_time_goes_on_unjudged(tmp_path):
+    from addon.replay import Handover
+
+    pipeline = Pipeline()
+    with taddons.context(pipeline) as tctx:
+        tctx.configure(pipeline, rules=str(write_rules(tmp_path, STREAM_RULES)), stream_retries=True)
+        f = _streamed_answer(pipeline)
+        handover = Handover(f)
+        handover.unjudged = "its first event did not come within 7 s (retry_timeout)"
+        asyncio.run(pipeline.mitm_rules_first_event(handover))
+        assert f.comment.splitlines()[-1] == "· not judged: its first event did not come within 7 s (retry_timeout)"
+        assert f not in pipeline.rewriter.sent

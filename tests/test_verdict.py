@@ -2,7 +2,7 @@ import pytest
 from mitmproxy.test import tutils
 
 from addon.config import DEFAULT_ON_RESPONSE, ResponseRule, _regex
-from addon.verdict import BODY_SEARCH_LIMIT, applies, may_retry, retry_after, verdict
+from addon.verdict import BODY_SEARCH_LIMIT, applies, holds_for_first_event, may_retry, retry_after, verdict
 from helpers import compressed_json
 
 RULES = (
@@ -129,3 +129,55 @@ def test_a_refresh_applies_to_the_requests_that_used_its_values():
     assert challenge is CLEARANCE[0]
     assert applies(challenge, {"token", "cf_clearance"}) and not applies(challenge, {"token"})
     assert applies(RULES[0], {"captcha"}) and not applies(RULES[0], {"token"})  # refresh_captcha
+
+
+# first_event rules: a streamed answer (an event stream, or any answer to a streaming request) judged by its first event
+STREAM_RULES = (
+    ResponseRule(frozenset({200}), None, "rotate", first_event=_regex("(?m)^event: error$", "first_event")),
+    ResponseRule(frozenset({200}), None, "rotate", first_event=_regex("^$", "first_event")),
+    ResponseRule(frozenset({403}), None, "rotate"),
+)
+SSE = {"content_type": "text/event-stream; charset=utf-8"}
+
+
+@pytest.mark.parametrize(
+    "response, streaming, action",
+    [
+        # an event stream: its first event block with data
+        (resp(200, b"event: error\ndata: {}\n\ndata: {}\n\n", **SSE), False, "rotate"),
+        (resp(200, b"data: {}\n\nevent: error\ndata: {}\n\n", **SSE), False, None),  # only the first event counts
+        (resp(200, b": ping\n\nevent: error\r\ndata: x\r\n\r\n", **SSE), False, "rotate"),  # comments before it skipped
+        (resp(200, b"", **SSE), False, "rotate"),  # no event at all: "^$"
+        (resp(200, b": ping\n\n", **SSE), False, "rotate"),  # only a keep-alive: no event either
+        # any answer to a streaming request: its first 64 KiB
+        (resp(200, b"", content_type="application/x-ndjson"), True, "rotate"),
+        (resp(200, b'{"n": 1}\n', content_type="application/x-ndjson"), True, None),
+        # never an answer that is not streamed
+        (resp(200, b"", content_type="application/json"), False, None),
+        (resp(200, b"event: error\ndata: x\n\n", content_type="text/plain"), False, None),
+        (resp(403, b"", **SSE), False, "rotate"),
+    ],
+)
+def test_first_event_rules_judge_a_streamed_answer_by_its_first_event(response, streaming, action):
+    assert action_of(verdict(STREAM_RULES, response, streaming)) == action
+
+
+@pytest.mark.parametrize(
+    "status, injected, whole, first_event",
+    [
+        (200, {"token"}, False, True),  # a first_event rule: held until its first event, not whole
+        (200, set(), False, False),  # rotate needs a token: nothing to retry it with
+        (403, {"token"}, True, False),
+        (500, {"token"}, False, False),
+    ],
+)
+def test_a_first_event_rule_holds_an_answer_for_its_first_event_not_whole(status, injected, whole, first_event):
+    assert may_retry(STREAM_RULES, status, injected) is whole
+    assert holds_for_first_event(STREAM_RULES, status, injected) is first_event
+
+
+def test_a_rule_without_conditions_before_a_first_event_rule_ends_the_search():
+    rules = (ResponseRule(frozenset({200}), None, "pass"), *STREAM_RULES)
+    assert not holds_for_first_event(rules, 200, {"token"})
+    body_first = (ResponseRule(frozenset({200}), _regex("x"), "pass"), *STREAM_RULES)
+    assert holds_for_first_event(body_first, 200, {"token"})  # a body rule might not match

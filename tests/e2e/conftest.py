@@ -111,6 +111,7 @@ def fresh(server: UpstreamServer) -> UpstreamServer:
     app.linger, app.refuse_odd, app.firehose, app.firehose_sent = 0.0, False, 0, 0
     app.hung_up.clear()
     app.clearances = app.on_challenge = None
+    app.error_first = set()
     return server
 
 

@@ -70,6 +70,8 @@ class ScriptedUpstream:
         self.released = threading.Event()  # set to let hanging steps go
         self.hung_up = threading.Event()  # set when the proxy closed a hanging or streaming connection
         self.events_sent = 0  # by the `events` steps
+        self.sent_bodies: list[list[bytes]] = []  # by the `sse` steps: the chunks each sent
+        self.gate_timed_out = threading.Event()  # an `sse` step waited in vain for its Event
         self._lock = threading.Lock()
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
@@ -107,6 +109,49 @@ class ScriptedUpstream:
                     self.hung_up.set()
                     return False
             conn.sendall(b"0\r\n\r\n")
+            return True
+
+        return step
+
+    def sse(self, *parts: bytes | Callable[[], bytes] | float | threading.Event, length: int | None = None) -> Step:
+        """A 200 `text/event-stream` that sends `parts` in order, each a chunk of its own: bytes as
+        they are, a callable's bytes made when it is sent, a float a pause of that many seconds, an
+        Event a wait (up to 30 s; `gate_timed_out` is set if it never comes, `hung_up` if the proxy
+        closes the connection meanwhile). What it sent is kept in
+        `sent_bodies`, one entry per step. `length`: a Content-Length body (the parts are its bytes),
+        not chunks. A proxy that closes the connection ends it early, and `hung_up` is set."""
+
+        def step(conn: socket.socket) -> bool:
+            framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+            conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n{framing}\r\n\r\n".encode())
+            sent: list[bytes] = []
+            with self._lock:
+                self.sent_bodies.append(sent)
+            for part in parts:
+                if isinstance(part, threading.Event):
+                    deadline = time.monotonic() + 30
+                    while not part.is_set():
+                        if time.monotonic() > deadline:
+                            self.gate_timed_out.set()
+                            break
+                        if self._closed_within(conn, 0.05):
+                            self.hung_up.set()
+                            return False
+                    continue
+                if isinstance(part, float):
+                    if self._closed_within(conn, part):
+                        self.hung_up.set()
+                        return False
+                    continue
+                data = part() if callable(part) else part
+                try:
+                    conn.sendall(data if length is not None else b"%x\r\n%s\r\n" % (len(data), data))
+                except OSError:
+                    self.hung_up.set()
+                    return False
+                sent.append(data)
+            if length is None:
+                conn.sendall(b"0\r\n\r\n")
             return True
 
         return step
