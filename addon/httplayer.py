@@ -407,11 +407,7 @@ def check() -> str | None:
         return "HttpLayer.event_to_child does not route a stream's RequestWakeup back to it"
     if getattr(StartHook, "blocking", None) is not True:
         return "StartHook is not a blocking command"
-    found = _parameters(ResponseProtocolError)
-    try:
-        code = inspect.signature(ResponseProtocolError, eval_str=True).parameters.get("code")
-    except (NameError, TypeError, ValueError):
-        code = None
+    found, code = _code_parameter(ResponseProtocolError)
     if found not in ("(stream_id, message, code)", "(stream_id, message, code=502)") or code is None:
         return f"ResponseProtocolError takes {found}, not (stream_id, message, code)"
     if code.annotation is int:  # 11: an HTTP status
@@ -422,16 +418,21 @@ def check() -> str | None:
         _cut_code = code.annotation.CANCEL
     else:
         return f"ResponseProtocolError's code is a {code.annotation!r}, not an int or an ErrorCode"
-    found = _parameters(RequestProtocolError)
-    try:
-        request_code = inspect.signature(RequestProtocolError, eval_str=True).parameters.get("code")
-    except (NameError, TypeError, ValueError):
-        request_code = None
+    found, request_code = _code_parameter(RequestProtocolError)
     if found not in ("(stream_id, message, code)", "(stream_id, message, code=400)") or request_code is None:
         return f"RequestProtocolError takes {found}, not (stream_id, message, code)"
     if request_code.annotation is not code.annotation:
         return f"RequestProtocolError's code is a {request_code.annotation!r}, not an int or an ErrorCode"
     return None
+
+
+def _code_parameter(error_class) -> tuple[str, inspect.Parameter | None]:
+    """A protocol error's parameters (as `_parameters`), and its `code` parameter with its annotation resolved."""
+    try:
+        code = inspect.signature(error_class, eval_str=True).parameters.get("code")
+    except (NameError, TypeError, ValueError):
+        code = None
+    return _parameters(error_class), code
 
 
 def _parameters(target) -> str:
