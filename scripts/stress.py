@@ -414,8 +414,9 @@ def _recovery_setup(folder: Path, listed: list[str], attempts: int, accept: str,
 def measure_reader(folder: Path, port: int) -> None:
     body = json.dumps({"model": "m", "messages": [], "stream": True}).encode()
     for clients in (1, 8):
-        tokens = [f"tok-reader-{i}-0000000" for i in range(2)]
-        server, proxy = _recovery_setup(folder, tokens, 3, "text/event-stream", tokens={tokens[1]},
+        tokens = [f"tok-reader-{i}-0000000" for i in range(16)]
+        # every other request refused: each client's stream is recovered (none is a first attempt)
+        server, proxy = _recovery_setup(folder, tokens, 3, "text/event-stream", tokens=set(tokens), refuse_odd=True,
                                         firehose=256 * MiB)  # fmt: skip
         try:
             url = f"http://127.0.0.1:{server.port}/v1/chat/completions"
@@ -429,7 +430,8 @@ def measure_reader(folder: Path, port: int) -> None:
                 streams.append((c, response, chunks))
             time.sleep(20)
             after, peak = proxy.rss()
-            print(f"reader: {clients} client(s) reading nothing of a recovered 256 MiB stream for 20 s: the upstream "
+            recovered = proxy.log.read_text(errors="replace").count("refused (403)")
+            print(f"reader: {clients} client(s) ({recovered} recovered) reading nothing of a recovered 256 MiB stream for 20 s: the upstream "
                   f"sent {server.app.firehose_sent / MiB:.0f} MiB; mitmdump RSS {rss:.0f} -> {after:.0f} MiB "
                   f"(peak {peak:.0f})")
             for c, response, _ in streams:

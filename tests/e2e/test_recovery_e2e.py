@@ -490,7 +490,9 @@ def test_no_retry_for_a_client_that_left(request, tmp_path, start_proxy, way):
     time.sleep(1.5)  # another retry would have reached the upstream by now
     if way == "HTTP/2 reset":
         sock.close()
-    assert len(up.app.received) == 2, proxy.log()  # the client's request and the one retry under way when it left
+    # the client's request, and the one retry under way when it left if it got that far (its captcha is
+    # fetched first); not one more
+    assert len(up.app.received) <= 2, proxy.log()
     assert proxy.log().count("refused (403)") == 1  # one token cooled, not one per retry
 
 
