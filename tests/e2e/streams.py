@@ -61,7 +61,7 @@ def h2_read_then_reset(proxy_url: str, url: str, body: bytes, ca: str, events: i
     assert tls.selected_alpn_protocol() == "h2"
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
-    headers = [(":method", "POST"), (":path", target.path), (":scheme", "https"), (":authority", authority),
+    headers = [(":method", "POST"), (":path", target.path + (f"?{target.query}" if target.query else "")), (":scheme", "https"), (":authority", authority),
                ("content-type", "application/json")]  # fmt: skip
     conn.send_headers(1, headers)
     conn.send_data(1, body, end_stream=True)
