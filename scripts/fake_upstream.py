@@ -185,6 +185,7 @@ class ProtectedAPI:
             return
         if why:
             rec.status = 403
+            await asyncio.sleep(self.refusal_delay)
             return await self._json(send, 403, {"error": why})
         return await self._json(send, 200, {"ok": True, "path": rec.path, "id": rec.json().get("id")})
 

@@ -145,6 +145,8 @@ def test_concurrent_refusals_of_the_same_captcha_share_one_refresh(make_rules, s
     rules = make_rules()
     proxy = start_proxy(rules)
     upstream.app.rejected_captchas = {captcha(1)}
+    # the refusals are held 1 s, so that all six go out with the first value, even on a busy machine
+    upstream.app.refusal_delay = 1.0
     with ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(lambda i: post(proxy, upstream, {**BODY, "id": f"eval-{i}"}), range(6)))
     assert [a.status_code for a in answers] == [200] * 6
