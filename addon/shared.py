@@ -29,7 +29,8 @@ Keys, all under `mitm-rules:{NAMESPACE}:` (the braces make it a Redis Cluster ha
 script's keys are on one node): `health` (a hash: token key → "cooling_until refused_at disabled
 successes refusals"), `events` (a stream, trimmed to about EVENTS_KEPT entries), `rr` (the
 rotation), `breaker` (open until), `recent`/`before` (the breaker's window), `value:NAME` and
-`lock:NAME`. A token's key is a hash of it (tokens.token_key): no token, nor any part of one, goes
+`lock:NAME`, `sessions` (a hash: token key → its renewed session value, sealed with tokens.session_key:
+addon/sessions.py; each renewal is also a stream entry `s`, `v`). A token's key is a hash of it (tokens.token_key): no token, nor any part of one, goes
 to Redis. Command values do: the README says so. Times are the proxies' wall clocks, which are
 expected to agree (NTP).
 
@@ -51,7 +52,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy.log import ALERT
 from redis import exceptions as redis_errors
@@ -64,6 +65,9 @@ from addon.breaker import Breaker
 from addon.config import StoreSpec
 from addon.redisbound import BoundedParser
 from addon.tokens import TokenPool, token_key
+
+if TYPE_CHECKING:
+    from addon.sessions import Sessions
 
 logger = logging.getLogger(__name__)
 
@@ -273,11 +277,18 @@ class _Keys:
         self.health, self.events, self.rr = base + "health", base + "events", base + "rr"
         self.breaker, self.recent, self.before = base + "breaker", base + "recent", base + "before"
         self.value, self.lock = base + "value:", base + "lock:"
+        self.sessions = base + "sessions"
 
 
 class SharedStore:
-    def __init__(self, spec: StoreSpec, pool: TokenPool, breaker: Breaker, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, spec: StoreSpec, pool: TokenPool, breaker: Breaker, clock: Callable[[], float] = time.time,
+        sessions: Sessions | None = None,
+    ) -> None:  # fmt: skip
         self.spec, self.pool, self.breaker, self.clock = spec, pool, breaker, clock
+        self.sessions = sessions  # renewed session values, sealed on the store (addon/sessions.py)
+        if sessions is not None:
+            sessions.publish = self.publish_session
         self.keys = _Keys(spec.namespace)
         self.origin = uuid.uuid4().hex[:12]  # this proxy, in the breaker entries it causes
         self.online = False
@@ -424,7 +435,8 @@ class SharedStore:
         pipe.xrevrange(self.keys.events, count=1)
         pipe.hgetall(self.keys.health)
         pipe.get(self.keys.breaker)
-        last, records, open_until = await pipe.execute()
+        pipe.hgetall(self.keys.sessions)
+        last, records, open_until, sessions = await pipe.execute()
         self._last_id = last[0][0] if last else "0-0"
         meanwhile = self.pool.changed if keep_changes else frozenset()
         for n, (key, text) in enumerate(records.items(), 1):
@@ -435,6 +447,9 @@ class SharedStore:
         if meanwhile:
             await self._merge(self.pool.take_changes())
         self._breaker_until(float(open_until or 0), quiet=True)
+        if self.sessions is not None:
+            for key, sealed in sessions.items():
+                self.sessions.from_store(key, sealed)
         return len(records)
 
     async def _follow_events(self) -> None:
@@ -460,6 +475,8 @@ class SharedStore:
                         self._put_health(fields["h"], record)
                 elif "b" in fields:
                     self._breaker_until(float(fields["b"]), by_us=fields.get("by") == self.origin)
+                elif "s" in fields and self.sessions is not None and fields.get("by") != self.origin:
+                    self.sessions.from_store(fields["s"], fields.get("v", ""))
 
     def _put_health(self, key: str, record: tuple[float, float, bool, int, int, int, float, int]) -> None:
         """Take another proxy's word on a token; say so when it is a refusal that cools it here."""
@@ -615,6 +632,20 @@ class SharedStore:
         task = asyncio.get_running_loop().create_task(run(), name=what)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def publish_session(self, key: str, sealed: str) -> None:
+        """An account's renewed session value, sealed (sessions.py), for the other proxies: kept in the
+        `sessions` hash and told on the stream, in the background."""
+        if not self.online:
+            return
+
+        async def put() -> None:
+            pipe = self._slow.pipeline(transaction=True)
+            pipe.hset(self.keys.sessions, key, sealed)
+            pipe.xadd(self.keys.events, {"s": key, "v": sealed, "by": self.origin}, maxlen=EVENTS_KEPT, approximate=True)
+            await pipe.execute()
+
+        self._background(put(), "tokens: sharing a renewed session value")
 
     # command values (addon/sources.py)
 
