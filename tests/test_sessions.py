@@ -219,6 +219,16 @@ def test_an_expired_session_renewed_with_a_later_expiry_is_sent_again():
     assert pool.draw() is None
 
 
+def test_a_session_renewed_before_it_expires_is_not_expired_at_its_old_time():
+    now = [1_500_000_000.0]
+    old = jwt({"exp": 1_600_000_000})
+    pool = TokenPool([old], clock=lambda: now[0], expiry_margin=0)
+    assert pool.draw() == old
+    pool.renewed(token_key(old), jwt({"exp": 1_800_000_000}))
+    now[0] = 1_700_000_000.0  # past the old value's expiry, not the renewed one's
+    assert pool.draw() == old and [state for state, _ in pool.status()] == ["active"]
+
+
 # the key comes from the environment, and is long enough
 
 
