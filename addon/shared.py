@@ -315,6 +315,7 @@ class SharedStore:
         self._judging: Counter[str] = Counter()  # keys whose refusal Redis is judging: the stream's older word waits
         self._successes: dict[str, list[float]] = {}  # key -> [count, latest send time], not yet sent
         self._successes_due: float | None = None  # when to send them (monotonic); None: none waiting
+        self._sessions_unsent: dict[str, str] = {}  # token key -> renewed session value, sealed, not yet in Redis
         self._stopped = False
         self._keeper: asyncio.Task | None = None
         self._follower: asyncio.Task | None = None
@@ -389,6 +390,7 @@ class SharedStore:
             # persistence), every token cooling or disabled here. Not more: a proxy that was cut off must not
             # put back what the others have changed since (an enable, a reset, a cooldown ended).
             await self._merge(set(self.pool.take_changes()) | (self.pool.inactive if empty else frozenset()))
+            await self._send_sessions()  # renewed here meanwhile: newer than what Redis holds
             count = await self._read_all(keep_changes=True)
             await self._fast.ping()
         except FAILURES as e:
@@ -636,16 +638,24 @@ class SharedStore:
     def publish_session(self, key: str, sealed: str) -> None:
         """An account's renewed session value, sealed (sessions.py), for the other proxies: kept in the
         `sessions` hash and told on the stream, in the background."""
-        if not self.online:
+        self._sessions_unsent[key] = sealed  # until Redis has it (sent when it is back, if it is out of reach now)
+        if self.online:
+            self._background(self._send_sessions(), "tokens: sharing a renewed session value")
+
+    async def _send_sessions(self) -> None:
+        unsent, self._sessions_unsent = self._sessions_unsent, {}
+        if not unsent:
             return
-
-        async def put() -> None:
+        try:
             pipe = self._slow.pipeline(transaction=True)
-            pipe.hset(self.keys.sessions, key, sealed)
-            pipe.xadd(self.keys.events, {"s": key, "v": sealed, "by": self.origin}, maxlen=EVENTS_KEPT, approximate=True)
+            pipe.hset(self.keys.sessions, mapping=unsent)
+            for key, sealed in unsent.items():
+                pipe.xadd(self.keys.events, {"s": key, "v": sealed, "by": self.origin}, maxlen=EVENTS_KEPT,
+                          approximate=True)  # fmt: skip
             await pipe.execute()
-
-        self._background(put(), "tokens: sharing a renewed session value")
+        except BaseException:
+            self._sessions_unsent = {**unsent, **self._sessions_unsent}
+            raise
 
     # command values (addon/sources.py)
 
