@@ -92,6 +92,21 @@ def test_the_next_request_carries_the_renewed_value_the_client_never_sees_it_and
     assert_not_written(tmp_path, renewals(renewing))
 
 
+def test_a_retry_renewed_by_the_upstream_gives_the_client_its_answer_without_the_set_cookie(
+    tmp_path, start_proxy, renewing
+):
+    renewing.app.tokens = {TOKENS[1]}  # TOKENS[0] is refused (403): the retry goes with TOKENS[1]
+    rules = write_rules(tmp_path, RULES.format(port=renewing.port, more=""), tokens=TOKENS[:2])
+    proxy = start_proxy(rules)
+    answers = [post(proxy, renewing, stream=True), post(proxy, renewing)]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert [a.headers.get_list("set-cookie") for a in answers] == [[], []]
+    first, second = renewals(renewing)
+    assert sent(renewing) == [TOKENS[0], TOKENS[1], first]  # the account that was renewed in a retry goes on renewed
+    proxy.stop()
+    assert_not_written(tmp_path, renewals(renewing))
+
+
 def test_follow_set_cookie_false_passes_the_set_cookie_on(tmp_path, start_proxy, renewing):
     proxy = start_proxy(rules_for(tmp_path, renewing.port, ", follow_set_cookie: false"))
     answer = post(proxy, renewing)
