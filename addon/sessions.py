@@ -109,8 +109,9 @@ class Sessions:
     # the request side
 
     def applied(self, values: Mapping[str, str]) -> Mapping[str, str]:
-        """The values to put into a request: `{token}` as the account's current value."""
-        if not self.by_key or TOKEN not in values:
+        """The values to put into a request: `{token}` as the account's current value (follow_set_cookie:
+        false: the value in the tokens file)."""
+        if not self.by_key or not self.follow or TOKEN not in values:
             return values
         current = self.by_key.get(token_key(values[TOKEN]))
         return values if current is None else {**values, TOKEN: current}

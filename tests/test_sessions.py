@@ -154,6 +154,7 @@ def test_an_invalid_value_is_not_taken_nor_passed_on(proxy, caplog):
 
 
 def test_follow_set_cookie_false_passes_it_on_and_keeps_the_value(proxy):
+    exchange(proxy(), f"session={NEWER}")  # renewed while it was on
     pipeline = proxy(", follow_set_cookie: false")
     f = exchange(pipeline, f"session={NEW}")
     assert f.response.headers.get_all("set-cookie") == [f"session={NEW}"]
