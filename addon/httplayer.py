@@ -118,9 +118,12 @@ def departed(flow: http.HTTPFlow) -> bool:
     return flow in _departed
 
 
-def on_departure(flow: http.HTTPFlow, callback: Callable[[], None]) -> None:
-    """Call `callback` (once) when the client of this flow leaves it."""
-    _on_departure[flow] = callback
+def on_departure(flow: http.HTTPFlow, callback: Callable[[], None] | None) -> None:
+    """Call `callback` (once) when the client of this flow leaves it; None: no longer."""
+    if callback is None:
+        _on_departure.pop(flow, None)
+    else:
+        _on_departure[flow] = callback
 
 
 def hold_first_event(flow: http.HTTPFlow, sse: bool, timeout: float) -> None:
@@ -239,7 +242,8 @@ class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
         first = self.first
         assert first is not None
         self.server_state = self.state_judging_first_event
-        handover = self.handover = Handover(self.flow)
+        writer = _client_writer(self.context.client)
+        handover = self.handover = Handover(self.flow, writer.drain if writer is not None else None)
         handover.head = b"".join(first.chunks)
         if timed_out:
             handover.unjudged = f"its first event did not come within {first.wakeup.delay:g} s (retry_timeout)"

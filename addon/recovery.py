@@ -396,6 +396,8 @@ class Recovery:
         closes the response as soon as it reads that event)."""
         where, summary = f"{flow.request.method} {flow.request.pretty_url}", streamed.summary
         copy = keep_copy(flow) if flow.response is not None else None  # on error, no response hook keeps it
+        if flow.error is not None and not streamed.replay.complete:  # (killed, say): nobody reads the retry on
+            streamed.replay.hang_up_soon("the client's flow ended")
         if flow.error is None:
             logger.info(f"recovered {where}: {summary} (streamed)")
             note = f"attempts: {summary} (streamed)"
@@ -499,7 +501,10 @@ class Recovery:
         judge = self._first_event_judge(config, values, sent.plan.streaming)
         replay = Replay(copy, self.limits, client, streamable, gone=lambda: _client_gone(flow, client), first_event=judge)
         httplayer.on_departure(flow, replay.wake)  # a client that leaves hangs up the retry at once
-        await replay.run()
+        try:
+            await replay.run()
+        finally:  # (the callback holds the replay, which holds the flow: it must not outlive the wait)
+            httplayer.on_departure(flow, None)
         return replay
 
 

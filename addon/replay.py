@@ -230,6 +230,7 @@ class Replay:
             self.streaming = self.handler.streams = True
             if self._body:
                 self._pending.append(bytes(self._body))
+                self._pending_bytes += len(self._body)
             self._body = bytearray()
             response.stream = self._forward
         self.wake()
@@ -287,6 +288,13 @@ class Replay:
             return await self.hang_up("the answer was too large to hold (stream_large_bodies)")
         if self.streaming:
             return None
+        if self._reader is not None:  # held for its first event: that, too, within retry_timeout of the headers
+            headers_at = _now()
+            first = lambda: self._over() or self._reader is None  # noqa: E731
+            if not await self._until(first, limits.headers, lambda: headers_at):
+                return await self.hang_up(f"its first event did not come within {limits.headers:g} s (retry_timeout)")
+            if self.streaming:
+                return None
         # (an answer judged by its first event may start streaming meanwhile)
         if not await self._until(lambda: self._over() or self.streaming, limits.idle, lambda: self.data_at):
             return await self.hang_up(f"no data for {limits.idle:g} s (retry_idle_timeout)")

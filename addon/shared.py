@@ -27,7 +27,8 @@ proxies agree on, and each proxy keeps its own current in the background:
 
 Keys, all under `mitm-rules:{NAMESPACE}:` (the braces make it a Redis Cluster hash tag, so a
 script's keys are on one node): `health` (a hash: token key → "cooling_until refused_at disabled
-successes refusals"), `events` (a stream, trimmed to about EVENTS_KEPT entries), `rr` (the
+successes refusals in_a_row retired_at retired_why"; records written before retirement have the
+first five), `events` (a stream, trimmed to about EVENTS_KEPT entries), `rr` (the
 rotation), `breaker` (open until), `recent`/`before` (the breaker's window), `value:NAME` and
 `lock:NAME`, `sessions` (a hash: token key → its renewed session value, sealed with tokens.session_key:
 addon/sessions.py; each renewal is also a stream entry `s`, `v`). A token's key is a hash of it (tokens.token_key): no token, nor any part of one, goes
@@ -254,6 +255,17 @@ def parse_record(text: str) -> tuple[float, float, bool, int, int, int, float, i
     return a, b, c != 0, int(d), int(e), int(f), g, int(h)
 
 
+def parse_time(text: str) -> float | None:
+    """A time the store keeps (the breaker's end); None (and one warning) when it is not a sane number."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0 <= value < MAX_NUMBER:
+        return _bad_record(text, "a time is not a sane number")
+    return value
+
+
 MAX_NUMBER = 2.0**53  # above any time (seconds) or count a record can sanely hold
 _warned: set[str] = set()
 
@@ -312,7 +324,8 @@ class SharedStore:
         self._places: deque[int] = deque()  # places of the shared rotation fetched ahead
         self._wanted = 0  # draws since places were last asked for
         self._asking = False  # places are being fetched
-        self._judging: Counter[str] = Counter()  # keys whose refusal Redis is judging: the stream's older word waits
+        self._judging: Counter[str] = Counter()  # keys whose refusal Redis is judging: the stream's word on them waits
+        self._skipped: set[str] = set()  # ... and those of them the stream spoke of meanwhile: read again after
         self._successes: dict[str, list[float]] = {}  # key -> [count, latest send time], not yet sent
         self._successes_due: float | None = None  # when to send them (monotonic); None: none waiting
         self._sessions_unsent: dict[str, str] = {}  # token key -> renewed session value, sealed, not yet in Redis
@@ -464,6 +477,9 @@ class SharedStore:
                 self._apply(read)
         except FAILURES as e:
             self._went_offline(e)
+        except Exception as e:  # a bug: say so, and let the keeper connect again (which reads everything anew)
+            logger.exception("tokens: the shared store's follower failed")
+            self._went_offline(e)
 
     def _apply(self, read: list) -> None:
         """Apply stream entries: token records and breaker changes, in order."""
@@ -471,14 +487,24 @@ class SharedStore:
             for entry_id, fields in entries:
                 self._last_id = entry_id
                 if "h" in fields:
-                    if self._judging[fields["h"]]:  # the refusal's own answer brings the newer record
-                        continue
-                    if (record := parse_record(fields["r"])) is not None:
-                        self._put_health(fields["h"], record)
+                    key = fields["h"]
+                    if self._judging[key]:  # the refusal's answer comes later: the record is read then
+                        self._skipped.add(key)
+                    elif (record := parse_record(fields.get("r", ""))) is not None:
+                        self._put_health(key, record)
                 elif "b" in fields:
-                    self._breaker_until(float(fields["b"]), by_us=fields.get("by") == self.origin)
+                    until = parse_time(fields["b"])
+                    if until is not None:
+                        self._breaker_until(until, by_us=fields.get("by") == self.origin)
                 elif "s" in fields and self.sessions is not None and fields.get("by") != self.origin:
                     self.sessions.from_store(fields["s"], fields.get("v", ""))
+
+    async def _read_record(self, key: str) -> None:
+        """Take Redis's record of one token as this proxy's (none: nothing happened to it there)."""
+        text = await self._slow.hget(self.keys.health, key)
+        record = parse_record(text) if text else (0.0, 0.0, False, 0, 0, 0, 0.0, 0)
+        if record is not None and not self._judging[key]:
+            self.pool.put_health(key, record)
 
     def _put_health(self, key: str, record: tuple[float, float, bool, int, int, int, float, int]) -> None:
         """Take another proxy's word on a token; say so when it is a refusal that cools it here."""
@@ -552,10 +578,19 @@ class SharedStore:
                 self._judging[key] -= 1
                 if not self._judging[key]:
                     del self._judging[key]
-            if record and (parsed := parse_record(record)) is not None:
+            if self._judging[key]:  # another refusal of it is being judged: its answer settles the record
+                pass
+            elif key in self._skipped or not record:
+                # the stream spoke of it meanwhile (a disable, a reset, the breaker's undo), or Redis changed
+                # nothing (its breaker was open): Redis's record is the newer word, and this proxy's own
+                # judgement of the refusal is not kept
+                self._skipped.discard(key)
+                self._background(self._read_record(key), "tokens: reading a token's record")
+            elif (parsed := parse_record(record)) is not None:
                 self.pool.put_health(key, parsed)
-            if opened or float(open_until) > self.clock():  # by this refusal, or open already by another proxy
-                self._breaker_until(float(open_until), by_us=bool(opened))
+            until = parse_time(open_until)
+            if until is not None and (opened or until > self.clock()):  # by this refusal, or open already elsewhere
+                self._breaker_until(until, by_us=bool(opened))
 
         self._background(refuse(), "tokens: a refusal sent to the shared store")
 
@@ -600,7 +635,8 @@ class SharedStore:
         keys, k = self.pool.keys_ending(suffix), self.keys
         if keys and self._by_hand("tokens.enable" if not disabled else "tokens.disable"):
             self._background(self._slow.evalsha(self._sha["disable"], 2, k.health, k.events, EVENTS_KEPT, int(disabled),
-                                                *keys), "tokens: a disable or enable on the shared store")  # fmt: skip
+                                                *keys), "tokens: a disable or enable on the shared store",
+                             changed=keys)  # fmt: skip
         return found
 
     def reset(self) -> None:
@@ -619,8 +655,9 @@ class SharedStore:
                            "disable reaches the others when Redis is back, an enable or reset does not (run it again then)")
         return self.online
 
-    def _background(self, call, what: str) -> None:
-        """Run a call no request waits for; Redis failing turns sharing off (one alert)."""
+    def _background(self, call, what: str, changed: Iterable[str] = ()) -> None:
+        """Run a call no request waits for; Redis failing turns sharing off (one alert), and the
+        `changed` tokens' health (what the call was to tell) is merged in when Redis is back."""
 
         async def run() -> None:
             try:
@@ -630,6 +667,8 @@ class SharedStore:
                     self._went_offline(e)
                 else:
                     logger.debug(f"{what} failed ({e}); it holds on this proxy only")
+                for key in changed:  # (after going off, which starts the changes anew)
+                    self.pool.changed_here(key)
 
         task = asyncio.get_running_loop().create_task(run(), name=what)
         self._tasks.add(task)
@@ -674,8 +713,12 @@ class SharedStore:
         except FAILURES as e:
             if not _late(e):
                 self._went_offline(e)
-            else:
+            else:  # Redis has most likely run it anyway: let go of the lock it may have taken for this proxy,
+                # so that the others do not wait for a value that this one will not publish
                 logger.debug(f"{name}: Redis at {self.spec.shown} answered late; the value is fetched here")
+                self._background(self._slow.evalsha(self._sha["publish"], 2, self.keys.value + name,
+                                                    self.keys.lock + name, lock, "", 1),
+                                 f"{name}: letting go of a lock on the shared store")  # fmt: skip
             return None
         if got[0] == "value":
             return "value", got[1], max(int(got[2]), 0) / 1000

@@ -445,6 +445,52 @@ def test_a_store_50_ms_away_is_shared_without_waiting(tmp_path, caplog, tls):
     assert "cannot be reached" not in caplog.text
 
 
+def test_a_malformed_stream_entry_does_not_stop_the_follower(redis_server, caplog):
+    """A breaker entry that is not a number, a token entry without its record: one warning, and what
+    comes after them still reaches the proxy."""
+    caplog.set_level(logging.INFO)
+
+    async def main():
+        a, b = store(redis_server.url), store(redis_server.url)
+        await started(a, b)
+        r = redis_server.client()
+        r.xadd(a.keys.events, {"b": "not-a-number"})
+        r.xadd(a.keys.events, {"h": token_key(TOKENS[1])})
+        refuse(a, TOKENS[0])
+        await eventually(lambda: cooling(b, TOKENS[0]), "a's refusal on b, after the bad entries")
+        online = b.online
+        a.stop(), b.stop()
+        return online
+
+    assert run(main)
+    assert "follower failed" not in caplog.text and "cannot be reached" not in caplog.text
+    assert "a time is not a sane number" in caplog.text
+
+
+def test_a_late_look_for_a_value_lets_go_of_the_lock_it_took(redis_server):
+    """Redis 50 ms away: the look for a command value is late (the command runs on this proxy), but
+    Redis ran it and took the value's lock for this proxy: the lock is let go at once, so that the
+    other proxies do not wait for a value that this one will not publish."""
+    relay = LatencyRelay(redis_server.port, 0.05).start()
+
+    async def main():
+        far, near = store(f"redis://127.0.0.1:{relay.port}/0"), store(redis_server.url)
+        await started(far, near)
+        got = await far.claim("captcha", None, 30)
+        await asyncio.sleep(0.3)  # the claim reached Redis (50 ms), and so did what followed it
+        await far.settled()
+        after = await near.claim("captcha", None, 30)
+        far.stop(), near.stop()
+        return got, after
+
+    try:
+        got, after = run(main)
+    finally:
+        relay.stop()
+    assert got is None  # late: the command runs on the far proxy
+    assert after[0] == "run"  # not "wait" (for the far proxy's lock, which would last 30 s)
+
+
 # renewed session values (addon/sessions.py): sealed on the store
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 import socket
 import ssl
 import time
@@ -39,11 +40,12 @@ def assert_spread_out(events: list[tuple[float, dict]]) -> None:
     assert arrived_span > 0.5 * sent_span
 
 
-def h2_read_then_reset(proxy_url: str, url: str, body: bytes, ca: str, events: int, wait: float = 0.3) -> ssl.SSLSocket:
+def h2_read_then_reset(proxy_url: str, url: str, body: bytes, ca: str, events: int,
+                       wait: float | Callable[[], object] = 0.3) -> ssl.SSLSocket:
     """A plain HTTP/2 client (the h2 library) through the proxy: CONNECT, TLS with ALPN h2, a POST of
     `body`; once `events` data events have come, it resets the stream (RST_STREAM, CANCEL) and
     returns its socket, still connected, for the caller to close (`events` 0: it resets the stream
-    `wait` seconds after sending the request). (httpx, on leaving a stream early, drops it without telling the
+    `wait` seconds after sending the request, or once `wait()` returns). (httpx, on leaving a stream early, drops it without telling the
     server.)"""
     target, proxy = urlsplit(url), urlsplit(proxy_url)
     authority = f"{target.hostname}:{target.port}"
@@ -59,13 +61,13 @@ def h2_read_then_reset(proxy_url: str, url: str, body: bytes, ca: str, events: i
     assert tls.selected_alpn_protocol() == "h2"
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
-    headers = [(":method", "POST"), (":path", target.path), (":scheme", "https"), (":authority", authority),
+    headers = [(":method", "POST"), (":path", target.path + (f"?{target.query}" if target.query else "")), (":scheme", "https"), (":authority", authority),
                ("content-type", "application/json")]  # fmt: skip
     conn.send_headers(1, headers)
     conn.send_data(1, body, end_stream=True)
     tls.sendall(conn.data_to_send())
     if events == 0:  # reset while the request waits for its answer
-        time.sleep(wait)
+        wait() if callable(wait) else time.sleep(wait)
         conn.reset_stream(1, error_code=h2.errors.ErrorCodes.CANCEL)
         tls.sendall(conn.data_to_send())
         return tls
