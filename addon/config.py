@@ -17,7 +17,7 @@ import shlex
 import shutil
 import urllib.parse
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -89,6 +89,9 @@ class TokensSpec:
     store: StoreSpec | None = None  # None: the state file
     retire_after: int = 3  # refusals in a row (each after a cooldown) that retire a token; 0: never
     expiry_margin: float = 60  # seconds before a token's own expiry (a JWT's exp) that it is no longer sent
+    follow_set_cookie: bool = True  # a Set-Cookie for the {token} cookie renews the account (addon/sessions.py)
+    session_key: str | None = field(default=None, repr=False)  # from the environment: seals renewed values in Redis
+    sessions_file: Path | None = None  # where renewed session values are kept (beside the state file)
 
 
 ROTATE, REFRESH, REFRESH_CAPTCHA, PASS = "rotate", "refresh", "refresh_captcha", "pass"
@@ -327,6 +330,15 @@ def rules_schema(base: Path, file: Path, environ: Mapping[str, str], names: froz
                         "expiry_margin": Field(Number(0), default=60,
                                                doc="A token that is a JWT (or a base64- session value carrying its "
                                                "expiry) is not sent once it expires in less than this many seconds."),
+                        "follow_set_cookie": Field(Bool, default=True,
+                                                   doc="When the upstream answers with Set-Cookie for the cookie "
+                                                   "that carries {token}, the account uses the new value from then "
+                                                   "on and the client does not get that Set-Cookie. false: it passes "
+                                                   "to the client, and the account keeps its value."),
+                        "session_key": Field(Str(partial(_session_key, environ), "a string, {env:NAME}"),
+                                             doc="A secret of at least 16 characters, from the environment as "
+                                             "{env:NAME}: with a store, renewed session values go to the other "
+                                             "proxies encrypted with it. Without it they stay on this proxy."),
                         "state_file": Field(Str(lambda name: base / name),
                                             doc="Where token health is kept (default: beside the tokens file)."),
                         "store": Field(Str(partial(_store_url, environ), "a redis:// or rediss:// URL"),
@@ -473,7 +485,30 @@ def _build_tokens(v: dict[str, Any], at: At, where: dict[str, At]) -> TokensSpec
     elif "namespace" in where:
         where["namespace"].fail("'namespace' names a pool on a shared store: it needs 'store' (redis://…)")
     state_file = v["state_file"] or v["file"].with_name(v["file"].stem + ".state.json")
-    return TokensSpec(**{**v, "state_file": state_file, "store": store})
+    sessions_file = state_file.with_name(v["file"].stem + ".sessions.json")
+    return TokensSpec(**{**v, "state_file": state_file, "store": store, "sessions_file": sessions_file})
+
+
+_ENV_ONLY = re.compile(r"\{env:([^{}]+)\}")
+MIN_SESSION_KEY = 16  # characters
+
+
+def _session_key(environ: Mapping[str, str], text: str) -> str:
+    """The secret an `{env:NAME}` names.
+
+    Raises:
+        ValueError: it is written in the file, or the variable is not set or too short.
+    """
+    m = _ENV_ONLY.fullmatch(text.strip())
+    if m is None:
+        raise ValueError("session_key must come from the environment: write {env:NAME}, not the key itself")
+    key = environ.get(m[1])
+    if key is None:
+        raise ValueError(f"environment variable {m[1]} (used as session_key) is not set")
+    if len(key) < MIN_SESSION_KEY:
+        raise ValueError(f"environment variable {m[1]} (used as session_key) has {len(key)} characters; "
+                         f"it needs at least {MIN_SESSION_KEY}")
+    return key
 
 
 # what a store URL's query may set (TLS files and checks); the time limits are the addon's own

@@ -35,6 +35,7 @@ from addon.sources import ValueSource
 from addon.statelock import StateFileLock
 from addon.statesaver import StateSaver
 from addon.template import CAPTCHA
+from addon.sessions import Sessions
 from addon.tokens import GONE_GRACE, Health, TokenList, TokenPool, TokensFileError, health_from_state, read_token_list
 from addon.watch import FileWatcher
 
@@ -64,6 +65,7 @@ class RulesLoader:
         self.saver = StateSaver(self.tokens)
         self.tokens.on_change = self.saver.changed
         self.breaker = Breaker()
+        self.sessions = Sessions(self.tokens)  # sessions the upstream renewed with Set-Cookie
         self._state_lock: StateFileLock | None = None  # held while this proxy writes the state file
         self.shared: SharedStore | None = None  # tokens.store: health shared with other proxies through Redis
         self.values: dict[str, ValueSource] = {}  # by name, as the rules file's values: (and captcha:)
@@ -175,6 +177,8 @@ class RulesLoader:
                 self.tokens.load_health(health)
         self.breaker.spec = config.tokens.breaker if config.tokens else BreakerSpec()
         self.tokens.replace(tokens)
+        if config.tokens:
+            self.sessions.use(config.tokens.sessions_file, config.tokens.follow_set_cookie, config.tokens.session_key)
         self._share(config.tokens.store if config.tokens else None)
         kept = self.values  # a source whose spec is unchanged keeps its value
         self.values = {
@@ -230,9 +234,10 @@ class RulesLoader:
             self.shared = None
         if store is None:
             self.tokens.on_change = self.saver.changed
+            self.sessions.publish = None
             return
         self.tokens.on_change = lambda: None  # no state file: Redis keeps it
-        self.shared = SharedStore(store, self.tokens, self.breaker)
+        self.shared = SharedStore(store, self.tokens, self.breaker, sessions=self.sessions)
         try:
             asyncio.get_running_loop()
         except RuntimeError:  # not yet running: `running` starts it

@@ -58,6 +58,12 @@ class Plan:
         return tuple(sorted(self.uses - {TOKEN}))
 
     @functools.cached_property
+    def token_cookies(self) -> tuple[str, ...]:
+        """The cookies whose whole value is {token}: a Set-Cookie for one renews the account (addon/sessions.py)."""
+        whole = lambda t: [p for p in t.parts if p] == [(TOKEN,)]  # noqa: E731
+        return tuple(e.name for e in self.cookies if isinstance(e.value, Template) and whole(e.value))
+
+    @functools.cached_property
     def compiled(self) -> _Compiled:
         return _compile(self)
 

@@ -491,7 +491,9 @@ class Recovery:
         copy.metadata = dict(flow.metadata)
         copy.is_replay = "request"
         copy.metadata[REPLAY_KEY] = {"of": flow.id, "attempt": n}
-        await apply_plan_off_loop(sent.plan.dynamic, copy.request, values)  # a large body: in the worker
+        sessions = self.state.sessions
+        await apply_plan_off_loop(sent.plan.dynamic, copy.request, sessions.applied(values))  # a large body: in the worker
+        sessions.carried(copy, sent.plan, values)
         shown = self._attempt_of(None, values).shown
         copy.comment = f"attempt {n} of flow {flow.id[:8]}, with {'token ' if TOKEN in values else ''}{shown}"
         injected = set(values)

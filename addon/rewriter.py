@@ -63,7 +63,9 @@ class Rewriter:
             values[TOKEN] = token
         # (a body over bodyworker.SMALL_BODY with edits is edited in the worker: an await after the
         # draw, about a second for 31 MB of JSON; a token refused meanwhile is then sent once)
-        lines = await apply_plan_off_loop(plan, flow.request, values)
+        sessions = self.state.sessions
+        lines = await apply_plan_off_loop(plan, flow.request, sessions.applied(values))
+        sessions.carried(flow, plan, values)
         flow.comment = describe(plan, lines)
         flow.metadata[METADATA_KEY] = {
             "rules": [r.name for r in plan.rules],

@@ -30,7 +30,8 @@ script's keys are on one node): `health` (a hash: token key → "cooling_until r
 successes refusals in_a_row retired_at retired_why"; records written before retirement have the
 first five), `events` (a stream, trimmed to about EVENTS_KEPT entries), `rr` (the
 rotation), `breaker` (open until), `recent`/`before` (the breaker's window), `value:NAME` and
-`lock:NAME`. A token's key is a hash of it (tokens.token_key): no token, nor any part of one, goes
+`lock:NAME`, `sessions` (a hash: token key → its renewed session value, sealed with tokens.session_key:
+addon/sessions.py; each renewal is also a stream entry `s`, `v`). A token's key is a hash of it (tokens.token_key): no token, nor any part of one, goes
 to Redis. Command values do: the README says so. Times are the proxies' wall clocks, which are
 expected to agree (NTP).
 
@@ -52,7 +53,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy.log import ALERT
 from redis import exceptions as redis_errors
@@ -65,6 +66,9 @@ from addon.breaker import Breaker
 from addon.config import StoreSpec
 from addon.redisbound import BoundedParser
 from addon.tokens import TokenPool, token_key
+
+if TYPE_CHECKING:
+    from addon.sessions import Sessions
 
 logger = logging.getLogger(__name__)
 
@@ -285,11 +289,18 @@ class _Keys:
         self.health, self.events, self.rr = base + "health", base + "events", base + "rr"
         self.breaker, self.recent, self.before = base + "breaker", base + "recent", base + "before"
         self.value, self.lock = base + "value:", base + "lock:"
+        self.sessions = base + "sessions"
 
 
 class SharedStore:
-    def __init__(self, spec: StoreSpec, pool: TokenPool, breaker: Breaker, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, spec: StoreSpec, pool: TokenPool, breaker: Breaker, clock: Callable[[], float] = time.time,
+        sessions: Sessions | None = None,
+    ) -> None:  # fmt: skip
         self.spec, self.pool, self.breaker, self.clock = spec, pool, breaker, clock
+        self.sessions = sessions  # renewed session values, sealed on the store (addon/sessions.py)
+        if sessions is not None:
+            sessions.publish = self.publish_session
         self.keys = _Keys(spec.namespace)
         self.origin = uuid.uuid4().hex[:12]  # this proxy, in the breaker entries it causes
         self.online = False
@@ -317,6 +328,7 @@ class SharedStore:
         self._skipped: set[str] = set()  # ... and those of them the stream spoke of meanwhile: read again after
         self._successes: dict[str, list[float]] = {}  # key -> [count, latest send time], not yet sent
         self._successes_due: float | None = None  # when to send them (monotonic); None: none waiting
+        self._sessions_unsent: dict[str, str] = {}  # token key -> renewed session value, sealed, not yet in Redis
         self._stopped = False
         self._keeper: asyncio.Task | None = None
         self._follower: asyncio.Task | None = None
@@ -391,6 +403,7 @@ class SharedStore:
             # persistence), every token cooling or disabled here. Not more: a proxy that was cut off must not
             # put back what the others have changed since (an enable, a reset, a cooldown ended).
             await self._merge(set(self.pool.take_changes()) | (self.pool.inactive if empty else frozenset()))
+            await self._send_sessions()  # renewed here meanwhile: newer than what Redis holds
             count = await self._read_all(keep_changes=True)
             await self._fast.ping()
         except FAILURES as e:
@@ -437,7 +450,8 @@ class SharedStore:
         pipe.xrevrange(self.keys.events, count=1)
         pipe.hgetall(self.keys.health)
         pipe.get(self.keys.breaker)
-        last, records, open_until = await pipe.execute()
+        pipe.hgetall(self.keys.sessions)
+        last, records, open_until, sessions = await pipe.execute()
         self._last_id = last[0][0] if last else "0-0"
         meanwhile = self.pool.changed if keep_changes else frozenset()
         for n, (key, text) in enumerate(records.items(), 1):
@@ -448,6 +462,9 @@ class SharedStore:
         if meanwhile:
             await self._merge(self.pool.take_changes())
         self._breaker_until(float(open_until or 0), quiet=True)
+        if self.sessions is not None:
+            for key, sealed in sessions.items():
+                self.sessions.from_store(key, sealed)
         return len(records)
 
     async def _follow_events(self) -> None:
@@ -479,6 +496,8 @@ class SharedStore:
                     until = parse_time(fields["b"])
                     if until is not None:
                         self._breaker_until(until, by_us=fields.get("by") == self.origin)
+                elif "s" in fields and self.sessions is not None and fields.get("by") != self.origin:
+                    self.sessions.from_store(fields["s"], fields.get("v", ""))
 
     async def _read_record(self, key: str) -> None:
         """Take Redis's record of one token as this proxy's (none: nothing happened to it there)."""
@@ -654,6 +673,28 @@ class SharedStore:
         task = asyncio.get_running_loop().create_task(run(), name=what)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def publish_session(self, key: str, sealed: str) -> None:
+        """An account's renewed session value, sealed (sessions.py), for the other proxies: kept in the
+        `sessions` hash and told on the stream, in the background."""
+        self._sessions_unsent[key] = sealed  # until Redis has it (sent when it is back, if it is out of reach now)
+        if self.online:
+            self._background(self._send_sessions(), "tokens: sharing a renewed session value")
+
+    async def _send_sessions(self) -> None:
+        unsent, self._sessions_unsent = self._sessions_unsent, {}
+        if not unsent:
+            return
+        try:
+            pipe = self._slow.pipeline(transaction=True)
+            pipe.hset(self.keys.sessions, mapping=unsent)
+            for key, sealed in unsent.items():
+                pipe.xadd(self.keys.events, {"s": key, "v": sealed, "by": self.origin}, maxlen=EVENTS_KEPT,
+                          approximate=True)  # fmt: skip
+            await pipe.execute()
+        except BaseException:
+            self._sessions_unsent = {**unsent, **self._sessions_unsent}
+            raise
 
     # command values (addon/sources.py)
 

@@ -224,6 +224,7 @@ class TokenPool:
         self._expired: set[str] = set()  # keys of the tokens past their expiry (less the margin)
         self._inactive: set[str] = set()  # keys that are cooling, retired or disabled (cooling may have ended since)
         self._changed: set[str] = set()  # keys whose health changed since the last `take_changes`
+        self._renewed: dict[str, float | None] = {}  # key -> the expiry of its renewed session value (sessions.py)
         self._last: str | None = None
         self.replace(tokens)
 
@@ -239,6 +240,8 @@ class TokenPool:
         self._cooling = []
         self._expiring = [(at, i) for i, at in new.expiry.items()]
         self._expired = set()
+        for key, at in self._renewed.items():
+            self._expire_at(key, at, now)
         heapq.heapify(self._expiring)
         for key in list(self._inactive):
             self._classify(key, now)
@@ -268,6 +271,8 @@ class TokenPool:
         """Tokens whose cooldown has ended are usable again; tokens that expire (less the margin) no longer are."""
         while self._expiring and self._expiring[0][0] - self.expiry_margin <= now:
             at, i = heapq.heappop(self._expiring)
+            if self.list.expiry.get(i) != at:
+                continue  # stale: its session was renewed since
             key = self.list.keys[i]
             self._expired.add(key)
             self._usable[i] = 0
@@ -279,6 +284,26 @@ class TokenPool:
             health = self.health.get(key)
             if health is not None and health.cooling_until == until:
                 self._classify(key, now)
+
+    def renewed(self, key: str, value: str) -> None:
+        """The account `key` is sent as `value` from now on (its session renewed): its expiry is that value's."""
+        at = expires_at(value) if might_expire(value) else None
+        self._renewed[key] = at
+        now = self.clock()
+        self._expire_at(key, at, now)
+        if key in self.list.key_position:
+            self._classify(key, now)
+
+    def _expire_at(self, key: str, at: float | None, now: float) -> None:
+        i = self.list.key_position.get(key)
+        if i is None:
+            return
+        if at is None:
+            self.list.expiry.pop(i, None)
+        else:
+            self.list.expiry[i] = at
+            heapq.heappush(self._expiring, (at, i))
+        self._expired.discard(key)
 
     # choosing
 

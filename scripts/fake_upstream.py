@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import gzip
 import json
+import secrets
 import socket
 import subprocess
 import threading
@@ -106,6 +107,10 @@ class ProtectedAPI:
     firehose: int = 0  # a stream is this many bytes of 64 KiB events, sent as fast as the connection takes them
     firehose_sent: int = 0  # bytes of them sent so far, all streams together
     error_first: set[str] = field(default_factory=set)  # tokens whose 200 stream starts with an error event
+    # keep sessions alive, as the LMArena bridges see `arena-auth-prod-v1` refreshed: every accepted
+    # request is answered with `Set-Cookie: session=<new value>`, and from then on only the new value is accepted
+    renew_sessions: bool = False
+    renewed: dict[str, str] = field(default_factory=dict)  # old value -> the value that replaced it
     log: bool = False
     received: list[Received] = field(default_factory=list)
     events_sent: int = 0  # streamed events, all streams together
@@ -147,11 +152,22 @@ class ProtectedAPI:
             extra = [(b"retry-after", self.retry_after.encode())] if self.retry_after and refusal == "unknown account" else []
             await asyncio.sleep(self.refusal_delay)
             return await self._json(send, 403, {"error": {"message": refusal, "type": "forbidden"}}, extra)
+        renewal = self._renew(rec.cookie("session")) if self.renew_sessions else []
         if rec.path == "/v1/chat/completions" and streaming:
-            return await self._stream(send, receive, payload, rec.cookie("session") in self.error_first)
+            return await self._stream(send, receive, payload, rec.cookie("session") in self.error_first, renewal)
         if rec.path == "/v1/chat/completions":
-            return await self._json(send, 200, completion(payload))
-        return await self._json(send, 200, {"ok": True, "path": rec.path})
+            return await self._json(send, 200, completion(payload), renewal)
+        return await self._json(send, 200, {"ok": True, "path": rec.path}, renewal)
+
+    def _renew(self, old: str | None) -> list[tuple[bytes, bytes]]:
+        """A new session value for an accepted one: it replaces the old in `tokens`, and a Set-Cookie says so."""
+        if old is None:
+            return []
+        new = f"sess-{len(self.renewed) + 1:03d}-{secrets.token_hex(8)}"
+        self.tokens.discard(old)
+        self.tokens.add(new)
+        self.renewed[old] = new
+        return [(b"set-cookie", f"session={new}; Path=/; HttpOnly; Secure".encode())]
 
     def refusal(self, rec: Received, streaming: bool) -> str | None:
         """Why the real service would refuse this request, or None."""
@@ -213,9 +229,9 @@ class ProtectedAPI:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 
-    async def _stream(self, send, receive, payload, error_first: bool = False) -> None:
+    async def _stream(self, send, receive, payload, error_first: bool = False, extra_headers=()) -> None:
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), *extra_headers]})
         disconnect = asyncio.ensure_future(receive())  # once the body is read, this waits for the client to leave
         try:
             if self.firehose:
@@ -366,11 +382,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--tokens", type=Path, help="file of account tokens, one per line; those with 'expired' in them are refused")
     parser.add_argument("--log", action="store_true", help="print every request received")
+    parser.add_argument("--renew-sessions", action="store_true",
+                        help="answer every accepted request with Set-Cookie: session=<new value>, and accept only "
+                        "the new value from then on (a session kept alive)")
     args = parser.parse_args()
     tokens = set()
     if args.tokens:
         tokens = demo_tokens(args.tokens)
-    server = UpstreamServer(ProtectedAPI(tokens=tokens, log=args.log), args.port).start()
+    server = UpstreamServer(ProtectedAPI(tokens=tokens, log=args.log, renew_sessions=args.renew_sessions), args.port).start()
     print(f"fake upstream listening on http://127.0.0.1:{args.port}", flush=True)
     try:
         threading.Event().wait()

@@ -82,7 +82,7 @@ def test_recovery_settings(tmp_path):
     config = load_config(write(tmp_path, text))
     assert config.tokens == TokensSpec(
         file=tmp_path / "tokens.txt", max_attempts=5, cooldown=60, state_file=tmp_path / "health.json",
-        breaker=BreakerSpec(tokens=4, window=30, pause=120),
+        breaker=BreakerSpec(tokens=4, window=30, pause=120), sessions_file=tmp_path / "tokens.sessions.json",
     )  # fmt: skip
     first, second = config.on_response
     assert (first.statuses, first.body.pattern, first.action) == ({403}, "(?i)captcha", "refresh_captcha")

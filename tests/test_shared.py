@@ -489,3 +489,54 @@ def test_a_late_look_for_a_value_lets_go_of_the_lock_it_took(redis_server):
         relay.stop()
     assert got is None  # late: the command runs on the far proxy
     assert after[0] == "run"  # not "wait" (for the far proxy's lock, which would last 30 s)
+
+
+# renewed session values (addon/sessions.py): sealed on the store
+
+
+def with_sessions(url: str, key: str | None = "a-session-key-for-the-tests") -> SharedStore:
+    from addon.sessions import Sessions
+
+    s = store(url)
+    sessions = Sessions(s.pool)
+    sessions.use(None, True, key)
+    s.sessions = sessions
+    sessions.publish = s.publish_session
+    return s
+
+
+RENEWED = ["sess-renewed-first-0001aaaa", "sess-renewed-second-0002bbbb"]
+
+
+def test_a_renewed_session_reaches_the_other_sealed(redis_server):
+    async def main():
+        a, b = with_sessions(redis_server.url), with_sessions(redis_server.url)
+        await started(a, b)
+        a.sessions.take(token_key(TOKENS[1]), RENEWED[0])
+        await eventually(lambda: b.sessions.applied({"token": TOKENS[1]})["token"] == RENEWED[0], "the value on b")
+        a.stop(), b.stop()
+
+    run(main)
+    everything = redis_server.everything()
+    assert "mitm-rules:{default}:sessions" in everything
+    for value in RENEWED:
+        assert not [item for item in everything if value[-12:] in item]
+
+
+def test_a_session_renewed_while_redis_is_down_reaches_the_other_when_it_is_back(redis_server):
+    async def main():
+        a, b = with_sessions(redis_server.url), with_sessions(redis_server.url)
+        await started(a, b)
+        a.sessions.take(token_key(TOKENS[1]), RENEWED[0])
+        await eventually(lambda: b.sessions.applied({"token": TOKENS[1]})["token"] == RENEWED[0], "the first on b")
+        redis_server.kill()
+        await eventually(lambda: not a.online and not b.online, "both proxies on their own")
+        a.sessions.take(token_key(TOKENS[1]), RENEWED[1])
+        redis_server.start()
+        await eventually(lambda: a.online and b.online, "both back")
+        await eventually(lambda: b.sessions.applied({"token": TOKENS[1]})["token"] == RENEWED[1], "the second on b")
+        here = a.sessions.applied({"token": TOKENS[1]})["token"]
+        a.stop(), b.stop()
+        return here
+
+    assert run(main) == RENEWED[1]  # not put back to the older value Redis held

@@ -112,6 +112,7 @@ def fresh(server: UpstreamServer) -> UpstreamServer:
     app.hung_up.clear()
     app.clearances = app.on_challenge = None
     app.error_first = set()
+    app.renew_sessions, app.renewed = False, {}
     return server
 
 
