@@ -37,7 +37,7 @@ from mitmproxy import http
 
 from addon.masking import mask
 from addon.template import TOKEN
-from addon.tokens import TokenPool, token_key
+from addon.tokens import TokenPool
 
 if TYPE_CHECKING:
     from addon.plan import Plan
@@ -113,7 +113,7 @@ class Sessions:
         false: the value in the tokens file)."""
         if not self.by_key or not self.follow or TOKEN not in values:
             return values
-        current = self.by_key.get(token_key(values[TOKEN]))
+        current = self.by_key.get(self.pool.key_of(values[TOKEN]))  # (every request with a token passes here)
         return values if current is None else {**values, TOKEN: current}
 
     def carried(self, flow: http.HTTPFlow, plan: Plan, values: Mapping[str, str]) -> None:
@@ -148,7 +148,7 @@ class Sessions:
             return
         flow.response.headers.set_all("set-cookie", kept)
         if renewed is not None:
-            self.take(token_key(token), renewed, shown=mask(token))
+            self.take(self.pool.key_of(token), renewed, shown=mask(token))
 
     def take(self, key: str, value: str, shown: str | None = None, elsewhere: bool = False) -> None:
         """`value` is this account's from now on (`elsewhere`: another proxy renewed it)."""

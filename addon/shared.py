@@ -596,8 +596,7 @@ class SharedStore:
 
     def succeeded(self, token: str, sent_at: float) -> None:
         """Count a success here now, and in Redis within about a second; one that ends a cooldown is sent at once."""
-        i = self.pool.list.position.get(token)
-        key = self.pool.list.keys[i] if i is not None else token_key(token)
+        key = self.pool.key_of(token)
         health = self.pool.health.get(key)
         ends = health is not None and health.cooling_until > self.clock() and sent_at > health.refused_at
         self.pool.succeeded(token, sent_at)

@@ -511,9 +511,13 @@ class TokenPool:
             rows.append((state, health))
         return rows
 
+    def key_of(self, token: str) -> str:
+        """`token_key(token)`, without hashing for a token of the file (its key is there already)."""
+        i = self.list.position.get(token)
+        return self.list.keys[i] if i is not None else token_key(token)
+
     def _health(self, token: str) -> tuple[str, Health]:
-        i = self.list.position.get(token)  # a token of the file has its key already
-        key = self.list.keys[i] if i is not None else token_key(token)
+        key = self.key_of(token)
         health = self.health.get(key)
         if health is None:
             health = self.health[key] = Health(mask(token))

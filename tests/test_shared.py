@@ -508,12 +508,18 @@ def with_sessions(url: str, key: str | None = "a-session-key-for-the-tests") -> 
 RENEWED = ["sess-renewed-first-0001aaaa", "sess-renewed-second-0002bbbb"]
 
 
+async def renewed_on_a_then_on_b(url: str, value: str) -> tuple[SharedStore, SharedStore]:
+    """Two started stores with sessions; the account of TOKENS[1] renewed on a, and the value seen on b."""
+    a, b = with_sessions(url), with_sessions(url)
+    await started(a, b)
+    a.sessions.take(token_key(TOKENS[1]), value)
+    await eventually(lambda: b.sessions.applied({"token": TOKENS[1]})["token"] == value, f"{value[-4:]} on b")
+    return a, b
+
+
 def test_a_renewed_session_reaches_the_other_sealed(redis_server):
     async def main():
-        a, b = with_sessions(redis_server.url), with_sessions(redis_server.url)
-        await started(a, b)
-        a.sessions.take(token_key(TOKENS[1]), RENEWED[0])
-        await eventually(lambda: b.sessions.applied({"token": TOKENS[1]})["token"] == RENEWED[0], "the value on b")
+        a, b = await renewed_on_a_then_on_b(redis_server.url, RENEWED[0])
         a.stop(), b.stop()
 
     run(main)
@@ -525,10 +531,7 @@ def test_a_renewed_session_reaches_the_other_sealed(redis_server):
 
 def test_a_session_renewed_while_redis_is_down_reaches_the_other_when_it_is_back(redis_server):
     async def main():
-        a, b = with_sessions(redis_server.url), with_sessions(redis_server.url)
-        await started(a, b)
-        a.sessions.take(token_key(TOKENS[1]), RENEWED[0])
-        await eventually(lambda: b.sessions.applied({"token": TOKENS[1]})["token"] == RENEWED[0], "the first on b")
+        a, b = await renewed_on_a_then_on_b(redis_server.url, RENEWED[0])
         redis_server.kill()
         await eventually(lambda: not a.online and not b.online, "both proxies on their own")
         a.sessions.take(token_key(TOKENS[1]), RENEWED[1])

@@ -7,7 +7,7 @@ from mitmproxy.test import taddons
 
 from addon.loader import RulesLoader
 from addon.statefile import MAX_STATE_BYTES, StateStore, load_state
-from addon.tokens import TokenList, TokenPool, token_key
+from addon.tokens import TokenPool, token_key
 from helpers import TOKENS, write_rules
 
 

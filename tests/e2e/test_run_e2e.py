@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ROOT, Proxy, assert_no_secrets, free_port
+from conftest import ROOT, Proxy, assert_no_secrets
 
 # scripts/run sets up the venv it is given; this one is the venv running the tests, on its own interpreter
 ENV = {**os.environ, "VENV": Path(sys.prefix).name, "PYTHON": sys.executable, "TERM": "dumb"}
