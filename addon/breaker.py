@@ -31,6 +31,7 @@ class Breaker:
     def __init__(self, spec: BreakerSpec = BreakerSpec(), clock: Callable[[], float] = time.time) -> None:
         self.spec = spec
         self.clock = clock
+        self.label = "tokens"  # how its log lines begin ("tokens arena" in a file of several pools)
         self.open_until = 0.0
         self.last_success = 0.0  # the latest send time of a request that succeeded (here)
         self._recent: dict[str, tuple[float, Any]] = {}  # token key -> (time refused, cooldown before)
@@ -66,12 +67,12 @@ class Breaker:
         self.open_until = until
         self._recent.clear()
         if elsewhere:
-            logger.log(ALERT, f"tokens: another proxy on the shared store opened the breaker; for {until - self.clock():.0f} s "
+            logger.log(ALERT, f"{self.label}: another proxy on the shared store opened the breaker; for {until - self.clock():.0f} s "
                        "refusals go to the client as they are and no token is cooled down")
             return
         logger.log(
             ALERT,
-            f"tokens: {self.spec.tokens} different tokens were refused within {self.spec.window:g} s and none worked "
+            f"{self.label}: {self.spec.tokens} different tokens were refused within {self.spec.window:g} s and none worked "
             "in between; the cause is "
             f"probably not the tokens (headers, captcha, IP address). For the next {self.spec.pause:g} s refusals "
             "go to the client as they are and no token is cooled down (the cooldowns these refusals set are "

@@ -18,15 +18,15 @@ def check(path: Path) -> tuple[bool, list[str]]:
     except RulesError as e:
         return False, [str(e)]
     problems: list[str] = []
-    tokens: tuple[str, ...] = ()
-    if config.tokens:
+    tokens: dict[str, int] = {}  # by pool
+    for name, spec in config.pools.items():
         try:
-            tokens = read_tokens(config.tokens.file)
+            tokens[name] = len(read_tokens(spec.file))
         except TokensFileError as e:
             problems.append(str(e))
         else:
-            if not tokens:
-                problems.append(f"{config.tokens.file}: the tokens file has no tokens (requests that need one would get a 503)")
+            if not tokens[name]:
+                problems.append(f"{spec.file}: the tokens file has no tokens (requests that need one would get a 503)")
     for name, spec in config.values.items():
         if spec.file is None:
             continue
@@ -37,17 +37,19 @@ def check(path: Path) -> tuple[bool, list[str]]:
             problems.append(f"{spec.file}: cannot read the {name} file: {e}")
     if problems:
         return False, problems
-    return True, [summary(config, len(tokens))]
+    return True, [summary(config, tokens)]
 
 
-def summary(config: Config, tokens: int) -> str:
+def summary(config: Config, tokens: dict[str, int]) -> str:
+    """One line: the rules, hosts, pools (with `tokens` read from each file), values and stream judges."""
     hosts = sorted({h.text for rule in config.rules for h in rule.match.hosts})
     shown = ", ".join(hosts[:5]) + (f" and {len(hosts) - 5} more" if len(hosts) > 5 else "")
     parts = [f"{len(config.rules)} rule(s) for {len(hosts)} host(s) ({shown})"]
-    if config.tokens:
-        parts.append(f"{tokens} token(s) from {config.tokens.file} ({config.tokens.strategy})")
-        if config.tokens.store is not None:
-            store = config.tokens.store
+    for name, spec in config.pools.items():
+        pool = f"pool {name}: " if config.named_pools else ""
+        parts.append(f"{pool}{tokens.get(name, 0)} token(s) from {spec.file} ({spec.strategy})")
+        if spec.store is not None:
+            store = spec.store
             parts.append(f"token health shared on {store.shown} (namespace {store.namespace}; not contacted by check)")
     for name, spec in config.values.items():
         parts.append(f"{name} from {spec.describe()}")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from mitmproxy import command, exceptions
 
 from addon.loader import RulesLoader
+from addon.pools import Pool
 
 logger = logging.getLogger(__name__)
 
@@ -24,37 +25,24 @@ class TokenCommands:
         """Each token (masked), one to a row: its state (active; cooling until a time; on trial: its
         cooldown is over and it has not worked since; retired, at a time; disabled by hand; expired, at
         its own expiry time), successes
-        and refusals.
+        and refusals; with several pools, each pool's rows under its name.
         The same rows go to the event log, where mitmweb shows them as rows."""
         # the console shows a list one item to a row; mitmweb's command bar shows it as one line of
         # JSON with its spaces run together, so each row names its fields rather than relying on a header
+        pools = list(self.state.pools.values()) or [self.state.pool]
         rows = []
-        for state, h in self.state.tokens.status():
-            if state == "cooling":
-                state = f"cooling until {_when(h.cooling_until)}"
-            elif state == "retired":
-                state = f"retired {_when(h.retired_at)}"
-            elif state == "expired":
-                state = f"expired {_when(h.expires_at)}"
-            rows.append(f"{h.suffix:<6} {state:<33} {h.successes:>6} ok {h.refusals:>6} refused")
-        if not rows:
-            rows.append("no tokens")  # never an empty list: the console's data viewer cannot show one
-        if self.state.breaker.is_open:
-            until = _when(self.state.breaker.open_until)
-            rows.append(f"breaker open until {until}: refusals go to the client as they are")
-        if self.state.shared is not None:
-            rows.append(self.state.shared.describe())
+        for pool in pools:
+            if len(pools) > 1:
+                rows.append(f"pool {pool.name} ({pool.spec.file if pool.spec else 'no file'}):")
+            rows.extend(_pool_rows(pool))
         logger.info("tokens.status:\n" + "\n".join(rows))
         return rows
 
     @command.command("tokens.reset")
     def reset(self) -> None:
-        """Clear every cooldown, and close the breaker."""
-        if self.state.shared is not None:
-            self.state.shared.reset()  # on every proxy of the store
-        else:
-            self.state.tokens.reset()
-            self.state.breaker.open_until = 0.0
+        """Clear every cooldown, and close the breaker (of every pool)."""
+        for pool in self.state.pools.values():
+            pool.reset()  # with a store: on every proxy of it
         logger.info("tokens: cooldowns cleared")
 
     @command.command("tokens.disable")
@@ -68,13 +56,13 @@ class TokenCommands:
         self._set(suffix, False)
 
     def _set(self, suffix: str, disabled: bool) -> None:
-        found = (self.state.shared or self.state.tokens).set_disabled(suffix, disabled)
+        found = [(pool, h) for pool in self.state.pools.values() for h in pool.set_disabled(suffix, disabled)]
         if not found:
             raise exceptions.CommandError(f"no token ends with {suffix.lstrip('…')!r}")
         if len(found) > 1:
             logger.warning(f"tokens: {len(found)} tokens end with {suffix!r}; all of them were changed")
-        for h in found:
-            logger.info(f"tokens: {h.suffix} {'disabled' if disabled else 'enabled'}")
+        for pool, h in found:
+            logger.info(f"{pool.label}: {h.suffix} {'disabled' if disabled else 'enabled'}")
 
     @command.command("captcha.refresh")
     def refresh_captcha(self) -> None:
@@ -94,6 +82,25 @@ class TokenCommands:
         source.invalidate()
         # commands are synchronous: the fetch goes on in the background (keep a reference to it)
         self.refreshing = asyncio.get_running_loop().create_task(source.get())
+
+
+def _pool_rows(pool: Pool) -> list[str]:
+    rows = []
+    for state, h in pool.tokens.status():
+        if state == "cooling":
+            state = f"cooling until {_when(h.cooling_until)}"
+        elif state == "retired":
+            state = f"retired {_when(h.retired_at)}"
+        elif state == "expired":
+            state = f"expired {_when(h.expires_at)}"
+        rows.append(f"{h.suffix:<6} {state:<33} {h.successes:>6} ok {h.refusals:>6} refused")
+    if not rows:
+        rows.append("no tokens")  # never an empty list: the console's data viewer cannot show one
+    if pool.breaker.is_open:
+        rows.append(f"breaker open until {_when(pool.breaker.open_until)}: refusals go to the client as they are")
+    if pool.shared is not None:
+        rows.append(pool.shared.describe())
+    return rows
 
 
 def _when(timestamp: float) -> str:

@@ -28,7 +28,8 @@ import yaml
 
 from addon import matching, schema
 from addon.schema import (
-    At, Bool, Choice, Field, Int, JsonLiteral, JsonValue, MapOf, Nullable, Number, Record, RulesError, SeqOf, Str,
+    At, Bool, Choice, Field, Int, JsonLiteral, JsonValue, MapOf, Nullable, Number, OneOrNamed, Record, RulesError,
+    SeqOf, Str,
 )  # fmt: skip
 from addon.template import CAPTCHA, DEFAULT_NAMES, TOKEN, Template, parse_template
 
@@ -37,6 +38,7 @@ Edits = tuple[tuple[str, Template | None], ...]
 BodyEdits = tuple[tuple[str, Template | JsonLiteral | None], ...]
 
 MAX_RULES_FILE = 16 * 1024 * 1024  # bytes; a 100,000-rule file is about 13 MiB
+DEFAULT_POOL = "default"  # the name of the pool of a `tokens:` section that is one pool (no name of its own)
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,16 @@ class Rule:
 
     @property
     def uses(self) -> frozenset[str]:
-        values = [v for _, v in self.headers + self.cookies + self.body if isinstance(v, Template)]
-        return frozenset().union(*(t.uses for t in values))
+        return frozenset().union(*(t.uses for t in self._templates))
+
+    @property
+    def pools(self) -> frozenset[str | None]:
+        """The token pools its values draw from (None: the only pool); one, in a rule that loads."""
+        return frozenset(t.pool for t in self._templates if TOKEN in t.uses)
+
+    @property
+    def _templates(self) -> list[Template]:
+        return [v for _, v in self.headers + self.cookies + self.body if isinstance(v, Template)]
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,8 @@ class StoreSpec:
 
 @dataclass(frozen=True)
 class TokensSpec:
+    """One pool of accounts: the `tokens:` section, or one pool of it when it names several."""
+
     file: Path
     strategy: str = "round_robin"  # or sticky
     max_attempts: int = 3  # tries per request, the first included
@@ -92,6 +104,7 @@ class TokensSpec:
     follow_set_cookie: bool = True  # a Set-Cookie for the {token} cookie renews the account (addon/sessions.py)
     session_key: str | None = field(default=None, repr=False)  # from the environment: seals renewed values in Redis
     sessions_file: Path | None = None  # where renewed session values are kept (beside the state file)
+    name: str = DEFAULT_POOL  # the pool's name: {token:NAME} draws from it (a `tokens:` of one pool: "default")
 
 
 ROTATE, REFRESH, REFRESH_CAPTCHA, PASS = "rotate", "refresh", "refresh_captcha", "pass"
@@ -161,10 +174,16 @@ class Config:
     file: Path
     rules: tuple[Rule, ...]
     stream: StreamSpec
-    tokens: TokensSpec | None
+    pools: Mapping[str, TokensSpec]  # by name, in the file's order; a `tokens:` of one pool is {"default": …}
     values: Mapping[str, ValueSpec]  # by name; `captcha:` is values["captcha"]
     index: matching.RuleIndex[Rule]
     on_response: tuple[ResponseRule, ...] = DEFAULT_ON_RESPONSE
+    named_pools: bool = False  # `tokens:` names its pools ({token:NAME}), rather than being one
+
+    @property
+    def tokens(self) -> TokensSpec | None:
+        """The first pool (the only one of most files), or None when the file has no `tokens:`."""
+        return next(iter(self.pools.values()), None)
 
     @functools.cached_property
     def public(self) -> frozenset[str]:
@@ -202,7 +221,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.en
         root = schema.parse_document(text, shown)
         if root.node is None:
             root.fail("the rules file is empty; it needs at least a 'rules:' list")
-        return rules_schema(file.resolve().parent, file, environ, _declared_values(root)).check(root)
+        return rules_schema(file.resolve().parent, file, environ, _declared_values(root), _declared_pools(root)).check(root)
 
 
 def _declared_values(root: At) -> frozenset[str]:
@@ -216,6 +235,15 @@ def _declared_values(root: At) -> frozenset[str]:
             elif key.value == "captcha":
                 names.add(CAPTCHA)
     return frozenset(names)
+
+
+def _declared_pools(root: At) -> tuple[str, ...]:
+    """The names of the token pools, when `tokens:` names them (read ahead, as the values are)."""
+    if isinstance(root.node, yaml.MappingNode):
+        for key, value in root.node.value:
+            if key.value == "tokens" and not schema.names_one(value, pool_keys()):
+                return tuple(k.value for k, _ in value.value if isinstance(k, yaml.ScalarNode))
+    return ()
 
 
 @contextlib.contextmanager
@@ -241,13 +269,18 @@ def json_schema() -> dict[str, Any]:
     }
 
 
-def rules_schema(base: Path, file: Path, environ: Mapping[str, str], names: frozenset[str] = frozenset()) -> Record:
+def rules_schema(
+    base: Path, file: Path, environ: Mapping[str, str], names: frozenset[str] = frozenset(), pools: tuple[str, ...] = ()
+) -> Record:
     """The whole file, as data; `base` is the folder relative paths start from; `names`: the values
-    the file declares (placeholders other than {token} and {captcha} must be one of them)."""
+    the file declares (placeholders other than {token} and {captcha} must be one of them); `pools`:
+    the token pools it names ({token:NAME}), when `tokens:` names them."""
     names = DEFAULT_NAMES | names
-    template = Str(partial(parse_template, environ=environ, names=names), "a string")
-    cookie_value = Str(partial(_cookie_value, environ, names), "a string")
-    body_value = JsonValue(Str(partial(parse_template, environ=environ, names=names, line_breaks=True), "a string"))
+    template = Str(partial(parse_template, environ=environ, names=names, pools=pools), "a string")
+    cookie_value = Str(partial(_cookie_value, environ, names, pools), "a string")
+    body_value = JsonValue(
+        Str(partial(parse_template, environ=environ, names=names, line_breaks=True, pools=pools), "a string")
+    )
     source = Record(
         "value source",
         {
@@ -314,54 +347,8 @@ def rules_schema(base: Path, file: Path, environ: Mapping[str, str], names: froz
                 default=StreamSpec(),
             ),
             "tokens": Field(
-                Record(
-                    "tokens",
-                    {
-                        "file": Field(Str(partial(_existing_file, base, "tokens")), required=True,
-                                      doc="One token per line; blank lines and # comments are skipped."),
-                        "strategy": Field(Choice("round_robin", "sticky"), default="round_robin",
-                                          doc="round_robin: the next token for every request; sticky: one until refused."),
-                        "max_attempts": Field(Int(1), default=3, doc="Tries per request, the first included."),
-                        "cooldown": Field(Number(0), default=300,
-                                          doc="Seconds a refused token is passed over; a longer Retry-After wins."),
-                        "retire_after": Field(Int(0), default=3,
-                                              doc="A token refused this many times in a row (a success starts the "
-                                              "count again) is retired: never used again until tokens.enable. 0: never."),
-                        "expiry_margin": Field(Number(0), default=60,
-                                               doc="A token that is a JWT (or a base64- session value carrying its "
-                                               "expiry) is not sent once it expires in less than this many seconds."),
-                        "follow_set_cookie": Field(Bool, default=True,
-                                                   doc="When the upstream answers with Set-Cookie for the cookie "
-                                                   "that carries {token}, the account uses the new value from then "
-                                                   "on and the client does not get that Set-Cookie. false: it passes "
-                                                   "to the client, and the account keeps its value."),
-                        "session_key": Field(Str(partial(_session_key, environ), "a string, {env:NAME}"),
-                                             doc="A secret of at least 16 characters, from the environment as "
-                                             "{env:NAME}: with a store, renewed session values go to the other "
-                                             "proxies encrypted with it. Without it they stay on this proxy."),
-                        "state_file": Field(Str(lambda name: base / name),
-                                            doc="Where token health is kept (default: beside the tokens file)."),
-                        "store": Field(Str(partial(_store_url, environ), "a redis:// or rediss:// URL"),
-                                       doc="redis://HOST:PORT/DB (rediss:// for TLS): every proxy on it shares token "
-                                       "health, the breaker, the rotation and command values; the password goes in "
-                                       "the URL, or as {env:NAME}. Default: the state file, this proxy alone."),
-                        "namespace": Field(Str(_namespace), default="default",
-                                           doc="Proxies with the same store and namespace share one pool."),
-                        "breaker": Field(
-                            Record(
-                                "breaker",
-                                {
-                                    "tokens": Field(Int(2), default=3),
-                                    "window": Field(Number(0), default=60),
-                                    "pause": Field(Number(0), default=300),
-                                },
-                                build=lambda v, at, where: BreakerSpec(**v),
-                            ),
-                            default=BreakerSpec(),
-                        ),
-                    },
-                    build=_build_tokens,
-                )
+                OneOrNamed(Record("tokens", _pool_fields(base, environ), build=_build_tokens), _pool_name, "pool name"),
+                doc="The accounts: one pool ({token}), or several by name, each with these keys ({token:NAME}).",
             ),
             "on_response": Field(
                 SeqOf(
@@ -417,6 +404,66 @@ def rules_schema(base: Path, file: Path, environ: Mapping[str, str], names: froz
     )
 
 
+def _pool_fields(base: Path, environ: Mapping[str, str]) -> dict[str, Field]:
+    """The keys of one token pool (`tokens:`, or each pool it names)."""
+    return {
+        "file": Field(Str(partial(_existing_file, base, "tokens")), required=True,
+                      doc="One token per line; blank lines and # comments are skipped."),
+        "strategy": Field(Choice("round_robin", "sticky"), default="round_robin",
+                          doc="round_robin: the next token for every request; sticky: one until refused."),
+        "max_attempts": Field(Int(1), default=3, doc="Tries per request, the first included."),
+        "cooldown": Field(Number(0), default=300,
+                          doc="Seconds a refused token is passed over; a longer Retry-After wins."),
+        "retire_after": Field(Int(0), default=3,
+                              doc="A token refused this many times in a row (a success starts the "
+                              "count again) is retired: never used again until tokens.enable. 0: never."),
+        "expiry_margin": Field(Number(0), default=60,
+                               doc="A token that is a JWT (or a base64- session value carrying its "
+                               "expiry) is not sent once it expires in less than this many seconds."),
+        "follow_set_cookie": Field(Bool, default=True,
+                                   doc="When the upstream answers with Set-Cookie for the cookie "
+                                   "that carries {token}, the account uses the new value from then "
+                                   "on and the client does not get that Set-Cookie. false: it passes "
+                                   "to the client, and the account keeps its value."),
+        "session_key": Field(Str(partial(_session_key, environ), "a string, {env:NAME}"),
+                             doc="A secret of at least 16 characters, from the environment as "
+                             "{env:NAME}: with a store, renewed session values go to the other "
+                             "proxies encrypted with it. Without it they stay on this proxy."),
+        "state_file": Field(Str(lambda name: base / name),
+                            doc="Where token health is kept (default: beside the tokens file)."),
+        "store": Field(Str(partial(_store_url, environ), "a redis:// or rediss:// URL"),
+                       doc="redis://HOST:PORT/DB (rediss:// for TLS): every proxy on it shares token "
+                       "health, the breaker, the rotation and command values; the password goes in "
+                       "the URL, or as {env:NAME}. Default: the state file, this proxy alone."),
+        "namespace": Field(Str(_namespace), default="default",
+                           doc="Proxies with the same store and namespace share one pool."),
+        "breaker": Field(
+            Record(
+                "breaker",
+                {
+                    "tokens": Field(Int(2), default=3),
+                    "window": Field(Number(0), default=60),
+                    "pause": Field(Number(0), default=300),
+                },
+                build=lambda v, at, where: BreakerSpec(**v),
+            ),
+            default=BreakerSpec(),
+        ),
+    }
+
+
+@functools.cache
+def pool_keys() -> frozenset[str]:
+    """The keys of a pool: a `tokens:` with any of them is one pool, else it names its pools."""
+    return frozenset(_pool_fields(Path("."), {}))
+
+
+def _pool_name(name: str) -> str:
+    if not _VALUE_NAME.fullmatch(name) or len(name) > 64:
+        raise ValueError(f"bad pool name {name!r}: expected a letter or _, then letters, digits, _ or -, like arena (up to 64)")
+    return name
+
+
 def _header_name(name: str) -> str:
     if not name or any(c in name for c in ' \t:()<>@,;\\"/[]?={}') or not name.isascii():
         raise ValueError(f"bad header name {name!r}")
@@ -429,8 +476,8 @@ def _cookie_name(name: str) -> str:
     return name
 
 
-def _cookie_value(environ: Mapping[str, str], names: frozenset[str], text: str) -> Template:
-    template = parse_template(text, environ, names)
+def _cookie_value(environ: Mapping[str, str], names: frozenset[str], pools: tuple[str, ...], text: str) -> Template:
+    template = parse_template(text, environ, names, pools=pools)
     literal = "".join(p for p in template.parts if isinstance(p, str))  # {env:...} already expanded
     if any(c in literal for c in ";,"):
         raise ValueError(f"a cookie value cannot contain ';' or ',': {text!r}")
@@ -478,7 +525,10 @@ def _value_name(name: str) -> str:
 
 
 def _build_tokens(v: dict[str, Any], at: At, where: dict[str, At]) -> TokensSpec:
+    name = DEFAULT_POOL if at.path == "tokens" else at.path.rpartition(".")[2]  # tokens, or tokens.NAME
     namespace = v.pop("namespace")
+    if "namespace" not in where and at.path != "tokens":
+        namespace = name  # each named pool has a namespace of its own on a store
     store = v.pop("store")
     if store is not None:
         store = replace(store, namespace=namespace)
@@ -486,7 +536,7 @@ def _build_tokens(v: dict[str, Any], at: At, where: dict[str, At]) -> TokensSpec
         where["namespace"].fail("'namespace' names a pool on a shared store: it needs 'store' (redis://…)")
     state_file = v["state_file"] or v["file"].with_name(v["file"].stem + ".state.json")
     sessions_file = state_file.with_name(v["file"].stem + ".sessions.json")
-    return TokensSpec(**{**v, "state_file": state_file, "store": store, "sessions_file": sessions_file})
+    return TokensSpec(**{**v, "state_file": state_file, "store": store, "sessions_file": sessions_file, "name": name})
 
 
 _ENV_ONLY = re.compile(r"\{env:([^{}]+)\}")
@@ -622,10 +672,18 @@ def _build_config(file: Path, v: dict[str, Any], at: At, where: dict[str, At]) -
             )
         values[CAPTCHA] = v["captcha"]
     rules: tuple[Rule, ...] = v["rules"]
+    pools = {spec.name: spec for _, spec in v["tokens"] or ()}
+    if v["tokens"] is not None:
+        _distinct_pools(v["tokens"], where["tokens"])
     for i, rule in enumerate(rules):
-        if TOKEN in rule.uses and v["tokens"] is None:
+        if TOKEN in rule.uses and not pools:
             where["rules"].index(i, where["rules"].node.value[i]).fail(
                 "this rule uses {token} but the file has no 'tokens' section"
+            )
+        if len(rule.pools) > 1:
+            drawn = " and ".join(sorted(str(p) for p in rule.pools))
+            where["rules"].index(i, where["rules"].node.value[i]).fail(
+                f"this rule draws tokens from {drawn}; a request carries one account: give each pool a rule of its own"
             )
         missing = sorted(rule.uses - values.keys() - {TOKEN})
         if missing:  # only {captcha} gets here: other names are checked where they are written
@@ -642,11 +700,26 @@ def _build_config(file: Path, v: dict[str, Any], at: At, where: dict[str, At]) -
         file=file,
         rules=rules,
         stream=v["stream"],
-        tokens=v["tokens"],
+        pools=pools,
         values=values,
         index=matching.RuleIndex(rules),
         on_response=on_response,
+        named_pools=v["tokens"] is not None and v["tokens"][0][0] is not None,
     )
+
+
+def _distinct_pools(pools: tuple[tuple[str | None, TokensSpec], ...], at: At) -> None:
+    """Two pools never keep their health in one place: a state file, or a namespace of one store."""
+    seen: dict[object, str] = {}
+    for name, spec in pools:
+        places = [(spec.state_file, f"the state file {spec.state_file}")]
+        if spec.store is not None:
+            places = [((spec.store.url, spec.store.namespace), f"namespace {spec.store.namespace!r} of one store")]
+        for place, what in places:
+            if place in seen and name is not None:
+                _key_at(at, name).fail(f"pools {seen[place]} and {name} would keep their health in {what}; "
+                                       "give each its own tokens file, state_file or namespace")
+            seen[place] = str(name)
 
 
 def _refresh_values(rule: ResponseRule, refreshable: frozenset[str], values: Mapping[str, ValueSpec], at: At) -> ResponseRule:

@@ -136,18 +136,21 @@ def make_flow(method: str, url: str, headers: Sequence[tuple[str, str]], body: s
 
 
 def stand_in_values(config: Config) -> dict[str, str]:
-    """Masked stand-ins for the values the proxy would draw (it would draw the real ones)."""
+    """Masked stand-ins for the values the proxy would draw (it would draw the real ones); each
+    pool's token as `token` and, when the file names its pools, as `token:POOL` too."""
     values: dict[str, str] = {}
-    if config.tokens:
+    for name, spec in reversed(config.pools.items()):
         try:
-            pool = TokenPool(read_tokens(config.tokens.file), config.tokens.strategy)
+            pool = TokenPool(read_tokens(spec.file), spec.strategy)
         except TokensFileError:
             pool = TokenPool()
-        if config.tokens.state_file and config.tokens.state_file.exists():
-            pool.load_state(statefile.load_state(config.tokens.state_file))
+        if spec.state_file and spec.state_file.exists():
+            pool.load_state(statefile.load_state(spec.state_file))
         token = pool.draw()
         if token is not None:
             values[TOKEN] = mask(token)
+            if config.named_pools:
+                values[f"{TOKEN}:{name}"] = values[TOKEN]
     for name, spec in config.values.items():
         if spec.command is not None:
             values[name] = f"‹{name} from the command, not run›"
@@ -184,6 +187,9 @@ def _explain(config: Config, flow: http.HTTPFlow, values: dict[str, str]) -> Ite
         return
     yield f"  streaming: {'yes' if plan.streaming else 'no'}"
     yield f"  rules: {', '.join(r.name for r in plan.rules)}"
+    if plan.pool is not None and TOKEN in plan.uses:
+        yield f"  token from pool: {plan.pool}"
+        values = {**values, TOKEN: values[f"{TOKEN}:{plan.pool}"]} if f"{TOKEN}:{plan.pool}" in values else values
     sent = req.copy()
     removed: set[Edit] = set()  # as the flow comment: only what the request had
     notes = apply_plan(plan, sent, values, removed)

@@ -1,7 +1,7 @@
 """The `rules` option: load the rules file and what it names, and keep them current.
 
 This addon owns the configuration that the other addons read: the parsed rules,
-the token pool and the sources of the named values (the captcha among them). A bad file at start-up is one error line
+the token pools (addon/pools.py) and the sources of the named values (the captcha among them). A bad file at start-up is one error line
 (mitmproxy's start-up check then exits with status 1); a bad file later is
 logged and the last good configuration stays in force.
 
@@ -27,16 +27,16 @@ from mitmproxy.utils import human
 
 from addon import statefile
 from addon.breaker import Breaker
-from addon.config import BreakerSpec, Config, load_config
+from addon.config import DEFAULT_POOL, Config, load_config
 from addon.offloop import in_thread
+from addon.pools import Pool, State
 from addon.schema import RulesError, RulesErrors
+from addon.sessions import Sessions
 from addon.shared import SharedStore
 from addon.sources import ValueSource
-from addon.statelock import StateFileLock
 from addon.statesaver import StateSaver
 from addon.template import CAPTCHA
-from addon.sessions import Sessions
-from addon.tokens import GONE_GRACE, Health, TokenList, TokenPool, TokensFileError, health_from_state, read_token_list
+from addon.tokens import GONE_GRACE, TokenList, TokenPool, TokensFileError, health_from_state, read_token_list
 from addon.watch import FileWatcher
 
 logger = logging.getLogger(__name__)
@@ -49,11 +49,11 @@ class _Read:
     """What a load read and parsed, ready to swap in."""
 
     config: Config
-    tokens: TokenList
-    state: tuple[Path, statefile.StateStore, dict[str, Health]] | None  # a state file read anew
+    tokens: dict[str, TokenList]  # by pool
+    states: dict[str, State]  # by pool: a state file read anew
 
 
-def _read_state(path: Path) -> tuple[Path, statefile.StateStore, dict[str, Health]]:
+def _read_state(path: Path) -> State:
     entries = statefile.load_state(path)
     return path, statefile.StateStore(path, entries, GONE_GRACE), health_from_state(entries)
 
@@ -61,13 +61,9 @@ def _read_state(path: Path) -> tuple[Path, statefile.StateStore, dict[str, Healt
 class RulesLoader:
     def __init__(self) -> None:
         self.config: Config | None = None
-        self.tokens = TokenPool()
-        self.saver = StateSaver(self.tokens)
-        self.tokens.on_change = self.saver.changed
-        self.breaker = Breaker()
-        self.sessions = Sessions(self.tokens)  # sessions the upstream renewed with Set-Cookie
-        self._state_lock: StateFileLock | None = None  # held while this proxy writes the state file
-        self.shared: SharedStore | None = None  # tokens.store: health shared with other proxies through Redis
+        self._default = Pool()  # the pool of a `tokens:` that is one pool (kept while the file has none)
+        self.pool = self._default  # the first pool: the only one of most files
+        self.pools: dict[str, Pool] = {}  # by name, in the rules file's order
         self.values: dict[str, ValueSource] = {}  # by name, as the rules file's values: (and captcha:)
         self.stream_copy_limit = 1024 * 1024
         self.mitmproxy_stores_streamed = False  # mitmproxy 12.1+ with store_streamed_bodies: it keeps them whole
@@ -78,6 +74,42 @@ class RulesLoader:
     @property
     def captcha(self) -> ValueSource | None:
         return self.values.get(CAPTCHA)
+
+    def pool_of(self, name: str | None) -> Pool:
+        """The pool a `{token:NAME}` draws from (None: `{token}`, the only pool)."""
+        return self.pool if name is None else self.pools[name]
+
+    def responseheaders(self, flow) -> None:
+        """Take an account's renewed session value off the answer (addon/sessions.py), in its pool."""
+        for pool in self.pools.values():
+            pool.sessions.responseheaders(flow)
+
+    # the first pool's parts (the only pool of most files)
+
+    @property
+    def tokens(self) -> TokenPool:
+        return self.pool.tokens
+
+    @property
+    def breaker(self) -> Breaker:
+        return self.pool.breaker
+
+    @property
+    def saver(self) -> StateSaver:
+        return self.pool.saver
+
+    @property
+    def sessions(self) -> Sessions:
+        return self.pool.sessions
+
+    @property
+    def shared(self) -> SharedStore | None:
+        return self.pool.shared
+
+    @property
+    def store(self) -> SharedStore | None:
+        """The store command values are shared on: the first pool's that has one."""
+        return next((p.shared for p in self.pools.values() if p.shared is not None), None)
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -112,44 +144,46 @@ class RulesLoader:
 
     def running(self) -> None:
         self._watcher.start()
-        if self.shared is not None:
-            self.shared.start()
+        for pool in self.pools.values():
+            pool.start()
 
     def done(self) -> None:
         self._watcher.stop()
         if self._reloading is not None:
             self._reloading.cancel()
-        if self.shared is not None:
-            self.shared.stop()
-        self.saver.done()
-        if self._state_lock is not None:
-            self._state_lock.release()
-            self._state_lock = None
+        for pool in self.pools.values():
+            pool.stop()
 
     # loading
 
     def reload_rules(self) -> None:
         """Load the rules file named by the option, here and now; on failure keep what is loaded."""
         path = ctx.options.rules
-        self._apply(path, self._attempt(self._read, path, self.saver.path))
+        self._apply(path, self._attempt(self._read, path, self._state_files()))
 
-    def reload_tokens(self) -> None:
-        """Re-read the tokens file, here and now; on failure keep the tokens read before."""
-        assert self.config is not None and self.config.tokens is not None
-        self._apply_tokens(self._attempt(read_token_list, self.config.tokens.file))
+    def reload_tokens(self, name: str = DEFAULT_POOL) -> None:
+        """Re-read a pool's tokens file, here and now; on failure keep the tokens read before."""
+        assert self.config is not None and name in self.config.pools
+        self._apply_tokens(name, self._attempt(read_token_list, self.config.pools[name].file))
 
-    def _read(self, path: str, state_file: Path | None) -> _Read:
-        """Read and parse everything a rules file names (in any thread: it touches nothing of ours).
+    def _state_files(self) -> dict[str, Path | None]:
+        return {name: pool.saver.path for name, pool in self.pools.items()}
+
+    def _read(self, path: str, state_files: dict[str, Path | None]) -> _Read:
+        """Read and parse everything a rules file names (in any thread: it touches nothing of ours);
+        `state_files`: the pools' state files in use, which are not read again.
 
         Raises:
             RulesError, TokensFileError: as the files are wrong.
         """
         config = load_config(path)
-        tokens = read_token_list(config.tokens.file) if config.tokens else TokenList.of(())
-        state = None
-        if config.tokens and config.tokens.store is None and config.tokens.state_file != state_file:
-            state = _read_state(config.tokens.state_file)
-        return _Read(config, tokens, state)
+        tokens = {name: read_token_list(spec.file) for name, spec in config.pools.items()}
+        states = {
+            name: _read_state(spec.state_file)
+            for name, spec in config.pools.items()
+            if spec.store is None and spec.state_file is not None and spec.state_file != state_files.get(name)
+        }
+        return _Read(config, tokens, states)
 
     @staticmethod
     def _attempt(fn: Callable[..., T], *args: Any) -> T | Exception:
@@ -166,92 +200,68 @@ class RulesLoader:
             kept = "; the last good rules stay in force" if self.config else ""
             logger.error(f"{read}{more}{kept}")
             return
-        config, tokens = read.config, read.tokens
+        config = read.config
         self.config = config
-        if config.tokens:
-            self.tokens.strategy, self.tokens.cooldown = config.tokens.strategy, config.tokens.cooldown
-            self.tokens.retire_after, self.tokens.expiry_margin = config.tokens.retire_after, config.tokens.expiry_margin
-            if read.state is not None and read.state[0] != self.saver.path:
-                state_file, store, health = read.state
-                self.saver.use(store if self._lock_state(state_file) else None)
-                self.tokens.load_health(health)
-        self.breaker.spec = config.tokens.breaker if config.tokens else BreakerSpec()
-        self.tokens.replace(tokens)
-        if config.tokens:
-            self.sessions.use(config.tokens.sessions_file, config.tokens.follow_set_cookie, config.tokens.session_key)
-        self._share(config.tokens.store if config.tokens else None)
+        self._use_pools(config, read)
         kept = self.values  # a source whose spec is unchanged keeps its value
         self.values = {
             name: kept[name] if name in kept and kept[name].spec == spec else ValueSource(spec)
             for name, spec in config.values.items()
         }
+        store = self.store
         for source in self.values.values():
-            source.shared = self.shared
+            source.shared = store
         self._watch(config)
         summary = f"{len(config.rules)} rule(s)"
-        if config.tokens:
-            summary += f", {len(tokens.tokens)} token(s)"
-            if config.tokens.store is not None:
-                summary += f" sharing health on {config.tokens.store.shown} (namespace {config.tokens.store.namespace})"
-            if not tokens.tokens:
-                logger.warning(f"rules: {config.tokens.file} has no tokens; requests that need one get a 503")
+        for name, spec in config.pools.items():
+            tokens = read.tokens[name].tokens
+            summary += f", {len(tokens)} token(s)"
+            if config.named_pools:
+                summary += f" in pool {name}"
+            if spec.store is not None:
+                summary += f" sharing health on {spec.store.shown} (namespace {spec.store.namespace})"
+            if not tokens:
+                logger.warning(f"rules: {spec.file} has no tokens; requests that need one get a 503")
         for name, spec in config.values.items():
             summary += f", {name} from {spec.describe()}"
         logger.info(f"rules: loaded {path}: {summary}")
         if not config.rules:
             logger.warning(f"rules: {path} has no rules: every request passes unchanged")
 
-    def _lock_state(self, path: Path) -> bool:
-        """Hold the lock of this state file (and let go of the one held before); False: another proxy has it."""
-        if self._state_lock is not None and self._state_lock.state_file == path:
-            return True
-        lock = StateFileLock(path)
-        if not lock.acquire():
-            return False
-        if self._state_lock is not None:
-            self._state_lock.release()
-        self._state_lock = lock
-        return True
+    def _use_pools(self, config: Config, read: _Read) -> None:
+        """Hand each pool of the file its spec, tokens and state; a pool the file no longer names stops."""
+        pools: dict[str, Pool] = {}
+        for name, spec in config.pools.items():
+            pool = self.pools.get(name) or (self._default if name == DEFAULT_POOL else Pool(name))
+            pool.use(spec, read.tokens[name], read.states.get(name), labelled=config.named_pools)
+            pools[name] = pool
+        for name, pool in self.pools.items():
+            if name not in pools:  # the default pool is kept: a file of one pool again takes it up
+                pool.unused() if pool is self._default else pool.stop()
+        self.pools = pools
+        self.pool = next(iter(pools.values()), self._default)
 
-    def _apply_tokens(self, read: TokenList | Exception) -> None:
-        assert self.config is not None and self.config.tokens is not None
+    def _apply_tokens(self, name: str, read: TokenList | Exception) -> None:
+        assert self.config is not None and name in self.config.pools
+        pool, file = self.pools[name], self.config.pools[name].file
         if isinstance(read, Exception):
-            logger.error(f"{read}; the {len(self.tokens)} token(s) read before stay in use")
+            logger.error(f"{read}; the {len(pool.tokens)} token(s) read before stay in use")
             return
-        self.tokens.replace(read)
-        if self.shared is not None:
-            self.shared.read_again()  # the health of tokens new to this proxy
-        logger.info(f"rules: re-read {self.config.tokens.file}: {len(read.tokens)} token(s)")
+        pool.replace_tokens(read)
+        logger.info(f"rules: re-read {file}: {len(read.tokens)} token(s)")
         if not read.tokens:
-            logger.warning(f"rules: {self.config.tokens.file} has no tokens; requests that need one get a 503")
-
-    def _share(self, store) -> None:
-        """Keep token health on this store from now on (None: in the state file)."""
-        if self.shared is not None and self.shared.spec == store:
-            return
-        if self.shared is not None:
-            self.shared.stop()
-            self.shared = None
-        if store is None:
-            self.tokens.on_change = self.saver.changed
-            self.sessions.publish = None
-            return
-        self.tokens.on_change = lambda: None  # no state file: Redis keeps it
-        self.shared = SharedStore(store, self.tokens, self.breaker, sessions=self.sessions)
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:  # not yet running: `running` starts it
-            return
-        self.shared.start()
+            logger.warning(f"rules: {file} has no tokens; requests that need one get a 503")
 
     def _changed(self, what: str) -> None:
-        """A watched file changed: read it in a thread (now, or when the reload under way is done)."""
-        file = ctx.options.rules if what == "rules" else self.config and self.config.tokens and self.config.tokens.file
+        """A watched file changed ("rules", or "tokens:POOL"): read it in a thread (now, or when the
+        reload under way is done)."""
+        name = what.partition(":")[2]
+        file = ctx.options.rules if what == "rules" else self.config and name in self.config.pools and self.config.pools[name].file
         logger.debug(f"rules: {file} changed; reading it again")
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop (tests, scripts): here and now
-            self.reload_rules() if what == "rules" else self.reload_tokens()
+            self.reload_rules() if what == "rules" else self.reload_tokens(name)
             return
         self._pending.add(what)
         if self._reloading is None or self._reloading.done():
@@ -259,20 +269,20 @@ class RulesLoader:
 
     async def _reload_pending(self) -> None:
         while self._pending:
-            if "rules" in self._pending:  # the rules file names the tokens file: both are read again
+            if "rules" in self._pending:  # the rules file names the tokens files: all are read again
                 self._pending.clear()
                 path = ctx.options.rules
-                read = await in_thread(self._attempt, self._read, path, self.saver.path)
+                read = await in_thread(self._attempt, self._read, path, self._state_files())
                 if ctx.options.rules == path:  # not replaced meanwhile by `set rules=…`
                     self._apply(path, read)
-            else:
-                self._pending.clear()
-                if self.config is None or self.config.tokens is None:
-                    continue
-                file = self.config.tokens.file
-                read = await in_thread(self._attempt, read_token_list, file)
-                if self.config.tokens is not None and self.config.tokens.file == file:
-                    self._apply_tokens(read)
+                continue
+            name = self._pending.pop().partition(":")[2]
+            spec = self.config.pools.get(name) if self.config is not None else None
+            if spec is None:
+                continue
+            tokens = await in_thread(self._attempt, read_token_list, spec.file)
+            if self.config is not None and self.config.pools.get(name, spec).file == spec.file:
+                self._apply_tokens(name, tokens)
 
     # watching
 
@@ -285,8 +295,8 @@ class RulesLoader:
 
     def _watch(self, config: Config) -> None:
         paths = {Path(config.file): lambda: self._changed("rules")}
-        if config.tokens:
-            paths[config.tokens.file] = lambda: self._changed("tokens")
+        for name, spec in config.pools.items():
+            paths[spec.file] = partial(self._changed, f"tokens:{name}")
         for spec in config.values.values():
             if spec.file is not None:
                 paths[spec.file] = partial(self._value_file_changed, spec.file)

@@ -33,7 +33,6 @@ class Pipeline:
         self.guard = SelfGuard()
         self.rules = RulesLoader()
         self.rewriter = Rewriter(self.rules)
-        self.sessions = self.rules.sessions  # Set-Cookie of a renewed session: taken, not passed on
         self.tap = StreamTap(self.rules)
         self.recovery = Recovery(self.rules, self.rewriter)
         self.options_check = OptionCheck()
@@ -76,7 +75,7 @@ class Pipeline:
         self.recovery.next_layer(nextlayer)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        self.sessions.responseheaders(flow)  # first: a renewed session never reaches the client
+        self.rules.responseheaders(flow)  # first: a renewed session never reaches the client
         held = self.tap.responseheaders(flow)
         self.recovery.responseheaders(flow, held)
 

@@ -46,6 +46,7 @@ class Plan:
     cookies: tuple[Edit, ...]
     body: tuple[Edit, ...] = ()
     public: frozenset[str] = frozenset()  # values that comments may show whole (secret: false)
+    pool: str | None = None  # the token pool its {token:POOL} edits draw from (None: the only pool)
 
     @functools.cached_property
     def uses(self) -> frozenset[str]:  # computed once per plan; plans are memoised per matched-rule set
@@ -188,7 +189,27 @@ def _fold(rules: tuple[Rule, ...], streaming: bool, public: frozenset[str] = fro
             body.pop(path, None)  # and its place: a later rule's edit is made after the earlier ones
             body[path] = Edit(path, body_value, rule.name)
     used = frozenset().union(*(r.uses for r in rules))
-    return Plan(rules, streaming, tuple(headers.values()), tuple(cookies.values()), tuple(body.values()), public & used)
+    pool, edits = _one_pool(rules, (headers, cookies, body))
+    return Plan(rules, streaming, *edits, public & used, pool)
+
+
+def _one_pool(
+    rules: tuple[Rule, ...], edits: tuple[dict[str, Edit], ...]
+) -> tuple[str | None, tuple[tuple[Edit, ...], ...]]:
+    """The pool the plan's tokens come from, and its edits. A request carries one account: when rules
+    for different pools match one request, the last of them decides the pool, and the others'
+    token edits are left out (with a warning, once per such set of rules)."""
+    drawing = [r for r in rules if TOKEN in r.uses]
+    pools = {p for r in drawing for p in r.pools}
+    if len(pools) <= 1:
+        return next(iter(pools), None), tuple(tuple(e.values()) for e in edits)
+    pool = next(iter(drawing[-1].pools))
+    other = lambda e: isinstance(e.value, Template) and TOKEN in e.value.uses and e.value.pool != pool  # noqa: E731
+    left = sorted({e.rule for group in edits for e in group.values() if other(e)})
+    logger.warning(f"rules: {', '.join(left)} and {drawing[-1].name} match the same request but draw tokens from "
+                   f"different pools; it is sent with a token of {pool} ({drawing[-1].name} is the later rule), "
+                   f"without {', '.join(left)}'s token edits")
+    return pool, tuple(tuple(e for e in group.values() if not other(e)) for group in edits)
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ from addon.firstevent import is_sse
 from addon.loader import RulesLoader
 from addon.masking import mask
 from addon.plan import apply_plan_off_loop
+from addon.pools import Pool
 from addon.replay import FirstEventJudge, Handover, Limits, Replay
 from addon.rewriter import METADATA_KEY, REPLAY_KEY, Rewriter, Sent
 from addon.streamtap import BodyCopy, keep_copy
@@ -236,7 +237,7 @@ class Recovery:
                            "streamed to the client before it could be judged (stream_large_bodies)")
             return None
         if action is None:
-            self._settled(flow.response, sent.values, sent.at)
+            self._settled(self.state.pool_of(sent.plan.pool), flow.response, sent.values, sent.at)
             return None
         missing = sorted(sent.plan.uses - sent.values.keys())
         if action.kind == ROTATE and missing:
@@ -274,10 +275,9 @@ class Recovery:
         source = self.state.values.get(name)
         return source.show(value) if source is not None else mask(value)
 
-    def _settled(self, response: http.Response, values: dict[str, str], sent_at: float) -> None:
+    def _settled(self, pool: Pool, response: http.Response, values: dict[str, str], sent_at: float) -> None:
         if TOKEN in values and response.status_code < 400:
-            (self.state.shared or self.state.tokens).succeeded(values[TOKEN], sent_at)
-            self.state.breaker.succeeded(sent_at)  # a token works: refusals counted before it was sent are the tokens'
+            pool.succeeded(values[TOKEN], sent_at)
 
     async def _recover(
         self, flow: http.HTTPFlow, sent: Sent, action: Action, config: Config, client: Handover | None = None
@@ -285,7 +285,8 @@ class Recovery:
         """Retry until an answer needs no retry, or attempts or tokens run out. With `client` (the
         client's stream waits in addon.httplayer), an answer that cannot be a refusal is streamed to
         it as it comes."""
-        max_attempts = config.tokens.max_attempts if config.tokens else DEFAULT_MAX_ATTEMPTS
+        pool = self.state.pool_of(sent.plan.pool)  # the pool of the request's token
+        max_attempts = pool.spec.max_attempts if pool.spec is not None else DEFAULT_MAX_ATTEMPTS
         assert flow.response is not None
         attempts = [self._attempt_of(flow.response.status_code, sent.values)]
         last: http.Response = flow.response
@@ -296,11 +297,11 @@ class Recovery:
         previous = flow  # the flow whose answer `last` is
         while True:
             if action.kind == ROTATE:
-                if self.state.breaker.is_open:
+                if pool.breaker.is_open:
                     outcome = "the breaker is open: refusals go to the client as they are"
                     break
-                self._refused(values[TOKEN], last, action.retire)
-                if self.state.breaker.is_open:
+                self._refused(pool, values[TOKEN], last, action.retire)
+                if pool.breaker.is_open:
                     outcome = "this refusal opened the breaker"
                     break
             if _client_gone(flow, client):  # no retry for nobody: it would only cool more tokens
@@ -309,7 +310,7 @@ class Recovery:
             if len(attempts) >= max_attempts:
                 outcome = f"gave up after {max_attempts} attempts"
                 break
-            next_values = await self._next_values(action, values, tried)
+            next_values = await self._next_values(pool, action, values, tried)
             if isinstance(next_values, str):
                 outcome = next_values
                 break
@@ -317,7 +318,7 @@ class Recovery:
                 self._show_refused(flow, attempts[0])
             values = next_values
             sent_at = time.time()
-            replay = await self._attempt(flow, sent, values, len(attempts) + 1, config, client)
+            replay = await self._attempt(flow, sent, values, len(attempts) + 1, config, client, pool)
             if replay.failure is not None or replay.flow.response is None:
                 attempts.append(self._attempt_of(None, values, action.refresh))
                 outcome = f"attempt {len(attempts)} failed: {replay.failure}"
@@ -331,7 +332,7 @@ class Recovery:
             else:
                 action = self._action(config, last, values, sent.plan.streaming)
             if action is None:
-                self._settled(last, values, sent_at)
+                self._settled(pool, last, values, sent_at)
                 break
         recovered = action is None and len(attempts) > 1
         summary = " → ".join(a.describe() for a in attempts)
@@ -421,24 +422,26 @@ class Recovery:
         self._updates.add(task)
         task.add_done_callback(self._updates.discard)
 
-    def _refused(self, token: str, response: http.Response, retire: bool = False) -> None:
-        pool, key, wait = self.state.tokens, token_key(token), retry_after(response)
-        was_retired = key in pool.health and pool.health[key].retired_at > 0
+    def _refused(self, pool: Pool, token: str, response: http.Response, retire: bool = False) -> None:
+        tokens, key, wait = pool.tokens, token_key(token), retry_after(response)
+        was_retired = key in tokens.health and tokens.health[key].retired_at > 0
         # judged here at once; and, with a shared store, there for all (its answer comes in the background)
-        marked = refuse_here(pool, self.state.breaker, token, wait, retire)
-        if self.state.shared is not None:
-            self.state.shared.refused(token, wait, retire)
-        health = pool.health.get(key)
-        if self.state.breaker.is_open or health is None:  # (an opened breaker says so itself)
+        marked = refuse_here(tokens, pool.breaker, token, wait, retire)
+        if pool.shared is not None:
+            pool.shared.refused(token, wait, retire)
+        health = tokens.health.get(key)
+        if pool.breaker.is_open or health is None:  # (an opened breaker says so itself)
             return
         if health.retired_at and not was_retired:  # once: by the proxy whose refusal retired it
-            logger.warning(f"tokens: {mask(token)} retired ({health.retired_reason}, the last {response.status_code}); "
+            logger.warning(f"{pool.label}: {mask(token)} retired ({health.retired_reason}, the last {response.status_code}); "
                            f"it is not used again until tokens.enable {mask(token)}")
         elif marked:
-            until = health.cooling_until - pool.clock()
-            logger.info(f"tokens: {mask(token)} refused ({response.status_code}); passed over for {until:.0f} s")
+            until = health.cooling_until - tokens.clock()
+            logger.info(f"{pool.label}: {mask(token)} refused ({response.status_code}); passed over for {until:.0f} s")
 
-    async def _next_values(self, action: Action, values: dict[str, str], tried: set[str]) -> dict[str, str] | str:
+    async def _next_values(
+        self, pool: Pool, action: Action, values: dict[str, str], tried: set[str]
+    ) -> dict[str, str] | str:
         """The values for the next attempt, or why there are none (and then no value is fetched
         for a retry that will not be sent).
 
@@ -447,7 +450,7 @@ class Recovery:
         the same token, and a new value for each value to refresh; if one cannot be had (its source
         fails, or a file does not change within its wait), no retry, and no token is blamed.
         """
-        if action.kind == ROTATE and not self.state.tokens.has_replacement(values[TOKEN], exclude=tried):
+        if action.kind == ROTATE and not pool.tokens.has_replacement(values[TOKEN], exclude=tried):
             return "no other token to try"
         new = dict(values)
         names = sorted(action.refresh) if action.kind == REFRESH else sorted(n for n in values if n != TOKEN)
@@ -464,7 +467,7 @@ class Recovery:
         if action.kind == REFRESH and not sources:
             return "nothing to refresh"
         if action.kind == ROTATE:  # after the await: a token refused meanwhile is not chosen
-            token = self.state.tokens.replacement(values[TOKEN], exclude=tried)
+            token = pool.tokens.replacement(values[TOKEN], exclude=tried)
             if token is None:
                 return "no other token to try"
             tried.add(token)
@@ -472,7 +475,8 @@ class Recovery:
         return new
 
     async def _attempt(
-        self, flow: http.HTTPFlow, sent: Sent, values: dict[str, str], n: int, config: Config, client: Handover | None
+        self, flow: http.HTTPFlow, sent: Sent, values: dict[str, str], n: int, config: Config, client: Handover | None,
+        pool: Pool,
     ) -> Replay:
         """Send the request again through mitmproxy with new values; the copy is its own flow.
         With `client`, an answer that cannot be a refusal is streamed to it (see Replay)."""
@@ -491,7 +495,7 @@ class Recovery:
         copy.metadata = dict(flow.metadata)
         copy.is_replay = "request"
         copy.metadata[REPLAY_KEY] = {"of": flow.id, "attempt": n}
-        sessions = self.state.sessions
+        sessions = pool.sessions
         await apply_plan_off_loop(sent.plan.dynamic, copy.request, sessions.applied(values))  # a large body: in the worker
         sessions.carried(copy, sent.plan, values)
         shown = self._attempt_of(None, values).shown

@@ -16,6 +16,7 @@ from mitmproxy import http
 
 from addon.loader import RulesLoader
 from addon.plan import Plan, apply_plan_off_loop, describe, plan_request_off_loop
+from addon.pools import Pool
 from addon.template import TOKEN
 
 logger = logging.getLogger(__name__)
@@ -54,16 +55,17 @@ class Rewriter:
         if plan is None:
             return
         values = await self._draw_values(plan) if plan.named else {}
+        pool = self.state.pool_of(plan.pool)
         # the token is drawn after the last await, so a token refused meanwhile is never sent
         if TOKEN in plan.uses:
-            token = (self.state.shared or self.state.tokens).draw()
+            token = pool.draw()
             if token is None:
-                self._no_tokens(flow)
+                self._no_tokens(flow, pool)
                 return
             values[TOKEN] = token
         # (a body over bodyworker.SMALL_BODY with edits is edited in the worker: an await after the
         # draw, about a second for 31 MB of JSON; a token refused meanwhile is then sent once)
-        sessions = self.state.sessions
+        sessions = pool.sessions
         lines = await apply_plan_off_loop(plan, flow.request, sessions.applied(values))
         sessions.carried(flow, plan, values)
         flow.comment = describe(plan, lines)
@@ -100,10 +102,10 @@ class Rewriter:
                 values[source.name] = value
         return values
 
-    def _no_tokens(self, flow: http.HTTPFlow) -> None:
-        assert self.state.config is not None and self.state.config.tokens is not None
-        file = self.state.config.tokens.file
-        if len(self.state.tokens):
+    def _no_tokens(self, flow: http.HTTPFlow, pool: Pool) -> None:
+        assert pool.spec is not None
+        file = pool.spec.file
+        if len(pool.tokens):
             reason = f"no token in {file} is usable: each is disabled, retired or expired (tokens.status tells which)"
         else:
             reason = f"the tokens file {file} has no tokens"

@@ -553,3 +553,35 @@ class Record(Type):
             schema["required"] = required
         return schema
 
+
+
+def names_one(node: yaml.Node | None, keys: frozenset[str]) -> bool:
+    """Is this mapping one record with these keys (it has one of them, or none at all), rather than
+    a mapping of names to such records? What OneOrNamed decides, for a reader that looks ahead."""
+    if not isinstance(node, yaml.MappingNode) or not node.value:
+        return True
+    return any(isinstance(k, yaml.ScalarNode) and k.value in keys for k, _ in node.value)
+
+
+@dataclass(frozen=True)
+class OneOrNamed(Type):
+    """One record, or a mapping of names to such records (`tokens: {file: …}` or
+    `tokens: {arena: {file: …}, openai: {file: …}}`): a mapping with any of the record's keys is the
+    one. Returns (name, built record) pairs in order; the one record's name is None."""
+
+    record: Record
+    key_check: Callable[[str], str]
+    what: str  # of the names, like "a pool name"
+
+    def check(self, at: At) -> tuple[tuple[str | None, Any], ...]:
+        if names_one(at.node, frozenset(self.record.fields)):
+            return ((None, self.record.check(at)),)
+        return MapOf(self.record, self.key_check, f"a mapping of {self.what}s to {self.record.describe()}s").check(at)
+
+    def describe(self) -> str:
+        return f"{self.record.describe()}, or a mapping of {self.what}s to them"
+
+    def json_schema(self) -> dict[str, Any]:
+        one = self.record.json_schema()
+        return {"anyOf": [one, {"type": "object", "description": f"{self.what}s and their {self.record.name}",
+                                "minProperties": 1, "additionalProperties": one}]}

@@ -142,7 +142,7 @@ class Sessions:
             if value:
                 renewed = value  # the last one wins, as in a browser
             else:
-                logger.warning(f"tokens: {mask(token)}: the upstream's Set-Cookie for {name} is not a valid cookie "
+                logger.warning(f"{self.pool.label}: {mask(token)}: the upstream's Set-Cookie for {name} is not a valid cookie "
                                "value (or deletes the cookie); not taken, not passed on")
         if len(kept) == len(fields):
             return
@@ -158,7 +158,7 @@ class Sessions:
         self.pool.renewed(key, value)
         shown = shown or self._shown(key)
         how = "through another proxy" if elsewhere else "by the upstream's Set-Cookie"
-        logger.info(f"tokens: {shown}: session renewed {how} (now {mask(value)})")
+        logger.info(f"{self.pool.label}: {shown}: session renewed {how} (now {mask(value)})")
         self._save()
         if not elsewhere:
             self._share(key, value)

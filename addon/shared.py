@@ -432,7 +432,7 @@ class SharedStore:
             if isinstance(error, redis_errors.NoScriptError):
                 self._problem = "it lost the addon's scripts: restarted?"
                 self._sha.clear()
-            logger.log(ALERT, f"tokens: Redis at {self.spec.shown} cannot be reached ({self._problem}); this proxy goes "
+            logger.log(ALERT, f"{self.pool.label}: Redis at {self.spec.shown} cannot be reached ({self._problem}); this proxy goes "
                        "on with its own token health, breaker and values, and tries again every second")
 
     async def _merge(self, keys: Iterable[str]) -> None:
@@ -513,7 +513,7 @@ class SharedStore:
         self.pool.put_health(key, record)
         health = self.pool.health.get(key)
         if health is not None and not was_cooling and health.cooling_until > now and not self.breaker.is_open:
-            logger.info(f"tokens: {health.suffix} refused through another proxy; passed over for "
+            logger.info(f"{self.pool.label}: {health.suffix} refused through another proxy; passed over for "
                         f"{health.cooling_until - now:.0f} s")
 
     def _breaker_until(self, until: float, quiet: bool = False, by_us: bool = False) -> None:

@@ -214,6 +214,7 @@ class TokenPool:
         self.retire_after = retire_after  # refusals in a row that retire a token (0: never)
         self.expiry_margin = expiry_margin  # seconds before its expiry that a token is no longer sent
         self.clock = clock
+        self.label = "tokens"  # how its log lines begin ("tokens arena" in a file of several pools)
         self.on_change: Callable[[], None] = lambda: None  # health changed: persist it
         self.health: dict[str, Health] = {}  # only tokens something happened to
         self.list = TokenList.of(())
@@ -277,7 +278,7 @@ class TokenPool:
             self._expired.add(key)
             self._usable[i] = 0
             when = datetime.datetime.fromtimestamp(at).isoformat(" ", "seconds")
-            logger.info(f"tokens: {mask(self.list.tokens[i])} expired ({when}, less a margin of "
+            logger.info(f"{self.label}: {mask(self.list.tokens[i])} expired ({when}, less a margin of "
                         f"{self.expiry_margin:g} s); it is no longer sent")
         while self._cooling and self._cooling[0][0] <= now:
             until, i, key = heapq.heappop(self._cooling)

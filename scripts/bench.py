@@ -7,6 +7,7 @@ Run it through `scripts/bench` (which sets up .venv and installs wrk and redis-s
     scripts/bench --only 1,2  # some scenarios (numbers as in BENCHMARKS.md: 1-9 from issue 4, 10 from issue 14,
                               # 11 from the shared-store issue: Redis against the state file, and propagation)
     scripts/bench --quick --addon ../other-worktree/addon/main.py   # measure a change kept elsewhere
+    scripts/bench --only 1 --compare ../old-worktree/addon/main.py  # scenario 1 against another version, same rounds
 
 Every process listens on 127.0.0.1 only; every run is bounded in requests or seconds.
 On a machine with two cores or more, each mitmdump is pinned to the second core and the
@@ -143,6 +144,11 @@ class Proc:
         if self in Proc.running:
             Proc.running.remove(self)
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the process has used so far (utime + stime of /proc/PID/stat)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()  # from field 3 (state) on
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def status_kib(self, field_name: str) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith(field_name + ":"):
@@ -156,12 +162,15 @@ class Proc:
 
 
 class Proxy(Proc):
-    def __init__(self, name: str, workdir: Path, rules: Path | None = None, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, name: str, workdir: Path, rules: Path | None = None, extra: tuple[str, ...] = (),
+                 main: Path | None = None) -> None:
+        """`rules`: run the addon with that file; `main`: another checkout's addon/main.py than ADDON_MAIN
+        (it puts its own checkout first on sys.path, so the `addon` package is that checkout's)."""
         port = free_port()
         args = [MITMDUMP, "--listen-host", "127.0.0.1", "--listen-port", str(port),
                 "--set", f"confdir={workdir / 'mitmproxy-conf'}", "--set", "flow_detail=0"]  # fmt: skip
         if rules is not None:
-            args += ["-s", ADDON_MAIN, "--set", f"rules={rules}"]
+            args += ["-s", main or ADDON_MAIN, "--set", f"rules={rules}"]
         super().__init__(name, [*args, *extra], workdir, PROXY_CPUS, port)
         self.rules = rules
 
@@ -450,6 +459,9 @@ def write_wrk_script(workdir: Path, upstream_port: int) -> Path:
 
 
 def wrk(proxy: Proxy, script: Path, seconds: float, connections: int) -> dict[str, float]:
+    """One wrk run through the proxy: wrk's figures, "rps", and "cpu_per_request" (the proxy's CPU
+    seconds during the run ÷ wrk's request count)."""
+    cpu_before = proxy.cpu_seconds()
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(script),
          f"http://127.0.0.1:{proxy.port}/"],
@@ -464,6 +476,7 @@ def wrk(proxy: Proxy, script: Path, seconds: float, connections: int) -> dict[st
     if errors:
         raise RuntimeError(f"wrk through {proxy.name}: {errors:g} errors ({m.group(1)})")
     r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    r["cpu_per_request"] = (proxy.cpu_seconds() - cpu_before) / r["requests"]
     return r
 
 
@@ -591,8 +604,29 @@ def med(xs):
     return statistics.median(xs)
 
 
-def span(xs, unit: str = "", fmt: str = "{:.0f}") -> str:
-    return f"{fmt.format(med(xs))}{unit} ({fmt.format(min(xs))}–{fmt.format(max(xs))})"
+def span(xs, unit: str = "", fmt: str = "{:.0f}", bold: bool = False) -> str:
+    middle = f"**{fmt.format(med(xs))}**" if bold else fmt.format(med(xs))
+    return f"{middle}{unit} ({fmt.format(min(xs))}–{fmt.format(max(xs))})"
+
+
+def per_round(xs: list[float], ys: list[float]) -> list[float]:
+    """Ratios of two variants measured in the same rounds, round by round."""
+    return [x / y for x, y in zip(xs, ys)]
+
+
+def checkout(main: Path) -> str:
+    """The checkout of an addon/main.py, for the report: its folder and commit (and whether addon/ has
+    uncommitted changes)."""
+    folder = main.resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD")
+    if not head:
+        return str(folder)
+    changed = git("status", "--porcelain", "--", "addon")
+    return f"{folder} at {head}" + (" with uncommitted changes to addon/" if changed else "")
 
 
 @dataclass
@@ -665,6 +699,7 @@ class Bench:
         self.protected: Proc | None = None
         self.proxies: dict[str, Proxy] = {}
         self.redis_delays: list[float] = [0.0, 0.005, 0.05]  # scenario 11: seconds added each way to Redis
+        self.compare: Path | None = None  # --compare: another checkout's addon/main.py, in scenario 1's rounds
 
     # set-up
 
@@ -674,7 +709,7 @@ class Bench:
     def start_common(self) -> None:
         log("starting the fast upstream and the three proxies (bare, addon with 10 rules, addon with 1,000 rules)")
         self.fast = upstream("fast", self.w)
-        hosts = ["api.example.com", f"127.0.0.1:{self.fast.port}", f"localhost:{self.fast.port}"]
+        hosts = self.hosts = ["api.example.com", f"127.0.0.1:{self.fast.port}", f"localhost:{self.fast.port}"]
         tokens = self.w / "tokens.txt"
         self.rules10 = rules_file(self.w / "rules10.yaml", realistic_rules(hosts), tokens, self.captcha_file())
         self.rules1000 = rules_file(self.w / "rules1000.yaml", thousand(hosts), tokens, self.captcha_file())
@@ -708,13 +743,22 @@ class Bench:
         noop.write_text(NOOP_SCRIPT.format(main=str(ADDON_MAIN)))
         self.proxies["noop-script"] = Proxy("noop-script", self.w, extra=("-s", str(noop))).start()
         names = ["bare", "noop-script", "addon-10", "addon-1000"]
+        if self.compare:
+            names.append(self._start_other())
         for name in names:  # warm-up, not recorded
             wrk(self.proxies[name], script, 1, s.connections)
         rps: dict[str, list[float]] = {n: [] for n in names}
+        cpu: dict[str, list[float]] = {n: [] for n in names}  # CPU seconds per request
         for r in range(s.rounds):
             for name in rotate(names, r):
-                rps[name].append(wrk(self.proxies[name], script, s.tput_seconds, s.connections)["rps"])
+                out = wrk(self.proxies[name], script, s.tput_seconds, s.connections)
+                rps[name].append(out["rps"])
+                cpu[name].append(out["cpu_per_request"])
             log(f"throughput round {r + 1}/{s.rounds}: " + ", ".join(f"{n} {rps[n][-1]:.0f} req/s" for n in names))
+        if self.compare:
+            self.note_errors("addon-10-other", self.proxies["addon-10-other"])
+            self.proxies.pop("addon-10-other").stop()
+            self.results[1.5] = self._compare_row(rps, cpu)
         noop_log = self.proxies["noop-script"].log()
         found = re.search(r"bench: (\d+) do-nothing addons", noop_log)
         self.addon_count = int(found.group(1)) if found else "?"
@@ -735,6 +779,44 @@ class Bench:
                 med(ratios) >= target,
                 raw={"rps": rps[name], "bare_rps": rps["bare"], "noop_script_rps": rps["noop-script"], "ratios": ratios},
             )
+
+    def _start_other(self) -> str:
+        """--compare: a proxy with the other checkout's addon and scenario 1's ten rules (a file of its own,
+        so that it keeps its own state file; written without the keys an older addon does not know)."""
+        log(f"starting a proxy with the addon of {checkout(self.compare)} (10 rules) to compare with")
+        rules = rules_file(self.w / "rules10-other.yaml", realistic_rules(self.hosts), self.w / "tokens.txt",
+                           self.captcha_file())
+        self.proxies["addon-10-other"] = Proxy("addon-10-other", self.w, rules, main=self.compare).start()
+        self.check_rewrites()  # it rewrites the benchmark request as this addon does
+        return "addon-10-other"
+
+    def _compare_row(self, rps: dict[str, list[float]], cpu: dict[str, list[float]]) -> Result:
+        """Row 1c: scenario 1's addon against the other checkout's, by req/s and by CPU time per request,
+        each per round; and both against bare mitmdump the same way."""
+        assert self.compare
+        this, other, f = "addon-10", "addon-10-other", "{:.3f}"
+        rps_ratios, cpu_ratios = per_round(rps[this], rps[other]), per_round(cpu[this], cpu[other])
+        to_bare = {(kind, n): per_round(d[n], d["bare"])
+                   for kind, d in (("rps", rps), ("cpu", cpu)) for n in (this, other)}
+        us = {n: span([1e6 * x for x in cpu[n]], " µs") for n in (this, other, "bare")}
+        return Result(
+            1,
+            f"10 rules: this addon vs {checkout(self.compare)}",
+            "req/s this ÷ req/s other, and CPU time per request this ÷ other (mitmdump's utime + stime over the "
+            "wrk run ÷ wrk's requests), same rounds",
+            "– (unchanged within noise)",
+            f"req/s ratio {span(rps_ratios, fmt=f, bold=True)}; "
+            f"CPU per request ratio {span(cpu_ratios, fmt=f, bold=True)}; "
+            f"to bare, req/s: this {span(to_bare['rps', this], fmt=f)}, other {span(to_bare['rps', other], fmt=f)}; "
+            f"CPU per request: this {span(to_bare['cpu', this], fmt=f)}, other {span(to_bare['cpu', other], fmt=f)}; "
+            f"req/s this {span(rps[this])}, other {span(rps[other])}, bare {span(rps['bare'])}; CPU per request "
+            f"this {us[this]}, other {us[other]}, bare {us['bare']}",
+            None,
+            raw={"other": str(self.compare), "rps": rps[this], "other_rps": rps[other], "bare_rps": rps["bare"],
+                 "cpu_per_request": cpu[this], "other_cpu_per_request": cpu[other],
+                 "bare_cpu_per_request": cpu["bare"], "rps_ratios": rps_ratios, "cpu_ratios": cpu_ratios},
+            part="c",
+        )
 
     # scenario 3
 
@@ -1527,9 +1609,12 @@ class Bench:
 
     def check_logs(self) -> None:
         for name, proxy in self.proxies.items():
-            bad = [e for e in proxy.errors() if "error" in e.lower()]
-            if bad:
-                self.notes.append(f"`{name}` logged {len(bad)} error line(s), e.g. `{bad[0][:200]}`")
+            self.note_errors(name, proxy)
+
+    def note_errors(self, name: str, proxy: Proxy) -> None:
+        bad = [e for e in proxy.errors() if "error" in e.lower()]
+        if bad:
+            self.notes.append(f"`{name}` logged {len(bad)} error line(s), e.g. `{bad[0][:200]}`")
 
 
 def cpu_busy_seconds() -> float:
@@ -1626,6 +1711,7 @@ def render(bench: Bench, s: Settings, started: float, argv: list[str]) -> str:
         "scripts/bench --quick    # under 2 minutes, to check a change; writes a scratch copy, prints the table",
         "scripts/bench --only 1,2 # some scenarios",
         "scripts/bench --quick --addon ../other/addon/main.py  # measure a change kept in another worktree",
+        "scripts/bench --only 1 --compare ../old/addon/main.py # scenario 1 against another version (row 1c)",
         "```",
         "",
         "`scripts/bench` runs `scripts/setup requirements-dev.txt` (nothing to install beyond the pinned test "
@@ -1778,10 +1864,15 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, rules files)")
     parser.add_argument("--addon", type=Path, help="the addon's main.py to measure (default: this checkout's); "
                                                    "to try a change kept in another worktree")
+    parser.add_argument("--compare", type=Path, metavar="OTHER_MAIN_PY",
+                        help="another checkout's addon/main.py: scenarios 1 and 2 also run a proxy with it (10 rules) "
+                             "in the same rounds, and row 1c compares this addon with it by req/s and CPU per request")
     parser.add_argument("--redis-delays", default="0,5,50", help="scenario 11: milliseconds added to each way between "
                         "the proxies and Redis, one run for each (default 0,5,50)")
     args = parser.parse_args()
     only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 12))
+    if args.compare and 1 not in only:
+        parser.error("--compare compares scenario 1: give --only with 1 in it, or no --only")
     if only & {1, 2, 3, 11} and not shutil.which("wrk"):  # the throughput and latency scenarios use it
         print("wrk is not installed; run scripts/bench (it installs it) or apt-get install wrk", file=sys.stderr)
         return 2
@@ -1809,6 +1900,13 @@ def main() -> int:
     bench = Bench(s, workdir)
     if args.addon:
         bench.notes.append(f"The addon measured is {ADDON_MAIN}, not this checkout's.")
+    if args.compare:
+        bench.compare = args.compare.resolve()
+        bench.notes.append(
+            f"Row 1c: a proxy with {bench.compare} ({checkout(bench.compare)}) and scenario 1's ten rules (a rules "
+            f"file of its own, for its own state file) ran in the rotation of scenarios 1 and 2, against {ADDON_MAIN} "
+            f"({checkout(ADDON_MAIN)}). CPU per request: the mitmdump's utime + stime (/proc/PID/stat) after the wrk "
+            "run minus before it, ÷ wrk's request count; ratios per round, then the median.")
     argv = [a for a in sys.argv[1:]]
     log(f"{'quick' if s.quick else 'full'} run of scenarios {sorted(only)}; scratch folder {workdir}")
     ok = False
@@ -1820,6 +1918,7 @@ def main() -> int:
                 bench.results.pop(2)
             if 1 not in only:
                 bench.results.pop(1)
+                bench.results.pop(1.5, None)
         if 3 in only:
             bench.latency()
         if 4 in only:
@@ -1855,7 +1954,7 @@ def main() -> int:
             for r in bench.results.values():
                 r.raw = round_floats(r.raw)
             report = render(bench, s, started, argv)
-            full = not s.quick and only == set(range(1, 12)) and ok and not args.addon
+            full = not s.quick and only == set(range(1, 12)) and ok and not args.addon and not args.compare
             scratch = Path(tempfile.gettempdir()) / "bench" / ("BENCHMARKS-quick.md" if s.quick else "BENCHMARKS-partial.md")
             out = args.out or (ROOT / "BENCHMARKS.md" if full else scratch)
             if out.exists() and KEEP_MARKER in out.read_text():

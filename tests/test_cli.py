@@ -35,8 +35,9 @@ def test_schema_knows_every_key_and_forbids_others():
     assert response_rule["properties"]["action"]["enum"] == ["rotate", "disable", "refresh", "refresh_captcha", "pass"]
     assert set(response_rule["properties"]) == {"match", "action", "values"}
     assert set(response_rule["properties"]["match"]["properties"]) == {"status", "body", "first_event"}
-    strategy = schema["properties"]["tokens"]["properties"]["strategy"]
-    assert strategy["enum"] == ["round_robin", "sticky"]
+    one, named = schema["properties"]["tokens"]["anyOf"]  # one pool, or pools by name
+    assert one["properties"]["strategy"]["enum"] == ["round_robin", "sticky"]
+    assert one["required"] == ["file"] and named["additionalProperties"] == one
 
 
 def test_schema_command_prints_it(capsys):

@@ -451,3 +451,90 @@ def test_aliases_within_the_bound_work(tmp_path):
     path = write(tmp_path, "rules:\n  - {match: {host: &api [a.example.com, b.example.com]}, headers: {X: y}}\n"
                            + "  - {match: {host: *api}, headers: {X: z}}\n")
     assert [h.text for r in load_config(path).rules for h in r.match.hosts] == ["a.example.com", "b.example.com"] * 2
+
+
+POOLS = """\
+rules:
+  - name: arena
+    match: {host: arena.example}
+    cookies: {session: "{token:arena}"}
+  - name: openai
+    match: {host: api.example}
+    headers: {Authorization: "Bearer {token:openai}"}
+tokens:
+  arena: {file: tokens.txt, strategy: sticky}
+  openai: {file: openai.txt, store: "redis://127.0.0.1:6379/0"}
+"""
+
+
+def write_pools(tmp_path: Path, text: str = POOLS) -> Path:
+    (tmp_path / "openai.txt").write_text("sk-aaaaaaaaaaaa\n")
+    return write(tmp_path, text)
+
+
+def test_tokens_may_name_several_pools(tmp_path):
+    config = load_config(write_pools(tmp_path))
+    assert config.named_pools and list(config.pools) == ["arena", "openai"]
+    arena, openai = config.pools.values()
+    assert (arena.name, arena.file, arena.strategy, arena.state_file) == (
+        "arena", tmp_path / "tokens.txt", "sticky", tmp_path / "tokens.state.json")
+    assert (openai.name, openai.file, openai.sessions_file) == ("openai", tmp_path / "openai.txt", tmp_path / "openai.sessions.json")
+    assert openai.store.namespace == "openai"  # each pool's health in a namespace of its own on a store
+    assert [r.pools for r in config.rules] == [{"arena"}, {"openai"}]
+    assert [r.uses for r in config.rules] == [{"token"}, {"token"}]
+    assert config.tokens is arena  # the first pool
+
+
+def test_a_tokens_section_of_one_pool_loads_as_before_as_the_pool_default(tmp_path):
+    config = load_config(write(tmp_path, R.replace("{X: y}", "{X: '{token}'}") + TOK))
+    assert not config.named_pools and list(config.pools) == ["default"]
+    assert config.tokens.name == "default" and config.tokens.store is None
+    assert config.rules[0].pools == {None}  # {token}: the only pool
+
+
+def test_token_without_a_pool_in_a_file_of_one_named_pool_is_that_pool(tmp_path):
+    text = POOLS.replace("{token:arena}", "{token}").replace("{token:openai}", "{token}")
+    text = text.replace('  openai: {file: openai.txt, store: "redis://127.0.0.1:6379/0"}\n', "")
+    text = text.replace("api.example}\n    headers", "api.example}\n    headers").replace("Bearer {token}", "none")
+    config = load_config(write_pools(tmp_path, text))
+    assert [r.pools for r in config.rules] == [{"arena"}, frozenset()]
+
+
+POOL_ERRORS = [
+    (POOLS.replace("{token:arena}", "{token:arenna}"),
+     "4:24: rules[0].cookies.session: no token pool named 'arenna' in {token:arenna} (did you mean {token:arena}?)"),
+    (POOLS.replace("{token:arena}", "{token:shop}"),
+     "4:24: rules[0].cookies.session: no token pool named 'shop' in {token:shop} (the file has arena, openai)"),
+    (POOLS.replace("{token:arena}", "{token}"),
+     "4:24: rules[0].cookies.session: {token} does not say which pool: the file has arena, openai; write "
+     "{token:arena}, say"),
+    (POOLS.replace("{token:arena}", "{token:arena}-{token:openai}"),
+     "4:24: rules[0].cookies.session: one value draws tokens from one pool; this one names arena and openai"),
+    (POOLS.replace('headers: {Authorization: "Bearer {token:openai}"}',
+                   'headers: {Authorization: "Bearer {token:openai}"}\n    cookies: {s: "{token:arena}"}'),
+     "5:5: rules[1]: this rule draws tokens from arena and openai; a request carries one account: give each pool a "
+     "rule of its own"),
+    (POOLS.replace('openai: {file: openai.txt, store: "redis://127.0.0.1:6379/0"}', "openai: {file: tokens.txt}"),
+     "10:11: tokens.openai: pools arena and openai would keep their health in the state file {dir}/tokens.state.json; "
+     "give each its own tokens file, state_file or namespace"),
+    (POOLS.replace("arena: {file: tokens.txt, strategy: sticky}",
+                   "arena: {file: tokens.txt, store: 'redis://127.0.0.1:6379/0', namespace: openai}"),
+     "10:11: tokens.openai: pools arena and openai would keep their health in namespace 'openai' of one store; "
+     "give each its own tokens file, state_file or namespace"),
+    (POOLS.replace("  arena:", "  'a b':").replace("{token:arena}", "x"),
+     "9:3: tokens.a b: bad pool name 'a b': expected a letter or _, then letters, digits, _ or -, like arena (up to 64)"),
+    (POOLS.replace("strategy: sticky", "strategy: sticky, fil: x"),
+     "9:47: tokens.arena: unknown key 'fil' (did you mean 'file'?)"),
+    (R.replace("{X: y}", "{X: '{token:x}'}") + TOK,
+     "3:18: rules[0].headers.X: unknown placeholder {token:x} (the tokens section is one pool: write {token}; to "
+     "draw from several, name them: tokens: {x: {file: …}, …})"),
+    ("rules: []\ntokens: {}\n", "2:9: tokens: missing required key 'file'"),
+]
+
+
+@pytest.mark.parametrize("text, message", POOL_ERRORS, ids=[m.split(": ", 2)[-1][:50] for _, m in POOL_ERRORS])
+def test_a_bad_pool_gets_one_exact_message(tmp_path, text, message):
+    path = write_pools(tmp_path, text)
+    with pytest.raises(RulesError) as e:
+        load_config(path)
+    assert str(e.value) == f"{path}:" + message.replace("{dir}", str(tmp_path))

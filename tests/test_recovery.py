@@ -86,7 +86,7 @@ SENT = {"token": TOKENS[0], "captcha": "cap-recovery-test-0"}
     ids=["rotate", "rotate, no token left", "refresh captcha"],
 )
 def test_next_values_fetch_a_captcha_value_only_for_a_retry(recover, tmp_path, action, tried, expected, fetched):
-    assert asyncio.run(recover._next_values(action, dict(SENT), set(tried))) == expected
+    assert asyncio.run(recover._next_values(recover.state.pool, action, dict(SENT), set(tried))) == expected
     assert runs(tmp_path) == fetched
 
 
@@ -124,13 +124,13 @@ SENT_CF = {"token": TOKENS[0], "captcha": "cap-recovery-test-0", "cf_clearance":
 
 def test_a_refresh_fetches_only_its_values_and_keeps_the_token(refresh, tmp_path):
     (tmp_path / "cf.txt").write_text("cf-clearance-new-0002\n")  # as a browser script rewrites it
-    got = asyncio.run(refresh._next_values(Action(REFRESH, frozenset({"cf_clearance"})), dict(SENT_CF), {TOKENS[0]}))
+    got = asyncio.run(refresh._next_values(refresh.state.pool, Action(REFRESH, frozenset({"cf_clearance"})), dict(SENT_CF), {TOKENS[0]}))
     assert got == {**SENT_CF, "cf_clearance": "cf-clearance-new-0002"}
     assert runs(tmp_path) == 0  # the captcha command did not run
 
 
 def test_a_refresh_that_brings_no_new_value_is_no_retry(refresh, tmp_path):
-    got = asyncio.run(refresh._next_values(Action(REFRESH, frozenset({"cf_clearance"})), dict(SENT_CF), {TOKENS[0]}))
+    got = asyncio.run(refresh._next_values(refresh.state.pool, Action(REFRESH, frozenset({"cf_clearance"})), dict(SENT_CF), {TOKENS[0]}))
     assert got == "no new cf_clearance value"  # the file did not change within its wait
 
 
@@ -213,8 +213,8 @@ def test_a_retirement_is_logged_once_with_the_last_four_characters(recover, capl
     response = tflow.tresp(status_code=401)
     pool = recover.state.tokens
     with caplog.at_level("INFO"):
-        recover._refused(TOKENS[0], response, retire=True)
-        recover._refused(TOKENS[0], response, retire=True)  # a second answer of one in flight
+        recover._refused(recover.state.pool, TOKENS[0], response, retire=True)
+        recover._refused(recover.state.pool, TOKENS[0], response, retire=True)  # a second answer of one in flight
     assert pool.status()[0][0] == "retired"
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert [r.getMessage() for r in warnings] == [

@@ -1,6 +1,6 @@
 import pytest
 
-from addon.template import parse_template
+from addon.template import DEFAULT_NAMES, parse_template
 
 
 @pytest.mark.parametrize(
@@ -51,3 +51,14 @@ def test_named_values_are_placeholders_when_the_file_declares_them():
 
 def test_a_body_string_may_have_line_breaks():
     assert parse_template("a\nb {env:NL}", {"NL": "x\ny"}, line_breaks=True).render({}) == "a\nb x\ny"
+
+
+def test_a_token_placeholder_names_its_pool_and_renders_as_the_token():
+    pools = ("arena", "openai")
+    t = parse_template("Bearer {token:openai}", names=DEFAULT_NAMES, pools=pools)
+    assert (t.uses, t.pool, t.render({"token": "sk-1"})) == ({"token"}, "openai", "Bearer sk-1")
+    assert parse_template("{token}", names=DEFAULT_NAMES, pools=("arena",)).pool == "arena"  # the only pool
+    assert parse_template("{token}").pool is None  # a `tokens:` of one pool
+    assert parse_template("{captcha}", pools=pools).pool is None
+    with pytest.raises(ValueError, match=r"unknown placeholder \{tokn\} \(expected \{token:arena\}, \{token:openai\}, "):
+        parse_template("{tokn}", pools=pools)
