@@ -535,7 +535,8 @@ def _build_tokens(v: dict[str, Any], at: At, where: dict[str, At]) -> TokensSpec
     elif "namespace" in where:
         where["namespace"].fail("'namespace' names a pool on a shared store: it needs 'store' (redis://…)")
     state_file = v["state_file"] or v["file"].with_name(v["file"].stem + ".state.json")
-    sessions_file = state_file.with_name(v["file"].stem + ".sessions.json")
+    # beside the state file, named after it: tokens.state.json -> tokens.sessions.json
+    sessions_file = state_file.with_name(state_file.name.removesuffix(".json").removesuffix(".state") + ".sessions.json")
     return TokensSpec(**{**v, "state_file": state_file, "store": store, "sessions_file": sessions_file, "name": name})
 
 
@@ -712,12 +713,14 @@ def _distinct_pools(pools: tuple[tuple[str | None, TokensSpec], ...], at: At) ->
     """Two pools never keep their health in one place: a state file, or a namespace of one store."""
     seen: dict[object, str] = {}
     for name, spec in pools:
-        places = [(spec.state_file, f"the state file {spec.state_file}")]
+        places = [(spec.state_file, f"their health in the state file {spec.state_file}")]
         if spec.store is not None:
-            places = [((spec.store.url, spec.store.namespace), f"namespace {spec.store.namespace!r} of one store")]
+            places = [((spec.store.url, spec.store.namespace), f"their health in namespace {spec.store.namespace!r} of one store")]
+        if spec.follow_set_cookie:
+            places.append((spec.sessions_file, f"renewed sessions in {spec.sessions_file} (named after the state file)"))
         for place, what in places:
             if place in seen and name is not None:
-                _key_at(at, name).fail(f"pools {seen[place]} and {name} would keep their health in {what}; "
+                _key_at(at, name).fail(f"pools {seen[place]} and {name} would keep {what}; "
                                        "give each its own tokens file, state_file or namespace")
             seen[place] = str(name)
 

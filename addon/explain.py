@@ -188,8 +188,9 @@ def _explain(config: Config, flow: http.HTTPFlow, values: dict[str, str]) -> Ite
     yield f"  streaming: {'yes' if plan.streaming else 'no'}"
     yield f"  rules: {', '.join(r.name for r in plan.rules)}"
     if plan.pool is not None and TOKEN in plan.uses:
-        yield f"  token from pool: {plan.pool}"
-        values = {**values, TOKEN: values[f"{TOKEN}:{plan.pool}"]} if f"{TOKEN}:{plan.pool}" in values else values
+        token = values.get(f"{TOKEN}:{plan.pool}")
+        yield f"  token from pool: {plan.pool}" + ("" if token else " (none of its tokens is usable now)")
+        values = {k: v for k, v in values.items() if k != TOKEN} | ({TOKEN: token} if token else {})
     sent = req.copy()
     removed: set[Edit] = set()  # as the flow comment: only what the request had
     notes = apply_plan(plan, sent, values, removed)

@@ -29,9 +29,9 @@ from addon import statefile
 from addon.breaker import Breaker
 from addon.config import DEFAULT_POOL, Config, load_config
 from addon.offloop import in_thread
-from addon.pools import Pool, State
+from addon.pools import Pool, State, place
 from addon.schema import RulesError, RulesErrors
-from addon.sessions import Sessions
+from addon.sessions import Sessions, take_renewed
 from addon.shared import SharedStore
 from addon.sources import ValueSource
 from addon.statesaver import StateSaver
@@ -61,8 +61,7 @@ def _read_state(path: Path) -> State:
 class RulesLoader:
     def __init__(self) -> None:
         self.config: Config | None = None
-        self._default = Pool()  # the pool of a `tokens:` that is one pool (kept while the file has none)
-        self.pool = self._default  # the first pool: the only one of most files
+        self.pool = Pool()  # the first pool: the only one of most files (an empty one while the file has none)
         self.pools: dict[str, Pool] = {}  # by name, in the rules file's order
         self.values: dict[str, ValueSource] = {}  # by name, as the rules file's values: (and captcha:)
         self.stream_copy_limit = 1024 * 1024
@@ -75,14 +74,10 @@ class RulesLoader:
     def captcha(self) -> ValueSource | None:
         return self.values.get(CAPTCHA)
 
-    def pool_of(self, name: str | None) -> Pool:
-        """The pool a `{token:NAME}` draws from (None: `{token}`, the only pool)."""
-        return self.pool if name is None else self.pools[name]
-
     def responseheaders(self, flow) -> None:
-        """Take an account's renewed session value off the answer (addon/sessions.py), in its pool."""
-        for pool in self.pools.values():
-            pool.sessions.responseheaders(flow)
+        """Take an account's renewed session value off the answer, in the pool whose token the
+        request carried (even one a reload has dropped since)."""
+        take_renewed(flow)
 
     # the first pool's parts (the only pool of most files)
 
@@ -229,17 +224,24 @@ class RulesLoader:
             logger.warning(f"rules: {path} has no rules: every request passes unchanged")
 
     def _use_pools(self, config: Config, read: _Read) -> None:
-        """Hand each pool of the file its spec, tokens and state; a pool the file no longer names stops."""
-        pools: dict[str, Pool] = {}
+        """Hand each pool of the file its spec, tokens and state. A pool keeps its name, or (renamed,
+        or a file of one pool given names) the place where its health is kept; a pool the file no
+        longer names stops (first: a new pool may take up its state file)."""
+        old = dict(self.pools)
+        pools = {name: old.pop(name) for name in config.pools if name in old}
         for name, spec in config.pools.items():
-            pool = self.pools.get(name) or (self._default if name == DEFAULT_POOL else Pool(name))
-            pool.use(spec, read.tokens[name], read.states.get(name), labelled=config.named_pools)
-            pools[name] = pool
+            if name not in pools:
+                same = next((n for n, p in old.items() if p.place == place(spec)), None)
+                pools[name] = old.pop(same) if same is not None else Pool(name)
+        for pool in old.values():
+            pool.stop()
+        self.pools = {name: pools[name] for name in config.pools}  # in the file's order
         for name, pool in self.pools.items():
-            if name not in pools:  # the default pool is kept: a file of one pool again takes it up
-                pool.unused() if pool is self._default else pool.stop()
-        self.pools = pools
-        self.pool = next(iter(pools.values()), self._default)
+            if pool.name != name:
+                logger.info(f"rules: pool {pool.name} is pool {name} now")
+                pool.name = name
+            pool.use(config.pools[name], read.tokens[name], read.states.get(name), labelled=config.named_pools)
+        self.pool = next(iter(self.pools.values()), None) or Pool()
 
     def _apply_tokens(self, name: str, read: TokenList | Exception) -> None:
         assert self.config is not None and name in self.config.pools
@@ -286,6 +288,12 @@ class RulesLoader:
 
     # watching
 
+    def _tokens_file_changed(self, path: Path) -> None:
+        assert self.config is not None
+        for name, spec in self.config.pools.items():
+            if spec.file == path:
+                self._changed(f"tokens:{name}")
+
     def _value_file_changed(self, path: Path) -> None:
         """A value's file changed: the next request reads it again (a refresh that waits on it looks itself)."""
         for source in self.values.values():
@@ -295,8 +303,8 @@ class RulesLoader:
 
     def _watch(self, config: Config) -> None:
         paths = {Path(config.file): lambda: self._changed("rules")}
-        for name, spec in config.pools.items():
-            paths[spec.file] = partial(self._changed, f"tokens:{name}")
+        for file in {spec.file for spec in config.pools.values()}:  # (pools may share one)
+            paths[file] = partial(self._tokens_file_changed, file)
         for spec in config.values.values():
             if spec.file is not None:
                 paths[spec.file] = partial(self._value_file_changed, spec.file)

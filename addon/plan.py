@@ -199,17 +199,19 @@ def _one_pool(
     """The pool the plan's tokens come from, and its edits. A request carries one account: when rules
     for different pools match one request, the last of them decides the pool, and the others'
     token edits are left out (with a warning, once per such set of rules)."""
-    drawing = [r for r in rules if TOKEN in r.uses]
-    pools = {p for r in drawing for p in r.pools}
+    # the edits that draw a token, of those that a later rule's edit of the same place did not replace
+    drawing = [e for group in edits for e in group.values() if isinstance(e.value, Template) and TOKEN in e.value.uses]
+    pools = {e.value.pool for e in drawing}
     if len(pools) <= 1:
         return next(iter(pools), None), tuple(tuple(e.values()) for e in edits)
-    pool = next(iter(drawing[-1].pools))
-    other = lambda e: isinstance(e.value, Template) and TOKEN in e.value.uses and e.value.pool != pool  # noqa: E731
-    left = sorted({e.rule for group in edits for e in group.values() if other(e)})
-    logger.warning(f"rules: {', '.join(left)} and {drawing[-1].name} match the same request but draw tokens from "
-                   f"different pools; it is sent with a token of {pool} ({drawing[-1].name} is the later rule), "
-                   f"without {', '.join(left)}'s token edits")
-    return pool, tuple(tuple(e for e in group.values() if not other(e)) for group in edits)
+    order = {r.name: i for i, r in enumerate(rules)}
+    last = max(drawing, key=lambda e: order[e.rule])
+    pool = last.value.pool
+    left = [e for e in drawing if e.value.pool != pool]
+    names = ", ".join(sorted({e.rule for e in left}))
+    logger.warning(f"rules: {names} and {last.rule} match the same request but draw tokens from different pools; "
+                   f"it is sent with a token of {pool} ({last.rule} is the later rule), without {names}'s token edits")
+    return pool, tuple(tuple(e for e in group.values() if e not in left) for group in edits)
 
 
 @dataclass(frozen=True, slots=True)

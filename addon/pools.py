@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 from addon import statefile
 from addon.breaker import Breaker
-from addon.config import DEFAULT_POOL, BreakerSpec, TokensSpec
+from addon.config import DEFAULT_POOL, TokensSpec
 from addon.sessions import Sessions
 from addon.shared import SharedStore
 from addon.statelock import StateFileLock
@@ -88,24 +89,24 @@ class Pool:
         if self.shared is not None:
             self.shared.read_again()  # the health of tokens new to this proxy
 
-    def unused(self) -> None:
-        """The rules file has no such pool any more (or no tokens at all): no token is drawn from it."""
-        self.spec = None
-        self.tokens.replace(TokenList.of(()))
-        self.breaker.spec = BreakerSpec()
-        self._share(None)
-
     def start(self) -> None:
         if self.shared is not None:
             self.shared.start()
 
     def stop(self) -> None:
+        """Shut-down, or the rules file no longer names this pool: what is pending is written, and
+        nothing after (a request still in flight may report to it)."""
         if self.shared is not None:
             self.shared.stop()
         self.saver.done()
         if self._state_lock is not None:
             self._state_lock.release()
             self._state_lock = None
+
+    @property
+    def place(self) -> object:
+        assert self.spec is not None
+        return place(self.spec)
 
     def _lock_state(self, path: Path) -> bool:
         """Hold the lock of this state file (and let go of the one held before); False: another proxy has it."""
@@ -138,3 +139,13 @@ class Pool:
         except RuntimeError:  # not yet running: `start` starts it
             return
         self.shared.start()
+
+
+def place(spec: TokensSpec) -> object:
+    """Where a pool's health is kept: a namespace of a store, or a state file."""
+    return (spec.store.url, spec.store.namespace) if spec.store is not None else spec.state_file
+
+
+def pool_of(pools: Mapping[str, Pool], name: str | None) -> Pool | None:
+    """The pool a `{token:NAME}` draws from (None: `{token}`, the first and only pool)."""
+    return pools.get(name) if name is not None else next(iter(pools.values()), None)

@@ -237,7 +237,7 @@ class Recovery:
                            "streamed to the client before it could be judged (stream_large_bodies)")
             return None
         if action is None:
-            self._settled(self.state.pool_of(sent.plan.pool), flow.response, sent.values, sent.at)
+            self._settled(sent.pool, flow.response, sent.values, sent.at)
             return None
         missing = sorted(sent.plan.uses - sent.values.keys())
         if action.kind == ROTATE and missing:
@@ -285,7 +285,7 @@ class Recovery:
         """Retry until an answer needs no retry, or attempts or tokens run out. With `client` (the
         client's stream waits in addon.httplayer), an answer that cannot be a refusal is streamed to
         it as it comes."""
-        pool = self.state.pool_of(sent.plan.pool)  # the pool of the request's token
+        pool = sent.pool  # the pool of the request's token
         max_attempts = pool.spec.max_attempts if pool.spec is not None else DEFAULT_MAX_ATTEMPTS
         assert flow.response is not None
         attempts = [self._attempt_of(flow.response.status_code, sent.values)]

@@ -16,7 +16,7 @@ from mitmproxy import http
 
 from addon.loader import RulesLoader
 from addon.plan import Plan, apply_plan_off_loop, describe, plan_request_off_loop
-from addon.pools import Pool
+from addon.pools import Pool, pool_of
 from addon.template import TOKEN
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class Sent:
     plan: Plan
     values: dict[str, str]
     at: float  # wall-clock time the values were drawn
+    pool: Pool  # the token's pool (a reload since may have renamed or dropped it: it is this one still)
 
 
 class Rewriter:
@@ -43,7 +44,7 @@ class Rewriter:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or REPLAY_KEY in flow.metadata:
             return
-        config = self.state.config
+        config, pools = self.state.config, self.state.pools  # as loaded now: a reload meanwhile is for later requests
         if config is None:
             return
         if flow.request.stream:
@@ -55,7 +56,7 @@ class Rewriter:
         if plan is None:
             return
         values = await self._draw_values(plan) if plan.named else {}
-        pool = self.state.pool_of(plan.pool)
+        pool = pool_of(pools, plan.pool) or self.state.pool
         # the token is drawn after the last await, so a token refused meanwhile is never sent
         if TOKEN in plan.uses:
             token = pool.draw()
@@ -75,7 +76,7 @@ class Rewriter:
             "injected": sorted(values),
         }
         if values:
-            self.sent[flow] = Sent(plan, values, time.time())
+            self.sent[flow] = Sent(plan, values, time.time(), pool)
 
     async def _draw_values(self, plan: Plan) -> dict[str, str]:
         """The named values the plan uses: those at hand at once, the others fetched side by side.
@@ -103,8 +104,7 @@ class Rewriter:
         return values
 
     def _no_tokens(self, flow: http.HTTPFlow, pool: Pool) -> None:
-        assert pool.spec is not None
-        file = pool.spec.file
+        file = pool.spec.file if pool.spec is not None else "(none)"
         if len(pool.tokens):
             reason = f"no token in {file} is usable: each is disabled, retired or expired (tokens.status tells which)"
         else:

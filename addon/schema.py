@@ -554,13 +554,14 @@ class Record(Type):
         return schema
 
 
-
 def names_one(node: yaml.Node | None, keys: frozenset[str]) -> bool:
-    """Is this mapping one record with these keys (it has one of them, or none at all), rather than
-    a mapping of names to such records? What OneOrNamed decides, for a reader that looks ahead."""
+    """Is this mapping one record with these keys (it has one of them, or none at all, or a value
+    that is not a mapping: a key misspelled), rather than a mapping of names to such records? What
+    OneOrNamed decides, for a reader that looks ahead."""
     if not isinstance(node, yaml.MappingNode) or not node.value:
         return True
-    return any(isinstance(k, yaml.ScalarNode) and k.value in keys for k, _ in node.value)
+    return any((isinstance(k, yaml.ScalarNode) and k.value in keys) or not isinstance(v, yaml.MappingNode)
+               for k, v in node.value)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ that Set-Cookie is taken off the answer before it reaches the client (`responseh
 gets an account's secret. A value that is not a valid cookie value (RFC 6265), or that deletes the
 cookie (empty, Max-Age 0 or less, Expires in the past), is not taken; the Set-Cookie is removed all the same.
 
-Renewed values are kept in a file of this addon's own (`tokens.sessions.json` beside the state file:
+Renewed values are kept in a file of this addon's own (`tokens.sessions.json` beside `tokens.state.json`:
 JSON, written atomically, mode 0600, values as they are, keyed by token key), never the tokens file,
 never the state file; a corrupt one means a start from the tokens file with a warning. With a shared
 store (addon/shared.py) they go to the other proxies sealed with Fernet (AES-128-CBC and HMAC-SHA256,
@@ -75,9 +75,22 @@ def cookie_value(set_cookie: str, name: str) -> str | None:
     return value
 
 
+# a flow whose request carries an account's token in a cookie: the Sessions of its pool, the token,
+# the cookies (one registry: a reload may rename or drop the pool while the request is out)
+_CARRIED: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[Sessions, str, tuple[str, ...]]] = weakref.WeakKeyDictionary()
+
+
 def sealer(secret: str) -> Fernet:
     """The cipher of renewed values on a shared store, from `tokens.session_key`."""
     return Fernet(base64.urlsafe_b64encode(hashlib.sha256(b"mitm-rules sessions\0" + secret.encode()).digest()))
+
+
+def take_renewed(flow: http.HTTPFlow) -> None:
+    """Take an account's renewed value off the answer, in the pool whose token the request carried
+    (the pipeline's first response hook: the client never gets it)."""
+    carried = _CARRIED.get(flow)
+    if carried is not None:
+        carried[0].responseheaders(flow)
 
 
 class Sessions:
@@ -90,7 +103,6 @@ class Sessions:
         self.cipher: Fernet | None = None  # from tokens.session_key
         self.publish: Callable[[str, str], None] | None = None  # a shared store's: (key, sealed value)
         self.by_key: dict[str, str] = {}  # token key -> its current value, when the upstream renewed it
-        self._carried: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[str, tuple[str, ...]]] = weakref.WeakKeyDictionary()
         self._said_local = False
         self._said_unsealed = False
 
@@ -119,16 +131,19 @@ class Sessions:
     def carried(self, flow: http.HTTPFlow, plan: Plan, values: Mapping[str, str]) -> None:
         """This flow's request carries the token of `values` in the plan's token cookies (if any)."""
         if self.follow and TOKEN in values and plan.token_cookies:
-            self._carried[flow] = (values[TOKEN], plan.token_cookies)
+            _CARRIED[flow] = (self, values[TOKEN], plan.token_cookies)
 
     # the response side
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Take an account's renewed value off the answer: the client never gets it."""
-        carried = self._carried.pop(flow, None)
-        if carried is None or flow.response is None:
+        carried = _CARRIED.get(flow)
+        if carried is None or carried[0] is not self:
             return
-        token, names = carried
+        del _CARRIED[flow]
+        _, token, names = carried
+        if flow.response is None:
+            return
         fields = flow.response.headers.get_all("set-cookie")
         kept, renewed = [], None
         for field in fields:

@@ -71,12 +71,13 @@ class StateSaver:
             self._writing = loop.create_task(self._write_in_thread(), name="state file write")
 
     def done(self) -> None:
-        """Shut-down: write what is pending, after a write in flight."""
+        """Shut-down: write what is pending, after a write in flight; nothing is written after."""
         if self._pending is not None or self._writing is not None:
             if self._pending is not None:
                 self._pending.cancel()
                 self._pending = None
             self.flush()
+        self.store = None
 
     def flush(self) -> None:
         """Write here and now, after a write in flight."""

@@ -119,8 +119,8 @@ def _pool_of(name: str, pools: tuple[str, ...]) -> str:
     if not pools:  # tokens: is one pool (or absent): only {token}
         if name == TOKEN:
             return ""
-        raise ValueError(f"unknown placeholder {{{name}}} (the tokens section is one pool: write {{token}}; to "
-                         f"draw from several, name them: tokens: {{{wanted or 'NAME'}: {{file: …}}, …}})")
+        raise ValueError(f"unknown placeholder {{{name}}} (a pool is named only in a tokens section of several: "
+                         f"tokens: {{{wanted or 'NAME'}: {{file: …}}, …}}; a tokens section of one pool is {{token}})")
     if name == TOKEN:
         if len(pools) == 1:
             return pools[0]

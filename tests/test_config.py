@@ -82,7 +82,7 @@ def test_recovery_settings(tmp_path):
     config = load_config(write(tmp_path, text))
     assert config.tokens == TokensSpec(
         file=tmp_path / "tokens.txt", max_attempts=5, cooldown=60, state_file=tmp_path / "health.json",
-        breaker=BreakerSpec(tokens=4, window=30, pause=120), sessions_file=tmp_path / "tokens.sessions.json",
+        breaker=BreakerSpec(tokens=4, window=30, pause=120), sessions_file=tmp_path / "health.sessions.json",
     )  # fmt: skip
     first, second = config.on_response
     assert (first.statuses, first.body.pattern, first.action) == ({403}, "(?i)captcha", "refresh_captcha")
@@ -525,11 +525,23 @@ POOL_ERRORS = [
      "9:3: tokens.a b: bad pool name 'a b': expected a letter or _, then letters, digits, _ or -, like arena (up to 64)"),
     (POOLS.replace("strategy: sticky", "strategy: sticky, fil: x"),
      "9:47: tokens.arena: unknown key 'fil' (did you mean 'file'?)"),
+    (POOLS.replace("arena: {file: tokens.txt, strategy: sticky}", "arena: {file: tokens.txt, state_file: s.json}")
+     .replace('openai: {file: openai.txt, store: "redis://127.0.0.1:6379/0"}', "openai: {file: tokens.txt, state_file: s.state.json}"),
+     "10:11: tokens.openai: pools arena and openai would keep renewed sessions in {dir}/s.sessions.json (named after "
+     "the state file); give each its own tokens file, state_file or namespace"),
     (R.replace("{X: y}", "{X: '{token:x}'}") + TOK,
-     "3:18: rules[0].headers.X: unknown placeholder {token:x} (the tokens section is one pool: write {token}; to "
-     "draw from several, name them: tokens: {x: {file: …}, …})"),
+     "3:18: rules[0].headers.X: unknown placeholder {token:x} (a pool is named only in a tokens section of several: "
+     "tokens: {x: {file: …}, …}; a tokens section of one pool is {token})"),
     ("rules: []\ntokens: {}\n", "2:9: tokens: missing required key 'file'"),
 ]
+
+
+def test_a_misspelled_key_of_one_pool_is_named_as_such(tmp_path):
+    path = write_pools(tmp_path, "rules: []\ntokens: {fiel: tokens.txt}\n")
+    with pytest.raises(RulesErrors) as e:
+        load_config(path)
+    assert [str(x).removeprefix(f"{path}:") for x in e.value.errors] == [
+        "2:9: tokens: missing required key 'file'", "2:10: tokens: unknown key 'fiel' (did you mean 'file'?)"]
 
 
 @pytest.mark.parametrize("text, message", POOL_ERRORS, ids=[m.split(": ", 2)[-1][:50] for _, m in POOL_ERRORS])

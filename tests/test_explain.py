@@ -122,6 +122,37 @@ def test_explain_says_what_a_disable_rule_would_do(tmp_path):
     assert lines[-1] == "  response 401: disable: retire this token, then retry with the next one (and a fresh captcha value)"
 
 
+POOLS = """\
+rules:
+  - name: arena
+    match: {host: arena.example}
+    cookies: {session: "{token:arena}"}
+  - name: openai
+    match: {host: api.example}
+    headers: {Authorization: "Bearer {token:openai}"}
+tokens:
+  arena: {file: tokens.txt}
+  openai: {file: openai.txt}
+"""
+
+
+@pytest.mark.parametrize("openai, said", [
+    (["sk-openai-0000bbbb"], ["  token from pool: openai", "    Authorization: Bearer …bbbb   ← openai"]),
+    ([], ["  token from pool: openai (none of its tokens is usable now)",
+          "  note: Authorization not set by openai: no token value"]),
+])  # fmt: skip
+def test_explain_names_the_pool_and_shows_a_token_of_it_only(tmp_path, openai, said):
+    from addon.explain import stand_in_values
+
+    (tmp_path / "openai.txt").write_text("".join(t + "\n" for t in openai))
+    config = load_config(write_rules(tmp_path, POOLS))
+    values = stand_in_values(config)
+    assert values["token:arena"] == "…1111" and ("token:openai" in values) == bool(openai)
+    lines = list(explain(config, make_flow("GET", "https://api.example/v1", [], ""), values))
+    assert all(line in lines for line in said), lines
+    assert not any("…1111" in line for line in lines)  # never the other pool's
+
+
 STREAM_RULES = """\
 rules:
   - name: account

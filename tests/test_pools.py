@@ -114,14 +114,64 @@ def test_rules_for_two_pools_on_one_request_send_the_later_rules_pool(pools, tmp
             "with a token of openai (openai is the later rule), without arena's token edits") in caplog.text
 
 
+def test_a_later_rules_token_edit_of_the_same_place_decides_the_pool_without_a_warning(pools, tmp_path, caplog):
+    loader, rewriter, _ = pools
+    both = RULES.replace("match: {host: api.example}", "match: {host: arena.example}").replace(
+        'cookies: {session: "{token:arena}"}', 'headers: {Authorization: "{token:arena}"}')
+    (tmp_path / "rules.yaml").write_text(both)
+    loader._watcher.poll()
+    with caplog.at_level(logging.WARNING):
+        f = request(rewriter, "arena.example")
+    assert f.request.headers["Authorization"] == f"Bearer {OPENAI[0]}" and "different pools" not in caplog.text
+
+
+ONE_POOL = RULES.replace(
+    "tokens:\n  arena: {file: tokens.txt, strategy: sticky}\n  openai: {file: openai.txt}\n", "tokens: {file: tokens.txt}\n"
+).replace("{token:arena}", "{token}").replace("Bearer {token:openai}", "x")
+
+
+def test_a_pool_given_a_name_keeps_its_health_and_its_state_file(pools, tmp_path):
+    loader, rewriter, _ = pools
+    (tmp_path / "rules.yaml").write_text(ONE_POOL)
+    loader._watcher.poll()
+    pool = loader.pool
+    assert list(loader.pools) == ["default"] and pool.saver.path == tmp_path / "tokens.state.json"
+    pool.tokens.refused(TOKENS[0])
+    (tmp_path / "rules.yaml").write_text(RULES.replace("arena", "chat"))  # the pool of tokens.txt is named "chat"
+    loader._watcher.poll()
+    assert loader.pools["chat"] is pool and pool.name == "chat" and pool.label == "tokens chat"
+    assert pool.saver.path == tmp_path / "tokens.state.json"  # still written (its lock was not lost to itself)
+    assert [s for s, _ in pool.tokens.status()][0] == "cooling"
+    pool.tokens.refused(TOKENS[1])
+    pool.saver.flush()
+    assert TOKENS[1][-4:] in (tmp_path / "tokens.state.json").read_text()
+
+
+def test_a_request_out_during_a_reload_reports_to_the_pool_it_drew_from(pools, tmp_path):
+    loader, rewriter, _ = pools
+    f = request(rewriter, "api.example")
+    openai = loader.pools["openai"]
+    (tmp_path / "rules.yaml").write_text(RULES.replace("  openai: {file: openai.txt}\n", "").replace(
+        "Bearer {token:openai}", "none"))
+    loader._watcher.poll()
+    assert "openai" not in loader.pools and rewriter.sent[f].pool is openai
+
+
+def test_two_pools_of_one_tokens_file_both_read_it_again(pools, tmp_path):
+    loader, _, _ = pools
+    (tmp_path / "rules.yaml").write_text(RULES.replace("openai: {file: openai.txt}", "openai: {file: tokens.txt, state_file: o.json}"))
+    loader._watcher.poll()
+    (tmp_path / "tokens.txt").write_text("one-token-only-0000dddd\n")
+    loader._watcher.poll()
+    assert [len(p.tokens) for p in loader.pools.values()] == [1, 1]
+
+
 def test_a_file_of_one_pool_is_the_default_pool_as_before(tmp_path):
     loader = RulesLoader()
-    default = loader.pool
     with taddons.context(loader) as tctx:
-        tctx.configure(loader, rules=str(write_rules(tmp_path, RULES.replace(
-            "tokens:\n  arena: {file: tokens.txt, strategy: sticky}\n  openai: {file: openai.txt}\n",
-            "tokens: {file: tokens.txt}\n").replace("{token:arena}", "{token}").replace("Bearer {token:openai}", "x"))))
-        assert list(loader.pools) == ["default"] and loader.pool is default and isinstance(default, Pool)
+        tctx.configure(loader, rules=str(write_rules(tmp_path, ONE_POOL)))
+        default = loader.pool
+        assert list(loader.pools) == ["default"] and loader.pools["default"] is default and isinstance(default, Pool)
         assert loader.tokens is default.tokens and default.label == "tokens" and len(default.tokens) == 3
 
 
