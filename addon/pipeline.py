@@ -15,15 +15,15 @@ from collections.abc import Awaitable
 from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
-from addon.bodyworker import WORKER
-from addon.commands import TokenCommands
-from addon.guard import SelfGuard
-from addon.loader import RulesLoader
-from addon.recovery import Recovery
-from addon.replay import Handover
-from addon.rewriter import Rewriter
+from addon.request.bodyworker import WORKER
+from addon.runtime.commands import TokenCommands
+from addon.guard.guard import SelfGuard
+from addon.runtime.loader import RulesLoader
+from addon.recovery.recovery import Recovery
+from addon.recovery.replay import Handover
+from addon.request.rewriter import Rewriter
 from addon.startup import OptionCheck
-from addon.streamtap import StreamTap
+from addon.recovery.streamtap import StreamTap
 
 
 class Pipeline:
@@ -86,7 +86,7 @@ class Pipeline:
     def error(self, flow: http.HTTPFlow) -> None:
         self.recovery.error(flow)
 
-    # the hooks of addon.httplayer, for a streaming request's held answer
+    # the hooks of addon.mitm.httplayer, for a streaming request's held answer
 
     async def mitm_rules_held_answer(self, handover: Handover) -> None:
         await self.recovery.mitm_rules_held_answer(handover)

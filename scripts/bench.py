@@ -1290,10 +1290,10 @@ class Bench:
         code = (
             "import sys, time, json\n"
             f"sys.path.insert(0, {str(ADDON_MAIN.parent.parent)!r})\n"
-            "t = time.perf_counter(); import addon.config; imp = time.perf_counter() - t\n"
+            "t = time.perf_counter(); import addon.rules.config; imp = time.perf_counter() - t\n"
             "runs = []\n"
             "for _ in range(4):\n"
-            f"    t = time.perf_counter(); addon.config.load_config({str(rules)!r}); runs.append(time.perf_counter() - t)\n"
+            f"    t = time.perf_counter(); addon.rules.config.load_config({str(rules)!r}); runs.append(time.perf_counter() - t)\n"
             "print(json.dumps({'import': imp, 'first': runs[0], 'warm': sorted(runs[1:])[1]}))\n"
         )
         out = subprocess.run([str(PYTHON), "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
@@ -1344,7 +1344,7 @@ class Bench:
         """Throughput with the Redis store against the file store and bare mitmdump, then how soon a
         refusal through one proxy is seen by another on the same store; with Redis on this host, and
         behind a relay that adds each of `redis_delays` (seconds each way: a Redis in another zone)."""
-        from redis import Redis  # the addon's own requirement (addon/shared.py)
+        from redis import Redis  # the addon's own requirement (addon/tokens/shared.py)
 
         port = free_port()
         server = shutil.which("redis-server") or "redis-server"

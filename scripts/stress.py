@@ -155,7 +155,7 @@ def rules_text(port: int, n: int) -> str:
 def measure_rules(folder: Path, port: int) -> None:
     big = folder / "big.yaml"
     big.write_text(rules_text(port, 100_000))
-    code = ("import resource, sys, time; from addon.config import load_config; t = time.perf_counter(); "
+    code = ("import resource, sys, time; from addon.rules.config import load_config; t = time.perf_counter(); "
             "c = load_config(sys.argv[1]); print(time.perf_counter() - t, len(c.rules), "
             "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code, str(big)], capture_output=True, text=True, cwd=ROOT, check=True)
@@ -218,8 +218,8 @@ def measure_bombs(folder: Path, port: int) -> None:
 
 
 def measure_tokens(folder: Path) -> None:
-    from addon import statefile
-    from addon.tokens import TokenPool, read_token_list
+    from addon.tokens import statefile
+    from addon.tokens.pool import TokenPool, read_token_list
 
     path = folder / "tokens.txt"
     tokens = [f"tok-{i:07d}-{os.urandom(8).hex()}" for i in range(100_000)]
@@ -274,7 +274,7 @@ def measure_tokens(folder: Path) -> None:
 
 
 def measure_switch(folder: Path, port: int) -> None:
-    from addon.tokens import token_key
+    from addon.tokens.pool import token_key
 
     tokens_file = folder / "tokens.txt"
     tokens = [f"tok-{i:07d}-{os.urandom(8).hex()}" for i in range(1_000_000)]

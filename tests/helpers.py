@@ -5,6 +5,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+
 # the rules file of issue 16, as written there (the e2e test points its host at the local upstream)
 ISSUE_16_RULES = """\
 values:

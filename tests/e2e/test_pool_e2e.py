@@ -41,7 +41,7 @@ def sent(upstream) -> list[str]:
 
 
 def health(rules, token) -> dict:
-    from addon.tokens import token_key
+    from addon.tokens.pool import token_key
 
     return json.loads((rules.parent / "tokens.state.json").read_text())["tokens"][token_key(token)]
 

@@ -60,7 +60,7 @@ BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]
 SHARED = r"token health shared through Redis"
 DOWN = r"tokens: Redis at .* cannot be reached \("  # the alert, not the warning of a command run meanwhile
 BACK = r"is back: token health is shared again"
-HEALTH = "mitm-rules:{default}:health"  # addon/shared.py's key of the token records (namespace default)
+HEALTH = "mitm-rules:{default}:health"  # addon/tokens/shared.py's key of the token records (namespace default)
 FOURTH = "tok-delta-000000004444"
 
 

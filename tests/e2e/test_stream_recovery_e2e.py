@@ -1,4 +1,4 @@
-"""End to end: a refused streaming request recovers as a stream (addon/httplayer.py).
+"""End to end: a refused streaming request recovers as a stream (addon/mitm/httplayer.py).
 
 The answer of the retry that works reaches the client event by event as the upstream sends it,
 over HTTP/1.1 and HTTP/2 and in every proxy mode; a retry that goes silent mid-stream and a client
@@ -402,7 +402,7 @@ def test_when_the_guard_declines_it_says_so_once_and_the_answer_comes_whole(tmp_
 
 
 def _key(token: str) -> str:
-    from addon.tokens import token_key
+    from addon.tokens.pool import token_key
 
     return token_key(token)
 

@@ -1,0 +1,1 @@
+"""The `mitm-rules` command: check, explain, schema."""

@@ -1,0 +1,1 @@
+"""Refuses requests and connections to the proxy itself and to mitmweb."""

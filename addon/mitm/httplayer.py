@@ -1,0 +1,449 @@
+"""Streaming a retry's answer to the client: the one module that touches mitmproxy's private HTTP layer.
+
+mitmproxy has no public way to send a client a response body that comes from another flow: once
+a flow's `response` hook has run, its body is what the client gets. So that the answer of a
+retry can reach the client as it arrives, this module steps into the HTTP layer of mitmproxy's
+proxy core, for flows the addon marks with `hold()`, and nowhere else in the addon does.
+
+- `install(nextlayer)`, from a `next_layer` hook: mitmproxy's own NextLayer addon is asked to
+  choose the layers for the connection first (scripts run before it); each `HttpLayer` among them
+  then becomes a `RelayingHttpLayer`, whose `make_stream` makes its streams `RelayingHttpStream`s.
+- When a held answer's body is complete, the stream's `send_response` yields `HeldAnswerHook`, a
+  blocking hook of the addon's own, with a `Handover` (addon/recovery/replay.py). The addon judges the
+  answer and recovers within that hook, through mitmproxy's ReplayHandler as before. If a retry's
+  answer is to be streamed, the addon copies its status and headers onto the client's response
+  and sets `handover.streaming`; the stream sends the headers, then takes what has come of the
+  body, and when nothing has, yields `RelayHook` to wait for the next piece (its argument is the
+  handover, not the flow, so mitmweb is not updated per chunk). It sends each chunk on as it comes
+  (through the response's `stream` callable, as mitmproxy does), and ends with mitmproxy's own
+  `send_response(already_streamed=True)`: the `response` hook, trailers and the end of the flow
+  run as for any streamed answer.
+- The client leaving: a layer that waits for a blocking command queues the events that arrive
+  meanwhile (`Layer._paused_event_queue`); the stream sees a `RequestProtocolError` as it arrives
+  (`handle_event`), tells the handover (which hangs up the retry at once), and after each hook
+  `check_killed`, which looks for it in that queue, ends the flow as mitmproxy does.
+- A retry that breaks off mid-stream ends the client's stream through `handle_protocol_error` with
+  a `ResponseProtocolError`: on HTTP/1 the connection closes before the last chunk (a truncated
+  chunked body), on HTTP/2 the stream is reset.
+- A streamed answer judged by its first event (`hold_first_event()`, from the responseheaders
+  hook, where the addon has set the response's `stream`): `start_response_stream` does not send
+  the headers; the stream reads the body (`state_first_event`) until its first event is there, or
+  its end, or 64 KiB (addon/recovery/firstevent.py), with a `RequestWakeup` of `retry_timeout` seconds as
+  the bound, then yields `FirstEventHook` with what came (`handover.head`). If the answer passes,
+  mitmproxy's own `start_response_stream` sends the headers, what came goes through
+  `state_stream_response_body` chunk by chunk as it came, and the rest streams as any streamed
+  answer. If a retry answered instead (`handover.answered`), the refused answer's upstream is cut
+  (a `RequestProtocolError` sent to the server: HTTP/1 closes the connection, HTTP/2 resets the
+  stream), whatever more of it comes is dropped (`_handle_event`), and the client gets the retry's
+  answer streamed (`_relay`) or whole. An answer that ends without a body at all is judged the same
+  way, from `send_response`.
+
+The internals used, as in mitmproxy 11.0.2 and 12.3.1 (`check()` verifies them before `install`):
+- `mitmproxy.proxy.layers.http`: `HttpLayer.make_stream(stream_id)` and `HttpLayer.streams`;
+  `HttpStream.send_response(already_streamed=False)`, `HttpStream.check_killed(emit_error_hook)`,
+  `HttpStream.handle_protocol_error(event)` (these read and set the stream's `client_state` and
+  `server_state`), `HttpStream.start_response_stream()`, `HttpStream.state_stream_response_body(event)`,
+  `HttpStream._handle_event(event)` (which hands server events to `server_state`),
+  `HttpStream.flow`, `.stream_id`, `.context.client`, `.context.server`; `SendHttp(event,
+  connection)`; `ResponseHeaders(stream_id, response, end_stream)`, `ResponseData(stream_id,
+  data)`, `ResponseTrailers(stream_id, trailers)`, `ResponseEndOfMessage(stream_id)`,
+  `ResponseProtocolError(stream_id, message, code)` and `RequestProtocolError(stream_id, message,
+  code)` (the code an int, an HTTP status, on 11; an `ErrorCode` on 12).
+- `mitmproxy.proxy.layer`: `Layer.handle_event(event)` and `Layer._paused_event_queue`.
+- `mitmproxy.proxy.commands.StartHook`: a blocking command that runs an addon hook;
+  `RequestWakeup(delay)`, answered by a `mitmproxy.proxy.events.Wakeup` with that `command`, which
+  `HttpLayer` routes back to the stream that asked for it.
+- Back-pressure: `mitmproxy.proxy.server.ConnectionHandler.transports` (a `ConnectionIO` with its
+  `writer`, an asyncio StreamWriter) of the client's handler, found in the proxyserver addon's
+  `connections` by the client's id (`mode_servers.ServerManager.connections`): the relay waits while
+  more than CLIENT_BACKLOG bytes sit in that writer's buffer. On the retry's side, addon/recovery/replay.py's
+  handler overrides `ConnectionHandler.drain_writers()` and `hook_task(hook)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mitmproxy import ctx, http
+
+from addon.recovery.firstevent import FirstEventReader
+from addon.recovery.replay import Handover
+
+try:
+    from mitmproxy.proxy.commands import RequestWakeup, StartHook
+    from mitmproxy.proxy.events import Wakeup
+    from mitmproxy.proxy.layer import Layer
+    from mitmproxy.proxy.mode_servers import ServerManager
+    from mitmproxy.proxy.server import ConnectionHandler, ConnectionIO
+    from mitmproxy.proxy.layers.http import (
+        HttpLayer,
+        HttpStream,
+        RequestProtocolError,
+        ResponseData,
+        ResponseEndOfMessage,
+        ResponseHeaders,
+        ResponseProtocolError,
+        ResponseTrailers,
+        SendHttp,
+    )
+
+    _IMPORT_PROBLEM = None
+except ImportError as e:  # this module must load on any mitmproxy; check() then says no
+    _IMPORT_PROBLEM = f"cannot import what it needs: {e}"
+    StartHook = HttpLayer = HttpStream = Layer = ConnectionHandler = ConnectionIO = ServerManager = object  # type: ignore[assignment,misc]
+
+CLIENT_BACKLOG = 1 << 20  # bytes sent to a client but not yet on its socket; past it, the relay waits for it
+
+_held: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
+_departed: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()  # flows whose client left (closed, or reset the stream)
+_on_departure: weakref.WeakKeyDictionary[http.HTTPFlow, Callable[[], None]] = weakref.WeakKeyDictionary()
+# streamed answers to hold until their first event: (is it an event stream, seconds to wait at most)
+_first_event: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[bool, float]] = weakref.WeakKeyDictionary()
+_broken_off_code: object = None  # the ResponseProtocolError code for a retry that broke off; set by check()
+_cut_code: object = None  # the RequestProtocolError code that cuts a refused answer's upstream; set by check()
+
+
+def hold(flow: http.HTTPFlow) -> None:
+    """Once this held answer is complete, hand it to the addon (HeldAnswerHook) before it is sent."""
+    _held.add(flow)
+
+
+def departed(flow: http.HTTPFlow) -> bool:
+    """Did the client of this flow leave it (closed its connection or reset its HTTP/2 stream), as
+    mitmproxy's HTTP layer saw it? Known for the connections `install` reached."""
+    return flow in _departed
+
+
+def on_departure(flow: http.HTTPFlow, callback: Callable[[], None] | None) -> None:
+    """Call `callback` (once) when the client of this flow leaves it; None: no longer."""
+    if callback is None:
+        _on_departure.pop(flow, None)
+    else:
+        _on_departure[flow] = callback
+
+
+def hold_first_event(flow: http.HTTPFlow, sse: bool, timeout: float) -> None:
+    """Send nothing of this streamed answer until its first event is there (or `timeout` seconds
+    have passed); then hand it to the addon (FirstEventHook)."""
+    _first_event[flow] = (sse, timeout)
+
+
+def install(nextlayer) -> None:
+    """From a next_layer hook: make each HttpLayer mitmproxy chooses for this connection relay held answers."""
+    if nextlayer.layer is None:
+        chooser = ctx.master.addons.get("nextlayer")
+        if chooser is None:
+            return
+        chooser.next_layer(nextlayer)
+    for layer in nextlayer.context.layers:
+        if type(layer) is HttpLayer:
+            layer.__class__ = RelayingHttpLayer
+
+
+@dataclass
+class HeldAnswerHook(StartHook):  # type: ignore[misc,valid-type]
+    """A held answer is complete and not yet sent: the addon may recover it, and stream a retry's
+    answer by setting `handover.streaming`."""
+
+    name = "mitm_rules_held_answer"
+    handover: Handover
+
+
+@dataclass
+class RelayHook(StartHook):  # type: ignore[misc,valid-type]
+    """The client's stream waits for the next piece of a streamed retry (`Handover.pull`)."""
+
+    name = "mitm_rules_relay"
+    handover: Handover
+
+
+@dataclass
+class FirstEventHook(StartHook):  # type: ignore[misc,valid-type]
+    """A streamed answer's first event is there (`handover.head`: what came of the body), and nothing
+    of it has been sent: the addon judges it, and may recover it as a refusal (`handover.answered`)."""
+
+    name = "mitm_rules_first_event"
+    handover: Handover
+
+
+class _FirstEventHold:
+    """A streamed answer held until its first event is there."""
+
+    def __init__(self, sse: bool, timeout: float) -> None:
+        self.reader = FirstEventReader(sse)
+        self.chunks: list[bytes] = []  # as they came
+        self.ended = False  # the whole answer came
+        self.wakeup = RequestWakeup(timeout)
+        self.cut = False  # refused: its upstream is cut, and what more comes of it is dropped
+
+
+class RelayingHttpLayer(HttpLayer):  # type: ignore[misc,valid-type]
+    def make_stream(self, stream_id: int):
+        yield from super().make_stream(stream_id)
+        stream = self.streams.get(stream_id)
+        if type(stream) is HttpStream:
+            stream.__class__ = RelayingHttpStream
+
+
+class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
+    handover: Handover | None = None
+    first: _FirstEventHold | None = None
+
+    def handle_event(self, event):
+        if isinstance(event, RequestProtocolError) and getattr(self, "flow", None) is not None:
+            _departed.add(self.flow)  # seen as it arrives, even while the flow waits in a hook
+            if self.handover is not None:
+                self.handover.client_left(event.message)
+            callback = _on_departure.pop(self.flow, None)
+            if callback is not None:
+                callback()
+        return super().handle_event(event)
+
+    def _handle_event(self, event):
+        first = self.first
+        if isinstance(event, Wakeup):  # only a first-event hold asks for one on this stream
+            ours = first is not None and event.command is first.wakeup
+            # (not when the client left meanwhile: an HTTP/2 client may reset its stream and stay)
+            if ours and self.server_state == self.state_first_event and self.flow.live:
+                yield from self._judge_first_event(timed_out=True)
+            return
+        if first is not None and first.cut and isinstance(event, _FROM_SERVER):
+            return  # more of a refused answer: none of it goes to the client
+        yield from super()._handle_event(event)
+
+    def start_response_stream(self):
+        hold = _first_event.pop(self.flow, None)
+        if hold is None:
+            yield from super().start_response_stream()
+            return
+        self.first = _FirstEventHold(*hold)  # the headers wait with the body
+        self.server_state = self.state_first_event
+        yield self.first.wakeup
+
+    def state_first_event(self, event):
+        first = self.first
+        assert first is not None and self.flow.response
+        if isinstance(event, ResponseData):
+            first.chunks.append(event.data)
+            if first.reader.feed(event.data):
+                yield from self._judge_first_event()
+        elif isinstance(event, ResponseTrailers):
+            self.flow.response.trailers = event.trailers  # sent after the body, as mitmproxy does
+        elif isinstance(event, ResponseEndOfMessage):
+            first.ended = True
+            first.reader.end()
+            yield from self._judge_first_event()
+
+    def _judge_first_event(self, timed_out: bool = False):
+        first = self.first
+        assert first is not None
+        self.server_state = self.state_judging_first_event
+        writer = _client_writer(self.context.client)
+        handover = self.handover = Handover(self.flow, writer.drain if writer is not None else None)
+        handover.head = b"".join(first.chunks)
+        if timed_out:
+            handover.unjudged = f"its first event did not come within {first.wakeup.delay:g} s (retry_timeout)"
+        try:
+            yield FirstEventHook(handover)
+            killed = yield from self.check_killed(True)
+            if killed or handover.answered:
+                first.cut = True
+                if not first.ended:
+                    why = "the client left" if killed else "refused by its first event"
+                    yield SendHttp(RequestProtocolError(self.stream_id, why, _cut_code), self.context.server)
+            if killed:
+                return
+            if handover.streaming:
+                yield from self._relay(handover)
+            elif handover.answered:
+                assert self.flow.response
+                self.flow.response.stream = False  # the retry's answer, whole
+                yield from super().send_response()
+            else:  # it streams on, as mitmproxy streams any answer
+                yield from super().start_response_stream()
+                for chunk in first.chunks:
+                    yield from self.state_stream_response_body(ResponseData(self.stream_id, chunk))
+                if first.ended:
+                    yield from self.state_stream_response_body(ResponseEndOfMessage(self.stream_id))
+        finally:
+            self.handover = None
+
+    def state_judging_first_event(self, event):
+        yield from ()  # (nothing comes here: the stream is paused while it judges)
+
+    def send_response(self, already_streamed: bool = False):
+        hold = None if already_streamed else _first_event.pop(self.flow, None)
+        if hold is not None:  # a streamed answer that came whole (with no body at all, as a rule): judged the same way
+            first = self.first = _FirstEventHold(*hold)
+            body = self.flow.response.raw_content if self.flow.response else None
+            if body:
+                first.chunks.append(body)
+                first.reader.feed(body)
+            first.ended = True
+            first.reader.end()
+            yield from self._judge_first_event()
+            return
+        if already_streamed or self.flow not in _held:
+            yield from super().send_response(already_streamed)
+            return
+        _held.discard(self.flow)
+        writer = _client_writer(self.context.client)
+        handover = self.handover = Handover(self.flow, writer.drain if writer is not None else None)
+        try:
+            yield HeldAnswerHook(handover)
+            if (yield from self.check_killed(True)):
+                return  # the client left meanwhile
+            if handover.streaming:
+                yield from self._relay(handover)
+            else:
+                yield from super().send_response()
+        finally:
+            self.handover = None
+
+    def _relay(self, handover: Handover):
+        assert self.flow.response
+        yield SendHttp(ResponseHeaders(self.stream_id, self.flow.response, end_stream=False), self.context.client)
+        writer = _client_writer(self.context.client)
+        while not handover.ended:
+            backlog = writer.transport.get_write_buffer_size() if writer is not None else 0
+            # the client has not taken what it was sent, or nothing has come yet: wait in a hook
+            if backlog > CLIENT_BACKLOG or not handover.poll():
+                yield RelayHook(handover)
+                if (yield from self.check_killed(True)):
+                    return
+            chunks = handover.take()
+            for chunk in chunks:
+                yield from self._send_data(chunk)
+            if handover.failure is not None or not (chunks or handover.ended):
+                why = handover.failure or (f"the client left ({handover.left})" if handover.left else
+                                           "the addon gave no data (was it unloaded?)")
+                error = ResponseProtocolError(self.stream_id, f"the retry's answer broke off: {why}", _broken_off_code)
+                yield from self.handle_protocol_error(error)
+                return
+        yield from self._send_data(b"")  # the end, for the `stream` callable
+        yield from super().send_response(already_streamed=True)
+
+    def _send_data(self, chunk: bytes):
+        """Send a chunk on through the response's `stream` callable, as mitmproxy does."""
+        assert self.flow.response
+        stream = self.flow.response.stream
+        out = stream(chunk) if callable(stream) else chunk
+        for piece in [out] if isinstance(out, bytes) else out:
+            if piece:
+                yield SendHttp(ResponseData(self.stream_id, piece), self.context.client)
+
+
+def _client_writer(client) -> asyncio.StreamWriter | None:
+    """The stream writer of a client's connection (its ConnectionHandler's, found through the
+    proxyserver addon), to wait until the client takes what it was sent; None when there is none."""
+    handler = getattr(ctx.master.addons.get("proxyserver"), "connections", {}).get(client.id)
+    io = handler.transports.get(client) if handler is not None else None
+    writer = getattr(io, "writer", None)
+    return writer if isinstance(writer, asyncio.StreamWriter) else None
+
+
+_FROM_SERVER = (ResponseData, ResponseTrailers, ResponseEndOfMessage, ResponseProtocolError)
+
+
+# the version guard
+
+_SIGNATURES = {  # parameters (with defaults) as in mitmproxy 11.0.2 and 12.3.1
+    "HttpLayer.make_stream": "(self, stream_id)",
+    "HttpStream.send_response": "(self, already_streamed=False)",
+    "HttpStream.check_killed": "(self, emit_error_hook)",
+    "HttpStream.handle_protocol_error": "(self, event)",
+    "HttpStream.start_response_stream": "(self)",
+    "HttpStream.state_stream_response_body": "(self, event)",
+    "HttpStream._handle_event": "(self, event)",
+    "Layer.handle_event": "(self, event)",
+    "SendHttp": "(event, connection)",
+    "ResponseHeaders": "(stream_id, response, end_stream=False)",
+    "ResponseData": "(stream_id, data)",
+    "ConnectionHandler.drain_writers": "(self)",
+    "ConnectionHandler.hook_task": "(self, hook)",
+    "ResponseTrailers": "(stream_id, trailers)",
+    "ResponseEndOfMessage": "(stream_id)",
+    "RequestWakeup": "(delay)",
+    "Wakeup": "(command)",
+}
+_ATTRIBUTES = {  # class: annotated attributes this module relies on
+    "HttpLayer": ("streams",),
+    "HttpStream": ("flow", "stream_id"),
+    "Layer": ("_paused", "_paused_event_queue"),
+    "ConnectionHandler": ("transports",),
+    "ConnectionIO": ("writer",),
+    "ServerManager": ("connections",),
+}
+
+
+def check() -> str | None:
+    """Are mitmproxy's internals what this module was written for? None if so, else what differs.
+    Remembers the ResponseProtocolError code to use."""
+    global _broken_off_code, _cut_code
+    if _IMPORT_PROBLEM:
+        return _IMPORT_PROBLEM
+    names = {"HttpLayer": HttpLayer, "HttpStream": HttpStream, "Layer": Layer, "SendHttp": SendHttp,
+             "ResponseHeaders": ResponseHeaders, "ResponseData": ResponseData, "ResponseTrailers": ResponseTrailers,
+             "ResponseEndOfMessage": ResponseEndOfMessage, "RequestWakeup": RequestWakeup, "Wakeup": Wakeup,
+             "ConnectionHandler": ConnectionHandler, "ConnectionIO": ConnectionIO, "ServerManager": ServerManager}  # fmt: skip
+    for path, expected in _SIGNATURES.items():
+        owner, _, attribute = path.partition(".")
+        target = getattr(names[owner], attribute, None) if attribute else names[owner]
+        if target is None:
+            return f"{path} is missing"
+        found = _parameters(target)
+        if found != expected:
+            return f"{path} takes {found}, not {expected}"
+    for owner, attributes in _ATTRIBUTES.items():
+        annotated = inspect.get_annotations(names[owner])
+        missing = [a for a in attributes if a not in annotated]
+        if missing:
+            return f"{owner} has no {', '.join(missing)}"
+    try:
+        routes_wakeups = "RequestWakeup" in inspect.getsource(HttpLayer.event_to_child)
+    except (OSError, TypeError):
+        routes_wakeups = False
+    if not routes_wakeups:
+        return "HttpLayer.event_to_child does not route a stream's RequestWakeup back to it"
+    if getattr(StartHook, "blocking", None) is not True:
+        return "StartHook is not a blocking command"
+    found, code = _code_parameter(ResponseProtocolError)
+    if found not in ("(stream_id, message, code)", "(stream_id, message, code=502)") or code is None:
+        return f"ResponseProtocolError takes {found}, not (stream_id, message, code)"
+    if code.annotation is int:  # 11: an HTTP status
+        _broken_off_code = 502
+        _cut_code = 499  # Client Closed Request: HTTP/2 resets the stream with CANCEL
+    elif getattr(code.annotation, "GENERIC_SERVER_ERROR", None) is not None and hasattr(code.annotation, "CANCEL"):
+        _broken_off_code = code.annotation.GENERIC_SERVER_ERROR  # 12: an ErrorCode
+        _cut_code = code.annotation.CANCEL
+    else:
+        return f"ResponseProtocolError's code is a {code.annotation!r}, not an int or an ErrorCode"
+    found, request_code = _code_parameter(RequestProtocolError)
+    if found not in ("(stream_id, message, code)", "(stream_id, message, code=400)") or request_code is None:
+        return f"RequestProtocolError takes {found}, not (stream_id, message, code)"
+    if request_code.annotation is not code.annotation:
+        return f"RequestProtocolError's code is a {request_code.annotation!r}, not an int or an ErrorCode"
+    return None
+
+
+def _code_parameter(error_class) -> tuple[str, inspect.Parameter | None]:
+    """A protocol error's parameters (as `_parameters`), and its `code` parameter with its annotation resolved."""
+    try:
+        code = inspect.signature(error_class, eval_str=True).parameters.get("code")
+    except (NameError, TypeError, ValueError):
+        code = None
+    return _parameters(error_class), code
+
+
+def _parameters(target) -> str:
+    """A callable's parameters as "(a, b=1)": names and defaults, not annotations."""
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return "(nothing it can read)"
+    plain = [p.replace(annotation=inspect.Parameter.empty) for p in signature.parameters.values()]
+    return str(signature.replace(parameters=plain, return_annotation=inspect.Signature.empty))

@@ -1,0 +1,118 @@
+"""The request hook: draw the values a request's plan needs, and apply the plan (addon/request/plan.py).
+
+Named values come from their sources (addon/runtime/sources.py); `{token}` is drawn last, after every
+await, so that a token refused meanwhile is never sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from dataclasses import dataclass
+
+from mitmproxy import http
+
+from addon.runtime.loader import RulesLoader
+from addon.request.plan import Plan, apply_plan_off_loop, describe, plan_request_off_loop
+from addon.runtime.pools import Pool, pool_of
+from addon.rules.template import TOKEN
+
+logger = logging.getLogger(__name__)
+
+METADATA_KEY = "rewrite"  # flow.metadata: {"rules": [...], "streaming": bool, "injected": ["token", ...]}
+REPLAY_KEY = "rewrite.attempt"  # flow.metadata of a copy the recovery replays: {"of": id, "attempt": n}
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What went out with a flow: kept in memory only (it holds the values), so a
+    refused request can be sent again with only the token or other values changed."""
+
+    plan: Plan
+    values: dict[str, str]
+    at: float  # wall-clock time the values were drawn
+    pool: Pool  # the token's pool (a reload since may have renamed or dropped it: it is this one still)
+
+
+class Rewriter:
+    def __init__(self, state: RulesLoader) -> None:
+        self.state = state
+        self.sent: weakref.WeakKeyDictionary[http.HTTPFlow, Sent] = weakref.WeakKeyDictionary()
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live or REPLAY_KEY in flow.metadata:
+            return
+        config, pools = self.state.config, self.state.pools  # as loaded now: a reload meanwhile is for later requests
+        if config is None:
+            return
+        if flow.request.stream:
+            # stream_large_bodies sent the headers before this hook: too late to change them
+            if config.index.candidates(flow.request.host, flow.request.port):
+                logger.warning(f"rules: not applied to {flow.request.pretty_url}: its body was streamed (stream_large_bodies)")
+            return
+        plan = await plan_request_off_loop(config, flow)  # a large body: read in the worker process
+        if plan is None:
+            return
+        values = await self._draw_values(plan) if plan.named else {}
+        pool = pool_of(pools, plan.pool) or self.state.pool
+        # the token is drawn after the last await, so a token refused meanwhile is never sent
+        if TOKEN in plan.uses:
+            token = pool.draw()
+            if token is None:
+                self._no_tokens(flow, pool)
+                return
+            values[TOKEN] = token
+        # (a body over bodyworker.SMALL_BODY with edits is edited in the worker: an await after the
+        # draw, about a second for 31 MB of JSON; a token refused meanwhile is then sent once)
+        sessions = pool.sessions
+        lines = await apply_plan_off_loop(plan, flow.request, sessions.applied(values))
+        sessions.carried(flow, plan, values)
+        flow.comment = describe(plan, lines)
+        flow.metadata[METADATA_KEY] = {
+            "rules": [r.name for r in plan.rules],
+            "streaming": plan.streaming,
+            "injected": sorted(values),
+        }
+        if values:
+            self.sent[flow] = Sent(plan, values, time.time(), pool)
+
+    async def _draw_values(self, plan: Plan) -> dict[str, str]:
+        """The named values the plan uses: those at hand at once, the others fetched side by side.
+        A value whose source failed is left out (the edits that need it are skipped)."""
+        values: dict[str, str] = {}
+        wanted = []
+        for name in plan.named:
+            source = self.state.values.get(name)
+            if source is None:
+                continue
+            value = source.cached()
+            if value is not None:
+                values[name] = value
+            else:
+                wanted.append(source)
+        if len(wanted) == 1:
+            fetched = [await wanted[0].get()]
+        elif wanted:
+            fetched = await asyncio.gather(*(s.get() for s in wanted))
+        else:
+            fetched = []
+        for source, value in zip(wanted, fetched):
+            if value is not None:
+                values[source.name] = value
+        return values
+
+    def _no_tokens(self, flow: http.HTTPFlow, pool: Pool) -> None:
+        file = pool.spec.file if pool.spec is not None else "(none)"
+        if len(pool.tokens):
+            reason = f"no token in {file} is usable: each is disabled, retired or expired (tokens.status tells which)"
+        else:
+            reason = f"the tokens file {file} has no tokens"
+        logger.warning(f"rules: answered 503 for {flow.request.pretty_url}: {reason}")
+        flow.response = http.Response.make(
+            503,
+            f"mitmproxy rules addon: cannot send this request: {reason}.\n",
+            {"Content-Type": "text/plain; charset=utf-8"},
+        )
+        flow.comment = f"answered 503 by the proxy: {reason}"

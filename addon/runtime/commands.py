@@ -1,0 +1,110 @@
+"""Commands for the mitmproxy console and mitmweb's command bar: token health and the named values."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Sequence
+
+from mitmproxy import command, exceptions
+
+from addon.runtime.loader import RulesLoader
+from addon.runtime.pools import Pool
+
+logger = logging.getLogger(__name__)
+
+
+class TokenCommands:
+    def __init__(self, state: RulesLoader) -> None:
+        self.state = state
+        self.refreshing: asyncio.Task[str | None] | None = None  # the last fetch a command started
+
+    @command.command("tokens.status")
+    def status(self) -> Sequence[str]:
+        """Each token (masked), one to a row: its state (active; cooling until a time; on trial: its
+        cooldown is over and it has not worked since; retired, at a time; disabled by hand; expired, at
+        its own expiry time), successes
+        and refusals; with several pools, each pool's rows under its name.
+        The same rows go to the event log, where mitmweb shows them as rows."""
+        # the console shows a list one item to a row; mitmweb's command bar shows it as one line of
+        # JSON with its spaces run together, so each row names its fields rather than relying on a header
+        pools = list(self.state.pools.values()) or [self.state.pool]
+        rows = []
+        for pool in pools:
+            if len(pools) > 1:
+                rows.append(f"pool {pool.name} ({pool.spec.file if pool.spec else 'no file'}):")
+            rows.extend(_pool_rows(pool))
+        logger.info("tokens.status:\n" + "\n".join(rows))
+        return rows
+
+    @command.command("tokens.reset")
+    def reset(self) -> None:
+        """Clear every cooldown, and close the breaker (of every pool)."""
+        for pool in self.state.pools.values():
+            pool.reset()  # with a store: on every proxy of it
+        logger.info("tokens: cooldowns cleared")
+
+    @command.command("tokens.disable")
+    def disable(self, suffix: str) -> None:
+        """Stop using the token whose value ends with these characters (as tokens.status shows them)."""
+        self._set(suffix, True)
+
+    @command.command("tokens.enable")
+    def enable(self, suffix: str) -> None:
+        """Use a disabled or retired token again."""
+        self._set(suffix, False)
+
+    def _set(self, suffix: str, disabled: bool) -> None:
+        found = [(pool, h) for pool in self.state.pools.values() for h in pool.set_disabled(suffix, disabled)]
+        if not found:
+            raise exceptions.CommandError(f"no token ends with {suffix.lstrip('…')!r}")
+        if len(found) > 1:
+            logger.warning(f"tokens: {len(found)} tokens end with {suffix!r}; all of them were changed")
+        for pool, h in found:
+            logger.info(f"{pool.label}: {h.suffix} {'disabled' if disabled else 'enabled'}")
+
+    @command.command("captcha.refresh")
+    def refresh_captcha(self) -> None:
+        """Fetch a new captcha value now; the log says when it has arrived."""
+        if self.state.captcha is None:
+            raise exceptions.CommandError("the rules file has no captcha source")
+        self.refresh_value("captcha")
+
+    @command.command("values.refresh")
+    def refresh_value(self, name: str) -> None:
+        """Fetch the named value (of the rules file's values:) anew now: a command runs again, a file
+        is read again. The log says when it has arrived."""
+        source = self.state.values.get(name)
+        if source is None:
+            known = ", ".join(self.state.values) or "none"
+            raise exceptions.CommandError(f"no value named {name!r} (the rules file has {known})")
+        source.invalidate()
+        # commands are synchronous: the fetch goes on in the background (keep a reference to it)
+        self.refreshing = asyncio.get_running_loop().create_task(source.get())
+
+
+def _pool_rows(pool: Pool) -> list[str]:
+    rows = []
+    for state, h in pool.tokens.status():
+        if state == "cooling":
+            state = f"cooling until {_when(h.cooling_until)}"
+        elif state == "retired":
+            state = f"retired {_when(h.retired_at)}"
+        elif state == "expired":
+            state = f"expired {_when(h.expires_at)}"
+        rows.append(f"{h.suffix:<6} {state:<33} {h.successes:>6} ok {h.refusals:>6} refused")
+    if not rows:
+        rows.append("no tokens")  # never an empty list: the console's data viewer cannot show one
+    if pool.breaker.is_open:
+        rows.append(f"breaker open until {_when(pool.breaker.open_until)}: refusals go to the client as they are")
+    if pool.shared is not None:
+        rows.append(pool.shared.describe())
+    return rows
+
+
+def _when(timestamp: float) -> str:
+    try:
+        return datetime.datetime.fromtimestamp(timestamp).isoformat(" ", "seconds")
+    except (OverflowError, OSError, ValueError):
+        return "far future"

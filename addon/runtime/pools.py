@@ -1,0 +1,151 @@
+"""One pool of accounts at run time: its tokens and their health, breaker, state file or shared
+store, and renewed sessions.
+
+A rules file has one pool (`tokens: {file: …}`, named "default") or several by name (`tokens:
+{arena: {file: …}, openai: {file: …}}`); each is a `Pool`, kept across reloads by its name so that
+its health, rotation and connections live on. The loader (addon/runtime/loader.py) reads the files and
+hands each pool what it read; the hooks draw from, and report to, the pool of the request's token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from addon.tokens import statefile
+from addon.tokens.breaker import Breaker
+from addon.rules.config import DEFAULT_POOL, TokensSpec
+from addon.tokens.sessions import Sessions
+from addon.tokens.shared import SharedStore
+from addon.tokens.statelock import StateFileLock
+from addon.tokens.statesaver import StateSaver
+from addon.tokens.pool import GONE_GRACE, Health, TokenList, TokenPool
+
+logger = logging.getLogger(__name__)
+
+State = tuple[Path, statefile.StateStore, dict[str, Health]]  # a state file read: its path, store and health
+
+
+class Pool:
+    def __init__(self, name: str = DEFAULT_POOL) -> None:
+        self.name = name
+        self.spec: TokensSpec | None = None  # None until a rules file gives it one
+        self.tokens = TokenPool()
+        self.saver = StateSaver(self.tokens)
+        self.tokens.on_change = self.saver.changed
+        self.breaker = Breaker()
+        self.sessions = Sessions(self.tokens)  # sessions the upstream renewed with Set-Cookie
+        self.shared: SharedStore | None = None  # spec.store: health shared with other proxies through Redis
+        self._state_lock: StateFileLock | None = None  # held while this proxy writes the state file
+        self.label = "tokens"  # how its log lines begin: "tokens", or "tokens arena" in a file of several pools
+
+    def __repr__(self) -> str:
+        return f"Pool({self.name!r}, {len(self.tokens)} token(s))"
+
+    def draw(self) -> str | None:
+        """The token for the next request, or None when none is usable."""
+        return (self.shared or self.tokens).draw()
+
+    def succeeded(self, token: str, sent_at: float) -> None:
+        """A request sent at `sent_at` with this token got an answer that is not a refusal."""
+        (self.shared or self.tokens).succeeded(token, sent_at)
+        self.breaker.succeeded(sent_at)  # a token works: refusals counted before it was sent are the tokens'
+
+    def set_disabled(self, suffix: str, disabled: bool) -> list:
+        return (self.shared or self.tokens).set_disabled(suffix, disabled)
+
+    def reset(self) -> None:
+        """Clear every cooldown, and close the breaker (with a store: on every proxy of it)."""
+        if self.shared is not None:
+            self.shared.reset()
+        else:
+            self.tokens.reset()
+            self.breaker.open_until = 0.0
+
+    # set-up (the loader)
+
+    def use(self, spec: TokensSpec, tokens: TokenList, state: State | None, labelled: bool) -> None:
+        """Take a rules file's spec for this pool, and the token list and state file read for it
+        (`state`: None when the state file is the one in use, or health is kept on a store)."""
+        self.spec = spec
+        self.label = f"tokens {self.name}" if labelled else "tokens"
+        self.tokens.label = self.breaker.label = self.label
+        self.tokens.strategy, self.tokens.cooldown = spec.strategy, spec.cooldown
+        self.tokens.retire_after, self.tokens.expiry_margin = spec.retire_after, spec.expiry_margin
+        if state is not None and state[0] != self.saver.path:
+            state_file, store, health = state
+            self.saver.use(store if self._lock_state(state_file) else None)
+            self.tokens.load_health(health)
+        self.breaker.spec = spec.breaker
+        self.tokens.replace(tokens)
+        self.sessions.use(spec.sessions_file, spec.follow_set_cookie, spec.session_key)
+        self._share(spec)
+
+    def replace_tokens(self, tokens: TokenList) -> None:
+        """The tokens file was read again."""
+        self.tokens.replace(tokens)
+        if self.shared is not None:
+            self.shared.read_again()  # the health of tokens new to this proxy
+
+    def start(self) -> None:
+        if self.shared is not None:
+            self.shared.start()
+
+    def stop(self) -> None:
+        """Shut-down, or the rules file no longer names this pool: what is pending is written, and
+        nothing after (a request still in flight may report to it)."""
+        if self.shared is not None:
+            self.shared.stop()
+        self.saver.done()
+        if self._state_lock is not None:
+            self._state_lock.release()
+            self._state_lock = None
+
+    @property
+    def place(self) -> object:
+        assert self.spec is not None
+        return place(self.spec)
+
+    def _lock_state(self, path: Path) -> bool:
+        """Hold the lock of this state file (and let go of the one held before); False: another proxy has it."""
+        if self._state_lock is not None and self._state_lock.state_file == path:
+            return True
+        lock = StateFileLock(path)
+        if not lock.acquire():
+            return False
+        if self._state_lock is not None:
+            self._state_lock.release()
+        self._state_lock = lock
+        return True
+
+    def _share(self, spec: TokensSpec | None) -> None:
+        """Keep token health on the spec's store from now on (none: in the state file)."""
+        store = spec.store if spec is not None else None
+        if self.shared is not None and self.shared.spec == store:
+            return
+        if self.shared is not None:
+            self.shared.stop()
+            self.shared = None
+        if store is None:
+            self.tokens.on_change = self.saver.changed
+            self.sessions.publish = None
+            return
+        self.tokens.on_change = lambda: None  # no state file: Redis keeps it
+        self.shared = SharedStore(store, self.tokens, self.breaker, sessions=self.sessions)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # not yet running: `start` starts it
+            return
+        self.shared.start()
+
+
+def place(spec: TokensSpec) -> object:
+    """Where a pool's health is kept: a namespace of a store, or a state file."""
+    return (spec.store.url, spec.store.namespace) if spec.store is not None else spec.state_file
+
+
+def pool_of(pools: Mapping[str, Pool], name: str | None) -> Pool | None:
+    """The pool a `{token:NAME}` draws from (None: `{token}`, the first and only pool)."""
+    return pools.get(name) if name is not None else next(iter(pools.values()), None)

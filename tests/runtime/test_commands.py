@@ -1,0 +1,124 @@
+"""The commands, through mitmproxy's command manager as the console and mitmweb call them."""
+
+import asyncio
+import re
+
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.test import taddons
+
+from addon.runtime.commands import TokenCommands
+from addon.runtime.loader import RulesLoader
+from helpers import TOKENS, write_rules
+
+RULES = """\
+rules:
+  - match: {host: a.com}
+    headers: {X: "{token}", Y: "{captcha}"}
+tokens: {file: tokens.txt}
+captcha: {command: [./fetch.sh], ttl: 300}
+"""
+
+
+@pytest.fixture
+def tctx(tmp_path):
+    fetch = tmp_path / "fetch.sh"
+    fetch.write_text("#!/bin/sh\necho run >> runs.txt\necho cap-commands-test\n")
+    fetch.chmod(0o755)
+    loader = RulesLoader()
+    with taddons.context(loader, TokenCommands(loader)) as tctx:
+        tctx.configure(loader, rules=str(write_rules(tmp_path, RULES)))
+        tctx.loader = loader
+        yield tctx
+
+
+def run(tctx, cmd):
+    return tctx.master.commands.execute(cmd)
+
+
+def test_status_is_one_row_per_token_masked(tctx, caplog):
+    caplog.set_level("INFO")
+    rows = run(tctx, "tokens.status")
+    # a list of one-line strings: the console shows one a row, mitmweb one JSON string each
+    assert rows == [
+        "…1111  active                                 0 ok      0 refused",
+        "…2222  active                                 0 ok      0 refused",
+        "…3333  active                                 0 ok      0 refused",
+    ]
+    assert [t[-4:] for t in TOKENS] == ["1111", "2222", "3333"]
+    for token in TOKENS:
+        assert not any(token in row or token[:-4] in row for row in rows)
+    # and the same rows in the event log, as one entry (mitmweb shows its lines as rows)
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("tokens.status")] == [
+        "tokens.status:\n" + "\n".join(rows)
+    ]
+
+
+def test_status_without_tokens_is_still_a_row(tmp_path):
+    loader = RulesLoader()
+    with taddons.context(loader, TokenCommands(loader)) as tctx:
+        tctx.configure(loader, rules=str(write_rules(tmp_path, "rules:\n  - match: {host: a.com}\n    headers: {X: x}\n")))
+        assert run(tctx, "tokens.status") == ["no tokens"]  # the console's data viewer fails on an empty list
+
+
+def test_disable_enable_and_reset(tctx):
+    pool = tctx.loader.tokens
+    pool.refused(TOKENS[0])
+    run(tctx, f"tokens.disable …{TOKENS[1][-4:]}")
+    assert [s for s, _ in pool.status()] == ["cooling", "disabled", "active"]
+    first, second, _ = run(tctx, "tokens.status")
+    assert re.fullmatch(rf"…{TOKENS[0][-4:]}  cooling until \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d +0 ok +1 refused", first)
+    assert re.fullmatch(rf"…{TOKENS[1][-4:]}  disabled +0 ok +0 refused", second)
+    run(tctx, "tokens.reset")
+    assert [s for s, _ in pool.status()] == ["active", "disabled", "active"]
+    run(tctx, f"tokens.enable {TOKENS[1][-4:]}")
+    assert [s for s, _ in pool.status()] == ["active", "active", "active"]
+    with pytest.raises(exceptions.CommandError, match="no token ends with 'zzzz'"):
+        run(tctx, "tokens.disable zzzz")
+
+
+def test_captcha_refresh_runs_the_source_again(tctx, tmp_path):
+    async def go():
+        await tctx.loader.captcha.get()
+        run(tctx, "captcha.refresh")
+        await tctx.master.addons.get("tokencommands").refreshing
+
+    asyncio.run(go())
+    assert (tmp_path / "runs.txt").read_text() == "run\nrun\n"
+
+
+def test_status_survives_a_cooldown_beyond_the_calendar(tctx):
+    tctx.loader.tokens.refused(TOKENS[0], retry_after=1e18)
+    assert run(tctx, "tokens.status")[0].startswith(f"…{TOKENS[0][-4:]}  cooling until far future ")
+
+
+def test_values_refresh_names_the_value(tctx, tmp_path):
+    async def go():
+        await tctx.loader.captcha.get()
+        run(tctx, "values.refresh captcha")
+        await tctx.master.addons.get("tokencommands").refreshing
+
+    asyncio.run(go())
+    assert (tmp_path / "runs.txt").read_text() == "run\nrun\n"
+    with pytest.raises(exceptions.CommandError, match=r"^no value named 'cf' \(the rules file has captcha\)$"):
+        run(tctx, "values.refresh cf")
+
+
+def test_status_tells_on_trial_retired_and_expired_apart(tctx, tmp_path):
+    from test_expiry import jwt
+
+    expired = jwt({"exp": 1_000_000}, "sig9")
+    (tmp_path / "tokens.txt").write_text("\n".join([*TOKENS, expired]) + "\n")
+    tctx.loader.reload_tokens()
+    pool = tctx.loader.tokens
+    pool.refused(TOKENS[0])
+    pool.health[pool.list.keys[0]].cooling_until = 1.0  # its cooldown is over; it has not worked since
+    pool.refused(TOKENS[1], retire=True)
+    when = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    rows = run(tctx, "tokens.status")
+    assert re.fullmatch(r"…1111  on trial +0 ok +1 refused", rows[0])
+    assert re.fullmatch(rf"…2222  retired {when} +0 ok +1 refused", rows[1])
+    assert rows[2].startswith("…3333  active ")
+    assert re.fullmatch(rf"…sig9  expired {when} +0 ok +0 refused", rows[3])
+    run(tctx, "tokens.enable 2222")
+    assert run(tctx, "tokens.status")[1].startswith("…2222  cooling until ")  # back; its refusal's cooldown runs on
