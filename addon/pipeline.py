@@ -15,15 +15,15 @@ from collections.abc import Awaitable
 from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
-from addon.request.bodyworker import WORKER
-from addon.runtime.commands import TokenCommands
 from addon.guard.guard import SelfGuard
-from addon.runtime.loader import RulesLoader
+from addon.mitm.handover import Handover
 from addon.recovery.recovery import Recovery
-from addon.recovery.replay import Handover
-from addon.request.rewriter import Rewriter
-from addon.startup import OptionCheck
 from addon.recovery.streamtap import StreamTap
+from addon.request.bodyworker import WORKER
+from addon.request.rewriter import Rewriter
+from addon.runtime.commands import TokenCommands
+from addon.runtime.loader import RulesLoader
+from addon.startup import OptionCheck
 
 
 class Pipeline:

@@ -25,7 +25,9 @@ import asyncio
 import difflib
 import logging
 
-from mitmproxy import ctx, exceptions, optmanager
+from mitmproxy import ctx, exceptions
+
+from addon.mitm import helpers
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ class OptionCheck:
     def running(self) -> None:
         known = list(ctx.options.keys())
         unknown = sorted((name, value) for name, value in ctx.options.deferred.items() if name not in ctx.options)
-        given = getattr(optmanager, "_UnconvertedStrings", object)
+        given = helpers.given_with_set()
         for name, value in unknown:
             tool = _other_tool(name, known)
             near = difflib.get_close_matches(name, known, n=1)

@@ -21,15 +21,15 @@ from helpers import ROOT
 # package -> the packages of ours it may import besides itself; "" is addon/*.py (main, pipeline,
 # startup, __main__), which may import anything
 LAYERS: dict[str, set[str] | None] = {
-    "util": set(),
-    "rules": {"util"},
-    "tokens": {"util", "rules"},
-    "runtime": {"util", "rules", "tokens"},
-    "request": {"util", "rules", "tokens", "runtime"},
-    "mitm": set(),  # a leaf: it knows nothing of ours
+    "mitm": set(),  # a leaf beside the layers: it knows nothing of ours, and any package may use it
+    "util": {"mitm"},
+    "rules": {"util", "mitm"},
+    "tokens": {"util", "rules", "mitm"},
+    "runtime": {"util", "rules", "tokens", "mitm"},
+    "request": {"util", "rules", "tokens", "runtime", "mitm"},
     "recovery": {"util", "rules", "tokens", "runtime", "request", "mitm"},
     "guard": {"util", "mitm"},
-    "cli": {"util", "rules", "tokens", "runtime", "request", "recovery"},
+    "cli": {"util", "rules", "tokens", "runtime", "request", "recovery", "mitm"},
     "": None,
 }
 PUBLIC = {  # mitmproxy's documented API, and what its addon docs and examples use
@@ -45,21 +45,6 @@ LONG_REASON = "Longer than 300 lines:"
 
 # (file, problem) as today, each to be removed by the restructuring (issue "The house shows its architecture")
 KNOWN = {
-    ("addon/cli/explain.py", "private mitmproxy: mitmproxy.net.http.url.hostport"),
-    ("addon/guard/guard.py", "private mitmproxy: mitmproxy.utils.human"),
-    ("addon/guard/guard.py", "another addon's object: ctx.master.addons.get('proxyserver')"),
-    ("addon/mitm/httplayer.py", "mitm imports addon.recovery.firstevent (recovery)"),
-    ("addon/mitm/httplayer.py", "mitm imports addon.recovery.replay (recovery)"),
-    ("addon/recovery/recovery.py", "private mitmproxy: mitmproxy.hooks.UpdateHook"),
-    ("addon/recovery/recovery.py", "another addon's object: ctx.master.addons.get('view')"),
-    ("addon/recovery/replay.py", "private mitmproxy: mitmproxy.addons.clientplayback.ReplayHandler"),
-    ("addon/recovery/replay.py", "private mitmproxy: mitmproxy.hooks.UpdateHook"),
-    ("addon/recovery/replay.py", "subclasses mitmproxy's ReplayHandler"),
-    ("addon/request/jsonbody.py", "private mitmproxy: mitmproxy.net.encoding"),
-    ("addon/startup.py", "private mitmproxy: mitmproxy.optmanager"),
-    ("addon/startup.py", "private attribute via getattr(optmanager, '_UnconvertedStrings', object)"),
-    ("addon/runtime/loader.py", "private mitmproxy: mitmproxy.utils.human"),
-    ("addon/tokens/sessions.py", "tokens imports addon.request.plan (request)"),
     # modules still to be split
     *((f"addon/{m}.py", f"over {LONG} lines without a reason at its top") for m in (
         "runtime/sources", "runtime/loader", "recovery/replay", "mitm/httplayer", "request/plan", "recovery/recovery",

@@ -20,16 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import connection, exceptions, http, io
-from mitmproxy.net.http.url import hostport as url_hostport
 
-from addon.request import jsonbody
-from addon.tokens import statefile
-from addon.rules.config import DISABLE, PASS, REFRESH, REFRESH_CAPTCHA, ROTATE, Config
-from addon.util.masking import mask
-from addon.request.plan import Edit, Plan, apply_plan, plan_request
-from addon.rules.template import TOKEN
-from addon.tokens.pool import TokenPool, TokensFileError, read_tokens
+from addon.mitm import helpers
 from addon.recovery.verdict import applies, verdict
+from addon.request import jsonbody
+from addon.request.plan import Edit, Plan, apply_plan, plan_request
+from addon.rules.config import DISABLE, PASS, REFRESH, REFRESH_CAPTCHA, ROTATE, Config
+from addon.rules.template import TOKEN
+from addon.tokens import statefile
+from addon.tokens.pool import TokenPool, TokensFileError, read_tokens
+from addon.util.masking import mask
 
 
 class InputError(ValueError):
@@ -129,7 +129,7 @@ def make_flow(method: str, url: str, headers: Sequence[tuple[str, str]], body: s
     if body is None:
         request.headers.pop("content-length", None)
     if "host" not in request.headers:
-        request.headers.insert(0, "Host", url_hostport(request.scheme, request.host, request.port))
+        request.headers.insert(0, "Host", helpers.url_hostport(request.scheme, request.host, request.port))
     client = connection.Client(peername=("127.0.0.1", 0), sockname=("127.0.0.1", 0), timestamp_start=time.time())
     flow = http.HTTPFlow(client, connection.Server(address=(request.host, request.port)))
     flow.request = request

@@ -33,9 +33,9 @@ from collections.abc import Awaitable
 from mitmproxy import ctx, http
 from mitmproxy.log import ALERT
 from mitmproxy.proxy import server_hooks
-from mitmproxy.utils import human
 
 from addon.guard.listeners import IPAddress, Listeners, bound_addresses, plain, resolve
+from addon.mitm import helpers
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ LISTENERS_TTL = 1.0  # seconds the listen addresses are taken as known (reading 
 
 def _where(host: str, port: int, ip: IPAddress) -> str:
     """`2130706433:8081 (127.0.0.1)`: the destination as spelled, and what it resolved to."""
-    target = human.format_address((host, port))
+    target = helpers.format_address((host, port))
     return target if host == str(ip) else f"{target} ({ip})"
 
 
@@ -75,8 +75,7 @@ class SelfGuard:
 
     @staticmethod
     def _proxy_addresses() -> list[tuple[str, int]]:
-        proxy = ctx.master.addons.get("proxyserver")
-        return [(str(a[0]), a[1]) for a in proxy.listen_addrs()] if proxy else []
+        return helpers.proxy_listen_addrs()
 
     def _current(self) -> Listeners:
         """The listeners now, read at most once a second: the proxy's servers restart when their
@@ -143,7 +142,7 @@ class SelfGuard:
         # (its own loop check leaves the client hanging the same way). 12 closes it either way.
         await asyncio.sleep(0)
         where = _where(host, port, ip)
-        client = human.format_address(data.client.peername)
+        client = helpers.format_address(data.client.peername)
         logger.warning(f"refused a connection to the proxy itself ({where}) for the client at {client}")
         data.server.error = f"refused by the mitm_rules guard: {where} {_REFUSED}"
 

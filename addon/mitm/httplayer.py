@@ -66,12 +66,12 @@ import asyncio
 import inspect
 import weakref
 from collections.abc import Callable
+from typing import Protocol
 from dataclasses import dataclass
 
 from mitmproxy import ctx, http
 
-from addon.recovery.firstevent import FirstEventReader
-from addon.recovery.replay import Handover
+from addon.mitm.handover import Handover
 
 try:
     from mitmproxy.proxy.commands import RequestWakeup, StartHook
@@ -102,7 +102,7 @@ _held: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
 _departed: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()  # flows whose client left (closed, or reset the stream)
 _on_departure: weakref.WeakKeyDictionary[http.HTTPFlow, Callable[[], None]] = weakref.WeakKeyDictionary()
 # streamed answers to hold until their first event: (is it an event stream, seconds to wait at most)
-_first_event: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[bool, float]] = weakref.WeakKeyDictionary()
+_first_event: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[FirstEventSource, float]] = weakref.WeakKeyDictionary()
 _broken_off_code: object = None  # the ResponseProtocolError code for a retry that broke off; set by check()
 _cut_code: object = None  # the RequestProtocolError code that cuts a refused answer's upstream; set by check()
 
@@ -126,10 +126,23 @@ def on_departure(flow: http.HTTPFlow, callback: Callable[[], None] | None) -> No
         _on_departure[flow] = callback
 
 
-def hold_first_event(flow: http.HTTPFlow, sse: bool, timeout: float) -> None:
-    """Send nothing of this streamed answer until its first event is there (or `timeout` seconds
+class FirstEventSource(Protocol):
+    """Reads a streamed answer's body until its first event is there (addon/recovery/firstevent.py)."""
+
+    def feed(self, chunk: bytes) -> bool: ...  # True: the first event is there
+
+    def end(self) -> None: ...  # the body ended
+
+
+def hold_first_event(flow: http.HTTPFlow, reader: FirstEventSource, timeout: float) -> None:
+    """Send nothing of this streamed answer until `reader` has its first event (or `timeout` seconds
     have passed); then hand it to the addon (FirstEventHook)."""
-    _first_event[flow] = (sse, timeout)
+    _first_event[flow] = (reader, timeout)
+
+
+def first_event_held(flow: http.HTTPFlow) -> tuple[FirstEventSource, float] | None:
+    """The reader and time limit this flow's answer waits with for its first event, if it does."""
+    return _first_event.get(flow)
 
 
 def install(nextlayer) -> None:
@@ -173,8 +186,8 @@ class FirstEventHook(StartHook):  # type: ignore[misc,valid-type]
 class _FirstEventHold:
     """A streamed answer held until its first event is there."""
 
-    def __init__(self, sse: bool, timeout: float) -> None:
-        self.reader = FirstEventReader(sse)
+    def __init__(self, reader: FirstEventSource, timeout: float) -> None:
+        self.reader = reader
         self.chunks: list[bytes] = []  # as they came
         self.ended = False  # the whole answer came
         self.wakeup = RequestWakeup(timeout)

@@ -36,24 +36,24 @@ import weakref
 from dataclasses import dataclass
 
 from mitmproxy import connection, ctx, exceptions, http
-from mitmproxy.hooks import UpdateHook
 from mitmproxy.version import VERSION as MITMPROXY_VERSION
 
-from addon.mitm import httplayer
-from addon.tokens.breaker import refuse_here
-from addon.util.comment import add_note
-from addon.rules.config import DISABLE, REFRESH, ROTATE, Config
-from addon.recovery.firstevent import is_sse
-from addon.runtime.loader import RulesLoader
-from addon.util.masking import mask
-from addon.request.plan import apply_plan_off_loop
-from addon.runtime.pools import Pool
-from addon.recovery.replay import FirstEventJudge, Handover, Limits, Replay
-from addon.request.rewriter import METADATA_KEY, REPLAY_KEY, Rewriter, Sent
+from addon.mitm import helpers, httplayer
+from addon.mitm.handover import Handover
+from addon.recovery.firstevent import FirstEventReader, is_sse
+from addon.recovery.replay import FirstEventJudge, Limits, Replay
 from addon.recovery.streamtap import BodyCopy, keep_copy
-from addon.rules.template import TOKEN
-from addon.tokens.pool import token_key
 from addon.recovery.verdict import applies, holds_for_first_event, may_retry, retry_after, verdict
+from addon.request.plan import apply_plan_off_loop
+from addon.request.rewriter import METADATA_KEY, REPLAY_KEY, Rewriter, Sent
+from addon.rules.config import DISABLE, REFRESH, ROTATE, Config
+from addon.rules.template import TOKEN
+from addon.runtime.loader import RulesLoader
+from addon.runtime.pools import Pool
+from addon.tokens.breaker import refuse_here
+from addon.tokens.pool import token_key
+from addon.util.comment import add_note
+from addon.util.masking import mask
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class Recovery:
                                                                        record["injected"]):  # fmt: skip
             return
         if self.stream_retries:
-            httplayer.hold_first_event(flow, sse, self.limits.headers)
+            httplayer.hold_first_event(flow, FirstEventReader(sse), self.limits.headers)
         else:
             response.stream = False  # the buffered fallback: judged in the response hook, by its first event
 
@@ -357,7 +357,7 @@ class Recovery:
         assert flow.response is not None
         family = f"~comment {flow.id[:8]}"
         add_note(flow, f"refused ({first.describe()}), then retried; this flow and each attempt: {family}")
-        view = ctx.master.addons.get("view")
+        view = helpers.flow_list()
         if view is None:  # mitmdump: no flow list (the log has the attempts line)
             return
         refused = http.HTTPFlow(flow.client_conn, flow.server_conn)
@@ -388,7 +388,7 @@ class Recovery:
         replay.flow.comment += f"; its body went to flow {flow.id[:8]} as it came"
         self.streamed[flow] = _Streamed(summary, replay, client)
         client.stream_from(replay)
-        await ctx.master.addons.trigger_event(UpdateHook([flow]))  # mitmweb shows the answer that worked
+        await helpers.update([flow])  # mitmweb shows the answer that worked
 
     def _streamed_end(self, flow: http.HTTPFlow, streamed: _Streamed) -> None:
         """A recovered stream ended: whole (the response hook), or with an error (the error hook).
@@ -418,7 +418,7 @@ class Recovery:
 
     def _update_later(self, flow: http.HTTPFlow) -> None:
         """Tell mitmweb a flow changed, from a hook that cannot wait (the error hook)."""
-        task = asyncio.get_running_loop().create_task(ctx.master.addons.trigger_event(UpdateHook([flow])))
+        task = asyncio.get_running_loop().create_task(helpers.update([flow]))
         self._updates.add(task)
         task.add_done_callback(self._updates.discard)
 
@@ -497,7 +497,7 @@ class Recovery:
         copy.metadata[REPLAY_KEY] = {"of": flow.id, "attempt": n}
         sessions = pool.sessions
         await apply_plan_off_loop(sent.plan.dynamic, copy.request, sessions.applied(values))  # a large body: in the worker
-        sessions.carried(copy, sent.plan, values)
+        sessions.carried(copy, sent.plan.token_cookies, values)
         shown = self._attempt_of(None, values).shown
         copy.comment = f"attempt {n} of flow {flow.id[:8]}, with {'token ' if TOKEN in values else ''}{shown}"
         injected = set(values)

@@ -11,29 +11,28 @@ streams, or, refused, it is held whole (and judged whole by the recovery).
 
 A streamed answer is read from the upstream no faster than the client takes it: the replay's
 connection handler waits in `drain_writers` (mitmproxy's own back-pressure point, called after each
-read) while more than FORWARD_BUFFER bytes wait for the client's stream. That, `hook_task` and
-`transports` are mitmproxy internals (`ConnectionHandler`'s), checked with the rest by
-`addon.mitm.httplayer.check()`; the client's side of the HTTP layer is in `addon.mitm.httplayer`.
+read) while more than FORWARD_BUFFER bytes wait for the client's stream. The handler is
+`addon.mitm.replayhandler.RetryHandler` (mitmproxy internals, checked by `addon.mitm.httplayer.check()`);
+the client's side of the HTTP layer is in `addon.mitm.httplayer`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from mitmproxy import ctx, http
-from mitmproxy.addons.clientplayback import ReplayHandler
 from mitmproxy.flow import Error
-from mitmproxy.hooks import UpdateHook
 
+from addon.mitm import helpers
+from addon.mitm.handover import CLIENT_LEFT, Handover
+from addon.mitm.replayhandler import RetryHandler
 from addon.recovery.firstevent import FirstEventReader, is_sse
 
 HANG_UP_GRACE = 5.0  # seconds a hung-up replay gets to wind down before its task is cancelled
-CLIENT_LEFT = "the client left"
 FORWARD_BUFFER = 1 << 20  # bytes of a streamed retry's answer read ahead of the client; past it, reading waits
 
 
@@ -48,79 +47,6 @@ class FirstEventJudge(NamedTuple):
 
     holds: Callable[[http.Response], bool]  # is this answer judged by its first event?
     refuses: Callable[[http.Response], bool]  # does a rule refuse it, by what came of its body?
-
-
-class Handover:
-    """A client's stream waiting for the answer of a retry, shared by that stream (addon.mitm.httplayer
-    creates it for a held answer and passes it to the addon in its hooks) and the recovery.
-
-    The recovery sets `streaming` once a retry's answer is to be streamed to this client; the
-    stream then takes what has come already (`poll`), or waits for it (`pull`, in a hook). It
-    ends the client's answer when `ended` is set, or with a protocol error when `failure` is. It
-    calls `client_left` when the client goes away, which hangs up the retry at once."""
-
-    def __init__(self, flow: http.HTTPFlow, drain: Callable[[], Awaitable[None]] | None = None) -> None:
-        self.flow = flow  # the client's flow
-        self.drain = drain  # waits until the client's connection has taken what it was sent (addon.mitm.httplayer)
-        self.replay: Replay | None = None  # the retry in flight, and, once streaming, the one streamed
-        self.streaming = False
-        self.chunks: list[bytes] = []
-        self.ended = False
-        self.failure: str | None = None
-        self.left: str | None = None  # the client went away (mitmproxy's reason)
-        # an answer judged by its first event (addon.mitm.httplayer's FirstEventHook):
-        self.head = b""  # what came of its body: the first event (or its end, or 64 KiB)
-        self.unjudged: str | None = None  # why it goes on unjudged (its first event did not come in time)
-        self.answered = False  # a retry answered: the client gets that answer instead, and nothing of this one
-
-    def client_left(self, reason: str) -> None:
-        if self.left is None:
-            self.left = reason
-            if self.replay is not None:
-                self.replay.wake()
-                if self.streaming:  # nobody waits on it any more: hang it up here
-                    self.replay.hang_up_soon(CLIENT_LEFT)
-
-    def stream_from(self, replay: Replay) -> None:
-        self.replay, self.streaming = replay, True
-
-    def take(self) -> list[bytes]:
-        chunks, self.chunks = self.chunks, []
-        return chunks
-
-    def poll(self) -> bool:
-        """Take what has come already, without waiting; False when nothing has (or the client left)."""
-        if self.left is not None or self.replay is None or not self.streaming:
-            return False
-        chunks, ended = self.replay.forwarded_now()
-        self.chunks += chunks
-        if ended:
-            self._end()
-        return bool(chunks) or ended
-
-    async def pull(self) -> None:
-        """Wait until the client has taken what it was sent, then for more of the streamed answer:
-        chunks, its end, a stall, or the client leaving."""
-        assert self.replay is not None and self.streaming
-        if self.drain is not None:
-            try:
-                await self.drain()
-            except OSError as e:  # the client's connection broke: mitmproxy ends the flow
-                self.client_left(str(e) or type(e).__name__)
-                return
-            if self.poll():
-                return
-        chunks, ended, failure = await self.replay.forwarded()
-        self.chunks += chunks
-        self.failure = failure
-        if ended:
-            self._end()
-
-    def _end(self) -> None:
-        assert self.replay is not None
-        self.ended = True
-        trailers = self.replay.flow.response.trailers if self.replay.flow.response else None
-        self.flow.response.trailers = trailers.copy() if trailers else None
 
 
 class Replay:
@@ -149,7 +75,7 @@ class Replay:
         self.streamable = streamable  # would this answer be streamed to the client?
         self.first_event = first_event
         self._reader: FirstEventReader | None = None  # reading the answer's first event, to judge it
-        self.handler = _Handler(flow, ctx.options)
+        self.handler = RetryHandler(flow, ctx.options, room=self.room)
         self.task: asyncio.Future | None = None
         self.streaming = False
         self.too_large = False
@@ -162,7 +88,6 @@ class Replay:
         self._pending_bytes = 0
         self._changed = asyncio.Event()
         self._hanging_up: asyncio.Future | None = None
-        self.handler.owner = self
 
     @classmethod
     def of(cls, flow: http.HTTPFlow) -> Replay | None:
@@ -367,49 +292,13 @@ class Replay:
         flow.resume()
         if flow.killable:
             flow.kill()
-        for io in self.handler.transports.values():
-            if io.handler:
-                io.handler.cancel()
+        self.handler.cut_connections()
         if not (await asyncio.wait({self.task}, timeout=HANG_UP_GRACE))[0]:
-            for task in list(self.handler.hook_runs):
-                task.cancel()
+            self.handler.cancel_hooks()
             self.task.cancel()
         flow.error = Error(why)
-        await ctx.master.addons.trigger_event(UpdateHook([flow]))
+        await helpers.update([flow])
         return why
-
-
-class _Handler(ReplayHandler):
-    """mitmproxy's ReplayHandler, keeping the tasks that run its hooks, so that a hang-up can cancel
-    one held in another addon's hook (mitmproxy 11 kept them per handler as `hook_tasks`; 12 keeps
-    them in one set for the whole process, with no way to tell whose they are)."""
-
-    def __init__(self, flow: http.HTTPFlow, options) -> None:
-        super().__init__(flow, options)
-        self.hook_runs: set[asyncio.Task] = set()
-        self.streams = False  # the answer is streamed to a client, not held
-        self.owner: Replay | None = None  # (ReplayHandler.replay is its method)
-
-    async def drain_writers(self) -> None:
-        """mitmproxy reads a connection's next data once this returns: a streamed answer waits here
-        until the client's stream has room for it (`Replay.room`)."""
-        await super().drain_writers()
-        if self.owner is not None and self.streams:
-            await self.owner.room()
-
-    async def hook_task(self, hook) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.hook_runs.add(task)
-        try:
-            await super().hook_task(hook)
-        finally:
-            self.hook_runs.discard(task)
-
-    def log(self, message: str, level: int = logging.INFO, exc_info=None) -> None:
-        if not self.streams and message.startswith("Streaming response from "):
-            level = logging.DEBUG  # the body is held whole; it passes through a `stream` callable only to be watched
-        super().log(message, level, exc_info)
 
 
 def _now() -> float:

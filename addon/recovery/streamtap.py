@@ -18,10 +18,10 @@ import re
 
 from mitmproxy import http
 
-from addon.util.comment import add_note
-from addon.runtime.loader import RulesLoader
-from addon.request.rewriter import METADATA_KEY, REPLAY_KEY
 from addon.recovery.verdict import may_retry
+from addon.request.rewriter import METADATA_KEY, REPLAY_KEY
+from addon.runtime.loader import RulesLoader
+from addon.util.comment import add_note
 
 
 # the event that ends an OpenAI-style SSE stream: clients such as the `openai` SDK hang up once they have it

@@ -12,8 +12,8 @@ import json
 from typing import Any
 
 from mitmproxy import http
-from mitmproxy.net import encoding
 
+from addon.mitm import helpers
 from addon.request.decoding import decode_body
 from addon.request.streamdetect import MAX_JSON_BODY
 
@@ -97,7 +97,7 @@ def _written(doc: dict[str, Any], ce: str | None) -> bytes:
     if ce:
         for coding in (c.strip() for c in ce.split(",")):  # applied in the order listed, as HTTP says
             if coding and coding.lower() != "identity":
-                data = encoding.encode(data, coding)
+                data = helpers.encode(data, coding)
     return data
 
 

@@ -18,16 +18,16 @@ from dataclasses import dataclass, replace
 
 from mitmproxy import http
 
-from addon.util import comment
 from addon.request import jsonbody
 from addon.request.bodyworker import WORKER, BodyWorker, WorkerFailed, is_large
-from addon.rules.config import Config, Rule
 from addon.request.cookies import edit_cookie_headers
-from addon.util.masking import mask
 from addon.request.decoding import decoded_request
-from addon.rules.schema import JsonLiteral
 from addon.request.streamdetect import MAX_JSON_BODY, is_streaming, warn_overlong
+from addon.rules.config import Config, Rule
+from addon.rules.schema import JsonLiteral
 from addon.rules.template import TOKEN, Template
+from addon.util import comment
+from addon.util.masking import mask
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 from mitmproxy import http
 
-from addon.runtime.loader import RulesLoader
 from addon.request.plan import Plan, apply_plan_off_loop, describe, plan_request_off_loop
-from addon.runtime.pools import Pool, pool_of
 from addon.rules.template import TOKEN
+from addon.runtime.loader import RulesLoader
+from addon.runtime.pools import Pool, pool_of
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class Rewriter:
         # draw, about a second for 31 MB of JSON; a token refused meanwhile is then sent once)
         sessions = pool.sessions
         lines = await apply_plan_off_loop(plan, flow.request, sessions.applied(values))
-        sessions.carried(flow, plan, values)
+        sessions.carried(flow, plan.token_cookies, values)
         flow.comment = describe(plan, lines)
         flow.metadata[METADATA_KEY] = {
             "rules": [r.name for r in plan.rules],

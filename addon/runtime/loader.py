@@ -23,20 +23,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mitmproxy import ctx, exceptions
-from mitmproxy.utils import human
 
+from addon.mitm import helpers
+from addon.rules.config import DEFAULT_POOL, Config, load_config
+from addon.rules.schema import RulesError, RulesErrors
+from addon.rules.template import CAPTCHA
+from addon.runtime.pools import Pool, State, place
+from addon.runtime.sources import ValueSource
 from addon.tokens import statefile
 from addon.tokens.breaker import Breaker
-from addon.rules.config import DEFAULT_POOL, Config, load_config
-from addon.util.offloop import in_thread
-from addon.runtime.pools import Pool, State, place
-from addon.rules.schema import RulesError, RulesErrors
+from addon.tokens.pool import GONE_GRACE, TokenList, TokenPool, TokensFileError, health_from_state, read_token_list
 from addon.tokens.sessions import Sessions, take_renewed
 from addon.tokens.shared import SharedStore
-from addon.runtime.sources import ValueSource
 from addon.tokens.statesaver import StateSaver
-from addon.rules.template import CAPTCHA
-from addon.tokens.pool import GONE_GRACE, TokenList, TokenPool, TokensFileError, health_from_state, read_token_list
+from addon.util.offloop import in_thread
 from addon.util.watch import FileWatcher
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class RulesLoader:
     def configure(self, updated: set[str]) -> None:
         if "stream_copy_limit" in updated:
             try:
-                self.stream_copy_limit = human.parse_size(ctx.options.stream_copy_limit) or 0
+                self.stream_copy_limit = helpers.parse_size(ctx.options.stream_copy_limit) or 0
             except ValueError as e:
                 raise exceptions.OptionsError(f"Cannot parse stream_copy_limit: {e}") from e
         if "store_streamed_bodies" in updated:  # an option of mitmproxy 12.1 and later

@@ -30,17 +30,12 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 from cryptography.fernet import Fernet, InvalidToken
 from mitmproxy import http
 
-from addon.util.masking import mask
 from addon.rules.template import TOKEN
 from addon.tokens.pool import TokenPool
-
-if TYPE_CHECKING:
-    from addon.request.plan import Plan
+from addon.util.masking import mask
 
 logger = logging.getLogger(__name__)
 
@@ -128,10 +123,11 @@ class Sessions:
         current = self.by_key.get(self.pool.key_of(values[TOKEN]))  # (every request with a token passes here)
         return values if current is None else {**values, TOKEN: current}
 
-    def carried(self, flow: http.HTTPFlow, plan: Plan, values: Mapping[str, str]) -> None:
-        """This flow's request carries the token of `values` in the plan's token cookies (if any)."""
-        if self.follow and TOKEN in values and plan.token_cookies:
-            _CARRIED[flow] = (self, values[TOKEN], plan.token_cookies)
+    def carried(self, flow: http.HTTPFlow, token_cookies: tuple[str, ...], values: Mapping[str, str]) -> None:
+        """This flow's request carries the token of `values` in these cookies (the plan's whose whole
+        value is {token}; if any)."""
+        if self.follow and TOKEN in values and token_cookies:
+            _CARRIED[flow] = (self, values[TOKEN], token_cookies)
 
     # the response side
 

@@ -62,10 +62,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.maint_notifications import MaintNotificationsConfig
 
-from addon.tokens.breaker import Breaker
 from addon.rules.config import StoreSpec
-from addon.tokens.redisbound import BoundedParser
+from addon.tokens.breaker import Breaker
 from addon.tokens.pool import TokenPool, token_key
+from addon.tokens.redisbound import BoundedParser
 
 if TYPE_CHECKING:
     from addon.tokens.sessions import Sessions

@@ -16,9 +16,9 @@ import threading
 import time
 from pathlib import Path
 
-from addon.util.offloop import in_thread
-from addon.tokens.statefile import StateStore
 from addon.tokens.pool import TokenPool
+from addon.tokens.statefile import StateStore
+from addon.util.offloop import in_thread
 
 logger = logging.getLogger(__name__)
 

@@ -5,10 +5,10 @@ import asyncio
 import pytest
 from mitmproxy.test import taddons
 
-from addon.rules.config import load_config
 from addon.cli.explain import explain, make_flow
-from addon.runtime.loader import RulesLoader
 from addon.request.rewriter import Rewriter
+from addon.rules.config import load_config
+from addon.runtime.loader import RulesLoader
 from helpers import write_rules
 
 RULES = """\

@@ -8,13 +8,13 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow
 
-from addon.recovery import recovery
-from addon.rules.config import REFRESH, ROTATE
-from addon.runtime.loader import RulesLoader
 from addon.pipeline import Pipeline
+from addon.recovery import recovery
 from addon.recovery.recovery import Action, Recovery, _take_response
 from addon.recovery.replay import Limits
 from addon.request.rewriter import Rewriter
+from addon.rules.config import REFRESH, ROTATE
+from addon.runtime.loader import RulesLoader
 from helpers import TOKENS, write_rules
 
 RULES = """\
@@ -253,14 +253,15 @@ def test_only_a_streamed_answer_a_first_event_rule_could_retry_is_held_for_its_f
     with taddons.context(pipeline) as tctx:
         tctx.configure(pipeline, rules=str(write_rules(tmp_path, STREAM_RULES)), stream_retries=True, retry_timeout=7)
         f = _streamed_answer(pipeline, path, status, content_type)
-        assert (httplayer._first_event.get(f) == (True, 7.0)) is held
+        hold = httplayer.first_event_held(f)
+        assert (hold is not None and hold[0].sse and hold[1] == 7.0) is held
         tctx.configure(pipeline, stream_retries=False)  # the fallback: held whole instead, and judged when complete
         f = _streamed_answer(pipeline, path, status, content_type)
-        assert f not in httplayer._first_event and (not f.response.stream) is (held or content_type == "application/json")
+        assert httplayer.first_event_held(f) is None and (not f.response.stream) is (held or content_type == "application/json")
 
 
 def test_an_answer_whose_first_event_passes_goes_on_as_it_was(tmp_path):
-    from addon.recovery.replay import Handover
+    from addon.mitm.handover import Handover
 
     pipeline = Pipeline()
     with taddons.context(pipeline) as tctx:
@@ -275,7 +276,7 @@ def test_an_answer_whose_first_event_passes_goes_on_as_it_was(tmp_path):
 
 
 def test_an_answer_whose_first_event_does_not_come_in_time_goes_on_unjudged(tmp_path):
-    from addon.recovery.replay import Handover
+    from addon.mitm.handover import Handover
 
     pipeline = Pipeline()
     with taddons.context(pipeline) as tctx:

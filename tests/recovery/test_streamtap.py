@@ -3,9 +3,9 @@
 import pytest
 from mitmproxy.test import taddons, tflow
 
-from addon.runtime.loader import RulesLoader
-from addon.request.rewriter import METADATA_KEY, REPLAY_KEY
 from addon.recovery.streamtap import BodyCopy, StreamTap
+from addon.request.rewriter import METADATA_KEY, REPLAY_KEY
+from addon.runtime.loader import RulesLoader
 from helpers import write_rules
 
 

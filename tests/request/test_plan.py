@@ -11,8 +11,8 @@ import pytest
 from mitmproxy.test import tflow
 
 from addon.request import jsonbody
-from addon.rules.config import load_config
 from addon.request.plan import apply_plan, plan_request
+from addon.rules.config import load_config
 from helpers import write_rules
 
 VALUES = {"token": "tok-alpha-000000001111", "captcha": "cap-test-value-9999", "cf": "cf-clear-value-00aa"}

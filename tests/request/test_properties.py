@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 from mitmproxy.net.encoding import encode
 from mitmproxy.test import taddons, tflow
 
-from addon.rules.config import load_config
 from addon.request.cookies import edit_cookie_headers
-from addon.runtime.loader import RulesLoader
 from addon.request.rewriter import Rewriter
-from addon.rules.schema import RulesError
 from addon.request.streamdetect import is_streaming
+from addon.rules.config import load_config
+from addon.rules.schema import RulesError
+from addon.runtime.loader import RulesLoader
 from addon.tokens.pool import TokensFileError, read_tokens
 from helpers import TOKENS, write_rules
 

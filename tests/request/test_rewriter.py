@@ -6,9 +6,9 @@ import pytest
 from mitmproxy.net.encoding import encode
 from mitmproxy.test import taddons, tflow
 
-from addon.runtime.loader import RulesLoader
 from addon.request.rewriter import METADATA_KEY, Rewriter
 from addon.request.streamdetect import MAX_JSON_BODY
+from addon.runtime.loader import RulesLoader
 from helpers import compressed_json, write_rules
 
 RULES = """\

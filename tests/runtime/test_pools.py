@@ -7,10 +7,10 @@ import logging
 import pytest
 from mitmproxy.test import taddons, tflow
 
+from addon.request.rewriter import Rewriter
 from addon.runtime.commands import TokenCommands
 from addon.runtime.loader import RulesLoader
 from addon.runtime.pools import Pool
-from addon.request.rewriter import Rewriter
 from addon.tokens.pool import token_key
 from helpers import TOKENS, write_rules
 

@@ -3,10 +3,10 @@ import logging
 
 import pytest
 
-from addon.tokens.breaker import Breaker, refuse_here
 from addon.rules.config import BreakerSpec, StoreSpec
-from addon.tokens.shared import SharedStore, parse_record
+from addon.tokens.breaker import Breaker, refuse_here
 from addon.tokens.pool import TokenPool, token_key
+from addon.tokens.shared import SharedStore, parse_record
 
 
 class Clock:

@@ -3,8 +3,8 @@ import sys
 
 import pytest
 
-from addon.util.masking import mask
 from addon.tokens.pool import Health, TokenList, TokenPool, TokensFileError, health_from_state, read_tokens, token_key
+from addon.util.masking import mask
 
 
 def test_read_tokens_skips_blanks_comments_bom_and_repeats(tmp_path):

@@ -13,9 +13,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from addon.tokens import shared
+from addon.tokens.pool import token_key
 from addon.tokens.redisbound import MAX_REPLY, BoundedParser, ReplyTooLarge
 from addon.tokens.shared import SharedStore, parse_record
-from addon.tokens.pool import token_key
 from test_shared import TOKENS, started, store
 
 SENT_AT_MOST = 64 * 2**20  # what the fake Redis sends after its header, then it stalls (a real attack goes on)

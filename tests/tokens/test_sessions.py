@@ -8,10 +8,10 @@ import stat
 import pytest
 from mitmproxy.test import taddons, tflow
 
-from addon.rules.config import RulesError, load_config
 from addon.pipeline import Pipeline
-from addon.tokens.sessions import Sessions, cookie_value, sealer
+from addon.rules.config import RulesError, load_config
 from addon.tokens.pool import TokenPool, token_key
+from addon.tokens.sessions import Sessions, cookie_value, sealer
 from helpers import TOKENS, write_rules
 from test_expiry import jwt
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from addon.tokens.breaker import Breaker, refuse_here
 from addon.rules.config import BreakerSpec, StoreSpec, ValueSpec, load_config
-from addon.tokens import shared as shared_module
-from addon.tokens.shared import OP_TIMEOUT, SharedStore
 from addon.runtime.sources import ValueSource
+from addon.tokens import shared as shared_module
+from addon.tokens.breaker import Breaker, refuse_here
 from addon.tokens.pool import TokenPool, token_key
+from addon.tokens.shared import OP_TIMEOUT, SharedStore
 from latency_relay import LatencyRelay
 from redisserver import RedisServer
 

@@ -6,8 +6,8 @@ import pytest
 from mitmproxy.test import taddons
 
 from addon.runtime.loader import RulesLoader
-from addon.tokens.statefile import MAX_STATE_BYTES, StateStore, load_state
 from addon.tokens.pool import TokenPool, token_key
+from addon.tokens.statefile import MAX_STATE_BYTES, StateStore, load_state
 from helpers import TOKENS, write_rules
 
 

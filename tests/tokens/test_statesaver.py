@@ -7,9 +7,9 @@ import threading
 import pytest
 from mitmproxy.test import taddons
 
+from addon.runtime.loader import RulesLoader
 from addon.tokens import statefile
 from addon.tokens import statesaver
-from addon.runtime.loader import RulesLoader
 from helpers import write_rules
 
 ONE = "rules:\n  - name: one\n    match: {host: a.com}\n    headers: {X: '{token}'}\ntokens: {file: tokens.txt}\n"
