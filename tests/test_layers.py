@@ -89,6 +89,8 @@ def _imports(root: Path, rel: str, package: str, tree: ast.Module) -> list[Probl
             continue
         for module, name in names:
             if module == "addon" and name:
+                if not ((root / "addon" / name).is_dir() or (root / "addon" / f"{name}.py").exists()):
+                    continue  # a name of addon/__init__.py (__version__): no layer's
                 module, name = f"addon.{name}", None
             if module.startswith("addon."):
                 target = module.split(".")[1]
@@ -147,7 +149,9 @@ def test_the_check_finds_each_kind_of_problem(tmp_path):
     """A tree with one of each: the checker must report them all (else the test above proves nothing)."""
     for package in ("tokens", "request", "mitm"):
         (tmp_path / "addon" / package).mkdir(parents=True)
-    (tmp_path / "addon" / "tokens" / "up.py").write_text("from addon.request import plan\nfrom addon import recovery\n")
+    (tmp_path / "addon" / "pipeline.py").write_text("")
+    (tmp_path / "addon" / "tokens" / "up.py").write_text(
+        "from addon.request import plan\nfrom addon import pipeline\nfrom addon import __version__\n")
     (tmp_path / "addon" / "request" / "inside.py").write_text(
         "from mitmproxy.proxy.layers import http\n"
         "from mitmproxy.addons.clientplayback import ReplayHandler\n"
@@ -164,7 +168,7 @@ def test_the_check_finds_each_kind_of_problem(tmp_path):
     found = {(p.file, p.what) for p in problems(tmp_path)}
     assert found == {
         ("addon/tokens/up.py", "tokens imports addon.request (request)"),
-        ("addon/tokens/up.py", "tokens imports addon.recovery (top)"),
+        ("addon/tokens/up.py", "tokens imports addon.pipeline (top)"),
         ("addon/request/inside.py", "private mitmproxy: mitmproxy.proxy.layers.http"),
         ("addon/request/inside.py", "private mitmproxy: mitmproxy.addons.clientplayback.ReplayHandler"),
         ("addon/request/inside.py", "private mitmproxy: mitmproxy.optmanager"),

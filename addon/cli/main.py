@@ -1,4 +1,5 @@
-"""Tools for rules files: `mitm-rules check|explain|schema` (also `python -m addon …` from the repository root)."""
+"""Tools for rules files: `mitm-rules check|explain|schema|reference` (also `python -m addon …` from the
+repository root)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import json
 import sys
 from pathlib import Path
 
+from addon import __version__
 from addon.cli.check import check
-from addon.rules.config import json_schema, load_config
 from addon.cli.explain import InputError, explain, printable, requests_from_args, stand_in_values
+from addon.cli.reference import render as render_reference
+from addon.rules.config import json_schema, load_config
 from addon.rules.schema import RulesError, RulesErrors
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mitm-rules", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mitm-rules {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("check", help="load a rules file as the proxy would; print ok or every problem")
@@ -29,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-d", "--data", help="the request body")
 
     p = sub.add_parser("schema", help="print the JSON Schema of the rules file (for editors)")
+    p = sub.add_parser("reference", help="print the rules file's reference in Markdown (docs/reference.md)")
 
     args = parser.parse_args(argv)
     if args.command == "check":
@@ -37,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if ok else 1
     if args.command == "schema":
         print(json.dumps(json_schema(), indent=2))
+        return 0
+    if args.command == "reference":
+        sys.stdout.write(render_reference())
         return 0
     try:
         config = load_config(args.rules)

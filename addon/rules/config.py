@@ -346,6 +346,7 @@ def rules_schema(
                                                       doc="Dotted path into a JSON body; true there means streaming.")},
                        build=lambda v, at, where: StreamSpec(v["json_field"])),
                 default=StreamSpec(),
+                doc="How a streaming request is told from the others (match: {stream: true}).",
             ),
             "tokens": Field(
                 OneOrNamed(Record("tokens", _pool_fields(base, environ), build=_build_tokens), _pool_name, "pool name"),
@@ -360,7 +361,8 @@ def rules_schema(
                                 Record(
                                     "response match",
                                     {
-                                        "status": Field(SeqOf(Int(100), single=True, min_items=1), required=True),
+                                        "status": Field(SeqOf(Int(100), single=True, min_items=1), required=True,
+                                                        doc="A status code, or a list of them."),
                                         "body": Field(Str(_regex, "a regular expression"),
                                                       doc="An RE2 regular expression over the first MiB of the "
                                                       "decoded body, like (?i)captcha failed."),
@@ -375,6 +377,7 @@ def rules_schema(
                                     },
                                 ),
                                 required=True,
+                                doc="Every condition given must hold.",
                             ),
                             "action": Field(Choice(ROTATE, DISABLE, REFRESH, REFRESH_CAPTCHA, PASS), required=True,
                                             doc="rotate: the next token; disable: retire this token at once, then "
@@ -388,6 +391,7 @@ def rules_schema(
                     )
                 ),
                 default=DEFAULT_ON_RESPONSE,
+                doc="What an upstream answer means, first match wins; default: a 403 rotates the token.",
             ),
             "values": Field(
                 MapOf(Record("value source", source.fields, build=partial(_build_source, base, environ)),
@@ -442,13 +446,16 @@ def _pool_fields(base: Path, environ: Mapping[str, str]) -> dict[str, Field]:
             Record(
                 "breaker",
                 {
-                    "tokens": Field(Int(2), default=3),
-                    "window": Field(Number(0), default=60),
-                    "pause": Field(Number(0), default=300),
+                    "tokens": Field(Int(2), default=3, doc="Different tokens refused, with no success of any "
+                                    "token in between, that open the breaker."),
+                    "window": Field(Number(0), default=60, doc="Seconds within which those refusals count."),
+                    "pause": Field(Number(0), default=300, doc="Seconds the breaker stays open: refusals go to the "
+                                   "client as they are and no token cools down."),
                 },
                 build=lambda v, at, where: BreakerSpec(**v),
             ),
             default=BreakerSpec(),
+            doc="When refusals show the cause is probably not the tokens (a header, the captcha, the IP address).",
         ),
     }
 
