@@ -22,7 +22,7 @@ from addon.recovery.streamtap import StreamTap
 from addon.request.bodyworker import WORKER
 from addon.request.rewriter import Rewriter
 from addon.runtime.commands import TokenCommands
-from addon.runtime.loader import RulesLoader
+from addon.runtime.loader import Runtime
 from addon.startup import OptionCheck
 
 
@@ -31,30 +31,30 @@ class Pipeline:
 
     def __init__(self) -> None:
         self.guard = SelfGuard()
-        self.rules = RulesLoader()
-        self.rewriter = Rewriter(self.rules)
-        self.tap = StreamTap(self.rules)
-        self.recovery = Recovery(self.rules, self.rewriter)
+        self.runtime = Runtime()
+        self.rewriter = Rewriter(self.runtime)
+        self.tap = StreamTap(self.runtime)
+        self.recovery = Recovery(self.runtime, self.rewriter)
         self.options_check = OptionCheck()
         # a child addon (mitmproxy traverses `addons`), for its commands: it has no hooks
-        self.addons = [TokenCommands(self.rules)]
+        self.addons = [TokenCommands(self.runtime)]
 
     def load(self, loader) -> None:
-        self.rules.load(loader)
+        self.runtime.load(loader)
         self.recovery.load(loader)
         self.options_check.load(loader)
 
     def configure(self, updated: set[str]) -> None:
-        self.rules.configure(updated)
+        self.runtime.configure(updated)
         self.recovery.configure(updated)
 
     async def running(self) -> None:
         await self.guard.running()
-        self.rules.running()
+        self.runtime.running()
         self.options_check.running()
 
     def done(self) -> None:
-        self.rules.done()
+        self.runtime.done()
         WORKER.close()  # the body worker, if one started
 
     # the guard's hooks return a coroutine only when there is something to look up (mitmproxy
@@ -75,7 +75,7 @@ class Pipeline:
         self.recovery.next_layer(nextlayer)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        self.rules.responseheaders(flow)  # first: a renewed session never reaches the client
+        self.runtime.responseheaders(flow)  # first: a renewed session never reaches the client
         held = self.tap.responseheaders(flow)
         self.recovery.responseheaders(flow, held)
 

@@ -16,7 +16,7 @@ HOOKS = set(hooks.all_hooks) | {"load", "configure", "running", "done"}
 def test_every_hook_of_every_part_is_called_in_the_order_of_the_parts(monkeypatch):
     pipeline = Pipeline()
     # the order the parts ran in as separate addons
-    parts = [pipeline.guard, pipeline.rules, pipeline.rewriter, pipeline.tap, pipeline.recovery,
+    parts = [pipeline.guard, pipeline.runtime, pipeline.rewriter, pipeline.tap, pipeline.recovery,
              pipeline.options_check, *pipeline.addons]
     calls: list[tuple[str, str]] = []
     for part in parts:
@@ -55,7 +55,7 @@ def test_a_request_passes_the_guard_and_the_rewriter(tmp_path):
     rules = tmp_path / "rules.yaml"
     rules.write_text("rules:\n  - name: ua\n    match: {host: example.com}\n    headers: {User-Agent: Mozilla/5.0}\n")
     with taddons.context(pipeline) as tctx:
-        tctx.configure(pipeline.rules, rules=str(rules))
+        tctx.configure(pipeline.runtime, rules=str(rules))
         flow = tflow.tflow(resp=False)
         flow.request.host = "example.com"
         assert pipeline.requestheaders(flow) is None  # not to a port of this proxy: nothing to look up

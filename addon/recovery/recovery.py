@@ -48,7 +48,7 @@ from addon.request.plan import apply_plan_off_loop
 from addon.request.rewriter import METADATA_KEY, REPLAY_KEY, Rewriter, Sent
 from addon.rules.config import DISABLE, REFRESH, ROTATE, Config
 from addon.rules.template import TOKEN
-from addon.runtime.loader import RulesLoader
+from addon.runtime.loader import Runtime
 from addon.runtime.pools import Pool
 from addon.tokens.breaker import refuse_here
 from addon.tokens.pool import token_key
@@ -83,8 +83,8 @@ class Attempt:
 
 
 class Recovery:
-    def __init__(self, state: RulesLoader, rewriter: Rewriter) -> None:
-        self.state = state
+    def __init__(self, runtime: Runtime, rewriter: Rewriter) -> None:
+        self.runtime = runtime
         self.rewriter = rewriter
         self.limits = Limits(headers=120.0, idle=300.0)
         self.stream_retries = False  # asked for, and addon.mitm.httplayer's check passed
@@ -171,7 +171,7 @@ class Recovery:
     def _hold_for_first_event(self, flow: http.HTTPFlow) -> None:
         """A streamed answer that a `first_event` rule could refuse is held until its first event
         is there (mitm_rules_first_event); without stream_retries, held whole and judged when complete."""
-        config, record, response = self.state.config, flow.metadata.get(METADATA_KEY), flow.response
+        config, record, response = self.runtime.config, flow.metadata.get(METADATA_KEY), flow.response
         if config is None or record is None or response is None or not response.stream:
             return  # (the stream tap streams every streamed answer the rules concern)
         sse = is_sse(response.headers)
@@ -220,7 +220,7 @@ class Recovery:
     async def _judge(self, flow: http.HTTPFlow, client: Handover | None = None) -> None:
         """Judge a client's first answer, and recover when it needs it (see `_recover` for `client`)."""
         sent = self.rewriter.sent.pop(flow, None)
-        config = self.state.config
+        config = self.runtime.config
         if sent is None or config is None or flow.response is None:
             return
         action = self._first_action(flow, sent, config)
@@ -272,7 +272,7 @@ class Recovery:
         return Attempt(status, values, shown, news)
 
     def _show(self, name: str, value: str) -> str:
-        source = self.state.values.get(name)
+        source = self.runtime.values.get(name)
         return source.show(value) if source is not None else mask(value)
 
     def _settled(self, pool: Pool, response: http.Response, values: dict[str, str], sent_at: float) -> None:
@@ -372,7 +372,7 @@ class Recovery:
     def _keep_little(self, flow: http.HTTPFlow) -> None:
         """A refusal that goes to no client: keep what mitmweb shows of it (the first stream_copy_limit
         bytes of its body), so that a long recovery holds one refusal's body at a time, not one each."""
-        response, limit = flow.response, self.state.stream_copy_limit
+        response, limit = flow.response, self.runtime.stream_copy_limit
         if response is None or response.raw_content is None or len(response.raw_content) <= limit:
             return
         add_note(flow, f"refusal's body: {len(response.raw_content)} bytes, the first {limit} kept")
@@ -383,7 +383,7 @@ class Recovery:
         attempts line is written when the stream ends (`_streamed_end`)."""
         assert flow.response is not None and replay.flow.response is not None
         _take_head(flow, replay.flow.response)
-        flow.response.stream = BodyCopy(self.state.stream_copy_limit)  # the copy mitmweb shows, as for any stream
+        flow.response.stream = BodyCopy(self.runtime.stream_copy_limit)  # the copy mitmweb shows, as for any stream
         flow.marked = ":repeat:"
         replay.flow.comment += f"; its body went to flow {flow.id[:8]} as it came"
         self.streamed[flow] = _Streamed(summary, replay, client)
@@ -454,7 +454,7 @@ class Recovery:
             return "no other token to try"
         new = dict(values)
         names = sorted(action.refresh) if action.kind == REFRESH else sorted(n for n in values if n != TOKEN)
-        sources = [self.state.values[n] for n in names if n in self.state.values]
+        sources = [self.runtime.values[n] for n in names if n in self.runtime.values]
         if action.kind == REFRESH:
             fresh = await asyncio.gather(*(s.refresh(stale=values[s.name]) for s in sources))
         else:

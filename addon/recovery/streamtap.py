@@ -20,7 +20,7 @@ from mitmproxy import http
 
 from addon.recovery.verdict import may_retry
 from addon.request.rewriter import METADATA_KEY, REPLAY_KEY
-from addon.runtime.loader import RulesLoader
+from addon.runtime.loader import Runtime
 from addon.util.comment import add_note
 
 
@@ -69,8 +69,8 @@ def keep_copy(flow: http.HTTPFlow) -> BodyCopy | None:
 
 
 class StreamTap:
-    def __init__(self, state: RulesLoader) -> None:
-        self.state = state
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
 
     def responseheaders(self, flow: http.HTTPFlow) -> bool:
         """Stream the answer, or not; True when it is held because it may be retried."""
@@ -78,7 +78,7 @@ class StreamTap:
         record = flow.metadata.get(METADATA_KEY)
         if record is None:
             return False
-        config = self.state.config
+        config = self.runtime.config
         if REPLAY_KEY in flow.metadata or flow.response.stream:
             return False  # a replay's answer goes on by the request that made it (addon/recovery/replay.py)
         if config and may_retry(config.on_response, flow.response.status_code, record["injected"]):
@@ -87,7 +87,7 @@ class StreamTap:
         if is_sse or record["streaming"]:
             # mitmproxy 12.1+ keeps a streamed body itself when asked (store_streamed_bodies): a copy
             # of ours would only replace its whole body with the first stream_copy_limit bytes
-            flow.response.stream = True if self.state.mitmproxy_stores_streamed else BodyCopy(self.state.stream_copy_limit)
+            flow.response.stream = True if self.runtime.mitmproxy_stores_streamed else BodyCopy(self.runtime.stream_copy_limit)
         return False
 
     def response(self, flow: http.HTTPFlow) -> None:

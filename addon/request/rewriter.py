@@ -16,7 +16,7 @@ from mitmproxy import http
 
 from addon.request.plan import Plan, apply_plan_off_loop, describe, plan_request_off_loop
 from addon.rules.template import TOKEN
-from addon.runtime.loader import RulesLoader
+from addon.runtime.loader import Runtime
 from addon.runtime.pools import Pool, pool_of
 
 logger = logging.getLogger(__name__)
@@ -37,14 +37,14 @@ class Sent:
 
 
 class Rewriter:
-    def __init__(self, state: RulesLoader) -> None:
-        self.state = state
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         self.sent: weakref.WeakKeyDictionary[http.HTTPFlow, Sent] = weakref.WeakKeyDictionary()
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or REPLAY_KEY in flow.metadata:
             return
-        config, pools = self.state.config, self.state.pools  # as loaded now: a reload meanwhile is for later requests
+        config, pools = self.runtime.config, self.runtime.pools  # as loaded now: a reload meanwhile is for later requests
         if config is None:
             return
         if flow.request.stream:
@@ -56,7 +56,7 @@ class Rewriter:
         if plan is None:
             return
         values = await self._draw_values(plan) if plan.named else {}
-        pool = pool_of(pools, plan.pool) or self.state.pool
+        pool = pool_of(pools, plan.pool) or self.runtime.pool
         # the token is drawn after the last await, so a token refused meanwhile is never sent
         if TOKEN in plan.uses:
             token = pool.draw()
@@ -84,7 +84,7 @@ class Rewriter:
         values: dict[str, str] = {}
         wanted = []
         for name in plan.named:
-            source = self.state.values.get(name)
+            source = self.runtime.values.get(name)
             if source is None:
                 continue
             value = source.cached()

@@ -9,15 +9,15 @@ from collections.abc import Sequence
 
 from mitmproxy import command, exceptions
 
-from addon.runtime.loader import RulesLoader
+from addon.runtime.loader import Runtime
 from addon.runtime.pools import Pool
 
 logger = logging.getLogger(__name__)
 
 
 class TokenCommands:
-    def __init__(self, state: RulesLoader) -> None:
-        self.state = state
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         self.refreshing: asyncio.Task[str | None] | None = None  # the last fetch a command started
 
     @command.command("tokens.status")
@@ -29,7 +29,7 @@ class TokenCommands:
         The same rows go to the event log, where mitmweb shows them as rows."""
         # the console shows a list one item to a row; mitmweb's command bar shows it as one line of
         # JSON with its spaces run together, so each row names its fields rather than relying on a header
-        pools = list(self.state.pools.values()) or [self.state.pool]
+        pools = list(self.runtime.pools.values()) or [self.runtime.pool]
         rows = []
         for pool in pools:
             if len(pools) > 1:
@@ -41,7 +41,7 @@ class TokenCommands:
     @command.command("tokens.reset")
     def reset(self) -> None:
         """Clear every cooldown, and close the breaker (of every pool)."""
-        for pool in self.state.pools.values():
+        for pool in self.runtime.pools.values():
             pool.reset()  # with a store: on every proxy of it
         logger.info("tokens: cooldowns cleared")
 
@@ -56,7 +56,7 @@ class TokenCommands:
         self._set(suffix, False)
 
     def _set(self, suffix: str, disabled: bool) -> None:
-        found = [(pool, h) for pool in self.state.pools.values() for h in pool.set_disabled(suffix, disabled)]
+        found = [(pool, h) for pool in self.runtime.pools.values() for h in pool.set_disabled(suffix, disabled)]
         if not found:
             raise exceptions.CommandError(f"no token ends with {suffix.lstrip('…')!r}")
         if len(found) > 1:
@@ -67,7 +67,7 @@ class TokenCommands:
     @command.command("captcha.refresh")
     def refresh_captcha(self) -> None:
         """Fetch a new captcha value now; the log says when it has arrived."""
-        if self.state.captcha is None:
+        if self.runtime.captcha is None:
             raise exceptions.CommandError("the rules file has no captcha source")
         self.refresh_value("captcha")
 
@@ -75,9 +75,9 @@ class TokenCommands:
     def refresh_value(self, name: str) -> None:
         """Fetch the named value (of the rules file's values:) anew now: a command runs again, a file
         is read again. The log says when it has arrived."""
-        source = self.state.values.get(name)
+        source = self.runtime.values.get(name)
         if source is None:
-            known = ", ".join(self.state.values) or "none"
+            known = ", ".join(self.runtime.values) or "none"
             raise exceptions.CommandError(f"no value named {name!r} (the rules file has {known})")
         source.invalidate()
         # commands are synchronous: the fetch goes on in the background (keep a reference to it)

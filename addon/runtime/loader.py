@@ -1,8 +1,9 @@
-"""The `rules` option: load the rules file and what it names, and keep them current.
+"""The runtime: what the hooks read, loaded from the `rules` option and kept current.
 
-This addon owns the configuration that the other addons read: the parsed rules,
-the token pools (addon/runtime/pools.py) and the sources of the named values (the captcha among them). A bad file at start-up is one error line
-(mitmproxy's start-up check then exits with status 1); a bad file later is
+`Runtime` owns the configuration the other parts read (the rewriter, the stream tap, the recovery
+and the commands each hold it as `runtime`): the parsed rules, the token pools
+(addon/runtime/pools.py) and the sources of the named values (the captcha among them). A bad file at
+start-up is one error line (mitmproxy's start-up check then exits with status 1); a bad file later is
 logged and the last good configuration stays in force.
 
 The first load (and a change of the option) runs where mitmproxy calls
@@ -58,7 +59,9 @@ def _read_state(path: Path) -> State:
     return path, statefile.StateStore(path, entries, GONE_GRACE), health_from_state(entries)
 
 
-class RulesLoader:
+class Runtime:
+    """The loaded rules file and its token pools and value sources, as the hooks read them."""
+
     def __init__(self) -> None:
         self.config: Config | None = None
         self.pool = Pool()  # the first pool: the only one of most files (an empty one while the file has none)

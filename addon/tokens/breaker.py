@@ -9,7 +9,7 @@ down. A token that works proves the cause is the refused tokens (revoked, say):
 a success clears the count of the refusals counted before its request was sent
 (one sent earlier, a long stream say, proves nothing about them).
 
-The same rule is stated for a shared store in addon/tokens/shared.py's REFUSE and SUCCEED
+The same rule is stated for a shared store in addon/tokens/lua/refuse.lua and succeed.lua
 scripts; tests/tokens/test_breaker.py runs one table of cases against both.
 """
 

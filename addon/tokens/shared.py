@@ -6,7 +6,7 @@ which token to send, so a store 50 ms away costs a request nothing. Redis keeps 
 proxies agree on, and each proxy keeps its own current in the background:
 
 - A refusal is judged here at once, as on a proxy alone, and sent to Redis at the same time, where
-  one script (`REFUSE`) judges it for all: it cools the token down unless it is cooling already,
+  one script (`lua/refuse.lua`) judges it for all: it cools the token down unless it is cooling already,
   counts it for the breaker and opens the breaker when the threshold is reached, undoing the
   cooldowns of the refusals that opened it, as breaker.py does on one proxy. Its answer replaces
   this proxy's record of the token. A success clears the breaker's count: this proxy's own at once
@@ -51,6 +51,7 @@ import asyncio
 import logging
 import time
 import uuid
+from importlib import resources
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -84,155 +85,16 @@ PLACES_AT_MOST = 1000  # rotation places fetched in one round trip
 
 FAILURES = (redis_errors.RedisError, OSError, asyncio.TimeoutError)
 
-# A record: "cooling_until refused_at disabled successes refusals in_a_row retired_at retired_why"
-# (a record of 5 fields, written before retirement, reads with zeros for the last three); every script
-# that changes one also adds it to the stream. KEYS[1] health, KEYS[2] events; ARGV[1] the stream's
-# length to keep.
-_RECORDS = """
-local function get(k)
-  local v = redis.call('HGET', KEYS[1], k)
-  local r = {}
-  if v then for x in string.gmatch(v, '%S+') do r[#r + 1] = tonumber(x) end end
-  for i = #r + 1, 8 do r[i] = 0 end
-  return r
-end
-local function put(k, r, tell)
-  local v = string.format('%.17g %.17g %d %d %d %d %.17g %d', r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8])
-  redis.call('HSET', KEYS[1], k, v)
-  if tell then redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'h', k, 'r', v) end
-  return v
-end
-local function num(key) return tonumber(redis.call('GET', key) or '0') end
--- the breaker's window: `recent` (token key -> when refused), `before` (token key -> "cooling_until
--- in_a_row retired_at retired_why" before). A success of a request sent at t clears the refusals
--- counted before t (breaker.py's rule).
-local function forget_before(recent, before, t)
-  for _, o in ipairs(redis.call('ZRANGEBYSCORE', recent, '-inf', '(' .. string.format('%.17g', t))) do
-    redis.call('ZREM', recent, o); redis.call('HDEL', before, o)
-  end
-end
-"""
+# The Lua scripts Redis runs, in addon/tokens/lua/ (each file says its KEYS and ARGV); those that
+# read or write token records run after records.lua (get, put, num, forget_before). They state the
+# rules of tokens.TokenPool.refused/succeeded and breaker.Breaker for a shared store, and
+# tests/tokens/test_breaker.py runs one table of cases against both.
+def _lua(name: str) -> str:
+    return (resources.files("addon.tokens") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
-# KEYS[3] breaker, [4] recent, [5] before; ARGV[2] token key, [3] now, [4] cooldown, [5] window,
-# [6] threshold, [7] pause, [8] the send time of the latest success the calling proxy saw (its own
-# successes reach Redis in batches, about once a second: this way they count at once, for it),
-# [9] retire_after (0: never), [10] 1: retire at once (a disable rule), as tokens.TokenPool.refused,
-# [11] the proxy that tells it (the breaker's entry says `by`, so that it knows the breaker is its own).
-# Returns {marked 0/1, record, breaker open until or '0', opened 0/1}; with the breaker open, nothing
-# changes (as recovery.py passes such refusals on untouched).
-REFUSE = _RECORDS + """
-local k, now, cd = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local window, threshold, pause = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local open_until = num(KEYS[3])
-if open_until > now then return {0, '', string.format('%.17g', open_until), 0} end
-forget_before(KEYS[4], KEYS[5], tonumber(ARGV[8] or '0'))
-local r = get(k)
-local before = string.format('%.17g %d %.17g %d', r[1], r[6], r[7], r[8])
-local retire_after, at_once = tonumber(ARGV[9] or '0'), ARGV[10] == '1'
-r[5] = r[5] + 1
-local marked = 0
-if r[1] <= now then r[1] = now + cd; r[2] = now; r[6] = r[6] + 1; marked = 1 end
-if r[7] == 0 and (at_once or (marked == 1 and retire_after > 0 and r[6] >= retire_after)) then
-  r[7] = now; r[8] = at_once and 2 or 1
-end
-local v = put(k, r, true)
-local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. string.format('%.17g', now - window))
-for _, o in ipairs(old) do redis.call('ZREM', KEYS[4], o); redis.call('HDEL', KEYS[5], o) end
-if not redis.call('ZSCORE', KEYS[4], k) then redis.call('HSET', KEYS[5], k, before) end
-redis.call('ZADD', KEYS[4], now, k)
-if redis.call('ZCARD', KEYS[4]) < threshold then return {marked, v, '0', 0} end
-open_until = now + pause
-redis.call('SET', KEYS[3], string.format('%.17g', open_until))
-for _, o in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
-  local ro, b = get(o), {}
-  for x in string.gmatch(redis.call('HGET', KEYS[5], o) or '0', '%S+') do b[#b + 1] = tonumber(x) end
-  ro[1] = b[1]
-  if #b == 4 then ro[6] = b[2]; ro[7] = b[3]; ro[8] = b[4] end
-  local vo = put(o, ro, true)
-  if o == k then v = vo end
-end
-redis.call('DEL', KEYS[4], KEYS[5])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'b', string.format('%.17g', open_until), 'by', ARGV[11])
-return {marked, v, string.format('%.17g', open_until), 1}
-"""
 
-# KEYS[3] recent, [4] before (the breaker's window); ARGV[2] now, then (token key, successes, latest
-# send time) triples. A success ends a cooldown that began before the request was sent
-# (tokens.TokenPool.succeeded), and the count of refusals in a row; only that is told. It also clears
-# the breaker's count of the refusals before it was sent.
-SUCCEED = _RECORDS + """
-local now, latest = tonumber(ARGV[2]), 0
-for i = 3, #ARGV, 3 do
-  local k, n, sent = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  local r = get(k)
-  r[4] = r[4] + n
-  local ends = sent > r[2] and (r[1] > now or r[6] > 0)
-  if sent > r[2] and (r[1] > 0 or r[6] > 0) then r[1] = 0; r[6] = 0 end
-  put(k, r, ends)
-  latest = math.max(latest, sent)
-end
-forget_before(KEYS[3], KEYS[4], latest)
-return 0
-"""
-
-# ARGV[2] 1 disable / 0 enable (a retired token too), then token keys.
-DISABLE = _RECORDS + """
-for i = 3, #ARGV do
-  local r = get(ARGV[i])
-  r[3] = tonumber(ARGV[2])
-  if r[3] == 0 then r[6] = 0; r[7] = 0; r[8] = 0 end
-  put(ARGV[i], r, true)
-end
-return 0
-"""
-
-# KEYS[3] breaker, [4] recent, [5] before: every cooldown and count of refusals in a row ends, the
-# breaker closes.
-RESET = _RECORDS + """
-for _, k in ipairs(redis.call('HKEYS', KEYS[1])) do
-  local r = get(k)
-  if r[1] > 0 or r[6] > 0 then r[1] = 0; r[6] = 0; put(k, r, true) end
-end
-redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'b', '0')
-return 0
-"""
-
-# What changed on a proxy while Redis was out of reach, merged in: ARGV[2..] (key, record) pairs;
-# the later cooldown and refusal win, a disable and a retirement stay, counters take the larger.
-MERGE = _RECORDS + """
-for i = 2, #ARGV, 2 do
-  local r = get(ARGV[i])
-  local l = {}
-  for x in string.gmatch(ARGV[i + 1], '%S+') do l[#l + 1] = tonumber(x) end
-  r[1] = math.max(r[1], l[1]); r[2] = math.max(r[2], l[2]); r[3] = math.max(r[3], l[3])
-  r[4] = math.max(r[4], l[4]); r[5] = math.max(r[5], l[5])
-  r[6] = math.max(r[6], l[6] or 0)
-  if r[7] == 0 and (l[7] or 0) > 0 then r[7] = l[7]; r[8] = l[8] end
-  put(ARGV[i], r, true)
-end
-return 0
-"""
-
-# KEYS[1] value:NAME, [2] lock:NAME; ARGV[1] the value turned down ('' for none), [2] lock id, [3] lock ms.
-# {'value', value, ms left} | {'run'} (the caller holds the lock) | {'wait'} (another proxy runs it).
-CLAIM = """
-local v = redis.call('GET', KEYS[1])
-if v and v ~= ARGV[1] then return {'value', v, redis.call('PTTL', KEYS[1])} end
-if v then redis.call('DEL', KEYS[1]) end
-if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return {'run'} end
-return {'wait'}
-"""
-
-# KEYS[1] value:NAME, [2] lock:NAME; ARGV[1] lock id, [2] value ('' for none: the run failed), [3] ttl ms.
-PUBLISH = """
-if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-return 0
-"""
-
-SCRIPTS = {"refuse": REFUSE, "succeed": SUCCEED, "disable": DISABLE, "reset": RESET, "merge": MERGE,
-           "claim": CLAIM, "publish": PUBLISH}
+SCRIPTS = {name: (_lua("records") if name not in ("claim", "publish") else "") + _lua(name)
+           for name in ("refuse", "succeed", "disable", "reset", "merge", "claim", "publish")}
 
 
 def _late(error: BaseException) -> bool:

@@ -8,7 +8,7 @@ from mitmproxy.test import taddons
 from addon.cli.explain import explain, make_flow
 from addon.request.rewriter import Rewriter
 from addon.rules.config import load_config
-from addon.runtime.loader import RulesLoader
+from addon.runtime.loader import Runtime
 from helpers import write_rules
 
 RULES = """\
@@ -44,7 +44,7 @@ def test_explain_and_the_comment_name_the_same_removals(tmp_path, headers, expla
     lines = list(explain(load_config(rules), make_flow("GET", "http://a.example/x", headers, None), {"token": "…1111"}))
     assert [line for line in lines if "removed" in line or line.startswith("    Cookie:")] == explained
 
-    loader = RulesLoader()
+    loader = Runtime()
     rewriter = Rewriter(loader)
     with taddons.context(loader, rewriter) as tctx:
         tctx.configure(loader, rules=str(rules))

@@ -64,6 +64,8 @@ def test_pip_install_into_a_fresh_venv_gives_a_working_mitm_rules(tmp_path):
     explained = run("explain", "GET", "https://api.example.com/v1/models")
     assert explained.returncode == 0, explained.stderr
     assert f"Authorization: Bearer …{TOKENS[0][-4:]}" in explained.stdout
-    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import addon; print(addon.__file__)"], cwd=folder,
-                           capture_output=True, text=True, env=env, timeout=60).stdout  # fmt: skip
-    assert where.startswith(str(venv)), where  # the installed copy, not the repository
+    # every module imports (the whole pipeline, as mitmdump loads it; the Lua scripts are read at import)
+    code = "import addon, addon.pipeline, addon.tokens.shared as s; print(addon.__file__, len(s.SCRIPTS))"
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=folder, capture_output=True, text=True,
+                           env=env, timeout=60)  # fmt: skip
+    assert where.stdout.startswith(str(venv)) and where.stdout.split()[1] == "7", where.stdout + where.stderr

@@ -14,7 +14,7 @@ from addon.recovery.recovery import Action, Recovery, _take_response
 from addon.recovery.replay import Limits
 from addon.request.rewriter import Rewriter
 from addon.rules.config import REFRESH, ROTATE
-from addon.runtime.loader import RulesLoader
+from addon.runtime.loader import Runtime
 from helpers import TOKENS, write_rules
 
 RULES = """\
@@ -57,7 +57,7 @@ def recover(tmp_path):
     fetch = tmp_path / "fetch.sh"
     fetch.write_text("#!/bin/sh\necho run >> runs.txt\necho cap-recovery-test-$(wc -l < runs.txt)\n")
     fetch.chmod(0o755)
-    loader = RulesLoader()
+    loader = Runtime()
     rewriter = Rewriter(loader)
     addon = Recovery(loader, rewriter)
     with taddons.context(loader, rewriter, addon) as tctx:
@@ -86,7 +86,7 @@ SENT = {"token": TOKENS[0], "captcha": "cap-recovery-test-0"}
     ids=["rotate", "rotate, no token left", "refresh captcha"],
 )
 def test_next_values_fetch_a_captcha_value_only_for_a_retry(recover, tmp_path, action, tried, expected, fetched):
-    assert asyncio.run(recover._next_values(recover.state.pool, action, dict(SENT), set(tried))) == expected
+    assert asyncio.run(recover._next_values(recover.runtime.pool, action, dict(SENT), set(tried))) == expected
     assert runs(tmp_path) == fetched
 
 
@@ -111,7 +111,7 @@ def refresh(tmp_path):
     fetch.write_text("#!/bin/sh\necho run >> runs.txt\necho cap-recovery-test-$(wc -l < runs.txt)\n")
     fetch.chmod(0o755)
     (tmp_path / "cf.txt").write_text("cf-clearance-old-0001\n")
-    loader = RulesLoader()
+    loader = Runtime()
     rewriter = Rewriter(loader)
     addon = Recovery(loader, rewriter)
     with taddons.context(loader, rewriter, addon) as tctx:
@@ -124,18 +124,18 @@ SENT_CF = {"token": TOKENS[0], "captcha": "cap-recovery-test-0", "cf_clearance":
 
 def test_a_refresh_fetches_only_its_values_and_keeps_the_token(refresh, tmp_path):
     (tmp_path / "cf.txt").write_text("cf-clearance-new-0002\n")  # as a browser script rewrites it
-    got = asyncio.run(refresh._next_values(refresh.state.pool, Action(REFRESH, frozenset({"cf_clearance"})), dict(SENT_CF), {TOKENS[0]}))
+    got = asyncio.run(refresh._next_values(refresh.runtime.pool, Action(REFRESH, frozenset({"cf_clearance"})), dict(SENT_CF), {TOKENS[0]}))
     assert got == {**SENT_CF, "cf_clearance": "cf-clearance-new-0002"}
     assert runs(tmp_path) == 0  # the captcha command did not run
 
 
 def test_a_refresh_that_brings_no_new_value_is_no_retry(refresh, tmp_path):
-    got = asyncio.run(refresh._next_values(refresh.state.pool, Action(REFRESH, frozenset({"cf_clearance"})), dict(SENT_CF), {TOKENS[0]}))
+    got = asyncio.run(refresh._next_values(refresh.runtime.pool, Action(REFRESH, frozenset({"cf_clearance"})), dict(SENT_CF), {TOKENS[0]}))
     assert got == "no new cf_clearance value"  # the file did not change within its wait
 
 
 def test_refresh_without_values_refreshes_every_refreshable_value_the_request_used(refresh, tmp_path):
-    config = refresh.state.config
+    config = refresh.runtime.config
     challenge = tflow.tresp(status_code=403, content=b"Just a moment...")
     other = tflow.tresp(status_code=403, content=b"forbidden")
     assert refresh._action(config, challenge, SENT_CF) == Action(REFRESH, frozenset({"cf_clearance"}))
@@ -202,7 +202,7 @@ on_response:
 def test_a_disable_rule_asks_for_a_rotation_that_retires_the_token(tmp_path, status, action):
     (tmp_path / "fetch.sh").write_text("#!/bin/sh\necho cap-recovery-test\n")
     (tmp_path / "fetch.sh").chmod(0o755)
-    loader = RulesLoader()
+    loader = Runtime()
     addon = Recovery(loader, Rewriter(loader))
     with taddons.context(loader, addon) as tctx:
         tctx.configure(loader, rules=str(write_rules(tmp_path, DISABLE_RULES)))
@@ -211,10 +211,10 @@ def test_a_disable_rule_asks_for_a_rotation_that_retires_the_token(tmp_path, sta
 
 def test_a_retirement_is_logged_once_with_the_last_four_characters(recover, caplog):
     response = tflow.tresp(status_code=401)
-    pool = recover.state.tokens
+    pool = recover.runtime.tokens
     with caplog.at_level("INFO"):
-        recover._refused(recover.state.pool, TOKENS[0], response, retire=True)
-        recover._refused(recover.state.pool, TOKENS[0], response, retire=True)  # a second answer of one in flight
+        recover._refused(recover.runtime.pool, TOKENS[0], response, retire=True)
+        recover._refused(recover.runtime.pool, TOKENS[0], response, retire=True)  # a second answer of one in flight
     assert pool.status()[0][0] == "retired"
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert [r.getMessage() for r in warnings] == [

@@ -5,13 +5,13 @@ from mitmproxy.test import taddons, tflow
 
 from addon.recovery.streamtap import BodyCopy, StreamTap
 from addon.request.rewriter import METADATA_KEY, REPLAY_KEY
-from addon.runtime.loader import RulesLoader
+from addon.runtime.loader import Runtime
 from helpers import write_rules
 
 
 @pytest.fixture
 def tap(tmp_path):
-    loader = RulesLoader()
+    loader = Runtime()
     tap = StreamTap(loader)
     with taddons.context(loader, tap) as tctx:
         rules = write_rules(tmp_path, "rules:\n  - match: {host: a.com}\n    headers: {X: '{token}'}\ntokens: {file: tokens.txt}\n")

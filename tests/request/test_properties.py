@@ -17,7 +17,7 @@ from addon.request.rewriter import Rewriter
 from addon.request.streamdetect import is_streaming
 from addon.rules.config import load_config
 from addon.rules.schema import RulesError
-from addon.runtime.loader import RulesLoader
+from addon.runtime.loader import Runtime
 from addon.tokens.pool import TokensFileError, read_tokens
 from helpers import TOKENS, write_rules
 
@@ -100,7 +100,7 @@ def test_a_compressed_json_body_is_judged_as_the_plain_one(body, encoding):
 @given(flows=st.lists(requests(), min_size=1, max_size=4))
 def test_random_requests_never_break_the_rewriter(tmp_path_factory, flows):
     folder = tmp_path_factory.mktemp("rules")
-    loader = RulesLoader()
+    loader = Runtime()
     rewriter = Rewriter(loader)
     with taddons.context(loader, rewriter) as tctx:
         tctx.configure(loader, rules=str(write_rules(folder, RULES)))

@@ -8,7 +8,7 @@ from mitmproxy.test import taddons, tflow
 
 from addon.request.rewriter import METADATA_KEY, Rewriter
 from addon.request.streamdetect import MAX_JSON_BODY
-from addon.runtime.loader import RulesLoader
+from addon.runtime.loader import Runtime
 from helpers import compressed_json, write_rules
 
 RULES = """\
@@ -42,7 +42,7 @@ captcha: {file: captcha.txt, ttl: 60}
 
 @pytest.fixture
 def addons(tmp_path):
-    loader = RulesLoader()
+    loader = Runtime()
     rewriter = Rewriter(loader)
     with taddons.context(loader, rewriter) as tctx:
         tctx.configure(loader, rules=str(write_rules(tmp_path, RULES)))
@@ -117,7 +117,7 @@ def test_comment_lists_only_the_removals_that_happened(addons, headers, removals
 
 def test_plans_without_drawn_values_list_only_the_removals_that_happened(tmp_path):
     """The same for a plan with no {token} or {captcha}: its lines are written once, at load time."""
-    loader = RulesLoader()
+    loader = Runtime()
     rewriter = Rewriter(loader)
     rules = """\
     rules:
@@ -180,7 +180,7 @@ def test_flows_already_answered_are_skipped(addons):
 
 
 def test_no_tokens_means_503_without_contacting_upstream(tmp_path):
-    loader = RulesLoader()
+    loader = Runtime()
     rewriter = Rewriter(loader)
     with taddons.context(loader, rewriter) as tctx:
         tctx.configure(loader, rules=str(write_rules(tmp_path, RULES, tokens=["# none yet"])))
@@ -193,7 +193,7 @@ def test_no_tokens_means_503_without_contacting_upstream(tmp_path):
 
 
 def test_failed_captcha_skips_only_that_header(tmp_path, caplog):
-    loader = RulesLoader()
+    loader = Runtime()
     rewriter = Rewriter(loader)
     with taddons.context(loader, rewriter) as tctx:
         tctx.configure(loader, rules=str(write_rules(tmp_path, RULES)))
@@ -212,7 +212,7 @@ def test_failed_captcha_skips_only_that_header(tmp_path, caplog):
     ids=["semicolon into a cookie", "control character into a header"],
 )
 def test_drawn_values_that_would_break_out_of_their_place_are_not_set(tmp_path, value, where):
-    loader = RulesLoader()
+    loader = Runtime()
     rewriter = Rewriter(loader)
     written = write_rules(tmp_path, RULES, tokens=[value]) if where == "cookie" else write_rules(tmp_path, RULES, captcha=value)
     with taddons.context(loader, rewriter) as tctx:
@@ -279,7 +279,7 @@ def test_named_values_go_into_cookies_and_the_body(tmp_path):
     mint.write_text("#!/bin/sh\necho run >> runs.txt\necho cap-minted-value-0042\n")
     mint.chmod(0o755)
     (tmp_path / "cf.txt").write_text("cf-clearance-value-00aa\n")
-    loader = RulesLoader()
+    loader = Runtime()
     rewriter = Rewriter(loader)
     with taddons.context(loader, rewriter) as tctx:
         tctx.configure(loader, rules=str(write_rules(tmp_path, ARENA, captcha=None)))
@@ -323,7 +323,7 @@ rules:
     ids=["plain", "br", "chain", "bomb"],
 )
 def test_body_filters_see_the_body_decoded_with_the_bound(tmp_path, body, encoding, matched):
-    loader = RulesLoader()
+    loader = Runtime()
     rewriter = Rewriter(loader)
     with taddons.context(loader, rewriter) as tctx:
         tctx.configure(loader, rules=str(write_rules(tmp_path, BODY_FILTER_RULES)))

@@ -8,7 +8,7 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
 from addon.runtime.commands import TokenCommands
-from addon.runtime.loader import RulesLoader
+from addon.runtime.loader import Runtime
 from helpers import TOKENS, write_rules
 
 RULES = """\
@@ -25,7 +25,7 @@ def tctx(tmp_path):
     fetch = tmp_path / "fetch.sh"
     fetch.write_text("#!/bin/sh\necho run >> runs.txt\necho cap-commands-test\n")
     fetch.chmod(0o755)
-    loader = RulesLoader()
+    loader = Runtime()
     with taddons.context(loader, TokenCommands(loader)) as tctx:
         tctx.configure(loader, rules=str(write_rules(tmp_path, RULES)))
         tctx.loader = loader
@@ -55,7 +55,7 @@ def test_status_is_one_row_per_token_masked(tctx, caplog):
 
 
 def test_status_without_tokens_is_still_a_row(tmp_path):
-    loader = RulesLoader()
+    loader = Runtime()
     with taddons.context(loader, TokenCommands(loader)) as tctx:
         tctx.configure(loader, rules=str(write_rules(tmp_path, "rules:\n  - match: {host: a.com}\n    headers: {X: x}\n")))
         assert run(tctx, "tokens.status") == ["no tokens"]  # the console's data viewer fails on an empty list

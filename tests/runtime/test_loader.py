@@ -9,7 +9,7 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
-from addon.runtime.loader import RulesLoader
+from addon.runtime.loader import Runtime
 from helpers import write_rules
 
 ONE = "rules:\n  - name: one\n    match: {host: a.com}\n    headers: {X: '{token}'}\ntokens: {file: tokens.txt}\n"
@@ -18,7 +18,7 @@ TWO = ONE.replace("name: one", "name: two")
 
 @pytest.fixture
 def loaded(tmp_path):
-    loader = RulesLoader()
+    loader = Runtime()
     with taddons.context(loader) as tctx:
         tctx.configure(loader, rules=str(write_rules(tmp_path, ONE)))
         yield loader, tctx, tmp_path
@@ -73,7 +73,7 @@ def test_deleted_tokens_file_keeps_the_tokens_read_before(loaded, caplog):
 
 
 def test_first_load_error_is_one_log_line(tmp_path, caplog):
-    loader = RulesLoader()
+    loader = Runtime()
     with taddons.context(loader) as tctx:
         path = write_rules(tmp_path, "rules: 3\n")
         with caplog.at_level(logging.ERROR):
@@ -105,7 +105,7 @@ captcha: {file: captcha.txt}
 
 def test_a_value_file_that_changes_is_read_again(tmp_path, caplog):
     (tmp_path / "cf.txt").write_text("cf-one-000000000001\n")
-    loader = RulesLoader()
+    loader = Runtime()
     with taddons.context(loader) as tctx:
         tctx.configure(loader, rules=str(write_rules(tmp_path, VALUES)))
         cf = loader.values["cf"]

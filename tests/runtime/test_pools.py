@@ -9,7 +9,7 @@ from mitmproxy.test import taddons, tflow
 
 from addon.request.rewriter import Rewriter
 from addon.runtime.commands import TokenCommands
-from addon.runtime.loader import RulesLoader
+from addon.runtime.loader import Runtime
 from addon.runtime.pools import Pool
 from addon.tokens.pool import token_key
 from helpers import TOKENS, write_rules
@@ -33,7 +33,7 @@ tokens:
 @pytest.fixture
 def pools(tmp_path):
     (tmp_path / "openai.txt").write_text("\n".join(OPENAI) + "\n")
-    loader = RulesLoader()
+    loader = Runtime()
     rewriter = Rewriter(loader)
     commands = TokenCommands(loader)
     with taddons.context(loader, rewriter, commands) as tctx:
@@ -167,7 +167,7 @@ def test_two_pools_of_one_tokens_file_both_read_it_again(pools, tmp_path):
 
 
 def test_a_file_of_one_pool_is_the_default_pool_as_before(tmp_path):
-    loader = RulesLoader()
+    loader = Runtime()
     with taddons.context(loader) as tctx:
         tctx.configure(loader, rules=str(write_rules(tmp_path, ONE_POOL)))
         default = loader.pool
@@ -182,7 +182,7 @@ def test_two_pools_on_one_store_keep_their_health_apart(tmp_path, redis_server):
         "openai: {file: openai.txt}", f"openai: {{file: openai.txt, store: '{redis_server.url}'}}")
 
     async def main():
-        loader = RulesLoader()
+        loader = Runtime()
         with taddons.context(loader) as tctx:
             tctx.configure(loader, rules=str(write_rules(tmp_path, shared)))
             loader.running()

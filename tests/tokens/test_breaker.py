@@ -46,7 +46,7 @@ def test_refusals_outside_the_window_are_forgotten():
 
 
 # One rule, stated twice: in Python (breaker.py, with the pool) for a proxy on its own, and in Redis's
-# Lua scripts (shared.py's REFUSE and SUCCEED) for proxies sharing a store. The same table runs against
+# Lua scripts (addon/tokens/lua/refuse.lua and succeed.lua) for proxies sharing a store. The same table runs against
 # both, so that they cannot disagree. Steps: ("refused", token), ("ok", token): a success of a request
 # sent just now, ("ok early", token): one sent before every refusal (a long stream), ("disable", token):
 # a refusal by an on_response rule with action disable, ("wait", seconds). Each step is one second

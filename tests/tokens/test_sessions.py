@@ -99,12 +99,12 @@ def test_a_set_cookie_for_the_token_cookie_renews_the_account_and_is_not_passed_
     # {token} is the account's current value wherever it goes
     assert f.request.cookies["session"] == NEW and f.request.cookies["theme"] == f"dark-{NEW}"
     # health stays the account's: keyed by the token of the file
-    assert pipeline.rules.tokens.health[token_key(TOKENS[0])].successes == 2
-    assert token_key(NEW) not in pipeline.rules.tokens.health
+    assert pipeline.runtime.tokens.health[token_key(TOKENS[0])].successes == 2
+    assert token_key(NEW) not in pipeline.runtime.tokens.health
     kept = tmp_path / "tokens.sessions.json"
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
     assert json.loads(kept.read_text()) == {"version": 1, "sessions": {token_key(TOKENS[0]): NEW}}
-    pipeline.rules.saver.done()  # the state file written now
+    pipeline.runtime.saver.done()  # the state file written now
     assert NEW[-12:] not in (tmp_path / "tokens.state.json").read_text()
 
 
@@ -117,8 +117,8 @@ def test_a_request_sent_with_a_renewed_value_is_judged_as_the_account(proxy):
     assert f.request.cookies["session"] == NEW
     sent = pipeline.rewriter.sent[f]
     assert sent.values["token"] == TOKENS[0]  # what the recovery blames, rotates from and excludes: the account
-    pipeline.recovery._refused(pipeline.rules.pool, sent.values["token"], tflow.tresp(status_code=403))
-    health = pipeline.rules.tokens.health[token_key(TOKENS[0])]
+    pipeline.recovery._refused(pipeline.runtime.pool, sent.values["token"], tflow.tresp(status_code=403))
+    health = pipeline.runtime.tokens.health[token_key(TOKENS[0])]
     assert health.refusals == 1 and health.suffix == "…" + TOKENS[0][-4:]
 
 

@@ -5,7 +5,7 @@ import threading
 import pytest
 from mitmproxy.test import taddons
 
-from addon.runtime.loader import RulesLoader
+from addon.runtime.loader import Runtime
 from addon.tokens.pool import TokenPool, token_key
 from addon.tokens.statefile import MAX_STATE_BYTES, StateStore, load_state
 from helpers import TOKENS, write_rules
@@ -186,7 +186,7 @@ def test_a_state_file_with_1e400_does_not_stop_the_proxy(tmp_path, caplog):
     key = token_key(TOKENS[0])
     state = {"version": 1, "tokens": {key: {**ENTRY, "successes": 1, "cooling_until": 2e9}}}
     (tmp_path / "tokens.state.json").write_text(json.dumps(state).replace('"successes": 1', '"successes": 1e400'))
-    loader = RulesLoader()
+    loader = Runtime()
     with taddons.context(loader) as tctx:
         tctx.configure(loader, rules=str(tmp_path / "rules.yaml"))  # before: OverflowError, and mitmdump exited 1
         assert len(loader.tokens) == 3 and loader.tokens.health == {}

@@ -6,7 +6,7 @@ import os
 
 from mitmproxy.test import taddons
 
-from addon.runtime.loader import RulesLoader
+from addon.runtime.loader import Runtime
 from addon.tokens.statelock import StateFileLock
 from helpers import TOKENS, write_rules
 
@@ -37,7 +37,7 @@ RULES = "rules:\n  - match: {host: a.com}\n    headers: {X-Token: '{token}'}\nto
 def test_the_second_loader_on_a_state_file_does_not_write_it(tmp_path, caplog):
     rules = str(write_rules(tmp_path, RULES))
     state = tmp_path / "tokens.state.json"
-    first, second = RulesLoader(), RulesLoader()
+    first, second = Runtime(), Runtime()
     with taddons.context(first) as tctx:
         tctx.configure(first, rules=rules)
         with taddons.context(second) as tctx2, caplog.at_level(logging.WARNING):
@@ -49,7 +49,7 @@ def test_the_second_loader_on_a_state_file_does_not_write_it(tmp_path, caplog):
         first.tokens.refused(TOKENS[1])
         assert list(json.loads(state.read_text())["tokens"]) == [first.tokens.list.keys[1]]
         first.done()
-    third = RulesLoader()  # the first let go when it stopped
+    third = Runtime()  # the first let go when it stopped
     with taddons.context(third) as tctx:
         tctx.configure(third, rules=rules)
         third.tokens.refused(TOKENS[2])

@@ -7,7 +7,7 @@ import threading
 import pytest
 from mitmproxy.test import taddons
 
-from addon.runtime.loader import RulesLoader
+from addon.runtime.loader import Runtime
 from addon.tokens import statefile
 from addon.tokens import statesaver
 from helpers import write_rules
@@ -17,7 +17,7 @@ ONE = "rules:\n  - name: one\n    match: {host: a.com}\n    headers: {X: '{token
 
 @pytest.fixture
 def loaded(tmp_path):
-    loader = RulesLoader()
+    loader = Runtime()
     with taddons.context(loader) as tctx:
         tctx.configure(loader, rules=str(write_rules(tmp_path, ONE)))
         yield loader, tctx, tmp_path
