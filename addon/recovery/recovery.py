@@ -45,7 +45,7 @@ from addon.recovery.replay import FirstEventJudge, Limits, Replay
 from addon.recovery.streamtap import BodyCopy, keep_copy
 from addon.recovery.verdict import applies, holds_for_first_event, may_retry, retry_after, verdict
 from addon.request.plan import apply_plan_off_loop
-from addon.request.rewriter import METADATA_KEY, REPLAY_KEY, Rewriter, Sent
+from addon.request.rewriter import REPLAY_KEY, Rewriter, Sent, rewritten
 from addon.rules.config import DISABLE, REFRESH, ROTATE, Config
 from addon.rules.template import TOKEN
 from addon.runtime.loader import Runtime
@@ -144,7 +144,7 @@ class Recovery:
             replay = Replay.of(flow)
             if replay is not None:
                 replay.response_headers()
-        elif held and self.stream_retries and flow.metadata[METADATA_KEY]["streaming"]:
+        elif held and self.stream_retries and (record := rewritten(flow)) is not None and record.streaming:
             httplayer.hold(flow)  # recovered before it is sent: see mitm_rules_held_answer
         elif not held:
             self._hold_for_first_event(flow)
@@ -171,12 +171,12 @@ class Recovery:
     def _hold_for_first_event(self, flow: http.HTTPFlow) -> None:
         """A streamed answer that a `first_event` rule could refuse is held until its first event
         is there (mitm_rules_first_event); without stream_retries, held whole and judged when complete."""
-        config, record, response = self.runtime.config, flow.metadata.get(METADATA_KEY), flow.response
+        config, record, response = self.runtime.config, rewritten(flow), flow.response
         if config is None or record is None or response is None or not response.stream:
             return  # (the stream tap streams every streamed answer the rules concern)
         sse = is_sse(response.headers)
-        if not (sse or record["streaming"]) or not holds_for_first_event(config.on_response, response.status_code,
-                                                                       record["injected"]):  # fmt: skip
+        if not (sse or record.streaming) or not holds_for_first_event(config.on_response, response.status_code,
+                                                                    record.injected):  # fmt: skip
             return
         if self.stream_retries:
             httplayer.hold_first_event(flow, FirstEventReader(sse), self.limits.headers)
@@ -200,7 +200,7 @@ class Recovery:
         flow = handover.flow
         assert flow.response is not None
         if handover.unjudged is not None:
-            if self.rewriter.sent.pop(flow, None) is not None:
+            if self.rewriter.take_sent(flow) is not None:
                 logger.warning(f"not judged {flow.request.method} {flow.request.pretty_url}: {handover.unjudged}")
                 add_note(flow, f"not judged: {handover.unjudged}")
             return
@@ -213,13 +213,13 @@ class Recovery:
                 flow.response.stream, flow.response.raw_content = stream, body
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self.rewriter.sent.pop(flow, None)  # nothing to recover: the request never got an answer
+        self.rewriter.take_sent(flow)  # nothing to recover: the request never got an answer
         if flow in self.streamed:
             self._streamed_end(flow, self.streamed.pop(flow))
 
     async def _judge(self, flow: http.HTTPFlow, client: Handover | None = None) -> None:
         """Judge a client's first answer, and recover when it needs it (see `_recover` for `client`)."""
-        sent = self.rewriter.sent.pop(flow, None)
+        sent = self.rewriter.take_sent(flow)
         config = self.runtime.config
         if sent is None or config is None or flow.response is None:
             return

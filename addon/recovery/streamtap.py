@@ -19,7 +19,7 @@ import re
 from mitmproxy import http
 
 from addon.recovery.verdict import may_retry
-from addon.request.rewriter import METADATA_KEY, REPLAY_KEY
+from addon.request.rewriter import REPLAY_KEY, rewritten
 from addon.runtime.loader import Runtime
 from addon.util.comment import add_note
 
@@ -75,16 +75,16 @@ class StreamTap:
     def responseheaders(self, flow: http.HTTPFlow) -> bool:
         """Stream the answer, or not; True when it is held because it may be retried."""
         assert flow.response
-        record = flow.metadata.get(METADATA_KEY)
+        record = rewritten(flow)
         if record is None:
             return False
         config = self.runtime.config
         if REPLAY_KEY in flow.metadata or flow.response.stream:
             return False  # a replay's answer goes on by the request that made it (addon/recovery/replay.py)
-        if config and may_retry(config.on_response, flow.response.status_code, record["injected"]):
+        if config and may_retry(config.on_response, flow.response.status_code, record.injected):
             return True  # held: the client must not see any of it before it is judged
         is_sse = flow.response.headers.get("content-type", "").lower().startswith("text/event-stream")
-        if is_sse or record["streaming"]:
+        if is_sse or record.streaming:
             # mitmproxy 12.1+ keeps a streamed body itself when asked (store_streamed_bodies): a copy
             # of ours would only replace its whole body with the first stream_copy_limit bytes
             flow.response.stream = True if self.runtime.mitmproxy_stores_streamed else BodyCopy(self.runtime.stream_copy_limit)

@@ -21,8 +21,35 @@ from addon.runtime.pools import Pool, pool_of
 
 logger = logging.getLogger(__name__)
 
-METADATA_KEY = "rewrite"  # flow.metadata: {"rules": [...], "streaming": bool, "injected": ["token", ...]}
+METADATA_KEY = "rewrite"  # flow.metadata, for people (mitmweb, saved flows): Rewritten.shown()
 REPLAY_KEY = "rewrite.attempt"  # flow.metadata of a copy the recovery replays: {"of": id, "attempt": n}
+
+
+@dataclass(frozen=True)
+class Rewritten:
+    """What the request hook did to a flow, as the hooks after it read it (`rewritten(flow)`). The
+    flow's metadata shows the same to people; no hook reads that back."""
+
+    rules: tuple[str, ...]  # the names of the rules that applied
+    streaming: bool  # a streaming request
+    injected: frozenset[str]  # the values put into it: "token", "captcha", …
+
+    def shown(self) -> dict:
+        return {"rules": list(self.rules), "streaming": self.streaming, "injected": sorted(self.injected)}
+
+
+_REWRITTEN: weakref.WeakKeyDictionary[http.HTTPFlow, Rewritten] = weakref.WeakKeyDictionary()
+
+
+def rewritten(flow: http.HTTPFlow) -> Rewritten | None:
+    """What the request hook did to this flow; None when no rule applied (or it is a retry's copy)."""
+    return _REWRITTEN.get(flow)
+
+
+def mark(flow: http.HTTPFlow, record: Rewritten) -> None:
+    """Keep what the request hook did to this flow for the later hooks, and show it in its metadata."""
+    _REWRITTEN[flow] = record
+    flow.metadata[METADATA_KEY] = record.shown()
 
 
 @dataclass(frozen=True)
@@ -70,13 +97,13 @@ class Rewriter:
         lines = await apply_plan_off_loop(plan, flow.request, sessions.applied(values))
         sessions.carried(flow, plan.token_cookies, values)
         flow.comment = describe(plan, lines)
-        flow.metadata[METADATA_KEY] = {
-            "rules": [r.name for r in plan.rules],
-            "streaming": plan.streaming,
-            "injected": sorted(values),
-        }
+        mark(flow, Rewritten(tuple(r.name for r in plan.rules), plan.streaming, frozenset(values)))
         if values:
             self.sent[flow] = Sent(plan, values, time.time(), pool)
+
+    def take_sent(self, flow: http.HTTPFlow) -> Sent | None:
+        """What went out with this flow, once (its answer is judged once); None: no values went out."""
+        return self.sent.pop(flow, None)
 
     async def _draw_values(self, plan: Plan) -> dict[str, str]:
         """The named values the plan uses: those at hand at once, the others fetched side by side.

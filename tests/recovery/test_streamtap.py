@@ -4,7 +4,7 @@ import pytest
 from mitmproxy.test import taddons, tflow
 
 from addon.recovery.streamtap import BodyCopy, StreamTap
-from addon.request.rewriter import METADATA_KEY, REPLAY_KEY
+from addon.request.rewriter import REPLAY_KEY, Rewritten, mark
 from addon.runtime.loader import Runtime
 from helpers import write_rules
 
@@ -24,7 +24,7 @@ def flow(matched=True, streaming=False, ctype="application/json", status=200, in
     f.response.status_code = status
     f.response.headers["content-type"] = ctype
     if matched:
-        f.metadata[METADATA_KEY] = {"rules": ["r"], "streaming": streaming, "injected": injected}
+        mark(f, Rewritten(("r",), streaming, frozenset(injected)))
     return f
 
 
