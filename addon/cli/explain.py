@@ -24,7 +24,7 @@ from mitmproxy import connection, exceptions, http, io
 from addon.mitm import helpers
 from addon.recovery.verdict import applies, verdict
 from addon.request import jsonbody
-from addon.request.plan import Edit, Plan, apply_plan, plan_request
+from addon.request.plan import Edit, Plan, Skipped, apply_plan, plan_request
 from addon.rules.config import DISABLE, PASS, REFRESH, REFRESH_CAPTCHA, ROTATE, Config
 from addon.rules.template import TOKEN
 from addon.tokens import statefile
@@ -215,7 +215,7 @@ def _explain(config: Config, flow: http.HTTPFlow, values: dict[str, str]) -> Ite
             yield f"    (removed) {e.name}   ← {e.rule}"
     yield from _body_lines(plan, sent, notes, removed)
     for line in notes:
-        if "not set" in line or line.startswith("body not edited"):
+        if isinstance(line, Skipped):
             yield f"  note: {line}"
     if flow.response is not None:
         rule = verdict(config.on_response, flow.response, plan.streaming)
@@ -231,19 +231,19 @@ def _explain(config: Config, flow: http.HTTPFlow, values: dict[str, str]) -> Ite
 
 def _body_lines(plan: Plan, sent: http.Request, notes: list[str], removed: set[Edit]) -> Iterator[str]:
     """The body fields the rules set, as they would leave the proxy, and those they removed."""
-    if not plan.body or any(line.startswith("body not edited") for line in notes):
+    skipped = {line.what for line in notes if isinstance(line, Skipped)}
+    if not plan.body or "body" in skipped:
         return
     try:
         doc = jsonbody.read_object(sent)
     except jsonbody.NotEditable:
         return
-    not_set = {line.split(" not set by ")[0] for line in notes if line.startswith("body ") and " not set by " in line}
     yield "    body (JSON):"
     for e in plan.body:
         if e.value is None:
             if e in removed:
                 yield f"      (removed) {e.name}   ← {e.rule}"
-        elif f"body {e.name}" not in not_set:
+        elif f"body {e.name}" not in skipped:
             found, value = _field(doc, e.name.split("."))
             if found:  # (not when a later edit removed what holds it)
                 yield f"      {e.name}: {json.dumps(value, ensure_ascii=False)}   ← {e.rule}"

@@ -215,6 +215,19 @@ def _one_pool(
     return pool, tuple(tuple(e for e in group.values() if e not in left) for group in edits)
 
 
+class Skipped(str):
+    """A comment line saying an edit was not made (`what`: its place, as the line names it: "X-Header",
+    "cookie c", "body a.b"), or that the body was not edited at all (`what` == "body"). The flow comment
+    shows the text; explain lists such lines as notes by what they are, never by their wording."""
+
+    what: str
+
+    def __new__(cls, text: str, what: str) -> Skipped:
+        line = super().__new__(cls, text)
+        line.what = what
+        return line
+
+
 @dataclass(frozen=True, slots=True)
 class _Removal:
     """The comment line of a removal, kept only when the request had what it removes."""
@@ -258,7 +271,7 @@ def _compile(plan: Plan) -> _Compiled:
             else:
                 value = edit.value.render({})
                 if not _fits(kind, value):
-                    steps.append(f"{label} not set by {edit.rule}: the value cannot go in a {kind}")
+                    steps.append(Skipped(f"{label} not set by {edit.rule}: the value cannot go in a {kind}", label))
                     continue
                 steps.append(f"{label} ← {edit.rule}")
             if kind == "cookie":
@@ -418,7 +431,7 @@ async def _edit_body_in(
     except WorkerFailed as e:
         logger.warning(f"rules: body of {request.method} {request.pretty_url} not edited ({compiled.body_rules}): "
                        f"the body worker failed: {e}")  # fmt: skip
-        return [f"body not edited by {compiled.body_rules}: the body worker failed: {e}"]
+        return [Skipped(f"body not edited by {compiled.body_rules}: the body worker failed: {e}", "body")]
     return _body_done(request, data, outcomes, steps, removed)
 
 
@@ -439,13 +452,14 @@ def _body_done(
         elif outcomes[at] is None:
             lines.append(line)
         else:
-            lines.append(f"{_label('body', edit)} not set by {edit.rule}: {outcomes[at]}")
+            label = _label("body", edit)
+            lines.append(Skipped(f"{label} not set by {edit.rule}: {outcomes[at]}", label))
     return lines
 
 
 def _body_skipped(compiled: _Compiled, request: http.Request, why: str) -> str:
     logger.debug(f"rules: body of {request.method} {request.pretty_url} not edited ({compiled.body_rules}): {why}")
-    return f"body not edited by {compiled.body_rules}: {why}"
+    return Skipped(f"body not edited by {compiled.body_rules}: {why}", "body")
 
 
 def _render(kind: str, edit: Edit, values: Mapping[str, str], public: frozenset[str] = frozenset()) -> tuple[str, str | None]:
@@ -455,11 +469,11 @@ def _render(kind: str, edit: Edit, values: Mapping[str, str], public: frozenset[
     uses = edit.value.sorted_uses
     missing = [p for p in uses if p not in values]
     if missing:
-        return f"{label} not set by {edit.rule}: no {', '.join(missing)} value", None
+        return Skipped(f"{label} not set by {edit.rule}: no {', '.join(missing)} value", label), None
     rendered = edit.value.render(values)
     secrets = ", ".join(f"{p} {values[p] if p in public else mask(values[p])}" for p in uses)
     if not _fits(kind, rendered):
-        return f"{label} not set by {edit.rule}: the {secrets} value cannot go in a {kind}", None
+        return Skipped(f"{label} not set by {edit.rule}: the {secrets} value cannot go in a {kind}", label), None
     return f"{label} ← {edit.rule} ({secrets})", rendered
 
 

@@ -22,8 +22,9 @@ import httpx
 import pytest
 
 from conftest import ROOT, run_mitmdump
-from helpers import compressed_json, write_rules
+from helpers import TOKENS, compressed_json, write_rules
 from scripted_upstream import Request, ScriptedUpstream, answer
+from test_recovery_e2e import rules_for
 
 RULES = """\
 rules:
@@ -248,3 +249,46 @@ def test_mitmdump_ends_with_its_body_worker(tmp_path, scripted, start_proxy, sig
     assert gone(worker)
     if sig != signal.SIGKILL:
         assert code == 0 and "Traceback" not in proxy.log()
+
+
+# a recovered stream that goes silent: hung up after retry_idle_timeout, and not long after
+
+IDLE = 2  # seconds: retry_idle_timeout
+CHAT = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
+
+
+def test_a_silent_recovered_stream_is_hung_up_after_retry_idle_timeout_and_well_before_ten_times_it(
+    tmp_path, start_proxy, upstream
+):
+    """The retry's stream sends three events, then nothing. The proxy hangs it up once it has been
+    silent for retry_idle_timeout: not before (the third event left the upstream before the proxy got
+    it, so the silence the proxy saw started after that), and not ten times later."""
+    upstream.app.tokens, upstream.app.stall_after = {TOKENS[1]}, 3
+    proxy = start_proxy(rules_for(tmp_path, upstream.port), "--set", f"retry_idle_timeout={IDLE}")
+    hung_up_at: list[float] = []
+
+    def watch() -> None:  # when the upstream saw the proxy hang up the retry's stream
+        if upstream.app.hung_up.wait(10 * IDLE + 30):
+            hung_up_at.append(time.time())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    events = []
+    with httpx.Client(proxy=proxy.url, timeout=10 * IDLE + 30) as client:
+        with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+            with client.stream("POST", f"http://127.0.0.1:{upstream.port}/v1/chat/completions", content=CHAT) as response:
+                assert response.status_code == 200
+                for line in response.iter_lines():
+                    if line.startswith("data: {"):
+                        events.append(json.loads(line[6:]))
+    broken_at = time.time()
+    watcher.join(10 * IDLE + 30)
+    assert [r.status for r in upstream.app.received] == [403, 200]  # a recovered stream
+    assert [e["choices"][0]["delta"]["content"] for e in events] == ["word0 ", "word1 ", "word2 "]
+    assert hung_up_at, "the proxy did not hang up the silent retry"
+    silent_since = events[-1]["sent_at"]  # the upstream's clock, which is this process's
+    hung_up, broken = hung_up_at[0] - silent_since, broken_at - silent_since
+    assert IDLE <= hung_up < 10 * IDLE, f"hung up {hung_up:.1f} s after the last event"
+    assert IDLE <= broken < 10 * IDLE, f"the client's stream broke {broken:.1f} s after the last event"
+    proxy.wait_for_log(r"then its stream broke off: .*\(the retry's answer broke off: "
+                       rf"no data for {IDLE} s \(retry_idle_timeout\)\)")

@@ -7,6 +7,7 @@ run the one fetch.py in the rules' folder, so runs.txt counts captcha runs acros
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import json
 import re
@@ -20,6 +21,7 @@ import httpx
 import pytest
 from mitmproxy.certs import CertStore
 
+from addon.tokens.pool import token_key
 from conftest import Proxy, assert_no_secrets, written
 from helpers import TOKENS, write_rules
 from latency_relay import LatencyRelay
@@ -288,3 +290,30 @@ def test_a_store_50_ms_away(two_proxies, upstream, redis_server):
             assert not re.search(DOWN, p.log()), p.log()
     finally:
         relay.stop()
+
+
+def test_a_retry_after_longer_than_the_cooldown_holds_on_the_shared_store(two_proxies, upstream, redis_server):
+    """The cooldown is 300 s; the upstream refuses the first token with `Retry-After: 7200`. It cools
+    for 7200 s on the proxy it was refused through, in Redis, and on the other proxy."""
+    a, b = two_proxies(web=True)
+    upstream.app.tokens, upstream.app.retry_after = set(TOKENS[1:]), "7200"
+    before = time.time()
+    for _ in range(4 * len(TOKENS)):  # until the rotation comes to it (a draws at places of the shared rotation)
+        upstream.app.received.clear()
+        assert send(a, upstream.port).status_code == 200
+        if sessions(upstream)[0] == TOKENS[0]:
+            break
+    after = time.time()
+    assert sessions(upstream) == [TOKENS[0], TOKENS[1]]
+    assert [r.status for r in upstream.app.received] == [403, 200]
+    a.wait_for_log(rf"tokens: …{TOKENS[0][-4:]} refused \(403\); passed over for 7[12]\d\d s")
+    key = token_key(TOKENS[0])
+    wait_for_redis(redis_server, lambda c: c.hget(HEALTH, key) is not None, "the refusal")
+    cooling_until = float(redis_server.client().hget(HEALTH, key).split()[0])
+    assert before + 7200 <= cooling_until <= after + 7200, f"cools {cooling_until - after:.0f} s in Redis"
+    b.wait_for_log(rf"tokens: …{TOKENS[0][-4:]} refused through another proxy; passed over for 7[12]\d\d s")
+    assert TOKENS[0] not in send_ok(b, upstream, 4)
+    # the refusing proxy took Redis's answer as its record (long since, by now): 7200 s there too
+    (row,) = [r for r in a.call("tokens.status") if r.startswith(f"…{TOKENS[0][-4:]} ")]
+    until = datetime.datetime.fromisoformat(re.search(r"cooling until (\S+ \S+)", row)[1]).timestamp()
+    assert before + 7199 <= until <= after + 7200, row  # (shown to the second)

@@ -40,6 +40,16 @@ def stream(url: str, **client) -> tuple[httpx.Response, list[tuple[float, dict]]
     return response, events
 
 
+def assert_every_event_once(events: list[tuple[float, dict]], chunks: int = 5) -> None:
+    """The client got the upstream's stream event for event: `chunks` words, then the end, each once
+    and in the order the upstream sent them (none lost, none twice)."""
+    assert len(events) == chunks + 1, [e["choices"][0]["delta"].get("content") for _, e in events]
+    assert [e["choices"][0]["delta"] for _, e in events] == [{"content": f"word{i} "} for i in range(chunks)] + [{}]
+    assert [e["choices"][0]["finish_reason"] for _, e in events] == [None] * chunks + ["stop"]
+    sent = [e["sent_at"] for _, e in events]
+    assert sent == sorted(set(sent))
+
+
 def client_and_replays(proxy: Proxy):
     proxy.stop()
     flows = proxy.saved_flows()
@@ -51,6 +61,7 @@ def test_recovered_stream_reaches_the_client_as_the_upstream_sends_it(tmp_path, 
     proxy = start_proxy(rules_for(tmp_path, upstream.port), "--set", "stream_copy_limit=300")
     response, events = stream(chat_url(upstream.port), proxy=proxy.url)
     assert response.status_code == 200 and response.headers["content-type"] == "text/event-stream"
+    assert_every_event_once(events)
     assert_spread_out(events)
     assert [(r.cookie("session"), r.status) for r in upstream.app.received] == [(TOKENS[0], 403), (TOKENS[1], 200)]
 
@@ -95,6 +106,7 @@ def test_stream_refused_twice_recovers_with_the_third_token(tmp_path, start_prox
     proxy = start_proxy(rules_for(tmp_path, upstream.port))
     response, events = stream(chat_url(upstream.port), proxy=proxy.url)
     assert response.status_code == 200
+    assert_every_event_once(events)
     assert_spread_out(events)
     assert [(r.cookie("session"), r.status) for r in upstream.app.received] == [
         (TOKENS[0], 403), (TOKENS[1], 403), (TOKENS[2], 200),
@@ -137,6 +149,7 @@ def test_recovered_stream_in_every_mode(request, tmp_path, start_proxy, mode):
         response, events = stream(chat_url(up.port, scheme), proxy=proxy.url, verify=proxy.ssl_context, http2="http2" in reach)
     assert response.status_code == 200
     assert response.http_version == ("HTTP/2" if "http2" in reach else "HTTP/1.1")
+    assert_every_event_once(events)
     assert_spread_out(events)
     assert [(r.cookie("session"), r.status) for r in up.app.received] == [(TOKENS[0], 403), (TOKENS[1], 200)]
 

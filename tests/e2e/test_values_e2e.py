@@ -6,10 +6,15 @@ browser script would. Assertions are on what the upstream received and what the 
 
 from __future__ import annotations
 
+import ctypes
 import gzip
 import json
+import os
+import re
+import socket
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -169,3 +174,67 @@ def test_a_gzip_encoded_json_body_is_edited_and_still_decodes(make_rules, start_
     assert got.header("content-encoding") == "gzip"
     assert int(got.header("content-length")) == len(got.body)
     assert json.loads(gzip.decompress(got.body)) == {**BODY, "recaptchaV3Token": captcha(1)}
+
+
+class Opens:
+    """Counts the times a file is opened (Linux inotify, IN_OPEN): when the proxy reads it."""
+
+    IN_OPEN = 0x20
+
+    def __init__(self, path) -> None:
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self.libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0 or self.libc.inotify_add_watch(self.fd, str(path).encode(), self.IN_OPEN) < 0:
+            pytest.skip(f"no inotify here: {os.strerror(ctypes.get_errno())}")
+        self.count = 0
+
+    def take(self) -> int:
+        """Opens since the last call (the kernel queued each as it happened)."""
+        before = self.count
+        while True:
+            try:
+                data = os.read(self.fd, 4096)
+            except BlockingIOError:
+                return self.count - before
+            while data:  # struct inotify_event: wd, mask, cookie, len, name[len]
+                self.count += 1
+                data = data[16 + int.from_bytes(data[12:16], sys.byteorder):]
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def test_a_client_that_leaves_while_a_refresh_waits_on_the_file_gets_no_retry(make_rules, start_proxy, upstream):
+    """The challenge page leads to a refresh of cf_clearance, which waits for the file to change (a
+    browser script solving the challenge). The client leaves meanwhile; then the file changes: the
+    refresh has its new value, and no retry goes to the upstream, as nobody would get its answer."""
+    rules = make_rules()
+    path = rules.parent / "cf_clearance.txt"
+    proxy = start_proxy(rules)
+    upstream.app.clearances = {clearance(2)}  # the clearance in the file has expired
+    opens = Opens(path)
+    challenged = threading.Event()
+    upstream.app.on_challenge = lambda: (opens.take(), challenged.set())  # the reads for the request are done
+    body = json.dumps(BODY).encode()
+    try:
+        sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+        sock.sendall(f"POST http://127.0.0.1:{upstream.port}{PATH} HTTP/1.1\r\nHost: 127.0.0.1:{upstream.port}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        client = sock.getsockname()
+        assert challenged.wait(30), "the upstream never showed the challenge"
+        deadline = time.monotonic() + 30
+        while not opens.take():  # the refresh reads the file once it starts, then waits for it to change
+            assert time.monotonic() < deadline, "the refresh never read the file"
+            time.sleep(0.02)
+        sock.close()
+        proxy.wait_for_log(rf"\[{client[0]}:{client[1]}\] client disconnect")
+        assert len(upstream.app.received) == 1  # the refresh is still waiting: nothing sent since
+        path.write_text(clearance(2) + "\n")  # the browser script solved it, after the client left
+        proxy.wait_for_log(r"recovered POST")  # the recovery's end, whatever it was
+        time.sleep(1.5)  # a retry would have reached the upstream by now
+    finally:
+        opens.close()
+    assert [r.status for r in upstream.app.received] == [403], proxy.log()
+    assert re.search(r"not recovered POST .*: 403 with …1111 → error with …1111 \(new cf_clearance …0002\) "
+                     r"\(attempt 2 failed: the client left\)", proxy.log())
+    assert cooling_until(proxy, rules, TOKENS[0]) == 0  # and no token is blamed

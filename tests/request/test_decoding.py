@@ -94,3 +94,51 @@ def test_decoded_request_shows_filters_the_decoded_body_then_restores_it():
     assert request.headers.fields == fields and request.raw_content == raw
     with decoded_request(request, 100):  # past the bound: as it came
         assert request.raw_content == raw and request.headers["content-encoding"] == "br"
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # the start of every zstd frame
+
+
+def one_zstd_frame(size: int, declared: bool) -> bytes:
+    """`{"stream": true, "pad": "   …"}` of about `size` bytes as ONE zstd frame (compressed a MiB at a
+    time, with the zstd module mitmproxy uses on this line); `declared`: its header says how large it is."""
+    head, tail = b'{"stream": true, "pad": "', b'"}'
+    pieces = [head, *([b" " * MiB] * ((size - len(head) - len(tail)) // MiB)), tail]
+    total = sum(map(len, pieces))
+    try:
+        try:
+            from compression import zstd  # type: ignore[import-not-found]
+        except ImportError:
+            from backports import zstd  # type: ignore[no-redef]
+    except ImportError:
+        import zstandard  # type: ignore[import-not-found]
+
+        z = zstandard.ZstdCompressor(write_content_size=declared).compressobj(size=total if declared else -1)
+        frame = b"".join([*(z.compress(p) for p in pieces), z.flush()])
+        assert zstandard.frame_content_size(frame) == (total if declared else -1)
+    else:
+        c = zstd.ZstdCompressor()
+        if declared:
+            c.set_pledged_input_size(total)
+        frame = b"".join([*(c.compress(p) for p in pieces), c.flush(zstd.ZstdCompressor.FLUSH_FRAME)])
+        assert zstd.get_frame_info(frame).decompressed_size == (total if declared else None)
+    assert frame.startswith(ZSTD_MAGIC) and frame.count(ZSTD_MAGIC) == 1  # one frame, not many of a MiB
+    return frame
+
+
+@pytest.mark.parametrize("declared", [False, True], ids=["size not in the header", "size in the header"])
+def test_a_single_frame_zstd_bomb_takes_no_more_memory_than_the_bound(declared):
+    """The bombs above are made of 1 MiB zstd frames, so a decoder that decodes a whole frame at a
+    time stays within the bound on them. This one is a single frame (16 KiB) that decodes to 512 MiB."""
+    bomb = one_zstd_frame(512 * MiB, declared)
+    assert len(bomb) < 64 * 1024
+    tracemalloc.start()
+    try:
+        body, complete = decode_body(bomb, "zstd", 4 * MiB)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not complete and len(body) == 4 * MiB and body == b'{"stream": true, "pad": "' + b" " * (4 * MiB - 25)
+    assert peak < 16 * MiB, f"decoding took {peak / MiB:.0f} MiB"
+    # in a chain, and behind another coding: still bounded
+    assert decode_body(encode(bomb, "gzip"), "zstd, gzip", 4 * MiB) == Decoded(body, False)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from addon.runtime.sources import ValueSource
 from addon.rules.config import ValueSpec
+from addon.runtime.sources import ValueSource
 
 
 class Clock:
@@ -316,3 +316,23 @@ def test_a_file_or_the_environment_is_read_without_giving_way_to_other_tasks(tmp
         return order
 
     assert asyncio.run(main()) == ["value read", "another task"]
+
+
+def test_a_file_value_with_a_ttl_is_reused_within_it_and_read_again_after_it(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("one")
+    clock = Clock()
+    source = ValueSource(spec(tmp_path, ttl=1, file=path), clock)
+    assert asyncio.run(source.get()) == "one"
+    path.write_text("two")  # and nobody says so (no loader's watcher here): only the ttl can bring it
+    clock.now += 0.9
+    assert source.cached() == "one" and asyncio.run(source.get()) == "one"  # within the ttl: not read again
+    assert source.runs == 1
+    clock.now += 0.2  # past the ttl
+    assert source.cached() is None
+    assert asyncio.run(source.get()) == "two"
+    assert source.runs == 2
+    clock.now += 0.9
+    assert source.cached() == "two"  # kept for a ttl of its own
+    clock.now += 0.2
+    assert source.cached() is None
