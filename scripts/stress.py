@@ -219,7 +219,8 @@ def measure_bombs(folder: Path, port: int) -> None:
 
 def measure_tokens(folder: Path) -> None:
     from addon.tokens import statefile
-    from addon.tokens.pool import TokenPool, read_token_list
+    from addon.tokens.pool import TokenPool
+    from addon.tokens.tokenfile import read_token_list
 
     path = folder / "tokens.txt"
     tokens = [f"tok-{i:07d}-{os.urandom(8).hex()}" for i in range(100_000)]
@@ -274,7 +275,7 @@ def measure_tokens(folder: Path) -> None:
 
 
 def measure_switch(folder: Path, port: int) -> None:
-    from addon.tokens.pool import token_key
+    from addon.tokens.tokenfile import token_key
 
     tokens_file = folder / "tokens.txt"
     tokens = [f"tok-{i:07d}-{os.urandom(8).hex()}" for i in range(1_000_000)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import textwrap
 from pathlib import Path
 
@@ -62,3 +64,17 @@ def compressed_json(encoding: str, size: int) -> bytes:
         return b"".join(c.process(p) for p in pieces) + c.finish()
     z = zlib.compressobj(6, zlib.DEFLATED, {"gzip": 31, "deflate": 15}[encoding])
     return b"".join(z.compress(p) for p in pieces) + z.flush()
+
+
+def b64(obj) -> str:
+    return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+
+def jwt(claims, signature: str = "c2lnbmF0dXJl") -> str:
+    """A token that is a JWT with these claims (the signature is not checked by anyone)."""
+    return f"{b64({'alg': 'HS256', 'typ': 'JWT'})}.{b64(claims)}.{signature}"
+
+
+def session(obj) -> str:
+    """A Supabase-style session cookie value: `base64-` and the JSON."""
+    return "base64-" + base64.b64encode(json.dumps(obj).encode()).decode()

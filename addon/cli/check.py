@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from addon.rules.config import Config, load_config
+from addon.rules.config import load_config
+from addon.rules.records import Config
 from addon.rules.schema import RulesError, RulesErrors
-from addon.tokens.pool import TokensFileError, read_tokens
+from addon.tokens.tokenfile import TokensFileError, read_tokens
 
 
 def check(path: Path) -> tuple[bool, list[str]]:

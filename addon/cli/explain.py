@@ -25,10 +25,11 @@ from addon.mitm import helpers
 from addon.recovery.verdict import applies, verdict
 from addon.request import jsonbody
 from addon.request.plan import Edit, Plan, Skipped, apply_plan, plan_request
-from addon.rules.config import DISABLE, PASS, REFRESH, REFRESH_CAPTCHA, ROTATE, Config
+from addon.rules.records import DISABLE, PASS, REFRESH, REFRESH_CAPTCHA, ROTATE, Config
 from addon.rules.template import TOKEN
 from addon.tokens import statefile
-from addon.tokens.pool import TokenPool, TokensFileError, read_tokens
+from addon.tokens.pool import TokenPool
+from addon.tokens.tokenfile import TokensFileError, read_tokens
 from addon.util.masking import mask
 
 

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from addon.rules.config import json_schema, rules_schema
+from addon.rules.config import json_schema
+from addon.rules.sections import rules_schema
 
 HEADER = """\
 # Rules file reference

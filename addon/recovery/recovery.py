@@ -46,12 +46,12 @@ from addon.recovery.streamtap import BodyCopy, keep_copy
 from addon.recovery.verdict import applies, holds_for_first_event, may_retry, retry_after, verdict
 from addon.request.plan import apply_plan_off_loop
 from addon.request.rewriter import REPLAY_KEY, Rewriter, Sent, rewritten
-from addon.rules.config import DISABLE, REFRESH, ROTATE, Config
+from addon.rules.records import DISABLE, REFRESH, ROTATE, Config
 from addon.rules.template import TOKEN
 from addon.runtime.loader import Runtime
 from addon.runtime.pools import Pool
 from addon.tokens.breaker import refuse_here
-from addon.tokens.pool import token_key
+from addon.tokens.tokenfile import token_key
 from addon.util.comment import add_note
 from addon.util.masking import mask
 

@@ -10,7 +10,7 @@ from mitmproxy import http
 
 from addon.recovery.firstevent import first_event, is_sse
 from addon.request.decoding import decode_body
-from addon.rules.config import DISABLE, PASS, ROTATE, ResponseRule
+from addon.rules.records import DISABLE, PASS, ROTATE, ResponseRule
 from addon.rules.template import TOKEN
 
 BODY_SEARCH_LIMIT = 1024 * 1024  # bytes of a decoded body that `body:` regexes look at

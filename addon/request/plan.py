@@ -23,9 +23,9 @@ from addon.request.bodyworker import WORKER, BodyWorker, WorkerFailed, is_large
 from addon.request.cookies import edit_cookie_headers
 from addon.request.decoding import decoded_request
 from addon.request.streamdetect import MAX_JSON_BODY, is_streaming, warn_overlong
-from addon.rules.config import Config, Rule
-from addon.rules.schema import JsonLiteral
+from addon.rules.records import Config, Rule
 from addon.rules.template import TOKEN, Template
+from addon.rules.types import JsonLiteral
 from addon.util import comment
 from addon.util.masking import mask
 

@@ -26,17 +26,17 @@ from typing import Any, TypeVar
 from mitmproxy import ctx, exceptions
 
 from addon.mitm import helpers
-from addon.rules.config import DEFAULT_POOL, Config, load_config
+from addon.rules.config import load_config
+from addon.rules.records import DEFAULT_POOL, Config
 from addon.rules.schema import RulesError, RulesErrors
 from addon.rules.template import CAPTCHA
 from addon.runtime.pools import Pool, State, place
 from addon.runtime.sources import ValueSource
 from addon.tokens import statefile
-from addon.tokens.breaker import Breaker
-from addon.tokens.pool import GONE_GRACE, TokenList, TokenPool, TokensFileError, health_from_state, read_token_list
-from addon.tokens.sessions import Sessions, take_renewed
+from addon.tokens.health import health_from_state
+from addon.tokens.sessions import take_renewed
 from addon.tokens.shared import SharedStore
-from addon.tokens.statesaver import StateSaver
+from addon.tokens.tokenfile import GONE_GRACE, TokenList, TokensFileError, read_token_list
 from addon.util.offloop import in_thread
 from addon.util.watch import FileWatcher
 
@@ -81,28 +81,6 @@ class Runtime:
         """Take an account's renewed session value off the answer, in the pool whose token the
         request carried (even one a reload has dropped since)."""
         take_renewed(flow)
-
-    # the first pool's parts (the only pool of most files)
-
-    @property
-    def tokens(self) -> TokenPool:
-        return self.pool.tokens
-
-    @property
-    def breaker(self) -> Breaker:
-        return self.pool.breaker
-
-    @property
-    def saver(self) -> StateSaver:
-        return self.pool.saver
-
-    @property
-    def sessions(self) -> Sessions:
-        return self.pool.sessions
-
-    @property
-    def shared(self) -> SharedStore | None:
-        return self.pool.shared
 
     @property
     def store(self) -> SharedStore | None:

@@ -14,14 +14,16 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from addon.rules.config import DEFAULT_POOL, TokensSpec
+from addon.rules.records import DEFAULT_POOL, TokensSpec
 from addon.tokens import statefile
 from addon.tokens.breaker import Breaker
-from addon.tokens.pool import GONE_GRACE, Health, TokenList, TokenPool
+from addon.tokens.health import Health
+from addon.tokens.pool import TokenPool
 from addon.tokens.sessions import Sessions
 from addon.tokens.shared import SharedStore
 from addon.tokens.statelock import StateFileLock
 from addon.tokens.statesaver import StateSaver
+from addon.tokens.tokenfile import GONE_GRACE, TokenList
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from addon.rules.config import BreakerSpec
-from addon.tokens.pool import TokenPool, token_key
+from addon.rules.records import BreakerSpec
+from addon.tokens.pool import TokenPool
+from addon.tokens.tokenfile import token_key
 from mitmproxy.log import ALERT
 
 logger = logging.getLogger(__name__)

@@ -65,7 +65,7 @@ def test_pip_install_into_a_fresh_venv_gives_a_working_mitm_rules(tmp_path):
     assert explained.returncode == 0, explained.stderr
     assert f"Authorization: Bearer …{TOKENS[0][-4:]}" in explained.stdout
     # every module imports (the whole pipeline, as mitmdump loads it; the Lua scripts are read at import)
-    code = "import addon, addon.pipeline, addon.tokens.shared as s; print(addon.__file__, len(s.SCRIPTS))"
+    code = "import addon, addon.pipeline, addon.tokens.storerecords as s; print(addon.__file__, len(s.SCRIPTS))"
     where = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=folder, capture_output=True, text=True,
                            env=env, timeout=60)  # fmt: skip
     assert where.stdout.startswith(str(venv)) and where.stdout.split()[1] == "7", where.stdout + where.stderr

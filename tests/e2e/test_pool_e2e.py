@@ -41,7 +41,7 @@ def sent(upstream) -> list[str]:
 
 
 def health(rules, token) -> dict:
-    from addon.tokens.pool import token_key
+    from addon.tokens.tokenfile import token_key
 
     return json.loads((rules.parent / "tokens.state.json").read_text())["tokens"][token_key(token)]
 
@@ -95,7 +95,7 @@ def test_two_proxies_on_one_state_file_the_second_says_so_and_does_not_write_it(
 def test_expired_tokens_are_not_sent_the_next_usable_one_goes_instead(tmp_path, start_proxy, upstream):
     """JWTs, and a Supabase-style session value carrying its expiry: the upstream would take them all
     (it does not read them), so only the proxy's own judgement keeps the expired ones back."""
-    from test_expiry import jwt, session
+    from helpers import jwt, session
 
     now = time.time()
     expired, expiring = jwt({"sub": "u1", "exp": now - 10}, "sig1"), jwt({"sub": "u2", "exp": now + 30}, "sig2")  # 30 s: within the margin

@@ -60,7 +60,7 @@ def test_a_refusal_rotates_the_pool_of_the_requests_token_and_no_other(tmp_path,
     assert sent_to(upstream, "/arena/") == [TOKENS[0], TOKENS[1], TOKENS[1], TOKENS[1], TOKENS[1]]  # refused once, then sticky
     assert sent_to(upstream, "/openai/") == OPENAI * 2  # its own rotation, not moved by the arena's refusal
     proxy.stop()
-    from addon.tokens.pool import token_key
+    from addon.tokens.tokenfile import token_key
 
     arena, openai = state(tmp_path, "tokens"), state(tmp_path, "openai")
     assert arena[token_key(TOKENS[0])]["refusals"] == 1

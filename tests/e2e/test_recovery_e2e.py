@@ -465,7 +465,7 @@ def test_answers_mitmproxy_streams_by_size_are_not_lost(make_rules, start_proxy,
 
 
 def _key(token: str) -> str:
-    from addon.tokens.pool import token_key
+    from addon.tokens.tokenfile import token_key
 
     return token_key(token)
 

@@ -79,7 +79,7 @@ def test_the_next_request_carries_the_renewed_value_the_client_never_sees_it_and
     proxy.stop()
     kept = tmp_path / "tokens.sessions.json"
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
-    from addon.tokens.pool import token_key
+    from addon.tokens.tokenfile import token_key
 
     assert json.loads(kept.read_text())["sessions"] == {token_key(TOKENS[0]): third}
     assert proxy.log().count(RENEWED) == 3

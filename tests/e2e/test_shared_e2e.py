@@ -21,7 +21,7 @@ import httpx
 import pytest
 from mitmproxy.certs import CertStore
 
-from addon.tokens.pool import token_key
+from addon.tokens.tokenfile import token_key
 from conftest import Proxy, assert_no_secrets, written
 from helpers import TOKENS, write_rules
 from latency_relay import LatencyRelay
@@ -62,7 +62,7 @@ BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]
 SHARED = r"token health shared through Redis"
 DOWN = r"tokens: Redis at .* cannot be reached \("  # the alert, not the warning of a command run meanwhile
 BACK = r"is back: token health is shared again"
-HEALTH = "mitm-rules:{default}:health"  # addon/tokens/shared.py's key of the token records (namespace default)
+HEALTH = "mitm-rules:{default}:health"  # addon/tokens/storerecords.py's key of the token records (namespace default)
 FOURTH = "tok-delta-000000004444"
 
 

@@ -415,7 +415,7 @@ def test_when_the_guard_declines_it_says_so_once_and_the_answer_comes_whole(tmp_
 
 
 def _key(token: str) -> str:
-    from addon.tokens.pool import token_key
+    from addon.tokens.tokenfile import token_key
 
     return token_key(token)
 

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from addon.tokens.pool import token_key
+from addon.tokens.tokenfile import token_key
 from helpers import ISSUE_16_RULES, TOKENS, write_rules
 
 # a stand-in for a reCAPTCHA minting script: a new token for every run

@@ -13,7 +13,7 @@ from addon.recovery import recovery
 from addon.recovery.recovery import Action, Recovery, _take_response
 from addon.recovery.replay import Limits
 from addon.request.rewriter import Rewriter
-from addon.rules.config import REFRESH, ROTATE
+from addon.rules.records import REFRESH, ROTATE
 from addon.runtime.loader import Runtime
 from helpers import TOKENS, write_rules
 
@@ -211,7 +211,7 @@ def test_a_disable_rule_asks_for_a_rotation_that_retires_the_token(tmp_path, sta
 
 def test_a_retirement_is_logged_once_with_the_last_four_characters(recover, caplog):
     response = tflow.tresp(status_code=401)
-    pool = recover.runtime.tokens
+    pool = recover.runtime.pool.tokens
     with caplog.at_level("INFO"):
         recover._refused(recover.runtime.pool, TOKENS[0], response, retire=True)
         recover._refused(recover.runtime.pool, TOKENS[0], response, retire=True)  # a second answer of one in flight

@@ -2,7 +2,8 @@ import pytest
 from mitmproxy.test import tutils
 
 from addon.recovery.verdict import BODY_SEARCH_LIMIT, applies, holds_for_first_event, may_retry, retry_after, verdict
-from addon.rules.config import DEFAULT_ON_RESPONSE, ResponseRule, _regex
+from addon.rules.records import DEFAULT_ON_RESPONSE, ResponseRule
+from addon.rules.sections.on_response import _regex
 from helpers import compressed_json
 
 RULES = (

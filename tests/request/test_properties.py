@@ -18,7 +18,7 @@ from addon.request.streamdetect import is_streaming
 from addon.rules.config import load_config
 from addon.rules.schema import RulesError
 from addon.runtime.loader import Runtime
-from addon.tokens.pool import TokensFileError, read_tokens
+from addon.tokens.tokenfile import TokensFileError, read_tokens
 from helpers import TOKENS, write_rules
 
 RULES = """\

@@ -228,15 +228,15 @@ def test_drawn_values_that_would_break_out_of_their_place_are_not_set(tmp_path, 
 
 def test_a_token_refused_while_the_captcha_is_fetched_is_not_sent(addons):
     loader, rewriter = addons
-    first, second = loader.tokens.list.tokens[:2]
+    first, second = loader.pool.tokens.list.tokens[:2]
     real_get = loader.captcha.get
 
     async def slow_get():
         value = await real_get()
-        loader.tokens.refused(first)  # another flow's 403 marks the token meanwhile
+        loader.pool.tokens.refused(first)  # another flow's 403 marks the token meanwhile
         return value
 
-    loader.tokens.strategy = "sticky"
+    loader.pool.tokens.strategy = "sticky"
     loader.captcha.get = slow_get
     f = run(rewriter, flow())
     assert f.request.headers["Cookie"] == f"session={second}"

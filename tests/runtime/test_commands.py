@@ -62,7 +62,7 @@ def test_status_without_tokens_is_still_a_row(tmp_path):
 
 
 def test_disable_enable_and_reset(tctx):
-    pool = tctx.loader.tokens
+    pool = tctx.loader.pool.tokens
     pool.refused(TOKENS[0])
     run(tctx, f"tokens.disable …{TOKENS[1][-4:]}")
     assert [s for s, _ in pool.status()] == ["cooling", "disabled", "active"]
@@ -88,7 +88,7 @@ def test_captcha_refresh_runs_the_source_again(tctx, tmp_path):
 
 
 def test_status_survives_a_cooldown_beyond_the_calendar(tctx):
-    tctx.loader.tokens.refused(TOKENS[0], retry_after=1e18)
+    tctx.loader.pool.tokens.refused(TOKENS[0], retry_after=1e18)
     assert run(tctx, "tokens.status")[0].startswith(f"…{TOKENS[0][-4:]}  cooling until far future ")
 
 
@@ -105,12 +105,12 @@ def test_values_refresh_names_the_value(tctx, tmp_path):
 
 
 def test_status_tells_on_trial_retired_and_expired_apart(tctx, tmp_path):
-    from test_expiry import jwt
+    from helpers import jwt
 
     expired = jwt({"exp": 1_000_000}, "sig9")
     (tmp_path / "tokens.txt").write_text("\n".join([*TOKENS, expired]) + "\n")
     tctx.loader.reload_tokens()
-    pool = tctx.loader.tokens
+    pool = tctx.loader.pool.tokens
     pool.refused(TOKENS[0])
     pool.health[pool.list.keys[0]].cooling_until = 1.0  # its cooldown is over; it has not worked since
     pool.refused(TOKENS[1], retire=True)

@@ -27,7 +27,7 @@ def loaded(tmp_path):
 def test_loads_rules_and_tokens(loaded, caplog):
     loader, tctx, tmp_path = loaded
     assert [r.name for r in loader.config.rules] == ["one"]
-    assert len(loader.tokens) == 3
+    assert len(loader.pool.tokens) == 3
 
 
 def test_changed_rules_file_is_reloaded(loaded):
@@ -61,14 +61,14 @@ def test_tokens_file_changes_are_picked_up(loaded):
     loader, _, tmp_path = loaded
     (tmp_path / "tokens.txt").write_text("tok-new-00000000000\n")
     loader._watcher.poll()
-    assert loader.tokens.draw() == "tok-new-00000000000"
+    assert loader.pool.tokens.draw() == "tok-new-00000000000"
 
 
 def test_deleted_tokens_file_keeps_the_tokens_read_before(loaded, caplog):
     loader, _, tmp_path = loaded
     (tmp_path / "tokens.txt").unlink()
     loader._watcher.poll()
-    assert len(loader.tokens) == 3
+    assert len(loader.pool.tokens) == 3
     assert f"{tmp_path}/tokens.txt: tokens file not found; the 3 token(s) read before stay in use" in caplog.text
 
 

@@ -11,7 +11,7 @@ from addon.request.rewriter import Rewriter
 from addon.runtime.commands import TokenCommands
 from addon.runtime.loader import Runtime
 from addon.runtime.pools import Pool
-from addon.tokens.pool import token_key
+from addon.tokens.tokenfile import token_key
 from helpers import TOKENS, write_rules
 
 OPENAI = ["sk-openai-account-0000aaaa", "sk-openai-account-0000bbbb"]
@@ -172,7 +172,7 @@ def test_a_file_of_one_pool_is_the_default_pool_as_before(tmp_path):
         tctx.configure(loader, rules=str(write_rules(tmp_path, ONE_POOL)))
         default = loader.pool
         assert list(loader.pools) == ["default"] and loader.pools["default"] is default and isinstance(default, Pool)
-        assert loader.tokens is default.tokens and default.label == "tokens" and len(default.tokens) == 3
+        assert loader.pool.tokens is default.tokens and default.label == "tokens" and len(default.tokens) == 3
 
 
 def test_two_pools_on_one_store_keep_their_health_apart(tmp_path, redis_server):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from addon.rules.config import ValueSpec
+from addon.rules.records import ValueSpec
 from addon.runtime.sources import ValueSource
 
 

@@ -3,10 +3,12 @@ import logging
 
 import pytest
 
-from addon.rules.config import BreakerSpec, StoreSpec
+from addon.rules.records import BreakerSpec, StoreSpec
 from addon.tokens.breaker import Breaker, refuse_here
-from addon.tokens.pool import TokenPool, token_key
-from addon.tokens.shared import SharedStore, parse_record
+from addon.tokens.pool import TokenPool
+from addon.tokens.shared import SharedStore
+from addon.tokens.storerecords import parse_record
+from addon.tokens.tokenfile import token_key
 
 
 class Clock:

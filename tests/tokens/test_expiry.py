@@ -6,18 +6,7 @@ import json
 import pytest
 
 from addon.tokens.expiry import expires_at, might_expire
-
-
-def b64(obj) -> str:
-    return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
-
-
-def jwt(claims, signature: str = "c2lnbmF0dXJl") -> str:
-    return f"{b64({'alg': 'HS256', 'typ': 'JWT'})}.{b64(claims)}.{signature}"
-
-
-def session(obj) -> str:
-    return "base64-" + base64.b64encode(json.dumps(obj).encode()).decode()
+from helpers import b64, jwt, session
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """addon/tokens/redisbound.py: no Redis reply over the bound is read; with a fake Redis speaking RESP on a
 loopback socket (answers announcing more than they send), and with a real redis-server holding a
-hostile record (addon/tokens/shared.py's clients and parse_record)."""
+hostile record (the shared store's clients, storeconnection.py, and storerecords.parse_record)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from addon.tokens import shared
-from addon.tokens.pool import token_key
+from addon.tokens import storeconnection, storerecords
 from addon.tokens.redisbound import MAX_REPLY, BoundedParser, ReplyTooLarge
-from addon.tokens.shared import SharedStore, parse_record
+from addon.tokens.shared import SharedStore
+from addon.tokens.storerecords import parse_record
+from addon.tokens.tokenfile import token_key
 from test_shared import TOKENS, started, store
 
 SENT_AT_MOST = 64 * 2**20  # what the fake Redis sends after its header, then it stalls (a real attack goes on)
@@ -141,7 +142,7 @@ def test_a_hostile_redis_turns_sharing_off_with_one_alert(caplog):
         async with FakeRedis(b"$2000000000\r\n", b"x") as fake:
             s = store(fake.url)
             s.start()
-            await asyncio.sleep(shared.KEEP_EVERY * 2.5)  # the keeper tries again, twice
+            await asyncio.sleep(storeconnection.KEEP_EVERY * 2.5)  # the keeper tries again, twice
             online = s.online
             s.stop()
             await asyncio.sleep(0.05)
@@ -163,7 +164,7 @@ def test_a_record_too_large_in_a_real_redis_turns_sharing_off(redis_server, capl
     async def main():
         s = store(redis_server.url)
         s.start()
-        await asyncio.sleep(shared.KEEP_EVERY * 1.5)
+        await asyncio.sleep(storeconnection.KEEP_EVERY * 1.5)
         online = s.online
         s.stop()
         await asyncio.sleep(0.05)
@@ -179,7 +180,7 @@ def test_a_record_too_large_in_a_real_redis_turns_sharing_off(redis_server, capl
     ids=["infinite-time", "nan-time", "negative-count", "negative-time", "infinite-count", "disabled-7", "four", "words"],
 )
 def test_parse_record_ignores_records_that_are_not_sane_numbers(record, caplog, monkeypatch):
-    monkeypatch.setattr(shared, "_warned", set())
+    monkeypatch.setattr(storerecords, "_warned", set())
     assert parse_record(record) is None
     assert parse_record(record) is None
     assert caplog.text.count("a token health record in Redis is ignored") == 1
@@ -193,7 +194,7 @@ def test_parse_record_reads_a_good_one():
 
 def test_a_hostile_record_in_a_real_redis_is_ignored_with_one_warning(redis_server, caplog, monkeypatch):
     """`"successes": 1e400` in Redis gave a traceback every second and sharing never resumed."""
-    monkeypatch.setattr(shared, "_warned", set())
+    monkeypatch.setattr(storerecords, "_warned", set())
     caplog.set_level(logging.INFO)
     r = redis_server.client()
     health = "mitm-rules:{default}:health"
@@ -203,12 +204,12 @@ def test_a_hostile_record_in_a_real_redis_is_ignored_with_one_warning(redis_serv
     async def main():
         a, b = store(redis_server.url), store(redis_server.url)
         await started(a, b)
-        await asyncio.sleep(shared.KEEP_EVERY * 2.5)  # the keeper's turns: reading the stream, idle
+        await asyncio.sleep(storeconnection.KEEP_EVERY * 2.5)  # the keeper's turns: reading the stream, idle
         online = a.online
         r.xadd("mitm-rules:{default}:events", {"h": token_key(TOKENS[2]), "r": "1 2 3"})  # through the stream too
         b.pool.refused(TOKENS[3])  # and a good one from another proxy is still shared
         b.refused(TOKENS[3], None)
-        await asyncio.sleep(shared.KEEP_EVERY * 1.5)
+        await asyncio.sleep(storeconnection.KEEP_EVERY * 1.5)
         cooling = a.pool.health.get(token_key(TOKENS[3]))
         a.stop(), b.stop()
         await asyncio.sleep(0.05)

@@ -10,10 +10,11 @@ from mitmproxy.test import taddons, tflow
 
 from addon.pipeline import Pipeline
 from addon.rules.config import RulesError, load_config
-from addon.tokens.pool import TokenPool, token_key
+from addon.tokens.pool import TokenPool
 from addon.tokens.sessions import Sessions, cookie_value, sealer
+from addon.tokens.tokenfile import token_key
 from helpers import TOKENS, write_rules
-from test_expiry import jwt
+from helpers import jwt
 
 RULES = """\
 rules:
@@ -99,12 +100,12 @@ def test_a_set_cookie_for_the_token_cookie_renews_the_account_and_is_not_passed_
     # {token} is the account's current value wherever it goes
     assert f.request.cookies["session"] == NEW and f.request.cookies["theme"] == f"dark-{NEW}"
     # health stays the account's: keyed by the token of the file
-    assert pipeline.runtime.tokens.health[token_key(TOKENS[0])].successes == 2
-    assert token_key(NEW) not in pipeline.runtime.tokens.health
+    assert pipeline.runtime.pool.tokens.health[token_key(TOKENS[0])].successes == 2
+    assert token_key(NEW) not in pipeline.runtime.pool.tokens.health
     kept = tmp_path / "tokens.sessions.json"
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
     assert json.loads(kept.read_text()) == {"version": 1, "sessions": {token_key(TOKENS[0]): NEW}}
-    pipeline.runtime.saver.done()  # the state file written now
+    pipeline.runtime.pool.saver.done()  # the state file written now
     assert NEW[-12:] not in (tmp_path / "tokens.state.json").read_text()
 
 
@@ -118,7 +119,7 @@ def test_a_request_sent_with_a_renewed_value_is_judged_as_the_account(proxy):
     sent = pipeline.rewriter.sent[f]
     assert sent.values["token"] == TOKENS[0]  # what the recovery blames, rotates from and excludes: the account
     pipeline.recovery._refused(pipeline.runtime.pool, sent.values["token"], tflow.tresp(status_code=403))
-    health = pipeline.runtime.tokens.health[token_key(TOKENS[0])]
+    health = pipeline.runtime.pool.tokens.health[token_key(TOKENS[0])]
     assert health.refusals == 1 and health.suffix == "…" + TOKENS[0][-4:]
 
 

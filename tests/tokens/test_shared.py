@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from addon.rules.config import BreakerSpec, StoreSpec, ValueSpec, load_config
+from addon.rules.config import load_config
+from addon.rules.records import BreakerSpec, StoreSpec, ValueSpec
 from addon.runtime.sources import ValueSource
-from addon.tokens import shared as shared_module
+from addon.tokens import storeconnection
 from addon.tokens.breaker import Breaker, refuse_here
-from addon.tokens.pool import TokenPool, token_key
+from addon.tokens.pool import TokenPool
 from addon.tokens.shared import OP_TIMEOUT, SharedStore
+from addon.tokens.tokenfile import token_key
 from latency_relay import LatencyRelay
 from redisserver import RedisServer
 
@@ -359,7 +361,7 @@ def test_a_hung_redis_keeps_no_request_waiting(redis_server, caplog, monkeypatch
     """Redis that stops answering: no draw waits at all, a command value's look waits OP_TIMEOUT at
     most and does not turn sharing off; the follower, which gets no answer, does, with one alert."""
     caplog.set_level(logging.INFO)
-    monkeypatch.setattr(shared_module, "SLOW_TIMEOUT", 1.0)  # how long the follower waits before it gives up
+    monkeypatch.setattr(storeconnection, "SLOW_TIMEOUT", 1.0)  # how long the follower waits before it gives up
 
     async def main():
         a = store(redis_server.url)

@@ -6,8 +6,9 @@ import pytest
 from mitmproxy.test import taddons
 
 from addon.runtime.loader import Runtime
-from addon.tokens.pool import TokenPool, token_key
+from addon.tokens.pool import TokenPool
 from addon.tokens.statefile import MAX_STATE_BYTES, StateStore, load_state
+from addon.tokens.tokenfile import token_key
 from helpers import TOKENS, write_rules
 
 
@@ -189,5 +190,5 @@ def test_a_state_file_with_1e400_does_not_stop_the_proxy(tmp_path, caplog):
     loader = Runtime()
     with taddons.context(loader) as tctx:
         tctx.configure(loader, rules=str(tmp_path / "rules.yaml"))  # before: OverflowError, and mitmdump exited 1
-        assert len(loader.tokens) == 3 and loader.tokens.health == {}
+        assert len(loader.pool.tokens) == 3 and loader.pool.tokens.health == {}
     assert "it holds the number 1e400, out of range" in caplog.text

@@ -42,16 +42,16 @@ def test_the_second_loader_on_a_state_file_does_not_write_it(tmp_path, caplog):
         tctx.configure(first, rules=rules)
         with taddons.context(second) as tctx2, caplog.at_level(logging.WARNING):
             tctx2.configure(second, rules=rules)
-            second.tokens.refused(TOKENS[0])  # without an event loop, a change is saved at once
+            second.pool.tokens.refused(TOKENS[0])  # without an event loop, a change is saved at once
             second.done()
         assert "uses the state file" in caplog.text
         assert not state.exists()
-        first.tokens.refused(TOKENS[1])
-        assert list(json.loads(state.read_text())["tokens"]) == [first.tokens.list.keys[1]]
+        first.pool.tokens.refused(TOKENS[1])
+        assert list(json.loads(state.read_text())["tokens"]) == [first.pool.tokens.list.keys[1]]
         first.done()
     third = Runtime()  # the first let go when it stopped
     with taddons.context(third) as tctx:
         tctx.configure(third, rules=rules)
-        third.tokens.refused(TOKENS[2])
+        third.pool.tokens.refused(TOKENS[2])
         third.done()
     assert len(json.loads(state.read_text())["tokens"]) == 2

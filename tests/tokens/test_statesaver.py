@@ -38,16 +38,16 @@ def test_the_state_file_is_written_in_a_thread(loaded, monkeypatch):
     monkeypatch.setattr(statesaver, "SAVE_EVERY", 0.0)
 
     async def go():
-        loader.tokens.refused(loader.tokens.list.tokens[0])
+        loader.pool.tokens.refused(loader.pool.tokens.list.tokens[0])
         for _ in range(500):
             if started.is_set():
                 break
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.05)  # the loop runs while the write is held
-        assert started.is_set() and loader.saver._writing is not None and not loader.saver._writing.done()
+        assert started.is_set() and loader.pool.saver._writing is not None and not loader.pool.saver._writing.done()
         release.set()
-        await loader.saver._writing
+        await loader.pool.saver._writing
 
     asyncio.run(go())
     assert writers and writers[0] is not threading.main_thread()
-    assert json.loads(loader.saver.path.read_text())["tokens"][loader.tokens.list.keys[0]]["refusals"] == 1
+    assert json.loads(loader.pool.saver.path.read_text())["tokens"][loader.pool.tokens.list.keys[0]]["refusals"] == 1

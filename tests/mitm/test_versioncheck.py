@@ -1,4 +1,4 @@
-"""The version guard of the one module on mitmproxy's private HTTP layer.
+"""The version guard of addon/mitm (addon/mitm/versioncheck.py), as addon/mitm/httplayer.py runs it.
 
 It must pass on both supported lines and decline, saying what differs, when an internal it
 relies on is not what it was written for.
@@ -10,12 +10,13 @@ import dataclasses
 import logging
 
 import pytest
+from mitmproxy.addons import clientplayback
 from mitmproxy.proxy import layer
 from mitmproxy.proxy.layers import http as mhttp
 from mitmproxy.test import taddons
 from mitmproxy.version import VERSION
 
-from addon.mitm import httplayer
+from addon.mitm import httplayer, versioncheck
 from addon.pipeline import Pipeline
 
 
@@ -50,20 +51,23 @@ BREAKS = [
      "HttpLayer.make_stream takes (self, stream_id, extra), not (self, stream_id)"),
     # a method or class that is gone
     (lambda mp: mp.delattr(mhttp.HttpStream, "check_killed"), "HttpStream.check_killed is missing"),
-    (lambda mp: mp.setattr(httplayer, "_IMPORT_PROBLEM", "cannot import what it needs: no SendHttp"),
+    (lambda mp: mp.setattr(versioncheck, "_IMPORT_PROBLEM", "cannot import what it needs: no SendHttp"),
      "cannot import what it needs: no SendHttp"),
     # an attribute that is no longer there
     (lambda mp: mp.delitem(layer.Layer.__annotations__, "_paused_event_queue"), "Layer has no _paused_event_queue"),
     # an error code of another kind
-    (lambda mp: mp.setattr(httplayer, "ResponseProtocolError", _CodeAsText),
+    (lambda mp: mp.setattr(versioncheck, "ResponseProtocolError", _CodeAsText),
      "ResponseProtocolError's code is a <class 'str'>, not an int or an ErrorCode"),
     # what holding an answer for its first event uses
     (lambda mp: mp.setattr(mhttp.HttpStream, "start_response_stream", lambda self, headers_sent: None),
      "HttpStream.start_response_stream takes (self, headers_sent), not (self)"),
     (lambda mp: mp.setattr(mhttp.HttpLayer, "event_to_child", _event_to_child),
      "HttpLayer.event_to_child does not route a stream's RequestWakeup back to it"),
-    (lambda mp: mp.setattr(httplayer, "RequestProtocolError", _CodeAsText),
+    (lambda mp: mp.setattr(versioncheck, "RequestProtocolError", _CodeAsText),
      "RequestProtocolError's code is a <class 'str'>, not an int or an ErrorCode"),
+    # what the retry's connection handler subclasses
+    (lambda mp: mp.setattr(clientplayback.ReplayHandler, "__init__", lambda self, flow: None),
+     "ReplayHandler takes (flow), not (flow, options)"),
 ]  # fmt: skip
 
 
@@ -73,7 +77,7 @@ def _event_to_child(self, child, event):  # one that forgets which stream asked 
 
 @pytest.mark.parametrize("break_it, problem", BREAKS, ids=["signature", "extra parameter", "missing method",
                                                             "import", "attribute", "error code", "response stream",
-                                                            "wakeups", "request error code"])  # fmt: skip
+                                                            "wakeups", "request error code", "replay handler"])  # fmt: skip
 def test_the_guard_declines_when_an_internal_differs(monkeypatch, break_it, problem):
     break_it(monkeypatch)
     assert httplayer.check() == problem

@@ -1,0 +1,172 @@
+"""The immutable records the rules file is read into (`Config` and its parts), and the names of their
+defaults and actions. Hooks read these records and never look at YAML; config.py's `load_config` makes them.
+"""
+
+from __future__ import annotations
+
+import functools
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from addon.rules import matching
+from addon.rules.template import CAPTCHA, TOKEN, Template
+from addon.rules.types import JsonLiteral
+
+Edits = tuple[tuple[str, Template | None], ...]
+# (dotted path as written, a string with placeholders, a JSON value of another type, or None to remove)
+BodyEdits = tuple[tuple[str, Template | JsonLiteral | None], ...]
+
+DEFAULT_POOL = "default"  # the name of the pool of a `tokens:` section that is one pool (no name of its own)
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    match: matching.Match
+    headers: Edits  # (header name as written, value or None to remove)
+    cookies: Edits  # (cookie name, value or None to remove)
+    body: BodyEdits = ()  # fields of a JSON request body
+
+    @property
+    def uses(self) -> frozenset[str]:
+        return frozenset().union(*(t.uses for t in self._templates))
+
+    @property
+    def pools(self) -> frozenset[str | None]:
+        """The token pools its values draw from (None: the only pool); one, in a rule that loads."""
+        return frozenset(t.pool for t in self._templates if TOKEN in t.uses)
+
+    @property
+    def _templates(self) -> list[Template]:
+        return [v for _, v in self.headers + self.cookies + self.body if isinstance(v, Template)]
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    json_field: tuple[str, ...] = ("stream",)
+
+
+@dataclass(frozen=True)
+class BreakerSpec:
+    """When `tokens` different tokens are refused within `window` seconds with no success in between,
+    the cause is probably not the tokens: for `pause` seconds refusals pass to the client as they are."""
+
+    tokens: int = 3
+    window: float = 60
+    pause: float = 300
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """A Redis server that proxies share token health, the breaker, the rotation and command values on
+    (addon/tokens/shared.py). `url` may hold a password: logs show `shown`."""
+
+    url: str
+    shown: str  # the URL with its password masked
+    namespace: str = "default"
+
+
+@dataclass(frozen=True)
+class TokensSpec:
+    """One pool of accounts: the `tokens:` section, or one pool of it when it names several."""
+
+    file: Path
+    strategy: str = "round_robin"  # or sticky
+    max_attempts: int = 3  # tries per request, the first included
+    cooldown: float = 300  # seconds a refused token is passed over
+    state_file: Path | None = None  # where token health is kept (unless `store` is set)
+    breaker: BreakerSpec = BreakerSpec()
+    store: StoreSpec | None = None  # None: the state file
+    retire_after: int = 3  # refusals in a row (each after a cooldown) that retire a token; 0: never
+    expiry_margin: float = 60  # seconds before a token's own expiry (a JWT's exp) that it is no longer sent
+    follow_set_cookie: bool = True  # a Set-Cookie for the {token} cookie renews the account (addon/tokens/sessions.py)
+    session_key: str | None = field(default=None, repr=False)  # from the environment: seals renewed values in Redis
+    sessions_file: Path | None = None  # where renewed session values are kept (beside the state file)
+    name: str = DEFAULT_POOL  # the pool's name: {token:NAME} draws from it (a `tokens:` of one pool: "default")
+
+
+ROTATE, REFRESH, REFRESH_CAPTCHA, PASS = "rotate", "refresh", "refresh_captcha", "pass"
+DISABLE = "disable"  # as rotate, and the token is retired at once
+
+
+class Regex(Protocol):
+    """A compiled RE2 pattern (the `re2` module's), as `body:` regexes are."""
+
+    def search(self, text: str) -> object | None: ...
+
+
+@dataclass(frozen=True)
+class ResponseRule:
+    """What an upstream answer means: `action` when the status (and the body or first-event regex) match."""
+
+    statuses: frozenset[int]
+    body: Regex | None
+    action: str  # rotate | disable | refresh | refresh_captcha | pass
+    values: frozenset[str] = frozenset()  # for refresh: the values it may fetch anew (default: every refreshable one)
+    first_event: Regex | None = None  # over the first event of a streamed answer (addon/recovery/firstevent.py)
+
+    @property
+    def refreshes(self) -> frozenset[str]:
+        """The values this rule fetches anew (of those a request used): none for rotate, disable and pass."""
+        if self.action == REFRESH_CAPTCHA:
+            return frozenset({CAPTCHA})
+        return self.values if self.action == REFRESH else frozenset()
+
+
+DEFAULT_ON_RESPONSE = (ResponseRule(frozenset({403}), None, ROTATE),)
+
+
+DEFAULT_WAIT = 30.0  # seconds a refresh of a file value waits for the file to change
+
+
+@dataclass(frozen=True)
+class ValueSpec:
+    """Where one named value comes from: exactly one of `file`, `env` and `command`."""
+
+    name: str
+    ttl: float
+    timeout: float
+    cwd: Path
+    file: Path | None = None
+    env: str | None = None
+    command: tuple[str, ...] | None = None
+    wait: float = DEFAULT_WAIT  # a file's refresh waits this long for the file to change
+    secret: bool = True  # False: logs, comments and explain show the value whole
+
+    @property
+    def refreshable(self) -> bool:
+        """Can a refresh bring another value? A command runs again and a file may be rewritten; the
+        environment does not change under a running proxy."""
+        return self.env is None
+
+    def describe(self) -> str:
+        if self.file is not None:
+            return f"file {self.file}"
+        if self.env is not None:
+            return f"environment variable {self.env}"
+        return "command " + shlex.join(self.command or ())
+
+
+@dataclass(frozen=True)
+class Config:
+    file: Path
+    rules: tuple[Rule, ...]
+    stream: StreamSpec
+    pools: Mapping[str, TokensSpec]  # by name, in the file's order; a `tokens:` of one pool is {"default": …}
+    values: Mapping[str, ValueSpec]  # by name; `captcha:` is values["captcha"]
+    index: matching.RuleIndex[Rule]
+    on_response: tuple[ResponseRule, ...] = DEFAULT_ON_RESPONSE
+    named_pools: bool = False  # `tokens:` names its pools ({token:NAME}), rather than being one
+
+    @property
+    def tokens(self) -> TokensSpec | None:
+        """The first pool (the only one of most files), or None when the file has no `tokens:`."""
+        return next(iter(self.pools.values()), None)
+
+    @functools.cached_property
+    def public(self) -> frozenset[str]:
+        """The names of the values that may be shown whole (`secret: false`)."""
+        return frozenset(name for name, spec in self.values.items() if not spec.secret)
