@@ -35,6 +35,20 @@ on_response:
 TOKENS = ["tok-alpha-000000001111", "tok-bravo-000000002222", "tok-charlie-0000003333"]
 
 
+# a file of two token pools: arena's token in a cookie, openai's in a header
+POOLS = """\
+rules:
+  - name: arena
+    match: {host: arena.example}
+    cookies: {session: "{token:arena}"}
+  - name: openai
+    match: {host: api.example}
+    headers: {Authorization: "Bearer {token:openai}"}
+tokens:
+  arena: {file: tokens.txt, strategy: sticky}
+  openai: {file: openai.txt}
+"""
+
 def write_rules(folder: Path, rules: str, tokens: list[str] | None = None, captcha: str | None = "cap-test-value-9999") -> Path:
     """Write rules.yaml (dedented) plus tokens.txt and captcha.txt beside it."""
     (folder / "tokens.txt").write_text("\n".join(TOKENS if tokens is None else tokens) + "\n")

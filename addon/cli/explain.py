@@ -24,7 +24,8 @@ from mitmproxy import connection, exceptions, http, io
 from addon.mitm import helpers
 from addon.recovery.verdict import applies, verdict
 from addon.request import jsonbody
-from addon.request.plan import Edit, Plan, Skipped, apply_plan, plan_request
+from addon.request.apply import apply_plan
+from addon.request.plan import Edit, Plan, Skipped, plan_request
 from addon.rules.records import DISABLE, PASS, REFRESH, REFRESH_CAPTCHA, ROTATE, Config
 from addon.rules.template import TOKEN
 from addon.tokens import statefile

@@ -57,28 +57,24 @@ from mitmproxy import ctx, http
 from addon.mitm import versioncheck
 from addon.mitm.handover import Handover
 
-try:
-    from mitmproxy.proxy.commands import RequestWakeup, StartHook
-    from mitmproxy.proxy.events import Wakeup
-    from mitmproxy.proxy.layer import Layer
-    from mitmproxy.proxy.mode_servers import ServerManager
-    from mitmproxy.proxy.server import ConnectionHandler, ConnectionIO
-    from mitmproxy.proxy.layers.http import (
-        HttpLayer,
-        HttpStream,
-        RequestProtocolError,
-        ResponseData,
-        ResponseEndOfMessage,
-        ResponseHeaders,
-        ResponseProtocolError,
-        ResponseTrailers,
-        SendHttp,
-    )
-
-    _IMPORT_PROBLEM = None
-except ImportError as e:  # this module must load on any mitmproxy; check() then says no
-    _IMPORT_PROBLEM = f"cannot import what it needs: {e}"
-    StartHook = HttpLayer = HttpStream = Layer = ConnectionHandler = ConnectionIO = ServerManager = object  # type: ignore[assignment,misc]
+from addon.mitm.versioncheck import (  # mitmproxy's internals, imported there once (stand-ins when they are missing)
+    ConnectionHandler,
+    ConnectionIO,
+    HttpLayer,
+    HttpStream,
+    Layer,
+    RequestProtocolError,
+    RequestWakeup,
+    ResponseData,
+    ResponseEndOfMessage,
+    ResponseHeaders,
+    ResponseProtocolError,
+    ResponseTrailers,
+    SendHttp,
+    ServerManager,
+    StartHook,
+    Wakeup,
+)
 
 CLIENT_BACKLOG = 1 << 20  # bytes sent to a client but not yet on its socket; past it, the relay waits for it
 

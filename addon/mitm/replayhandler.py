@@ -10,7 +10,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from mitmproxy import http
-from mitmproxy.addons.clientplayback import ReplayHandler
+
+from addon.mitm.versioncheck import ReplayHandler
 
 
 class RetryHandler(ReplayHandler):

@@ -50,8 +50,11 @@ try:
     from mitmproxy.proxy.server import ConnectionHandler, ConnectionIO
 
     _IMPORT_PROBLEM = None
-except ImportError as e:  # this module must load on any mitmproxy; check() then says no
+except ImportError as e:  # addon/mitm must load on any mitmproxy; check() then says no, and nothing uses these
     _IMPORT_PROBLEM = f"cannot import what it needs: {e}"
+    ReplayHandler = RequestWakeup = StartHook = Wakeup = Layer = HttpLayer = HttpStream = object  # type: ignore[assignment,misc]
+    RequestProtocolError = ResponseData = ResponseEndOfMessage = ResponseHeaders = object  # type: ignore[assignment,misc]
+    ResponseProtocolError = ResponseTrailers = SendHttp = ServerManager = ConnectionHandler = ConnectionIO = object  # type: ignore[assignment,misc]
 
 _SIGNATURES = {  # parameters (with defaults) as in mitmproxy 11.0.2 and 12.3.1
     "HttpLayer.make_stream": "(self, stream_id)",

@@ -22,64 +22,34 @@ whose body goes silent for `retry_idle_timeout` seconds, is hung up (its
 upstream connections are closed); before its answer is taken that is a failed
 attempt, after (mid-stream) the client's stream ends with a protocol error.
 
-The retry is a small state machine, in the manner of httpx's auth flows:
-`verdict` decides what an answer means, `_next_values` what to try next,
-`_attempt` performs one try (addon/recovery/replay.py), and `max_attempts` bounds the loop.
+
+The retry loop is addon/recovery/retry.py (Retrier); what the client's flow is given of a retry,
+addon/recovery/streamed.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-import weakref
-from dataclasses import dataclass
 
-from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy import ctx, exceptions, http
 from mitmproxy.version import VERSION as MITMPROXY_VERSION
 
-from addon.mitm import helpers, httplayer
+from addon.mitm import httplayer
 from addon.mitm.handover import Handover
 from addon.recovery.firstevent import FirstEventReader, is_sse
 from addon.recovery.replay import FirstEventJudge, Limits, Replay
-from addon.recovery.streamtap import BodyCopy, keep_copy
-from addon.recovery.verdict import applies, holds_for_first_event, may_retry, retry_after, verdict
-from addon.request.plan import apply_plan_off_loop
+from addon.recovery.retry import Action, Attempt, Retrier
+from addon.recovery.streamed import Streams
+from addon.recovery.verdict import applies, holds_for_first_event, may_retry, verdict
 from addon.request.rewriter import REPLAY_KEY, Rewriter, Sent, rewritten
 from addon.rules.records import DISABLE, REFRESH, ROTATE, Config
 from addon.rules.template import TOKEN
 from addon.runtime.loader import Runtime
 from addon.runtime.pools import Pool
-from addon.tokens.breaker import refuse_here
-from addon.tokens.tokenfile import token_key
 from addon.util.comment import add_note
 from addon.util.masking import mask
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_ATTEMPTS = 3  # for captcha-only flows, when the file has no tokens section
-
-
-@dataclass(frozen=True)
-class Action:
-    """What an answer asks of the recovery: rotate (another token), or refresh these values (same token)."""
-
-    kind: str  # ROTATE or REFRESH
-    refresh: frozenset[str] = frozenset()  # for REFRESH: of the values the request used, those to fetch anew
-    retire: bool = False  # for ROTATE: retire the refused token at once (action disable)
-
-
-@dataclass(frozen=True)
-class Attempt:
-    status: int | None  # None: no answer (the attempt failed)
-    values: dict[str, str]
-    shown: str = ""  # the token, or the first value, as the comment and the log may show it
-    refreshed: str = ""  # e.g. "new cf_clearance …wxyz", when this attempt followed a refresh
-
-    def describe(self) -> str:
-        status = str(self.status) if self.status is not None else "error"
-        text = f"{status} with {self.shown}" if self.shown else status
-        return f"{text} ({self.refreshed})" if self.refreshed else text
 
 
 class Recovery:
@@ -88,9 +58,11 @@ class Recovery:
         self.rewriter = rewriter
         self.limits = Limits(headers=120.0, idle=300.0)
         self.stream_retries = False  # asked for, and addon.mitm.httplayer's check passed
-        # client flows whose answer streams from a retry, until it ends
-        self.streamed: weakref.WeakKeyDictionary[http.HTTPFlow, _Streamed] = weakref.WeakKeyDictionary()
-        self._updates: set[asyncio.Task] = set()  # mitmweb updates sent from hooks that cannot wait
+        self.streams = Streams(runtime)
+        self.retrier = Retrier(  # the limits as the options are now, and the judging below
+            runtime, self.streams, lambda: self.limits,
+            self._action, self._attempt_of, self._settled, self._first_event_judge,
+        )  # fmt: skip
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -155,8 +127,7 @@ class Recovery:
             if replay is not None:
                 replay.response_done()
             return
-        if flow in self.streamed:
-            self._streamed_end(flow, self.streamed.pop(flow))
+        if self.streams.ended(flow):
             return
         await self._judge(flow)
 
@@ -214,18 +185,17 @@ class Recovery:
 
     def error(self, flow: http.HTTPFlow) -> None:
         self.rewriter.take_sent(flow)  # nothing to recover: the request never got an answer
-        if flow in self.streamed:
-            self._streamed_end(flow, self.streamed.pop(flow))
+        self.streams.ended(flow)
 
     async def _judge(self, flow: http.HTTPFlow, client: Handover | None = None) -> None:
-        """Judge a client's first answer, and recover when it needs it (see `_recover` for `client`)."""
+        """Judge a client's first answer, and recover when it needs it (see `Retrier.recover` for `client`)."""
         sent = self.rewriter.take_sent(flow)
         config = self.runtime.config
         if sent is None or config is None or flow.response is None:
             return
         action = self._first_action(flow, sent, config)
         if action is not None:
-            await self._recover(flow, sent, action, config, client)
+            await self.retrier.recover(flow, sent, action, config, client)
 
     def _first_action(self, flow: http.HTTPFlow, sent: Sent, config: Config) -> Action | None:
         """What the first answer means: an action to recover with, or None to let it go to the client."""
@@ -278,279 +248,3 @@ class Recovery:
     def _settled(self, pool: Pool, response: http.Response, values: dict[str, str], sent_at: float) -> None:
         if TOKEN in values and response.status_code < 400:
             pool.succeeded(values[TOKEN], sent_at)
-
-    async def _recover(
-        self, flow: http.HTTPFlow, sent: Sent, action: Action, config: Config, client: Handover | None = None
-    ) -> None:
-        """Retry until an answer needs no retry, or attempts or tokens run out. With `client` (the
-        client's stream waits in addon.mitm.httplayer), an answer that cannot be a refusal is streamed to
-        it as it comes."""
-        pool = sent.pool  # the pool of the request's token
-        max_attempts = pool.spec.max_attempts if pool.spec is not None else DEFAULT_MAX_ATTEMPTS
-        assert flow.response is not None
-        attempts = [self._attempt_of(flow.response.status_code, sent.values)]
-        last: http.Response = flow.response
-        values = sent.values
-        tried = {values[TOKEN]} if TOKEN in values else set()
-        outcome = ""
-        streamed: Replay | None = None
-        previous = flow  # the flow whose answer `last` is
-        while True:
-            if action.kind == ROTATE:
-                if pool.breaker.is_open:
-                    outcome = "the breaker is open: refusals go to the client as they are"
-                    break
-                self._refused(pool, values[TOKEN], last, action.retire)
-                if pool.breaker.is_open:
-                    outcome = "this refusal opened the breaker"
-                    break
-            if _client_gone(flow, client):  # no retry for nobody: it would only cool more tokens
-                outcome = "the client left"
-                break
-            if len(attempts) >= max_attempts:
-                outcome = f"gave up after {max_attempts} attempts"
-                break
-            next_values = await self._next_values(pool, action, values, tried)
-            if isinstance(next_values, str):
-                outcome = next_values
-                break
-            if len(attempts) == 1:
-                self._show_refused(flow, attempts[0])
-            values = next_values
-            sent_at = time.time()
-            replay = await self._attempt(flow, sent, values, len(attempts) + 1, config, client, pool)
-            if replay.failure is not None or replay.flow.response is None:
-                attempts.append(self._attempt_of(None, values, action.refresh))
-                outcome = f"attempt {len(attempts)} failed: {replay.failure}"
-                break
-            if last is not flow.response:  # the refusal before this answer goes to nobody: mitmweb keeps a copy
-                self._keep_little(previous)
-            last, previous = replay.flow.response, replay.flow
-            attempts.append(self._attempt_of(last.status_code, values, action.refresh))
-            if replay.streaming:  # it cannot be a refusal (see may_retry): it goes to the client as it comes
-                streamed, action = replay, None
-            else:
-                action = self._action(config, last, values, sent.plan.streaming)
-            if action is None:
-                self._settled(pool, last, values, sent_at)
-                break
-        recovered = action is None and len(attempts) > 1
-        summary = " → ".join(a.describe() for a in attempts)
-        if streamed is not None:
-            assert client is not None
-            await self._stream_from(flow, client, streamed, summary)
-            return
-        if len(attempts) > 1:
-            _take_response(flow, last)
-        if recovered:
-            flow.marked = ":repeat:"
-            logger.info(f"recovered {flow.request.method} {flow.request.pretty_url}: {summary}")
-        else:
-            logger.warning(f"not recovered {flow.request.method} {flow.request.pretty_url}: {summary} ({outcome})")
-        add_note(flow, f"attempts: {summary}" + ("" if recovered else f" ({outcome})"))
-
-    def _show_refused(self, flow: http.HTTPFlow, first: Attempt) -> None:
-        """A retry is about to be sent: the client's flow will show the answer that works, so its
-        refused first attempt becomes a flow of its own in mitmweb (and mitmproxy's console), with
-        its request as it was sent and its refusal. Every flow of the family names the client's
-        flow's short id, so that a filter selects them all."""
-        assert flow.response is not None
-        family = f"~comment {flow.id[:8]}"
-        add_note(flow, f"refused ({first.describe()}), then retried; this flow and each attempt: {family}")
-        view = helpers.flow_list()
-        if view is None:  # mitmdump: no flow list (the log has the attempts line)
-            return
-        refused = http.HTTPFlow(flow.client_conn, flow.server_conn)
-        refused.request = flow.request.copy()
-        refused.response = flow.response.copy()
-        token = "token " if TOKEN in first.values else ""
-        refused.comment = f"attempt 1 of flow {flow.id[:8]}, with {token}{first.shown}: refused, then retried ({family})"
-        refused.marked = ":no_entry:"
-        self._keep_little(refused)
-        view.add([refused])
-
-    def _keep_little(self, flow: http.HTTPFlow) -> None:
-        """A refusal that goes to no client: keep what mitmweb shows of it (the first stream_copy_limit
-        bytes of its body), so that a long recovery holds one refusal's body at a time, not one each."""
-        response, limit = flow.response, self.runtime.stream_copy_limit
-        if response is None or response.raw_content is None or len(response.raw_content) <= limit:
-            return
-        add_note(flow, f"refusal's body: {len(response.raw_content)} bytes, the first {limit} kept")
-        response.raw_content = response.raw_content[:limit]
-
-    async def _stream_from(self, flow: http.HTTPFlow, client: Handover, replay: Replay, summary: str) -> None:
-        """The client gets this retry's status and headers now and its body as it comes; the
-        attempts line is written when the stream ends (`_streamed_end`)."""
-        assert flow.response is not None and replay.flow.response is not None
-        _take_head(flow, replay.flow.response)
-        flow.response.stream = BodyCopy(self.runtime.stream_copy_limit)  # the copy mitmweb shows, as for any stream
-        flow.marked = ":repeat:"
-        replay.flow.comment += f"; its body went to flow {flow.id[:8]} as it came"
-        self.streamed[flow] = _Streamed(summary, replay, client)
-        client.stream_from(replay)
-        await helpers.update([flow])  # mitmweb shows the answer that worked
-
-    def _streamed_end(self, flow: http.HTTPFlow, streamed: _Streamed) -> None:
-        """A recovered stream ended: whole (the response hook), or with an error (the error hook).
-        An error is not a break when the client hung up once it had what it wanted: the upstream's
-        answer was complete, or an SSE `data: [DONE]` had gone to it (the `openai` SDK, for one,
-        closes the response as soon as it reads that event)."""
-        where, summary = f"{flow.request.method} {flow.request.pretty_url}", streamed.summary
-        copy = keep_copy(flow) if flow.response is not None else None  # on error, no response hook keeps it
-        if flow.error is not None and not streamed.replay.complete:  # (killed, say): nobody reads the retry on
-            streamed.replay.hang_up_soon("the client's flow ended")
-        if flow.error is None:
-            logger.info(f"recovered {where}: {summary} (streamed)")
-            note = f"attempts: {summary} (streamed)"
-        elif streamed.replay.complete or (streamed.client.left is not None and copy is not None and copy.done):
-            why = "its answer was complete" if streamed.replay.complete else "it had the stream's data: [DONE]"
-            logger.info(f"recovered {where}: {summary} (streamed; the client hung up once {why})")
-            note = f"attempts: {summary} (streamed; the client hung up once {why})"
-            flow.error = None  # not a broken stream: mitmweb shows the answer that worked
-            self._update_later(flow)
-        else:
-            flow.marked = ""
-            logger.warning(f"recovered {where}, then its stream broke off: {summary} ({flow.error.msg})")
-            note = f"attempts: {summary} (streamed; {flow.error.msg})"
-        if flow.response is not None:
-            flow.response.timestamp_end = time.time()  # mitmweb's time: as long as the client waited
-        add_note(flow, note)
-
-    def _update_later(self, flow: http.HTTPFlow) -> None:
-        """Tell mitmweb a flow changed, from a hook that cannot wait (the error hook)."""
-        task = asyncio.get_running_loop().create_task(helpers.update([flow]))
-        self._updates.add(task)
-        task.add_done_callback(self._updates.discard)
-
-    def _refused(self, pool: Pool, token: str, response: http.Response, retire: bool = False) -> None:
-        tokens, key, wait = pool.tokens, token_key(token), retry_after(response)
-        was_retired = key in tokens.health and tokens.health[key].retired_at > 0
-        # judged here at once; and, with a shared store, there for all (its answer comes in the background)
-        marked = refuse_here(tokens, pool.breaker, token, wait, retire)
-        if pool.shared is not None:
-            pool.shared.refused(token, wait, retire)
-        health = tokens.health.get(key)
-        if pool.breaker.is_open or health is None:  # (an opened breaker says so itself)
-            return
-        if health.retired_at and not was_retired:  # once: by the proxy whose refusal retired it
-            logger.warning(f"{pool.label}: {mask(token)} retired ({health.retired_reason}, the last {response.status_code}); "
-                           f"it is not used again until tokens.enable {mask(token)}")
-        elif marked:
-            until = health.cooling_until - tokens.clock()
-            logger.info(f"{pool.label}: {mask(token)} refused ({response.status_code}); passed over for {until:.0f} s")
-
-    async def _next_values(
-        self, pool: Pool, action: Action, values: dict[str, str], tried: set[str]
-    ) -> dict[str, str] | str:
-        """The values for the next attempt, or why there are none (and then no value is fetched
-        for a retry that will not be sent).
-
-        rotate: another token, and fresh values from the commands the request used (a file or the
-        environment gives what it holds now); a source that fails leaves its old value. refresh:
-        the same token, and a new value for each value to refresh; if one cannot be had (its source
-        fails, or a file does not change within its wait), no retry, and no token is blamed.
-        """
-        if action.kind == ROTATE and not pool.tokens.has_replacement(values[TOKEN], exclude=tried):
-            return "no other token to try"
-        new = dict(values)
-        names = sorted(action.refresh) if action.kind == REFRESH else sorted(n for n in values if n != TOKEN)
-        sources = [self.runtime.values[n] for n in names if n in self.runtime.values]
-        if action.kind == REFRESH:
-            fresh = await asyncio.gather(*(s.refresh(stale=values[s.name]) for s in sources))
-        else:
-            fresh = await asyncio.gather(*(s.fresh(stale=values[s.name]) for s in sources))
-        for source, value in zip(sources, fresh):
-            if value is not None:
-                new[source.name] = value
-            elif action.kind == REFRESH:
-                return f"no new {source.name} value"
-        if action.kind == REFRESH and not sources:
-            return "nothing to refresh"
-        if action.kind == ROTATE:  # after the await: a token refused meanwhile is not chosen
-            token = pool.tokens.replacement(values[TOKEN], exclude=tried)
-            if token is None:
-                return "no other token to try"
-            tried.add(token)
-            new[TOKEN] = token
-        return new
-
-    async def _attempt(
-        self, flow: http.HTTPFlow, sent: Sent, values: dict[str, str], n: int, config: Config, client: Handover | None,
-        pool: Pool,
-    ) -> Replay:
-        """Send the request again through mitmproxy with new values; the copy is its own flow.
-        With `client`, an answer that cannot be a refusal is streamed to it (see Replay)."""
-        # not flow.copy(): that would copy the refused answer, and copying a connection costs more
-        # than the rest of a retry's set-up. The client is the same one (ReplayHandler replays from a
-        # copy of its own). The server is a new one, not yet connected, that mitmproxy replaces with
-        # the connection it makes; it keeps the refused flow's route (`via`), which ReplayHandler sets
-        # itself only when the first --mode is upstream mode.
-        server = connection.Server(
-            address=flow.server_conn.address,
-            via=flow.server_conn.via,
-            transport_protocol=flow.server_conn.transport_protocol,
-        )
-        copy = http.HTTPFlow(flow.client_conn, server)
-        copy.request = flow.request.copy()
-        copy.metadata = dict(flow.metadata)
-        copy.is_replay = "request"
-        copy.metadata[REPLAY_KEY] = {"of": flow.id, "attempt": n}
-        sessions = pool.sessions
-        await apply_plan_off_loop(sent.plan.dynamic, copy.request, sessions.applied(values))  # a large body: in the worker
-        sessions.carried(copy, sent.plan.token_cookies, values)
-        shown = self._attempt_of(None, values).shown
-        copy.comment = f"attempt {n} of flow {flow.id[:8]}, with {'token ' if TOKEN in values else ''}{shown}"
-        injected = set(values)
-        streamable = lambda r: not may_retry(config.on_response, r.status_code, injected)  # noqa: E731
-        judge = self._first_event_judge(config, values, sent.plan.streaming)
-        replay = Replay(copy, self.limits, client, streamable, gone=lambda: _client_gone(flow, client), first_event=judge)
-        httplayer.on_departure(flow, replay.wake)  # a client that leaves hangs up the retry at once
-        try:
-            await replay.run()
-        finally:  # (the callback holds the replay, which holds the flow: it must not outlive the wait)
-            httplayer.on_departure(flow, None)
-        return replay
-
-
-def _client_gone(flow: http.HTTPFlow, client: Handover | None) -> bool:
-    """Has the client left this request: closed its connection, or (as mitmproxy's HTTP layer saw it,
-    addon.mitm.httplayer) reset its HTTP/2 stream?"""
-    if (client is not None and client.left is not None) or httplayer.departed(flow):
-        return True
-    return not flow.is_replay and not flow.client_conn.connected  # (a replay from mitmweb has no client waiting)
-
-
-@dataclass(frozen=True)
-class _Streamed:
-    """A client's stream that a retry's answer goes to, until it ends."""
-
-    summary: str  # the attempts line
-    replay: Replay
-    client: Handover
-
-
-def _take_head(flow: http.HTTPFlow, response: http.Response) -> None:
-    """Give the client the status and headers of another attempt, whose body is streamed after them."""
-    assert flow.response is not None
-    flow.response.http_version = response.http_version
-    flow.response.status_code = response.status_code
-    flow.response.reason = response.reason
-    flow.response.headers = response.headers.copy()
-    flow.response.raw_content = b""  # not the refusal's: the body streams (and a capped copy is kept)
-    flow.response.timestamp_start = response.timestamp_start
-
-
-def _take_response(flow: http.HTTPFlow, response: http.Response) -> None:
-    """Give the client the answer of the last attempt that had one (a retry's, or the flow's own when
-    no retry got one), in the original flow's response object, ending now. mitmweb's time column is
-    `response.timestamp_end - request.timestamp_start`: it then shows how long the client waited,
-    every retry included, not how long the refusal took."""
-    assert flow.response is not None
-    if response is not flow.response:
-        flow.response.status_code = response.status_code
-        flow.response.reason = response.reason
-        flow.response.headers = response.headers.copy()
-        flow.response.raw_content = response.raw_content
-        flow.response.trailers = response.trailers.copy() if response.trailers else None
-        flow.response.timestamp_start = response.timestamp_start
-    flow.response.timestamp_end = time.time()

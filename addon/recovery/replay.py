@@ -5,15 +5,10 @@ arrives, through the retry flow's `response.stream` (mitmproxy's public way to s
 chunk by chunk). Its headers must come within `retry_timeout` seconds of sending; then its
 body may not go silent for more than `retry_idle_timeout`. The body is either held whole (it
 may be a refusal to judge, or the client's answer is not streamed), or forwarded as it comes
-to a `Handover`: the client's stream waiting for it (see `addon.mitm.httplayer`). An answer that a
+to the client's stream waiting for it (a `Handover`, addon/mitm/handover.py). An answer that a
 `first_event` rule may refuse is held until its first event is there (`FirstEventJudge`): then it
-streams, or, refused, it is held whole (and judged whole by the recovery).
-
-A streamed answer is read from the upstream no faster than the client takes it: the replay's
-connection handler waits in `drain_writers` (mitmproxy's own back-pressure point, called after each
-read) while more than FORWARD_BUFFER bytes wait for the client's stream. The handler is
-`addon.mitm.replayhandler.RetryHandler` (mitmproxy internals, checked by `addon.mitm.httplayer.check()`);
-the client's side of the HTTP layer is in `addon.mitm.httplayer`.
+streams, or, refused, it is held whole (and judged whole by the recovery). A streamed answer is read
+no faster than the client takes it (`room`; the handler, addon/mitm/replayhandler.py, waits in it).
 """
 
 from __future__ import annotations

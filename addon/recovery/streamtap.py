@@ -7,7 +7,7 @@ response to a streaming request, are streamed chunk by chunk; a copy of the
 first `stream_copy_limit` bytes is kept on the flow so mitmweb can show it.
 An answer that may be retried (see `on_response`) is held until it is judged;
 the answer of a retry that works is streamed to the client as it comes when the
-request was a streaming one (addon/recovery/recovery.py, addon/mitm/httplayer.py). A streamed
+request was a streaming one (addon/recovery/streamed.py, addon/mitm/httplayer.py). A streamed
 answer that only a `first_event` rule could retry is streamed here like any other;
 the recovery then holds it until its first event is judged.
 """

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from mitmproxy import http
 
-from addon.request.plan import Plan, apply_plan_off_loop, describe, plan_request_off_loop
+from addon.request.apply import apply_plan_off_loop
+from addon.request.plan import Plan, describe, plan_request_off_loop
 from addon.rules.template import TOKEN
 from addon.runtime.loader import Runtime
 from addon.runtime.pools import Pool, pool_of

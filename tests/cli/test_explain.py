@@ -9,7 +9,7 @@ from addon.cli.explain import explain, make_flow
 from addon.request.rewriter import Rewriter
 from addon.rules.config import load_config
 from addon.runtime.loader import Runtime
-from helpers import write_rules
+from helpers import POOLS, write_rules
 
 RULES = """\
 rules:
@@ -120,20 +120,6 @@ def test_explain_says_what_a_disable_rule_would_do(tmp_path):
     f.response = tutils.tresp(status_code=401)
     lines = list(explain(config, f, {"token": "…1111"}))
     assert lines[-1] == "  response 401: disable: retire this token, then retry with the next one (and a fresh captcha value)"
-
-
-POOLS = """\
-rules:
-  - name: arena
-    match: {host: arena.example}
-    cookies: {session: "{token:arena}"}
-  - name: openai
-    match: {host: api.example}
-    headers: {Authorization: "Bearer {token:openai}"}
-tokens:
-  arena: {file: tokens.txt}
-  openai: {file: openai.txt}
-"""
 
 
 @pytest.mark.parametrize("openai, said", [

@@ -9,9 +9,11 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow
 
 from addon.pipeline import Pipeline
-from addon.recovery import recovery
-from addon.recovery.recovery import Action, Recovery, _take_response
+from addon.recovery import streamed
+from addon.recovery.recovery import Recovery
 from addon.recovery.replay import Limits
+from addon.recovery.retry import Action
+from addon.recovery.streamed import take_response
 from addon.request.rewriter import Rewriter
 from addon.rules.records import REFRESH, ROTATE
 from addon.runtime.loader import Runtime
@@ -39,16 +41,16 @@ def test_the_client_gets_the_retry_answer_ending_when_the_recovery_did(monkeypat
     f = refused_flow()
     retry = tflow.tresp(status_code=200, content=b'{"ok": true}')
     retry.timestamp_start, retry.timestamp_end = 1001.0, 1001.2
-    monkeypatch.setattr(recovery.time, "time", lambda: 1001.25)
-    _take_response(f, retry)
+    monkeypatch.setattr(streamed.time, "time", lambda: 1001.25)
+    take_response(f, retry)
     assert (f.response.status_code, f.response.content) == (200, b'{"ok": true}')
     assert (f.response.timestamp_start, f.response.timestamp_end) == (1001.0, 1001.25)
 
 
 def test_a_client_given_its_own_refusal_after_a_failed_retry_waited_for_it_too(monkeypatch):
     f = refused_flow()
-    monkeypatch.setattr(recovery.time, "time", lambda: 1121.0)  # the retry was hung up after 120 s
-    _take_response(f, f.response)
+    monkeypatch.setattr(streamed.time, "time", lambda: 1121.0)  # the retry was hung up after 120 s
+    take_response(f, f.response)
     assert (f.response.status_code, f.response.timestamp_start, f.response.timestamp_end) == (403, 1000.010, 1121.0)
 
 
@@ -86,7 +88,7 @@ SENT = {"token": TOKENS[0], "captcha": "cap-recovery-test-0"}
     ids=["rotate", "rotate, no token left", "refresh captcha"],
 )
 def test_next_values_fetch_a_captcha_value_only_for_a_retry(recover, tmp_path, action, tried, expected, fetched):
-    assert asyncio.run(recover._next_values(recover.runtime.pool, action, dict(SENT), set(tried))) == expected
+    assert asyncio.run(recover.retrier.next_values(recover.runtime.pool, action, dict(SENT), set(tried))) == expected
     assert runs(tmp_path) == fetched
 
 
@@ -124,13 +126,13 @@ SENT_CF = {"token": TOKENS[0], "captcha": "cap-recovery-test-0", "cf_clearance":
 
 def test_a_refresh_fetches_only_its_values_and_keeps_the_token(refresh, tmp_path):
     (tmp_path / "cf.txt").write_text("cf-clearance-new-0002\n")  # as a browser script rewrites it
-    got = asyncio.run(refresh._next_values(refresh.runtime.pool, Action(REFRESH, frozenset({"cf_clearance"})), dict(SENT_CF), {TOKENS[0]}))
+    got = asyncio.run(refresh.retrier.next_values(refresh.runtime.pool, Action(REFRESH, frozenset({"cf_clearance"})), dict(SENT_CF), {TOKENS[0]}))
     assert got == {**SENT_CF, "cf_clearance": "cf-clearance-new-0002"}
     assert runs(tmp_path) == 0  # the captcha command did not run
 
 
 def test_a_refresh_that_brings_no_new_value_is_no_retry(refresh, tmp_path):
-    got = asyncio.run(refresh._next_values(refresh.runtime.pool, Action(REFRESH, frozenset({"cf_clearance"})), dict(SENT_CF), {TOKENS[0]}))
+    got = asyncio.run(refresh.retrier.next_values(refresh.runtime.pool, Action(REFRESH, frozenset({"cf_clearance"})), dict(SENT_CF), {TOKENS[0]}))
     assert got == "no new cf_clearance value"  # the file did not change within its wait
 
 
@@ -213,8 +215,8 @@ def test_a_retirement_is_logged_once_with_the_last_four_characters(recover, capl
     response = tflow.tresp(status_code=401)
     pool = recover.runtime.pool.tokens
     with caplog.at_level("INFO"):
-        recover._refused(recover.runtime.pool, TOKENS[0], response, retire=True)
-        recover._refused(recover.runtime.pool, TOKENS[0], response, retire=True)  # a second answer of one in flight
+        recover.retrier.refused(recover.runtime.pool, TOKENS[0], response, retire=True)
+        recover.retrier.refused(recover.runtime.pool, TOKENS[0], response, retire=True)  # a second answer of one in flight
     assert pool.status()[0][0] == "retired"
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert [r.getMessage() for r in warnings] == [

@@ -16,7 +16,8 @@ import pytest
 from addon.request import bodyworker
 from addon.request import jsonbody
 from addon.request.bodyworker import SMALL_BODY, BodyWorker, WorkerFailed, is_large
-from addon.request.plan import apply_plan, apply_plan_off_loop, plan_request, plan_request_off_loop
+from addon.request.apply import apply_plan, apply_plan_off_loop
+from addon.request.plan import plan_request, plan_request_off_loop
 from addon.rules.config import load_config
 from helpers import write_rules
 from test_plan import RULES, VALUES, flow

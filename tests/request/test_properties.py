@@ -166,7 +166,7 @@ def test_one_pass_edit_equals_mitmproxys_own_operations(fields, cookie_fields, e
     """apply_plan's one pass over the fields gives what mitmproxy's Headers operations give one by one."""
     from mitmproxy import http
 
-    from addon.request.plan import _edit_fields
+    from addon.request.apply import edit_fields
 
     given = http.Headers([(k.encode(), v.encode()) for k, v in fields + [("Cookie", c) for c in cookie_fields]])
     by_lower = {}
@@ -184,9 +184,9 @@ def test_one_pass_edit_equals_mitmproxys_own_operations(fields, cookie_fields, e
     got = given.copy()
     one_pass = {lk.encode(): (n.encode(), None if v is None else v.encode()) for lk, (n, v) in by_lower.items()}
     if b"cookie" in one_pass:  # as apply_plan does: Cookie edited as a header first
-        _edit_fields(got, one_pass, {})
+        edit_fields(got, one_pass, {})
         one_pass = {}
-    _edit_fields(got, one_pass, cookies)
+    edit_fields(got, one_pass, cookies)
     assert got.fields == expected.fields
 
 
@@ -203,7 +203,8 @@ tokens: {file: tokens.txt}
 def test_body_edits_leave_a_body_that_decodes_to_the_edits_or_the_body_as_it_came(tmp_path_factory, body, encoding):
     from mitmproxy.net.encoding import decode
 
-    from addon.request.plan import apply_plan, plan_request
+    from addon.request.apply import apply_plan
+    from addon.request.plan import plan_request
 
     config = load_config(write_rules(tmp_path_factory.mktemp("r"), BODY_RULES))
     f = tflow.tflow()

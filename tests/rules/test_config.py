@@ -11,6 +11,7 @@ from addon.rules.config import load_config
 from addon.rules.records import DEFAULT_ON_RESPONSE, BreakerSpec, TokensSpec
 from addon.rules.schema import RulesError, RulesErrors
 from helpers import ISSUE_16_RULES
+from helpers import POOLS as SHARED_POOLS
 
 GOOD = """\
 rules:
@@ -405,18 +406,7 @@ def test_every_problem_is_reported_in_file_order(tmp_path):
     assert str(e.value) == str(e.value.errors[0])  # reads as the first, for the proxy's one-line message
 
 
-POOLS = """\
-rules:
-  - name: arena
-    match: {host: arena.example}
-    cookies: {session: "{token:arena}"}
-  - name: openai
-    match: {host: api.example}
-    headers: {Authorization: "Bearer {token:openai}"}
-tokens:
-  arena: {file: tokens.txt, strategy: sticky}
-  openai: {file: openai.txt, store: "redis://127.0.0.1:6379/0"}
-"""
+POOLS = SHARED_POOLS.replace("openai: {file: openai.txt}", 'openai: {file: openai.txt, store: "redis://127.0.0.1:6379/0"}')
 
 
 def write_pools(tmp_path: Path, text: str = POOLS) -> Path:

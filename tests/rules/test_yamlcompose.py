@@ -4,25 +4,15 @@ each one located message."""
 
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
-
 import pytest
 
 from addon.rules.config import load_config
 from addon.rules.schema import RulesError
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    (tmp_path / "tokens.txt").write_text("tok-aaaaaaaaaaaa\n")
-    (tmp_path / "captcha.txt").write_text("cap-1\n")
-    path = tmp_path / "rules.yaml"
-    path.write_text(textwrap.dedent(text))
-    return path
+from helpers import write_rules
 
 
 def test_a_character_yaml_does_not_allow(tmp_path):
-    path = write(tmp_path, "rules:\n  - match: {host: a\x1f.com}\n")
+    path = write_rules(tmp_path, "rules:\n  - match: {host: a\x1f.com}\n")
     with pytest.raises(RulesError) as e:
         load_config(path)
     assert str(e.value) == f"{path}:2:20: invalid YAML: character 0x001f is not allowed"
@@ -54,17 +44,17 @@ LIMITS = [
 @pytest.mark.parametrize("text, message", LIMITS, ids=["flow", "flow-mapping", "block", "compact", "aliases", "laughs",
                                                        "self", "size"])
 def test_bounds_are_located_errors(tmp_path, text, message):
-    path = write(tmp_path, text)
+    path = write_rules(tmp_path, text)
     with pytest.raises(RulesError) as e:
         load_config(path)
     assert str(e.value) == f"{path}:{message}"
 
 
 def test_aliases_within_the_bound_work(tmp_path):
-    path = write(tmp_path, "api: &api [a.example.com, b.example.com]\n"  # an unknown key, so: reported after the aliases
+    path = write_rules(tmp_path, "api: &api [a.example.com, b.example.com]\n"  # an unknown key, so: reported after the aliases
                            "rules:\n" + "  - {match: {host: *api}, headers: {X: y}}\n" * 3)
     with pytest.raises(RulesError, match=r":1:1: unknown key 'api'"):
         load_config(path)
-    path = write(tmp_path, "rules:\n  - {match: {host: &api [a.example.com, b.example.com]}, headers: {X: y}}\n"
+    path = write_rules(tmp_path, "rules:\n  - {match: {host: &api [a.example.com, b.example.com]}, headers: {X: y}}\n"
                            + "  - {match: {host: *api}, headers: {X: z}}\n")
     assert [h.text for r in load_config(path).rules for h in r.match.hosts] == ["a.example.com", "b.example.com"] * 2

@@ -12,22 +12,11 @@ from addon.runtime.commands import TokenCommands
 from addon.runtime.loader import Runtime
 from addon.runtime.pools import Pool
 from addon.tokens.tokenfile import token_key
-from helpers import TOKENS, write_rules
+from helpers import POOLS, TOKENS, write_rules
 
 OPENAI = ["sk-openai-account-0000aaaa", "sk-openai-account-0000bbbb"]
 
-RULES = """\
-rules:
-  - name: arena
-    match: {host: arena.example}
-    cookies: {session: "{token:arena}"}
-  - name: openai
-    match: {host: api.example}
-    headers: {Authorization: "Bearer {token:openai}"}
-tokens:
-  arena: {file: tokens.txt, strategy: sticky}
-  openai: {file: openai.txt}
-"""
+RULES = POOLS
 
 
 @pytest.fixture

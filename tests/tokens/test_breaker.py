@@ -88,7 +88,7 @@ RULE_SPEC = BreakerSpec(tokens=3, window=60, pause=300)
 
 
 class Here:
-    """A proxy on its own: what recovery.py does with a refusal and a success."""
+    """A proxy on its own: what recovery.py and retry.py do with a success and a refusal."""
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock

@@ -40,7 +40,7 @@ def run(main):
 
 
 def refuse(s: SharedStore, token: str, retire: bool = False) -> bool:
-    """A refusal as the recovery judges it (addon/recovery/recovery.py `_refused`): here at once, then in Redis."""
+    """A refusal as the recovery judges it (addon/recovery/retry.py `Retrier.refused`): here at once, then in Redis."""
     marked = refuse_here(s.pool, s.breaker, token, None, retire)
     s.refused(token, None, retire)
     return marked
