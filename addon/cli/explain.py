@@ -25,7 +25,7 @@ from addon.mitm import helpers
 from addon.recovery.verdict import applies, verdict
 from addon.request import jsonbody
 from addon.request.apply import apply_plan
-from addon.request.plan import Edit, Plan, Skipped, plan_request
+from addon.request.plan import BodySkipped, Edit, Plan, Skipped, plan_request
 from addon.rules.records import DISABLE, PASS, REFRESH, REFRESH_CAPTCHA, ROTATE, Config
 from addon.rules.template import TOKEN
 from addon.tokens import statefile
@@ -233,9 +233,9 @@ def _explain(config: Config, flow: http.HTTPFlow, values: dict[str, str]) -> Ite
 
 def _body_lines(plan: Plan, sent: http.Request, notes: list[str], removed: set[Edit]) -> Iterator[str]:
     """The body fields the rules set, as they would leave the proxy, and those they removed."""
-    skipped = {line.what for line in notes if isinstance(line, Skipped)}
-    if not plan.body or "body" in skipped:
+    if not plan.body or any(isinstance(line, BodySkipped) for line in notes):
         return
+    skipped = {line.what for line in notes if isinstance(line, Skipped)}
     try:
         doc = jsonbody.read_object(sent)
     except jsonbody.NotEditable:

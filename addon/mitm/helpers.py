@@ -1,5 +1,5 @@
-"""mitmproxy's undocumented helpers and other addons' objects, as the addon uses them: the one place
-outside addon/mitm/httplayer.py where code reads what mitmproxy does not document (tests/test_layers.py
+"""mitmproxy's undocumented helpers and other addons' objects, as the addon uses them: the rest of the
+addon reads nothing that mitmproxy does not document but through addon/mitm/ (tests/test_layers.py
 keeps it so). Each is a thin wrapper, so that a change in mitmproxy breaks one file.
 """
 

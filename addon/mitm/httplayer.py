@@ -9,7 +9,7 @@ proxy core, for flows the addon marks with `hold()`, and nowhere else in the add
   choose the layers for the connection first (scripts run before it); each `HttpLayer` among them
   then becomes a `RelayingHttpLayer`, whose `make_stream` makes its streams `RelayingHttpStream`s.
 - When a held answer's body is complete, the stream's `send_response` yields `HeldAnswerHook`, a
-  blocking hook of the addon's own, with a `Handover` (addon/recovery/replay.py). The addon judges the
+  blocking hook of the addon's own, with a `Handover` (addon/mitm/handover.py). The addon judges the
   answer and recovers within that hook, through mitmproxy's ReplayHandler as before. If a retry's
   answer is to be streamed, the addon copies its status and headers onto the client's response
   and sets `handover.streaming`; the stream sends the headers, then takes what has come of the
@@ -81,7 +81,7 @@ CLIENT_BACKLOG = 1 << 20  # bytes sent to a client but not yet on its socket; pa
 _held: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
 _departed: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()  # flows whose client left (closed, or reset the stream)
 _on_departure: weakref.WeakKeyDictionary[http.HTTPFlow, Callable[[], None]] = weakref.WeakKeyDictionary()
-# streamed answers to hold until their first event: (is it an event stream, seconds to wait at most)
+# streamed answers to hold until their first event: (the reader of their body, seconds to wait at most)
 _first_event: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[FirstEventSource, float]] = weakref.WeakKeyDictionary()
 _broken_off_code: object = None  # the ResponseProtocolError code for a retry that broke off; set by check()
 _cut_code: object = None  # the RequestProtocolError code that cuts a refused answer's upstream; set by check()

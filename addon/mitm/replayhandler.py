@@ -10,8 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from mitmproxy import http
-
-from addon.mitm.versioncheck import ReplayHandler
+from mitmproxy.addons.clientplayback import ReplayHandler
 
 
 class RetryHandler(ReplayHandler):

@@ -20,7 +20,7 @@ The internals used, as in mitmproxy 11.0.2 and 12.3.1 (`check()` verifies them b
 - Back-pressure: `mitmproxy.proxy.server.ConnectionHandler.transports` (a `ConnectionIO` with its
   `writer`, an asyncio StreamWriter) of the client's handler, found in the proxyserver addon's
   `connections` by the client's id (`mode_servers.ServerManager.connections`): the relay waits while
-  more than CLIENT_BACKLOG bytes sit in that writer's buffer. On the retry's side, addon/recovery/replay.py's
+  more than CLIENT_BACKLOG bytes sit in that writer's buffer. On the retry's side, addon/mitm/replayhandler.py's
   handler overrides `ConnectionHandler.drain_writers()` and `hook_task(hook)`.
 - `mitmproxy.addons.clientplayback.ReplayHandler(flow, options)`, which addon/mitm/replayhandler.py
   subclasses.
@@ -50,7 +50,8 @@ try:
     from mitmproxy.proxy.server import ConnectionHandler, ConnectionIO
 
     _IMPORT_PROBLEM = None
-except ImportError as e:  # addon/mitm must load on any mitmproxy; check() then says no, and nothing uses these
+except ImportError as e:  # addon/mitm must load on any mitmproxy; check() then says no, and httplayer's classes
+    # (made of these stand-ins) are never installed
     _IMPORT_PROBLEM = f"cannot import what it needs: {e}"
     ReplayHandler = RequestWakeup = StartHook = Wakeup = Layer = HttpLayer = HttpStream = object  # type: ignore[assignment,misc]
     RequestProtocolError = ResponseData = ResponseEndOfMessage = ResponseHeaders = object  # type: ignore[assignment,misc]

@@ -14,7 +14,7 @@ from mitmproxy import http
 
 from addon.request import jsonbody
 from addon.request.bodyworker import BodyWorker, WorkerFailed
-from addon.request.plan import Edit, Skipped
+from addon.request.plan import BodySkipped, Edit, Skipped
 from addon.rules.template import Template
 from addon.rules.types import JsonLiteral
 from addon.util.masking import mask
@@ -80,7 +80,7 @@ async def edit_body_in(
     except WorkerFailed as e:
         logger.warning(f"rules: body of {request.method} {request.pretty_url} not edited ({compiled.body_rules}): "
                        f"the body worker failed: {e}")  # fmt: skip
-        return [Skipped(f"body not edited by {compiled.body_rules}: the body worker failed: {e}", "body")]
+        return [BodySkipped(f"body not edited by {compiled.body_rules}: the body worker failed: {e}")]
     return _body_done(request, data, outcomes, steps, removed)
 
 
@@ -108,7 +108,7 @@ def _body_done(
 
 def _body_skipped(compiled: Compiled, request: http.Request, why: str) -> str:
     logger.debug(f"rules: body of {request.method} {request.pretty_url} not edited ({compiled.body_rules}): {why}")
-    return Skipped(f"body not edited by {compiled.body_rules}: {why}", "body")
+    return BodySkipped(f"body not edited by {compiled.body_rules}: {why}")
 
 
 def render_edit(

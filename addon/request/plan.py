@@ -218,8 +218,8 @@ def _one_pool(
 
 class Skipped(str):
     """A comment line saying an edit was not made (`what`: its place, as the line names it: "X-Header",
-    "cookie c", "body a.b"), or that the body was not edited at all (`what` == "body"). The flow comment
-    shows the text; explain lists such lines as notes by what they are, never by their wording."""
+    "cookie c", "body a.b"). The flow comment shows the text; explain lists such lines as notes by what
+    they are, never by their wording."""
 
     what: str
 
@@ -227,6 +227,16 @@ class Skipped(str):
         line = super().__new__(cls, text)
         line.what = what
         return line
+
+    def __reduce__(self):  # (pickle and copy: it is a str with a place)
+        return type(self), (str(self), self.what)
+
+
+class BodySkipped(Skipped):
+    """A comment line saying the body was not edited at all (not JSON, too large, the worker failed)."""
+
+    def __new__(cls, text: str, what: str = "body") -> BodySkipped:
+        return super().__new__(cls, text, what)  # type: ignore[return-value]
 
 
 def describe(plan: Plan, lines: list[str]) -> str:

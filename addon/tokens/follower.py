@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from addon.rules.records import StoreSpec
+from addon.tokens import storeconnection
 from addon.tokens.breaker import Breaker
 from addon.tokens.pool import TokenPool
-from addon.tokens.storeconnection import FAILURES, FOLLOW_BLOCK, StoreConnection
+from addon.tokens.storeconnection import FAILURES, StoreConnection
 from addon.tokens.storerecords import EVENTS_KEPT, format_record, parse_record, parse_time
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ class StoreFollower(StoreConnection):
         try:
             while self.online:
                 read = await self._follow.xread({self.keys.events: self._last_id}, count=EVENTS_PER_READ,
-                                                block=int(FOLLOW_BLOCK * 1000))  # fmt: skip
+                                                block=int(storeconnection.FOLLOW_BLOCK * 1000))  # fmt: skip
                 self.background_trips += 1
                 self._apply(read)
         except FAILURES as e:

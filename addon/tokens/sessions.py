@@ -1,7 +1,7 @@
 """Sessions kept alive: an upstream's Set-Cookie for the cookie that carried `{token}` renews that account.
 
 An account is a token of the tokens file; its health stays keyed by that token's hash
-(tokens.token_key), whatever value it is sent with. When the upstream answers a request with
+(tokenfile.token_key), whatever value it is sent with. When the upstream answers a request with
 `Set-Cookie` for a cookie whose whole value was `{token}` (a rule's `cookies: {session: "{token}"}`),
 the new value is the account's from then on: requests put it where `{token}` goes (`applied`), and
 that Set-Cookie is taken off the answer before it reaches the client (`responseheaders`), which never

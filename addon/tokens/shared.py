@@ -40,10 +40,11 @@ from typing import TYPE_CHECKING
 from redis import exceptions as redis_errors
 
 from addon.rules.records import StoreSpec
+from addon.tokens import storeconnection
 from addon.tokens.breaker import Breaker
 from addon.tokens.follower import StoreFollower
 from addon.tokens.pool import TokenPool
-from addon.tokens.storeconnection import FAILURES, KEEP_EVERY
+from addon.tokens.storeconnection import FAILURES
 from addon.tokens.storerecords import EVENTS_KEPT, parse_record, parse_time
 from addon.tokens.tokenfile import token_key
 
@@ -169,7 +170,7 @@ class SharedStore(StoreFollower):
         ends = health is not None and health.cooling_until > self.clock() and sent_at > health.refused_at
         self.pool.succeeded(token, sent_at)
         if self.online:
-            self._count(key, 1, sent_at, 0.0 if ends else time.monotonic() + KEEP_EVERY)
+            self._count(key, 1, sent_at, 0.0 if ends else time.monotonic() + storeconnection.KEEP_EVERY)
             if ends:
                 self._wake.set()
 
@@ -191,7 +192,7 @@ class SharedStore(StoreFollower):
         except FAILURES as e:
             if not _late(e):  # not sent, most likely (a late answer was probably counted): send them later
                 for key, (n, sent) in successes.items():
-                    self._count(key, n, sent, time.monotonic() + KEEP_EVERY)
+                    self._count(key, n, sent, time.monotonic() + storeconnection.KEEP_EVERY)
             raise
 
     # by hand

@@ -7,7 +7,7 @@ first five), `events` (a stream, trimmed to about EVENTS_KEPT entries), `rr` (th
 rotation), `breaker` (open until), `recent`/`before` (the breaker's window), `value:NAME` and
 `lock:NAME`, `sessions` (a hash: token key → its renewed session value, sealed with tokens.session_key:
 addon/tokens/sessions.py; each renewal is also a stream entry `s`, `v`). A token's key is a hash of it
-(tokens.token_key): no token, nor any part of one, goes to Redis. Command values do: the README says so.
+(tokenfile.token_key): no token, nor any part of one, goes to Redis. Command values do: the README says so.
 Times are the proxies' wall clocks, which are expected to agree (NTP).
 """
 
@@ -25,7 +25,7 @@ EVENTS_KEPT = 100_000  # stream entries kept (about): a proxy that was gone long
 
 # The Lua scripts Redis runs, in addon/tokens/lua/ (each file says its KEYS and ARGV); those that
 # read or write token records run after records.lua (get, put, num, forget_before). They state the
-# rules of tokens.TokenPool.refused/succeeded and breaker.Breaker for a shared store, and
+# rules of pool.TokenPool.refused/succeeded and breaker.Breaker for a shared store, and
 # tests/tokens/test_breaker.py runs one table of cases against both.
 def _lua(name: str) -> str:
     return (resources.files("addon.tokens") / "lua" / f"{name}.lua").read_text(encoding="utf-8")

@@ -169,3 +169,20 @@ def test_explain_judges_a_saved_stream_by_its_first_event(tmp_path, content_type
     f.response = tutils.tresp(status_code=200, content=body)
     f.response.headers["content-type"] = content_type
     assert list(explain(config, f, {"token": "…1111"}))[-1] == said
+
+
+def test_explain_lists_a_header_named_body_that_was_not_set_and_still_shows_the_body(tmp_path):
+    """A skipped edit is told by its place, not its wording: a header called `body` whose value has no
+    source is a note, and the body's own edits are still shown."""
+    import pickle
+
+    from addon.request.plan import Skipped
+
+    rules = ("rules:\n  - match: {host: a.example}\n    headers: {body: '{captcha}'}\n    body: {model: x}\n"
+             "values:\n  captcha: {command: [/bin/true]}\n")  # fmt: skip
+    config = load_config(write_rules(tmp_path, rules, captcha=None))
+    lines = list(explain(config, make_flow("POST", "http://a.example/x", [], '{"model": "y"}'), {}))
+    assert "  note: body not set by rules[0]: no captcha value" in lines
+    assert lines[lines.index("    body (JSON):") + 1] == '      model: "x"   ← rules[0]'
+    line = Skipped("X not set by r: no token value", "X")
+    assert pickle.loads(pickle.dumps(line)).what == "X" and pickle.loads(pickle.dumps(line)) == line

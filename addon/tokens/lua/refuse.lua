@@ -1,10 +1,10 @@
 -- KEYS[3] breaker, [4] recent, [5] before; ARGV[2] token key, [3] now, [4] cooldown, [5] window,
 -- [6] threshold, [7] pause, [8] the send time of the latest success the calling proxy saw (its own
 -- successes reach Redis in batches, about once a second: this way they count at once, for it),
--- [9] retire_after (0: never), [10] 1: retire at once (a disable rule), as tokens.TokenPool.refused,
+-- [9] retire_after (0: never), [10] 1: retire at once (a disable rule), as pool.TokenPool.refused,
 -- [11] the proxy that tells it (the breaker's entry says `by`, so that it knows the breaker is its own).
 -- Returns {marked 0/1, record, breaker open until or '0', opened 0/1}; with the breaker open, nothing
--- changes (as recovery.py passes such refusals on untouched).
+-- changes (as recovery/retry.py passes such refusals on untouched).
 -- (runs after records.lua: get, put, num, forget_before)
 local k, now, cd = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local window, threshold, pause = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])

@@ -1,6 +1,6 @@
 -- KEYS[3] recent, [4] before (the breaker's window); ARGV[2] now, then (token key, successes, latest
 -- send time) triples. A success ends a cooldown that began before the request was sent
--- (tokens.TokenPool.succeeded), and the count of refusals in a row; only that is told. It also clears
+-- (pool.TokenPool.succeeded), and the count of refusals in a row; only that is told. It also clears
 -- the breaker's count of the refusals before it was sent.
 -- (runs after records.lua: get, put, num, forget_before)
 local now, latest = tonumber(ARGV[2]), 0
