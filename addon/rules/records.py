@@ -87,6 +87,11 @@ class TokensSpec:
     sessions_file: Path | None = None  # where renewed session values are kept (beside the state file)
     name: str = DEFAULT_POOL  # the pool's name: {token:NAME} draws from it (a `tokens:` of one pool: "default")
 
+    @property
+    def health_place(self) -> object:
+        """Where the pool's health is kept: a namespace of a store, or the state file."""
+        return (self.store.url, self.store.namespace) if self.store is not None else self.state_file
+
 
 ROTATE, REFRESH, REFRESH_CAPTCHA, PASS = "rotate", "refresh", "refresh_captcha", "pass"
 DISABLE = "disable"  # as rotate, and the token is retired at once

@@ -30,7 +30,7 @@ from addon.rules.config import load_config
 from addon.rules.records import DEFAULT_POOL, Config
 from addon.rules.schema import RulesError, RulesErrors
 from addon.rules.template import CAPTCHA
-from addon.runtime.pools import Pool, State, place
+from addon.runtime.pools import Pool, State
 from addon.runtime.sources import ValueSource
 from addon.tokens import statefile
 from addon.tokens.health import health_from_state
@@ -212,7 +212,7 @@ class Runtime:
         pools = {name: old.pop(name) for name in config.pools if name in old}
         for name, spec in config.pools.items():
             if name not in pools:
-                same = next((n for n, p in old.items() if p.place == place(spec)), None)
+                same = next((n for n, p in old.items() if p.spec and p.spec.health_place == spec.health_place), None)
                 pools[name] = old.pop(same) if same is not None else Pool(name)
         for pool in old.values():
             pool.stop()

@@ -105,11 +105,6 @@ class Pool:
             self._state_lock.release()
             self._state_lock = None
 
-    @property
-    def place(self) -> object:
-        assert self.spec is not None
-        return place(self.spec)
-
     def _lock_state(self, path: Path) -> bool:
         """Hold the lock of this state file (and let go of the one held before); False: another proxy has it."""
         if self._state_lock is not None and self._state_lock.state_file == path:
@@ -122,9 +117,9 @@ class Pool:
         self._state_lock = lock
         return True
 
-    def _share(self, spec: TokensSpec | None) -> None:
+    def _share(self, spec: TokensSpec) -> None:
         """Keep token health on the spec's store from now on (none: in the state file)."""
-        store = spec.store if spec is not None else None
+        store = spec.store
         if self.shared is not None and self.shared.spec == store:
             return
         if self.shared is not None:
@@ -141,11 +136,6 @@ class Pool:
         except RuntimeError:  # not yet running: `start` starts it
             return
         self.shared.start()
-
-
-def place(spec: TokensSpec) -> object:
-    """Where a pool's health is kept: a namespace of a store, or a state file."""
-    return (spec.store.url, spec.store.namespace) if spec.store is not None else spec.state_file
 
 
 def pool_of(pools: Mapping[str, Pool], name: str | None) -> Pool | None:

@@ -178,9 +178,10 @@ def distinct_pools(pools: tuple[tuple[str | None, TokensSpec], ...], at: At) -> 
     """Two pools never keep their health in one place: a state file, or a namespace of one store."""
     seen: dict[object, str] = {}
     for name, spec in pools:
-        places = [(spec.state_file, f"their health in the state file {spec.state_file}")]
+        where = f"the state file {spec.state_file}"
         if spec.store is not None:
-            places = [((spec.store.url, spec.store.namespace), f"their health in namespace {spec.store.namespace!r} of one store")]
+            where = f"namespace {spec.store.namespace!r} of one store"
+        places = [(spec.health_place, f"their health in {where}")]
         if spec.follow_set_cookie:
             places.append((spec.sessions_file, f"renewed sessions in {spec.sessions_file} (named after the state file)"))
         for place, what in places:
