@@ -2,10 +2,12 @@
 
 Run it through `scripts/bench` (which sets up .venv and installs wrk and redis-server when they are missing):
 
-    scripts/bench             # the full run (about 7 minutes on 2 cores), writes BENCHMARKS.md
+    scripts/bench             # the full run on the venv's mitmproxy line: writes benchmarks/mitmproxy-VERSION.json
+                              # (every figure, raw) and .md (every figure, readable), then BENCHMARKS.md from
+                              # the runs of every line kept there
+    scripts/bench --render    # BENCHMARKS.md again from benchmarks/, measuring nothing
     scripts/bench --quick     # under 2 minutes, fewer and shorter rounds; writes only a scratch copy
-    scripts/bench --only 1,2  # some scenarios (numbers as in BENCHMARKS.md: 1-9 from issue 4, 10 from issue 14,
-                              # 11 from the shared-store issue: Redis against the state file, and propagation)
+    scripts/bench --only 1,2  # some scenarios (numbers as in BENCHMARKS.md)
     scripts/bench --quick --addon ../other-worktree/addon/main.py   # measure a change kept elsewhere
     scripts/bench --only 1 --compare ../old-worktree/addon/main.py  # scenario 1 against another version, same rounds
 
@@ -450,6 +452,39 @@ end
 """
 
 
+class Scraper:
+    """Reads a status server's /metrics and /status every second, as Prometheus and the page would,
+    while a `with` block runs (port None: does nothing)."""
+
+    def __init__(self, port: int | None) -> None:
+        self.port = port
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.reads = 0
+        self.problem: str | None = None
+
+    def __enter__(self) -> Scraper:
+        if self.port is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.port is not None:
+            self.stop.set()
+            self.thread.join()
+            if self.problem or not self.reads:
+                raise RuntimeError(self.problem or "the status server answered no read during the run")
+
+    def _run(self) -> None:
+        while not self.stop.wait(1.0):
+            for path in ("/metrics", "/status"):
+                status, _, _, _ = fetch(self.port, build_request("GET", self.port, path, [], absolute=False))
+                if status != 200:
+                    self.problem = f"the status server answered {status} for {path}"
+                    return
+                self.reads += 1
+
+
 def write_wrk_script(workdir: Path, upstream_port: int) -> Path:
     headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in [("Host", f"127.0.0.1:{upstream_port}"), *SDK_HEADERS])
     path = workdir / "chat.lua"
@@ -640,10 +675,17 @@ class Result:
     details: list[str] = field(default_factory=list)
     raw: dict = field(default_factory=dict)
     part: str = ""  # a scenario with two rows: "a", "b" (kept in Bench.results under number, number + 0.5)
+    headline: str = ""  # the one figure BENCHMARKS.md shows, judged against the target (the details: `result`)
+    variant: str = ""  # what tells apart rows of one label measured more than once in a run (scenario 11's delays)
 
     @property
     def label(self) -> str:
         return f"{self.number}{self.part}"
+
+    @property
+    def key(self) -> str:
+        """Unique within a run: the label, and the variant when there is one."""
+        return f"{self.label} {self.variant}".strip()
 
 
 def outage_text(outages: tuple[int, float, list[str]], who: str) -> str:
@@ -745,13 +787,16 @@ class Bench:
         names = ["bare", "noop-script", "addon-10", "addon-1000"]
         if self.compare:
             names.append(self._start_other())
+        if (ADDON_MAIN.parent / "status" / "server.py").exists():  # (an addon measured with --addon may predate it)
+            names.append(self._start_status())
         for name in names:  # warm-up, not recorded
             wrk(self.proxies[name], script, 1, s.connections)
         rps: dict[str, list[float]] = {n: [] for n in names}
         cpu: dict[str, list[float]] = {n: [] for n in names}  # CPU seconds per request
         for r in range(s.rounds):
             for name in rotate(names, r):
-                out = wrk(self.proxies[name], script, s.tput_seconds, s.connections)
+                with Scraper(self.status_port if name == "addon-10-status" else None):
+                    out = wrk(self.proxies[name], script, s.tput_seconds, s.connections)
                 rps[name].append(out["rps"])
                 cpu[name].append(out["cpu_per_request"])
             log(f"throughput round {r + 1}/{s.rounds}: " + ", ".join(f"{n} {rps[n][-1]:.0f} req/s" for n in names))
@@ -759,6 +804,10 @@ class Bench:
             self.note_errors("addon-10-other", self.proxies["addon-10-other"])
             self.proxies.pop("addon-10-other").stop()
             self.results[1.5] = self._compare_row(rps, cpu)
+        if "addon-10-status" in names:
+            self.note_errors("addon-10-status", self.proxies["addon-10-status"])
+            self.proxies.pop("addon-10-status").stop()
+            self.results[1.75] = self._status_row(rps, cpu)
         noop_log = self.proxies["noop-script"].log()
         found = re.search(r"bench: (\d+) do-nothing addons", noop_log)
         self.addon_count = int(found.group(1)) if found else "?"
@@ -778,6 +827,7 @@ class Bench:
                 f"{med(noop_ratios):.3f} ({min(noop_ratios):.3f}–{max(noop_ratios):.3f})",
                 med(ratios) >= target,
                 raw={"rps": rps[name], "bare_rps": rps["bare"], "noop_script_rps": rps["noop-script"], "ratios": ratios},
+                headline=f"{med(ratios):.3f}",
             )
 
     def _start_other(self) -> str:
@@ -789,6 +839,35 @@ class Bench:
         self.proxies["addon-10-other"] = Proxy("addon-10-other", self.w, rules, main=self.compare).start()
         self.check_rewrites()  # it rewrites the benchmark request as this addon does
         return "addon-10-other"
+
+    def _start_status(self) -> str:
+        """A proxy like scenario 1's with the status server on (a rules file of its own, for its own
+        state file); Scraper reads its /metrics and /status every second while wrk runs through it."""
+        log("starting a proxy with the status server on (10 rules)")
+        rules = rules_file(self.w / "rules10-status.yaml", realistic_rules(self.hosts), self.w / "tokens.txt",
+                           self.captcha_file())
+        self.status_port = free_port()
+        self.proxies["addon-10-status"] = Proxy("addon-10-status", self.w, rules,
+                                                extra=("--set", f"status_listen=127.0.0.1:{self.status_port}")).start()
+        return "addon-10-status"
+
+    def _status_row(self, rps: dict[str, list[float]], cpu: dict[str, list[float]]) -> Result:
+        """Row 1s: scenario 1's addon with the status server on (and scraped every second) against off."""
+        on, off, f = "addon-10-status", "addon-10", "{:.3f}"
+        rps_ratios, cpu_ratios = per_round(rps[on], rps[off]), per_round(cpu[off], cpu[on])
+        return Result(
+            1,
+            "10 rules with the status server on, /metrics and /status read every second, against off",
+            "req/s on ÷ req/s off, same rounds",
+            "within 0.01 of 1",
+            f"req/s ratio {span(rps_ratios, fmt=f, bold=True)}; CPU per request off ÷ on {span(cpu_ratios, fmt=f)}; "
+            f"req/s on {span(rps[on])}, off {span(rps[off])}, bare {span(rps['bare'])}",
+            med(rps_ratios) >= 0.99,
+            raw={"rps": rps[on], "off_rps": rps[off], "cpu_per_request": cpu[on], "off_cpu_per_request": cpu[off],
+                 "rps_ratios": rps_ratios, "cpu_ratios": cpu_ratios},
+            part="s",
+            headline=f"{med(rps_ratios):.3f}",
+        )
 
     def _compare_row(self, rps: dict[str, list[float]], cpu: dict[str, list[float]]) -> Result:
         """Row 1c: scenario 1's addon against the other checkout's, by req/s and by CPU time per request,
@@ -816,6 +895,7 @@ class Bench:
                  "cpu_per_request": cpu[this], "other_cpu_per_request": cpu[other],
                  "bare_cpu_per_request": cpu["bare"], "rps_ratios": rps_ratios, "cpu_ratios": cpu_ratios},
             part="c",
+            headline=f"{med(rps_ratios):.3f}",
         )
 
     # scenario 3
@@ -842,12 +922,13 @@ class Bench:
         f = "{:.3f}"
         self.results[3] = Result(
             3, "added latency at low load (1 connection, one request at a time)", "p50 and p99, addon − bare",
-            "p50 ≤ 0.3 ms",
+            "p50 ≤ 0.3 ms (10 and 1,000 rules; the worse shown)",
             f"10 rules: p50 **+{span(d50, ' ms', f)}**, p99 +{span(d99, ' ms', f)}; "
             f"1,000 rules: p50 +{span(d50k, ' ms', f)}, p99 +{span(d99k, ' ms', f)}; "
             f"bare p50 {span(p50['bare'], ' ms', f)}, p99 {span(p99['bare'], ' ms', f)}",
             med(d50) <= 0.3 and med(d50k) <= 0.3,
             raw={"p50": p50, "p99": p99},
+            headline=f"{max(med(d50), med(d50k)):+.3f} ms",
         )
 
     # scenario 4
@@ -902,6 +983,7 @@ class Bench:
             f"direct median {med(all_direct):.2f} ms (addon − direct per event: worst +{max(extra):.2f} ms)",
             max(late) <= 5.0,
             raw={"first": first, "late": late, "late_bare_stream": late_stream, "extra_lag": extra},
+            headline=f"{max(late):+.2f} ms",
         )
 
     def _sse_once(self, port: int, request: bytes, warm: bytes) -> tuple[float, list[float], list[float]]:
@@ -1016,7 +1098,7 @@ class Bench:
         self.results[10] = Result(
             10, f"recovered SSE: {events} events {interval_ms} ms apart, refused once then retried",
             "first-event delay and per-event lag, recovered vs first-attempt stream (same addon)",
-            "each event ≤ 5 ms later; first event ≤ refusal round trip + 5 ms later",
+            "each event ≤ 5 ms later; first event ≤ refusal round trip + 5 ms later (the worse shown)",
             f"per event, lag recovered − first attempt: worst of {len(extra)} **+{max(extra):.2f} ms** "
             f"(median {med(extra):+.2f} ms); first event later by {span(later, ' ms', f)}, over the refusal's round "
             f"trip ({span(refusal, ' ms', f)}) by {med(over):+.2f} ms at the median round, **{max(over):+.2f} ms** at "
@@ -1028,6 +1110,7 @@ class Bench:
             f"max {max(fa_lags):.2f} ms; {s.sse_recovery_rounds} rounds",
             max(extra) <= 5.0 and max(over) <= 5.0,
             raw={"first": first, "refusal": refusal, "extra_lag": extra},
+            headline=f"{max(max(extra), max(over)):+.2f} ms",
         )
 
     def _refuse_next(self, count: int = 1) -> dict:
@@ -1095,6 +1178,7 @@ class Bench:
             f"{s.big_bytes / seconds / (1 << 20):.0f} MiB/s",
             growth < 50,
             raw={"idle_kib": idle, "peak_kib": top, "seconds": seconds, "bytes": got},
+            headline=f"{growth:+.1f} MiB",
         )
 
     # scenarios 6 and 7: the protected upstream
@@ -1169,6 +1253,7 @@ class Bench:
             f"{s.recovery_rounds} rounds, fresh connection per request",
             med(lat["recovered"]) - med(lat["plain"]) <= budget,
             raw=lat,
+            headline=f"{med(lat['recovered']) - med(lat['plain']):+.2f} ms (budget {budget:.2f} ms)",
         )
 
     def storm(self) -> None:
@@ -1216,6 +1301,7 @@ class Bench:
             f"{span(walls['addon-200-plain'], ' ms')}",
             med(ratios) <= 1.5,
             raw={**walls, "refused": refused_counts},
+            headline=f"{med(ratios):.2f}×",
         )
 
     # scenario 8
@@ -1251,6 +1337,7 @@ class Bench:
             f"distinct values sent: {', '.join(map(str, distinct))}; burst wall {span(walls, ' ms')}",
             all(n == 1 for n in runs) and all(d == 1 for d in distinct),
             raw={"runs": runs, "walls": walls},
+            headline=f"{max(runs)} per burst",
         )
 
     # scenario 9
@@ -1276,14 +1363,24 @@ class Bench:
         f2 = "{:.2f}"
         f3 = "{:.3f}"
         self.results[9] = Result(
-            9, "start-up and hot reload of a 1,000-rule file", "seconds", "< 1 s each",
-            f"start-up: added over bare **+{span(added, ' s', f2)}** (to listening: bare {span(times['bare'], ' s', f2)}, "
+            9, "start-up of a 1,000-rule file", "seconds to listening, addon − bare", "< 1 s",
+            f"added over bare **+{span(added, ' s', f2)}** (to listening: bare {span(times['bare'], ' s', f2)}, "
             f"10 rules {span(times['addon-10'], ' s', f2)}, 1,000 rules {span(times['addon-1000'], ' s', f2)}); "
-            f"parsing the file: {load['first'] * 1000:.0f} ms cold, {load['warm'] * 1000:.0f} ms warm; "
-            f"hot reload: edit → applied **{span(reload['applied'], ' s', f2)}** (includes the watcher's 1 s poll), "
+            f"parsing the file: {load['first'] * 1000:.0f} ms cold, {load['warm'] * 1000:.0f} ms warm",
+            med(added) < 1,
+            raw={"startup": times, "load": load},
+            part="a",
+            headline=f"{med(added):+.2f} s",
+        )
+        self.results[9.5] = Result(
+            9, "hot reload of a 1,000-rule file", "edit → applied (includes the watcher's 1 s poll); requests' stall",
+            "applied < 2 s, stall < 1 s",
+            f"edit → applied **{span(reload['applied'], ' s', f2)}**, "
             f"longest stall of requests during a reload {span(reload['stall'], ' s', f3)}",
-            med(added) < 1 and max(reload["applied"]) < 1.0 + 1.0 and med(reload["stall"]) < 1,
-            raw={"startup": times, "load": load, "reload": reload},
+            max(reload["applied"]) < 1.0 + 1.0 and med(reload["stall"]) < 1,
+            raw={"reload": reload},
+            part="b",
+            headline=f"{max(reload['applied']):.2f} s",
         )
 
     def _load_config_seconds(self, rules: Path) -> dict[str, float]:
@@ -1562,7 +1659,8 @@ class Bench:
         away = f" {self.redis_delay * 1000:g} ms away (each way, through a relay)" if self.redis_delay else " on this host"
         self.results[11 + self.redis_key] = Result(
             11, f"shared store: small JSON POSTs (scenario 1: 10 rules, `{{token}}` from 4), token health on Redis{away}",
-            "req/s with `store: redis://…` ÷ req/s with the state file, same load",
+            "Redis round trips per request, all in the background (req/s with the store ÷ with the state file: in the "
+            "details)",
             "≤ 1 Redis round trip per request, none of them waited on; the ratio has no target: it is what the "
             "store costs",
             f"**{med(redis_file):.3f}** ({min(redis_file):.3f}–{max(redis_file):.3f}); ÷ bare mitmdump: Redis "
@@ -1577,6 +1675,8 @@ class Bench:
             raw={"rps": rps, "redis_per_request": per, "redis_vs_file": redis_file, "rotation_moves": shared["rr"],
                  "redis_requests": shared["redis_requests"], "outages": shared["outages"][:2]},
             part="a",
+            headline=f"{max(a + b for a, b in zip(per['incrby'], per['xread'])):.3f} round trips",
+            variant=f"({self.redis_delay * 1000:g} ms)",
         )
         seen = [x for x in lags if x is not None] or [float("nan")]  # rounds in which B sent the token near it
         idle_text = (f"; idle: {IDLE_GAP:g} s with no request through B, then one: it avoided the token in "
@@ -1603,6 +1703,8 @@ class Bench:
             bool(told) and len(told) == len(seen_by_b["told_ms"]) and max(told) <= 1000 and all(idle),
             raw={**seen_by_b, "outages": seen_by_b["outages"][:2]},
             part="b",
+            headline=f"{max(told):.0f} ms" if told else "never",
+            variant=f"({self.redis_delay * 1000:g} ms)",
         )
 
     # report
@@ -1674,50 +1776,123 @@ def machine() -> list[str]:
     ]
 
 
-def render(bench: Bench, s: Settings, started: float, argv: list[str]) -> str:
-    when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    took = time.monotonic() - started
-    cmd = "scripts/bench" + (" " + " ".join(argv) if argv else "")
-    rows = []
-    for n in sorted(bench.results):
-        r = bench.results[n]
-        met = {True: "met", False: "**missed**", None: "–"}[r.met]
-        rows.append(f"| {r.label} | {r.scenario} | {r.measure} | {r.target} | {r.result} | {met} |")
-    m = machine()
+def versions() -> tuple[str, str]:
+    """The Python and mitmproxy versions of the venv measured."""
+    code = "import platform, mitmproxy.version as v; print(platform.python_version(), v.VERSION)"
+    py, mitm = subprocess.run([str(PYTHON), "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    return py, mitm
+
+
+def run_record(bench: Bench, s: Settings, started: float, argv: list[str]) -> dict:
+    """Everything one run measured, as written to benchmarks/mitmproxy-VERSION.json by a full run: the
+    rows (headline, target, met, the details and the raw figures), the notes and the machine."""
+    py, mitm = versions()
+    return {
+        "when": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "minutes": round((time.monotonic() - started) / 60, 1),
+        "command": "scripts/bench" + (" " + " ".join(argv) if argv else ""),
+        "settings": "quick" if s.quick else "full",
+        "code": checkout(ADDON_MAIN),
+        "python": py,
+        "mitmproxy": mitm,
+        "machine": machine(),
+        "notes": bench.notes,
+        "rows": [{"key": r.key, "label": r.label, "scenario": r.scenario, "measure": r.measure, "target": r.target,
+                  "headline": r.headline, "met": r.met, "result": r.result, "raw": round_floats(r.raw)}
+                 for _, r in sorted(bench.results.items())],
+    }
+
+
+MET = {True: "met", False: "**missed**", None: "–"}
+
+
+def render_details(run: dict) -> str:
+    """One run in full: every row with its details (ranges, the variants measured beside it), the notes
+    and the machine. Written beside the run's JSON, and as the scratch report of a partial run."""
     out = [
-        "# Benchmarks",
+        f"# Benchmarks on mitmproxy {run['mitmproxy']} (Python {run['python']}): every figure",
         "",
-        f"Results of one run of `{cmd}` ({'quick' if s.quick else 'full'} settings), {when}, {took / 60:.1f} minutes. "
-        "Scenarios and targets are those of issue 4 (10: of issue 14; 11: of the shared-store issue). "
-        "Figures are medians over the rounds, with the minimum and maximum "
-        "in brackets; every ratio compares runs made side by side in the same run, alternating between the variants.",
+        f"One run of `{run['command']}` ({run['settings']} settings), {run['when']}, {run['minutes']} minutes, "
+        f"code: {run['code']}. Figures are medians over the rounds, with the minimum and maximum in brackets; every "
+        "ratio compares runs made side by side in the same run, alternating between the variants. The method is in "
+        "[BENCHMARKS.md](../BENCHMARKS.md); the raw figures are in the JSON file of the same name.",
         "",
         "| # | scenario | measure | target | result | |",
         "|---|---|---|---|---|---|",
-        *rows,
+        *(f"| {r['key']} | {r['scenario']} | {r['measure']} | {r['target']} | {r['result']} | {MET[r['met']]} |"
+          for r in run["rows"]),
         "",
     ]
-    if bench.notes:
-        out += ["Notes from this run:", "", *(f"- {n}" for n in bench.notes), ""]
-    out += [
+    if run["notes"]:
+        out += ["Notes from this run:", "", *(f"- {n}" for n in run["notes"]), ""]
+    out += ["## Machine", "", *(f"- {line}" for line in run["machine"]), ""]
+    return "\n".join(out)
+
+
+def render_summary(runs: list[dict]) -> str:
+    """BENCHMARKS.md: one row per scenario, one column per mitmproxy line, one figure per cell with its
+    target met or missed; then how to reproduce it and the method. The details are in the runs' files."""
+    runs = sorted(runs, key=lambda run: [int(x) for x in re.findall(r"\d+", run["mitmproxy"])], reverse=True)
+    s = FULL
+    keys: list[str] = []
+    about: dict[str, dict] = {}
+    for run in runs:
+        for row in run["rows"]:
+            if row["key"] not in about:
+                keys.append(row["key"])
+                about[row["key"]] = row
+    cells = {(run["mitmproxy"], row["key"]): row for run in runs for row in run["rows"]}
+
+    def cell(run: dict, key: str) -> str:
+        row = cells.get((run["mitmproxy"], key))
+        if row is None:
+            return "not measured"
+        return f"{row['headline']}, {MET[row['met']]}" if row["met"] is not None else row["headline"]
+
+    lines = [f"mitmproxy {run['mitmproxy']}" for run in runs]
+    out = [
+        "# Benchmarks",
+        "",
+        "The addon against bare mitmdump, on loopback, one full run of `scripts/bench` per mitmproxy line. "
+        "Each cell is the median over the run's rounds of the figure its target judges; every ratio and difference "
+        "compares runs made side by side in the same run, alternating between the variants. Every figure of a run "
+        "(ranges, the variants measured beside it, notes) and its raw data are in the files linked under the table; "
+        "earlier rounds and the analysis of the targets missed are in [docs/performance.md](docs/performance.md).",
+        "",
+        "| # | scenario | measure | target | " + " | ".join(lines) + " |",
+        "|---|---|---|---|" + "---|" * len(runs),
+        *(f"| {k} | {about[k]['scenario']} | {about[k]['measure']} | {about[k]['target']} | "
+          + " | ".join(cell(run, k) for run in runs) + " |" for k in keys),
+        "",
+        "Runs:",
+        "",
+        *(f"- mitmproxy {run['mitmproxy']}, Python {run['python']}: {run['when']}, {run['minutes']} minutes, "
+          f"code {run['code'].split(' at ')[-1]}; every figure in [benchmarks/mitmproxy-{run['mitmproxy']}.md]"
+          f"(benchmarks/mitmproxy-{run['mitmproxy']}.md), raw data in [benchmarks/mitmproxy-{run['mitmproxy']}.json]"
+          f"(benchmarks/mitmproxy-{run['mitmproxy']}.json)" for run in runs),
+        "",
         "## Machine",
         "",
-        *(f"- {line}" for line in m),
+        *(f"- {line}" for line in runs[0]["machine"][:2]),
+        *(f"- {run['machine'][2]}" for run in runs),
+        *(f"- {line}" for line in runs[0]["machine"][3:]),
         "",
         "## Reproduce",
         "",
         "```sh",
-        "scripts/bench            # the full run; rewrites this file",
+        "scripts/bench            # the full run on .venv's line; writes benchmarks/mitmproxy-VERSION.{json,md}, then this file",
+        "VENV=.venv-mitm11 PYTHON=python3.11 scripts/bench   # the same on mitmproxy 11.0.2",
+        "scripts/bench --render   # rewrites this file from the runs in benchmarks/",
         "scripts/bench --quick    # under 2 minutes, to check a change; writes a scratch copy, prints the table",
         "scripts/bench --only 1,2 # some scenarios",
         "scripts/bench --quick --addon ../other/addon/main.py  # measure a change kept in another worktree",
         "scripts/bench --only 1 --compare ../old/addon/main.py # scenario 1 against another version (row 1c)",
         "```",
         "",
-        "`scripts/bench` runs `scripts/setup requirements-dev.txt` (nothing to install beyond the pinned test "
-        "requirements) and, when `wrk` or `redis-server` is missing, installs it from the Debian/Ubuntu archive with "
-        "`apt-get install wrk redis-server` (as root, or through sudo). Nothing else is needed; everything runs on "
-        "127.0.0.1 (scenario 11 starts its own `redis-server` on a free port, without persistence).",
+        "`scripts/bench` sets up the venv (`scripts/setup dev`) and, when `wrk` or `redis-server` is missing, "
+        "installs it from the Debian/Ubuntu archive with `apt-get install wrk redis-server` (as root, or through "
+        "sudo). Nothing else is needed; everything runs on 127.0.0.1 (scenario 11 starts its own `redis-server` on "
+        "a free port, without persistence).",
         "",
         "## Method",
         "",
@@ -1749,7 +1924,10 @@ def render(bench: Bench, s: Settings, started: float, argv: list[str]) -> str:
         "replaced by one that does nothing, to show what mitmproxy charges for any such script; 10 rules; 1,000 rules; the order rotates "
         "each round), "
         f"{s.rounds} rounds after a 1-second warm-up each. A run with any error or non-2xx answer is an error. The "
-        "ratio is computed per round (addon ÷ bare of the same round), then its median is taken.",
+        "ratio is computed per round (addon ÷ bare of the same round), then its median is taken. Row 1s: one more "
+        "proxy in the same rotation, scenario 1's with `--set status_listen=…` (the status server on), whose "
+        "`/metrics` and `/status` the driver reads every second while wrk runs through it; its req/s ÷ that of "
+        "scenario 1's proxy, per round.",
         f"- **3: latency.** The same with one connection (`-c1`), {s.lat_seconds:g} s per run, {s.rounds} rounds: "
         "one request at a time, so nothing queues. p50 and p99 come from wrk's latency histogram (microseconds). "
         "The difference is taken per round.",
@@ -1832,15 +2010,26 @@ def render(bench: Bench, s: Settings, started: float, argv: list[str]) -> str:
         f"`Retry-After: {IDLE_RETRY_AFTER}`, and after {IDLE_GAP:g} s one request through B must not carry that "
         "token. Both proxies run on the proxies' core.",
         "",
+        "",
     ]
-    raw = {r.label: r.raw for _, r in sorted(bench.results.items())}
-    out += ["<details><summary>Raw figures of this run (JSON)</summary>", "", "```json",
-            json.dumps(raw, separators=(",", ":")),
-            "```", "", "</details>", ""]
     return "\n".join(out)
 
 
 KEEP_MARKER = "<!-- written by hand below this line; scripts/bench keeps it when it rewrites the file -->"
+RUNS = ROOT / "benchmarks"  # a full run's figures, one pair of files per mitmproxy line
+
+
+def write_summary() -> Path:
+    """BENCHMARKS.md from the full runs in benchmarks/; what is written by hand below KEEP_MARKER stays."""
+    runs = [json.loads(f.read_text()) for f in sorted(RUNS.glob("mitmproxy-*.json"))]
+    if not runs:
+        raise SystemExit(f"no full run in {RUNS}: run scripts/bench first")
+    report = render_summary(runs)
+    out = ROOT / "BENCHMARKS.md"
+    if out.exists() and KEEP_MARKER in out.read_text():
+        report += "\n" + KEEP_MARKER + out.read_text().split(KEEP_MARKER, 1)[1]
+    out.write_text(report)
+    return out
 
 
 def round_floats(o):
@@ -1858,8 +2047,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds (under 2 minutes)")
     parser.add_argument("--only", help="comma-separated scenario numbers (1-11)")
     parser.add_argument("--rounds", type=int, help="rounds of the throughput and latency scenarios")
-    parser.add_argument("--out", type=Path, help="where to write the report (default: BENCHMARKS.md for a full run "
-                                                 "of every scenario, a file in the work folder otherwise)")
+    parser.add_argument("--out", type=Path, help="where to write the run's report (default: for a full run of every "
+                                                 "scenario benchmarks/mitmproxy-VERSION.md beside its .json, and "
+                                                 "BENCHMARKS.md is rewritten; a scratch file otherwise)")
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a new one under /tmp/bench)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, rules files)")
     parser.add_argument("--addon", type=Path, help="the addon's main.py to measure (default: this checkout's); "
@@ -1869,7 +2059,12 @@ def main() -> int:
                              "in the same rounds, and row 1c compares this addon with it by req/s and CPU per request")
     parser.add_argument("--redis-delays", default="0,5,50", help="scenario 11: milliseconds added to each way between "
                         "the proxies and Redis, one run for each (default 0,5,50)")
+    parser.add_argument("--render", action="store_true", help="measure nothing: rewrite BENCHMARKS.md from the full "
+                                                                "runs kept in benchmarks/")
     args = parser.parse_args()
+    if args.render:
+        print(f"written {write_summary()}")
+        return 0
     only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 12))
     if args.compare and 1 not in only:
         parser.error("--compare compares scenario 1: give --only with 1 in it, or no --only")
@@ -1919,6 +2114,7 @@ def main() -> int:
             if 1 not in only:
                 bench.results.pop(1)
                 bench.results.pop(1.5, None)
+                bench.results.pop(1.75, None)
         if 3 in only:
             bench.latency()
         if 4 in only:
@@ -1951,19 +2147,20 @@ def main() -> int:
             f"({100 * foreign / wall:.0f}% of one CPU)" + ("; figures may be disturbed by them." if foreign / wall > 0.05 else ".")
         )
         if bench.results:
-            for r in bench.results.values():
-                r.raw = round_floats(r.raw)
-            report = render(bench, s, started, argv)
+            run = run_record(bench, s, started, argv)
+            report = render_details(run)
             full = not s.quick and only == set(range(1, 12)) and ok and not args.addon and not args.compare
             scratch = Path(tempfile.gettempdir()) / "bench" / ("BENCHMARKS-quick.md" if s.quick else "BENCHMARKS-partial.md")
-            out = args.out or (ROOT / "BENCHMARKS.md" if full else scratch)
-            if out.exists() and KEEP_MARKER in out.read_text():
-                # the analysis written by hand below the marker stays; only the measured part is replaced
-                report += "\n" + KEEP_MARKER + out.read_text().split(KEEP_MARKER, 1)[1]
+            out = args.out or (RUNS / f"mitmproxy-{run['mitmproxy']}.md" if full else scratch)
+            out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(report)
+            if full:
+                out.with_suffix(".json").write_text(json.dumps(run, ensure_ascii=False, indent=1) + "\n")
+                write_summary()
             print()
             print("\n".join(line for line in report.splitlines() if line.startswith("|")))
-            print(f"\nreport written to {out}; took {(time.monotonic() - started) / 60:.1f} min")
+            print(f"\nreport written to {out}" + (" and BENCHMARKS.md" if full else "")
+                  + f"; took {(time.monotonic() - started) / 60:.1f} min")
         if ok and not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
         elif not ok:
