@@ -24,18 +24,22 @@ from addon.request.rewriter import Rewriter
 from addon.runtime.commands import TokenCommands
 from addon.runtime.loader import Runtime
 from addon.startup import OptionCheck
+from addon.status.server import StatusServer
+from addon.status.summary import LogSummary
 
 
 class Pipeline:
     name = "mitm_rules"  # mitmproxy's name for it (the class name alone is too common to be unique)
 
     def __init__(self) -> None:
-        self.guard = SelfGuard()
         self.runtime = Runtime()
         self.rewriter = Rewriter(self.runtime)
         self.tap = StreamTap(self.runtime)
         self.recovery = Recovery(self.runtime, self.rewriter)
         self.options_check = OptionCheck()
+        self.summary = LogSummary(self.runtime)
+        self.status_server = StatusServer(self.runtime)
+        self.guard = SelfGuard(also=lambda: self.status_server.listening)
         # a child addon (mitmproxy traverses `addons`), for its commands: it has no hooks
         self.addons = [TokenCommands(self.runtime)]
 
@@ -43,18 +47,24 @@ class Pipeline:
         self.runtime.load(loader)
         self.recovery.load(loader)
         self.options_check.load(loader)
+        self.status_server.load(loader)
 
     def configure(self, updated: set[str]) -> None:
         self.runtime.configure(updated)
         self.recovery.configure(updated)
+        self.status_server.configure(updated)
 
     async def running(self) -> None:
         await self.guard.running()
         self.runtime.running()
         self.options_check.running()
+        self.summary.running()
+        self.status_server.running()
 
     def done(self) -> None:
         self.runtime.done()
+        self.summary.done()
+        self.status_server.done()
         WORKER.close()  # the body worker, if one started
 
     # the guard's hooks return a coroutine only when there is something to look up (mitmproxy

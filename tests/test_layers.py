@@ -29,7 +29,8 @@ LAYERS: dict[str, set[str] | None] = {
     "request": {"util", "rules", "tokens", "runtime", "mitm"},
     "recovery": {"util", "rules", "tokens", "runtime", "request", "mitm"},
     "guard": {"util", "mitm"},
-    "cli": {"util", "rules", "tokens", "runtime", "request", "recovery", "mitm"},
+    "status": {"util", "rules", "tokens", "runtime", "mitm"},
+    "cli": {"util", "rules", "tokens", "runtime", "request", "recovery", "status", "mitm"},
     "": None,
 }
 PUBLIC = {  # mitmproxy's documented API, and what its addon docs and examples use

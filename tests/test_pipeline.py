@@ -17,7 +17,7 @@ def test_every_hook_of_every_part_is_called_in_the_order_of_the_parts(monkeypatc
     pipeline = Pipeline()
     # the order the parts ran in as separate addons
     parts = [pipeline.guard, pipeline.runtime, pipeline.rewriter, pipeline.tap, pipeline.recovery,
-             pipeline.options_check, *pipeline.addons]
+             pipeline.options_check, pipeline.summary, pipeline.status_server, *pipeline.addons]
     calls: list[tuple[str, str]] = []
     for part in parts:
         for name in HOOKS & set(dir(type(part))):

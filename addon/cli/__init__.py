@@ -1,1 +1,1 @@
-"""The `mitm-rules` command: check, explain, schema."""
+"""The `mitm-rules` command: check, explain, status, schema, reference."""

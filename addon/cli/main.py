@@ -1,4 +1,4 @@
-"""Tools for rules files: `mitm-rules check|explain|schema|reference` (also `python -m addon …` from the
+"""Tools for rules files: `mitm-rules check|explain|status|schema|reference` (also `python -m addon …` from the
 repository root)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from addon.cli.explain import InputError, explain, printable, requests_from_args
 from addon.cli.reference import render as render_reference
 from addon.rules.config import json_schema, load_config
 from addon.rules.schema import RulesError, RulesErrors
+from addon.status import document, text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("request", nargs="*", metavar="METHOD URL", help="a request given by method and URL")
     p.add_argument("-H", "--header", action="append", help="a request header, 'Name: value' (repeatable)")
     p.add_argument("-d", "--data", help="the request body")
+
+    p = sub.add_parser("status", help="each pool's tokens, breaker and value sources, from the state file or store "
+                                      "(no running proxy needed)")
+    p.add_argument("rules", nargs="?", default="rules.yaml")
+    p.add_argument("--json", action="store_true", help="the status document as JSON (as the status server's /status)")
 
     p = sub.add_parser("schema", help="print the JSON Schema of the rules file (for editors)")
     p = sub.add_parser("reference", help="print the rules file's reference in Markdown (docs/reference.md)")
@@ -52,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         for error in e.errors if isinstance(e, RulesErrors) else [e]:
             print(error, file=sys.stderr)
         return 1
+    if args.command == "status":
+        try:
+            doc = document.offline(config, args.rules)
+        except document.StatusUnavailable as e:
+            print(printable(f"error: {e}"), file=sys.stderr)
+            return 1
+        print(json.dumps(doc, indent=2, ensure_ascii=False) if args.json else "\n".join(text.rows(doc)))
+        return 0
     try:
         flows = requests_from_args(args)
     except InputError as e:

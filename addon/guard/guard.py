@@ -1,4 +1,4 @@
-"""No open door: nothing sent through the proxy may reach the proxy itself or mitmweb.
+"""No open door: nothing sent through the proxy may reach the proxy itself, mitmweb or the status server.
 
 With mitmproxy 11.0.2 a proxy client can send `GET http://127.0.0.1:8081/flows` through the
 proxy and read every flow, injected tokens included, or change the options (fixed upstream in
@@ -8,7 +8,8 @@ mitmproxy's own loop check compares the host's text with `localhost`, `127.0.0.1
 `2130706433:8080` gets past it on both lines.
 
 This addon judges where a connection really goes: the destination resolved as the connection
-will resolve it (`addon.guard.listeners`), compared with every address the proxy and mitmweb listen on.
+will resolve it (`addon.guard.listeners`), compared with every address the proxy, mitmweb and the
+addon's status server (addon/status/server.py, handed in as `also`) listen on.
 - `server_connect`: every connection the proxy is about to open to one of them (for HTTP, CONNECT
   tunnels, raw TCP, SOCKS5, reverse modes, replays; in upstream mode, the one to the upstream
   proxy) is refused with `data.server.error`, which is how mitmproxy's own addons refuse one; a
@@ -28,7 +29,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from mitmproxy import ctx, http
 from mitmproxy.log import ALERT
@@ -50,7 +51,8 @@ def _where(host: str, port: int, ip: IPAddress) -> str:
 
 
 class SelfGuard:
-    def __init__(self) -> None:
+    def __init__(self, also: Callable[[], tuple[tuple[str, int], ...]] = tuple) -> None:
+        self._also = also  # more listeners of this process, as they are now (the status server's)
         self._web: tuple[tuple[str, int], ...] = ()
         self._seen: tuple[tuple[str, int], ...] | None = None
         self._listeners = Listeners.of(())
@@ -83,7 +85,7 @@ class SelfGuard:
         now = time.monotonic()
         if now >= self._fresh_until:
             self._fresh_until = now + LISTENERS_TTL
-            seen = (*self._proxy_addresses(), *self._web)
+            seen = (*self._proxy_addresses(), *self._web, *self._also())
             if seen != self._seen:
                 self._seen, self._listeners = seen, Listeners.of(seen)
         return self._listeners

@@ -42,7 +42,7 @@ from addon.recovery.retry import Action, Attempt, Retrier
 from addon.recovery.streamed import Streams
 from addon.recovery.verdict import applies, holds_for_first_event, may_retry, verdict
 from addon.request.rewriter import REPLAY_KEY, Rewriter, Sent, rewritten
-from addon.rules.records import DISABLE, REFRESH, ROTATE, Config
+from addon.rules.records import DISABLE, PASS, REFRESH, ROTATE, Config
 from addon.rules.template import TOKEN
 from addon.runtime.loader import Runtime
 from addon.runtime.pools import Pool
@@ -205,6 +205,7 @@ class Recovery:
             # mitmproxy streamed it (stream_large_bodies, late): the client has it already
             logger.warning(f"not retried {flow.request.pretty_url}: the {flow.response.status_code} was "
                            "streamed to the client before it could be judged (stream_large_bodies)")
+            self._passed(sent)
             return None
         if action is None:
             self._settled(sent.pool, flow.response, sent.values, sent.at)
@@ -216,8 +217,13 @@ class Recovery:
             names, s = " and ".join(missing), "s" if len(missing) > 1 else ""
             logger.warning(f"not retried {flow.request.pretty_url}: the {flow.response.status_code} is not blamed on "
                            f"the token, as the request went without its {names} value{s} (the {names} source{s} failed)")
+            self._passed(sent)
             return None
         return action
+
+    def _passed(self, sent: Sent) -> None:
+        """A refusal goes to the client as it came, with no retry: count it."""
+        self.runtime.counters.refusals[sent.counted_in, PASS] += 1
 
     def _action(
         self, config: Config, response: http.Response, values: dict[str, str], streaming: bool = False

@@ -24,7 +24,7 @@ from addon.recovery.streamed import Streams, take_response
 from addon.recovery.verdict import may_retry, retry_after
 from addon.request.apply import apply_plan_off_loop
 from addon.request.rewriter import REPLAY_KEY, Sent
-from addon.rules.records import REFRESH, ROTATE, Config
+from addon.rules.records import DISABLE, PASS, REFRESH, ROTATE, Config
 from addon.rules.template import TOKEN
 from addon.runtime.loader import Runtime
 from addon.runtime.pools import Pool
@@ -90,6 +90,7 @@ class Retrier:
         pool = sent.pool  # the pool of the request's token
         max_attempts = pool.spec.max_attempts if pool.spec is not None else DEFAULT_MAX_ATTEMPTS
         assert flow.response is not None
+        counters, pool_name, began = self.runtime.counters, sent.counted_in, time.monotonic()
         attempts = [self._attempt_of(flow.response.status_code, sent.values)]
         last: http.Response = flow.response
         values = sent.values
@@ -118,12 +119,15 @@ class Retrier:
                 break
             if len(attempts) == 1:
                 self._show_refused(flow, attempts[0])
+            counters.refusals[pool_name, _counted(action)] += 1
+            counters.retries[pool_name] += 1
             values = next_values
             sent_at = time.time()
             replay = await self._attempt(flow, sent, values, len(attempts) + 1, config, client, pool)
             if replay.failure is not None or replay.flow.response is None:
                 attempts.append(self._attempt_of(None, values, action.refresh))
                 outcome = f"attempt {len(attempts)} failed: {replay.failure}"
+                action = None  # (no refusal is left unanswered: the last one was retried)
                 break
             if last is not flow.response:  # the refusal before this answer goes to nobody: mitmweb keeps a copy
                 self._keep_little(previous)
@@ -136,8 +140,13 @@ class Retrier:
             if action is None:
                 self._settled(pool, last, values, sent_at)
                 break
-        recovered = action is None and len(attempts) > 1
+        recovered = action is None and len(attempts) > 1 and not outcome
         summary = " → ".join(a.describe() for a in attempts)
+        if action is not None:  # the last refusal goes to the client as it came
+            counters.refusals[pool_name, PASS] += 1
+        if len(attempts) > 1:  # a recovery: a retry went out (none did when the breaker was open, say)
+            counters.recovery(pool_name, recovered, time.monotonic() - began, flow.request.method, flow.request.path,
+                              summary)  # fmt: skip
         if streamed is not None:
             assert client is not None
             await self.streams.stream_from(flow, client, streamed, summary)
@@ -185,7 +194,7 @@ class Retrier:
         tokens, key, wait = pool.tokens, token_key(token), retry_after(response)
         was_retired = key in tokens.health and tokens.health[key].retired_at > 0
         # judged here at once; and, with a shared store, there for all (its answer comes in the background)
-        marked = refuse_here(tokens, pool.breaker, token, wait, retire)
+        marked = refuse_here(tokens, pool.breaker, token, wait, retire, response.status_code)
         if pool.shared is not None:
             pool.shared.refused(token, wait, retire)
         health = tokens.health.get(key)
@@ -269,6 +278,13 @@ class Retrier:
         finally:  # (the callback holds the replay, which holds the flow: it must not outlive the wait)
             httplayer.on_departure(flow, None)
         return replay
+
+
+def _counted(action: Action) -> str:
+    """What a refusal retried with this action counts as (addon/runtime/counters.py)."""
+    if action.kind == REFRESH:
+        return REFRESH
+    return DISABLE if action.retire else ROTATE
 
 
 def _client_gone(flow: http.HTTPFlow, client: Handover | None) -> bool:

@@ -14,7 +14,7 @@ from mitmproxy import http
 from addon.mitm import helpers
 from addon.mitm.handover import Handover
 from addon.recovery.replay import Replay
-from addon.recovery.streamtap import BodyCopy, keep_copy
+from addon.recovery.streamtap import BodyCopy, first_byte_after, keep_copy
 from addon.runtime.loader import Runtime
 from addon.util.comment import add_note
 
@@ -44,6 +44,7 @@ class Streams:
         attempts line is written when the stream ends (`ended`)."""
         assert flow.response is not None and replay.flow.response is not None
         _take_head(flow, replay.flow.response)
+        self.runtime.counters.first_event_seconds[True].observe(first_byte_after(flow))
         flow.response.stream = BodyCopy(self.runtime.stream_copy_limit)  # the copy mitmweb shows, as for any stream
         flow.marked = ":repeat:"
         replay.flow.comment += f"; its body went to flow {flow.id[:8]} as it came"

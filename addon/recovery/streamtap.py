@@ -15,6 +15,7 @@ the recovery then holds it until its first event is judged.
 from __future__ import annotations
 
 import re
+import time
 
 from mitmproxy import http
 
@@ -68,6 +69,11 @@ def keep_copy(flow: http.HTTPFlow) -> BodyCopy | None:
     return tap
 
 
+def first_byte_after(flow: http.HTTPFlow) -> float:
+    """Seconds from the client's request to its answer's first byte, if that byte leaves now."""
+    return max(0.0, time.time() - flow.request.timestamp_start)
+
+
 class StreamTap:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -85,6 +91,8 @@ class StreamTap:
             return True  # held: the client must not see any of it before it is judged
         is_sse = flow.response.headers.get("content-type", "").lower().startswith("text/event-stream")
         if is_sse or record.streaming:
+            # its first bytes, the status line and headers, leave for the client now
+            self.runtime.counters.first_event_seconds[False].observe(first_byte_after(flow))
             # mitmproxy 12.1+ keeps a streamed body itself when asked (store_streamed_bodies): a copy
             # of ours would only replace its whole body with the first stream_copy_limit bytes
             flow.response.stream = True if self.runtime.mitmproxy_stores_streamed else BodyCopy(self.runtime.stream_copy_limit)

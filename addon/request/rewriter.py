@@ -63,6 +63,15 @@ class Sent:
     at: float  # wall-clock time the values were drawn
     pool: Pool  # the token's pool (a reload since may have renamed or dropped it: it is this one still)
 
+    @property
+    def counted_in(self) -> str:
+        """The pool its counts go to (addon/runtime/counters.py): its token's, or "" without a token."""
+        return counted_pool(self.pool, self.values)
+
+
+def counted_pool(pool: Pool, values: dict[str, str]) -> str:
+    return pool.name if TOKEN in values else ""
+
 
 class Rewriter:
     def __init__(self, runtime: Runtime) -> None:
@@ -99,6 +108,7 @@ class Rewriter:
         sessions.carried(flow, plan.token_cookies, values)
         flow.comment = describe(plan, lines)
         mark(flow, Rewritten(tuple(r.name for r in plan.rules), plan.streaming, frozenset(values)))
+        self.runtime.counters.requests[counted_pool(pool, values)] += 1
         if values:
             self.sent[flow] = Sent(plan, values, time.time(), pool)
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from collections.abc import Sequence
 
 from mitmproxy import command, exceptions
 
 from addon.runtime.loader import Runtime
-from addon.runtime.pools import Pool
+from addon.runtime.pools import Pool, pools_line
 
 logger = logging.getLogger(__name__)
 
@@ -21,14 +20,12 @@ class TokenCommands:
         self.refreshing: asyncio.Task[str | None] | None = None  # the last fetch a command started
 
     @command.command("tokens.status")
-    def status(self) -> Sequence[str]:
-        """Each token (masked), one to a row: its state (active; cooling until a time; on trial: its
-        cooldown is over and it has not worked since; retired, at a time; disabled by hand; expired, at
-        its own expiry time), successes
-        and refusals; with several pools, each pool's rows under its name.
-        The same rows go to the event log, where mitmweb shows them as rows."""
-        # the console shows a list one item to a row; mitmweb's command bar shows it as one line of
-        # JSON with its spaces run together, so each row names its fields rather than relying on a header
+    def status(self) -> str:
+        """Each pool's tokens by state, and an open breaker, in a line to read at a glance. The rows go
+        to the event log: each token (masked), one to a row, with its state (active; cooling until a
+        time; on trial: its cooldown is over and it has not worked since; retired, at a time; disabled
+        by hand; expired, at its own expiry time), successes and refusals; with several pools, each
+        pool's rows under its name. (`mitm-rules status` prints the same from the state file or store.)"""
         pools = list(self.runtime.pools.values()) or [self.runtime.pool]
         rows = []
         for pool in pools:
@@ -36,7 +33,7 @@ class TokenCommands:
                 rows.append(f"pool {pool.name} ({pool.spec.file if pool.spec else 'no file'}):")
             rows.extend(_pool_rows(pool))
         logger.info("tokens.status:\n" + "\n".join(rows))
-        return rows
+        return f"tokens: {pools_line(self.runtime.pools.values())} (one row a token in the event log)"
 
     @command.command("tokens.reset")
     def reset(self) -> None:

@@ -30,6 +30,7 @@ from addon.rules.config import load_config
 from addon.rules.records import DEFAULT_POOL, Config
 from addon.rules.schema import RulesError, RulesErrors
 from addon.rules.template import CAPTCHA
+from addon.runtime.counters import Counters
 from addon.runtime.pools import Pool, State
 from addon.runtime.sources import ValueSource
 from addon.tokens import statefile
@@ -55,8 +56,8 @@ class _Read:
 
 
 def _read_state(path: Path) -> State:
-    entries = statefile.load_state(path)
-    return path, statefile.StateStore(path, entries, GONE_GRACE), health_from_state(entries)
+    entries, breaker_open_until = statefile.read_state(path)
+    return path, statefile.StateStore(path, entries, GONE_GRACE, breaker_open_until), health_from_state(entries)
 
 
 class Runtime:
@@ -67,6 +68,7 @@ class Runtime:
         self.pool = Pool()  # the first pool: the only one of most files (an empty one while the file has none)
         self.pools: dict[str, Pool] = {}  # by name, in the rules file's order
         self.values: dict[str, ValueSource] = {}  # by name, as the rules file's values: (and captcha:)
+        self.counters = Counters()  # what the hooks count (addon/status/ reads them); kept across reloads
         self.stream_copy_limit = 1024 * 1024
         self.mitmproxy_stores_streamed = False  # mitmproxy 12.1+ with store_streamed_bodies: it keeps them whole
         self._watcher = FileWatcher()
@@ -186,7 +188,7 @@ class Runtime:
         }
         store = self.store
         for source in self.values.values():
-            source.shared = store
+            source.shared, source.counters = store, self.counters
         self._watch(config)
         summary = f"{len(config.rules)} rule(s)"
         for name, spec in config.pools.items():

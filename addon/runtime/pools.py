@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from addon.rules.records import DEFAULT_POOL, TokensSpec
 from addon.tokens import statefile
 from addon.tokens.breaker import Breaker
-from addon.tokens.health import Health
+from addon.tokens.health import Health, counts_text, state_counts
 from addon.tokens.pool import TokenPool
 from addon.tokens.sessions import Sessions
 from addon.tokens.shared import SharedStore
@@ -38,6 +39,7 @@ class Pool:
         self.saver = StateSaver(self.tokens)
         self.tokens.on_change = self.saver.changed
         self.breaker = Breaker()
+        self.breaker.on_change = self._breaker_changed
         self.sessions = Sessions(self.tokens)  # sessions the upstream renewed with Set-Cookie
         self.shared: SharedStore | None = None  # spec.store: health shared with other proxies through Redis
         self._state_lock: StateFileLock | None = None  # held while this proxy writes the state file
@@ -64,7 +66,7 @@ class Pool:
             self.shared.reset()
         else:
             self.tokens.reset()
-            self.breaker.open_until = 0.0
+            self.breaker.close()
 
     # set-up (the loader)
 
@@ -80,6 +82,10 @@ class Pool:
             state_file, store, health = state
             self.saver.use(store if self._lock_state(state_file) else None)
             self.tokens.load_health(health)
+            if store.breaker_open_until > max(self.breaker.open_until, time.time()):  # open when it stopped, and still
+                self.breaker.open_until = store.breaker_open_until
+                logger.warning(f"{self.label}: the breaker is open until {_clock_time(store.breaker_open_until)}, as "
+                               "the state file says: refusals go to the client as they are (tokens.reset closes it)")
         self.breaker.spec = spec.breaker
         self.tokens.replace(tokens)
         self.sessions.use(spec.sessions_file, spec.follow_set_cookie, spec.session_key)
@@ -104,6 +110,12 @@ class Pool:
         if self._state_lock is not None:
             self._state_lock.release()
             self._state_lock = None
+
+    def _breaker_changed(self) -> None:
+        """The breaker opened or closed: the state file says so (a shared store keeps its own)."""
+        if self.shared is None and self.saver.store is not None:
+            self.saver.store.breaker_open_until = self.breaker.open_until
+            self.saver.changed()
 
     def _lock_state(self, path: Path) -> bool:
         """Hold the lock of this state file (and let go of the one held before); False: another proxy has it."""
@@ -141,3 +153,23 @@ class Pool:
 def pool_of(pools: Mapping[str, Pool], name: str | None) -> Pool | None:
     """The pool a `{token:NAME}` draws from (None: `{token}`, the first and only pool)."""
     return pools.get(name) if name is not None else next(iter(pools.values()), None)
+
+
+def pools_line(pools: Iterable[Pool]) -> str:
+    """Each pool's tokens by state, and an open breaker, in a line: "arena 4 active, 1 cooling; openai
+    2 active, breaker open until 14:05:09" (mitmweb's command bar, the log's summary line)."""
+    parts = []
+    for pool in pools:
+        text = f"{pool.name} {counts_text(state_counts(state for state, _ in pool.tokens.status()))}"
+        if pool.breaker.is_open:
+            text += f", breaker open until {_clock_time(pool.breaker.open_until)}"
+        parts.append(text)
+    return "; ".join(parts) or "no token pool"
+
+
+def _clock_time(timestamp: float) -> str:
+    """14:05:09; "far future" past the calendar (a breaker `pause` may be any finite number of seconds)."""
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(timestamp))
+    except (OverflowError, OSError, ValueError):
+        return "far future"

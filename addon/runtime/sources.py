@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from addon.rules.records import ValueSpec
 from addon.runtime.commandrun import CommandFailed, run_command
+from addon.runtime.counters import FAILED, OK, Counters
 from addon.util.masking import mask
 from addon.util.watch import signature
 
@@ -56,6 +57,9 @@ class ValueSource:
         self._replaces: str | None = None
         self.runs = 0  # fetches started, for status and tests
         self.shared: SharedStore | None = None  # set by the loader: a command with a ttl runs once for all proxies
+        self.counters: Counters | None = None  # set by the loader: each fetch here counts, as it ended
+        self.fetched_at = 0.0  # wall-clock seconds: the last value taken (here, or from the shared store)
+        self.failed_at = 0.0  # and the last fetch here that gave none
 
     @property
     def name(self) -> str:
@@ -64,6 +68,23 @@ class ValueSource:
     def show(self, value: str) -> str:
         """The value as logs and comments may show it."""
         return value if not self.spec.secret else mask(value)
+
+    @property
+    def expires_at(self) -> float | None:
+        """Wall-clock seconds when the value at hand is fetched anew; None: no value at hand, or kept until
+        its file changes."""
+        if self._value is None or self._expires == float("inf"):
+            return None
+        return time.time() + (self._expires - self._clock())
+
+    def _ended(self, ok: bool) -> None:
+        """A fetch here ended: with a value (`ok`) or without."""
+        if ok:
+            self.fetched_at = time.time()
+        else:
+            self.failed_at = time.time()
+        if self.counters is not None:
+            self.counters.value_refreshes[self.name, OK if ok else FAILED] += 1
 
     def invalidate(self) -> None:
         """Forget the cached value; the next request fetches a new one."""
@@ -122,6 +143,7 @@ class ValueSource:
         spec = self.spec
         if spec.env is not None:
             logger.warning(f"{self.name}: cannot be refreshed: an environment variable does not change under a running proxy")
+            self._ended(False)
             return None
         if spec.file is not None:
             return await self._wait_for_change(stale)
@@ -151,6 +173,7 @@ class ValueSource:
             if self._clock() >= deadline:
                 logger.warning(f"{self.name}: {spec.describe()} did not change within {spec.wait:g} s (wait); "
                                "the refusal goes to the client")
+                self._ended(False)
                 return None
             await asyncio.sleep(WAIT_POLL)
 
@@ -167,7 +190,7 @@ class ValueSource:
                 return await self._fetch()
             if got[0] == "value":
                 logger.debug(f"{self.name}: value {self.show(got[1])} from the shared store")
-                return self._accept(got[1], ttl=got[2], quiet=True)
+                return self._accept(got[1], ttl=got[2], shared=True)
             if got[0] == "run":
                 value = await self._fetch()
                 shared.publish(self.name, got[1], value, self.spec.ttl)
@@ -183,23 +206,28 @@ class ValueSource:
             value = await self._read()
         except SourceError as e:
             logger.error(f"{self.name}: {self.spec.describe()} failed: {e}; requests go on without the {self.name} value")
+            self._ended(False)
             return None
         return self._accept(value)
 
-    def _accept(self, value: str, ttl: float | None = None, quiet: bool = False) -> str | None:
-        """Keep a value the source gave, if it can be used."""
+    def _accept(self, value: str, ttl: float | None = None, shared: bool = False) -> str | None:
+        """Keep a value the source gave (`shared`: another proxy's run, from the store), if it can be used."""
         what = f"{self.name}: {self.spec.describe()}"
-        if not value:
-            logger.error(f"{what} gave an empty value; requests go on without it")
+        if not value or "\r" in value or "\n" in value:
+            problem = "an empty value" if not value else "a value with a line break"
+            logger.error(f"{what} gave {problem}; requests go on without it")
+            if not shared:
+                self._ended(False)
             return None
-        if "\r" in value or "\n" in value:
-            logger.error(f"{what} gave a value with a line break; requests go on without it")
-            return None
+        if shared:
+            self.fetched_at = time.time()
+        else:
+            self._ended(True)
         self._value = value
         if ttl is None:
             ttl = self.spec.ttl
         self._expires = self._clock() + ttl if ttl or self.spec.command is not None else float("inf")
-        if not quiet:
+        if not shared:
             logger.info(f"{self.name}: new value {self.show(value)} from {self.spec.describe()}")
         return value
 

@@ -34,6 +34,7 @@ class Breaker:
         self.clock = clock
         self.label = "tokens"  # how its log lines begin ("tokens arena" in a file of several pools)
         self.open_until = 0.0
+        self.on_change: Callable[[], None] = lambda: None  # it opened or was closed: persist it
         self.last_success = 0.0  # the latest send time of a request that succeeded (here)
         self._recent: dict[str, tuple[float, Any]] = {}  # token key -> (time refused, cooldown before)
 
@@ -56,6 +57,11 @@ class Breaker:
         self.opened(now + self.spec.pause)
         return restore
 
+    def close(self) -> None:
+        """Closed by hand (tokens.reset)."""
+        self.open_until = 0.0
+        self.on_change()
+
     def succeeded(self, sent_at: float) -> None:
         """A token worked for a request sent at `sent_at`: the refusals counted before it no longer
         count (the tokens refused are to blame, not what they have in common)."""
@@ -67,6 +73,7 @@ class Breaker:
         """The breaker opened until `until`: here, or (`elsewhere`) on a proxy sharing the store."""
         self.open_until = until
         self._recent.clear()
+        self.on_change()
         if elsewhere:
             logger.log(ALERT, f"{self.label}: another proxy on the shared store opened the breaker; for {until - self.clock():.0f} s "
                        "refusals go to the client as they are and no token is cooled down")
@@ -81,7 +88,9 @@ class Breaker:
         )
 
 
-def refuse_here(pool: TokenPool, breaker: Breaker, token: str, retry_after: float | None, retire: bool = False) -> bool:
+def refuse_here(
+    pool: TokenPool, breaker: Breaker, token: str, retry_after: float | None, retire: bool = False, status: int = 0
+) -> bool:
     """A refusal judged on this proxy: the token cools down and may be retired (see TokenPool.refused,
     whose answer this is), the breaker counts it, and the refusals that open it have their cooldowns
     (and retirements) put back. With the breaker open, nothing changes (the refusal goes to the client
@@ -90,7 +99,7 @@ def refuse_here(pool: TokenPool, breaker: Breaker, token: str, retry_after: floa
         return False
     key = token_key(token)
     before = pool.health[key].undo_point if key in pool.health else (0.0, 0, 0.0, 0)
-    marked = pool.refused(token, retry_after, retire)
+    marked = pool.refused(token, retry_after, retire, status)
     undo = breaker.refused(key, before)
     if undo is not None:
         pool.restore(undo)

@@ -10,11 +10,27 @@ to it (pool.py keeps them, by token_key).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 logger = logging.getLogger(__name__)
+
+STATES = ("active", "on trial", "cooling", "retired", "disabled", "expired")  # as TokenPool.status tells them
+
+
+def state_counts(states: Iterable[str]) -> dict[str, int]:
+    """How many tokens are in each state (every state, in STATES' order)."""
+    counts = dict.fromkeys(STATES, 0)
+    for state in states:
+        counts[state] += 1
+    return counts
+
+
+def counts_text(counts: Mapping[str, int]) -> str:
+    """ "4 active, 1 cooling, 1 retired": the states some token is in; "no tokens" for none."""
+    return ", ".join(f"{counts[state]} {state}" for state in STATES if counts[state]) or "no tokens"
+
 
 # why a token was retired (Health.retired_why; a number, as a shared store keeps it)
 IN_A_ROW, BY_RULE = 1, 2
@@ -31,6 +47,7 @@ class Health:
     in_a_row: int = 0  # refusals that cooled it down since it last worked
     retired_at: float = 0.0  # 0: not retired
     retired_why: int = 0  # IN_A_ROW or BY_RULE
+    last_status: int = 0  # the HTTP status of the last refusal judged here (0: none); not kept by a shared store
     expires_at: float = 0.0  # read from the token (not kept: see TokenList.expiry); set by TokenPool.status
 
     @property
@@ -75,6 +92,7 @@ class Health:
             "in_a_row": self.in_a_row,
             "retired_at": self.retired_at,
             "retired_why": self.retired_why,
+            "last_status": self.last_status,
         }
 
 
@@ -114,6 +132,7 @@ def health_from_state(state: dict[str, Any]) -> dict[str, Health]:
                 in_a_row=_in_range(int(entry.get("in_a_row", 0)), MAX_COUNT),  # not in a state file written before retirement
                 retired_at=_in_range(float(entry.get("retired_at", 0.0)), MAX_TIME),
                 retired_why=int(entry.get("retired_why", 0)),
+                last_status=_in_range(int(entry.get("last_status", 0)), 999),  # not in a file written before status
             )
         except (KeyError, TypeError, ValueError, OverflowError):
             logger.warning(f"tokens: skipped a malformed entry in the state file ({key[:8]}…)")

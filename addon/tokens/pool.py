@@ -108,15 +108,16 @@ class TokenPool:
 
     # outcomes
 
-    def refused(self, token: str, retry_after: float | None = None, retire: bool = False) -> bool:
-        """The upstream refused `token`: it cools down for the cooldown or Retry-After,
+    def refused(self, token: str, retry_after: float | None = None, retire: bool = False, status: int = 0) -> bool:
+        """The upstream refused `token` (with HTTP `status`): it cools down for the cooldown or Retry-After,
         whichever is longer, and is retired when that makes `retire_after` refusals in a row
         (`retire`: at once, a `disable` rule). Returns False when it was cooling already (a
         refusal of a request that was sent before the token was marked), which changes
-        nothing but the count (and a `disable`)."""
+        nothing but the counts (and a `disable`)."""
         key, health = self._health(token)
         now = self.clock()
         health.refusals += 1
+        health.last_status = status or health.last_status
         self._changed.add(key)
         marked = health.cooling_until <= now
         if marked:

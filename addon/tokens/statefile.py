@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from addon.tokens.health import MAX_TIME
+
 logger = logging.getLogger(__name__)
 
 VERSION = 1
@@ -31,7 +33,13 @@ class NotUsable(ValueError):
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """The saved token health, or {} (with a warning) when there is none to trust.
+    """The saved token health, or {} (with a warning) when there is none to trust (see read_state)."""
+    return read_state(path)[0]
+
+
+def read_state(path: Path) -> tuple[dict[str, Any], float]:
+    """The saved token health and the time the breaker is open until (0: closed); ({}, 0) (with a
+    warning) when there is none to trust.
 
     The file is opened without waiting (a FIFO in its place opens at once, and is refused with any
     other file that is not a regular one) and refused unread when it is over MAX_STATE_BYTES; a
@@ -41,14 +49,18 @@ def load_state(path: Path) -> dict[str, Any]:
         data = json.loads(_read_regular(path), parse_constant=_no_constant, parse_float=_finite)
     except FileNotFoundError:
         logger.info(f"tokens: no state file at {path} yet; every token starts active")
-        return {}
+        return {}, 0.0
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         logger.warning(f"tokens: cannot use the state file {path} ({e}); starting with every token active")
-        return {}
+        return {}, 0.0
     if not isinstance(data, dict) or data.get("version") != VERSION or not isinstance(data.get("tokens"), dict):
         logger.warning(f"tokens: the state file {path} is not one this version wrote; starting with every token active")
-        return {}
-    return data["tokens"]
+        return {}, 0.0
+    breaker = data.get(BREAKER_KEY)  # not in a file written before the breaker was kept
+    open_until = breaker.get("open_until") if isinstance(breaker, dict) else None
+    if not isinstance(open_until, (int, float)) or isinstance(open_until, bool) or not 0 <= open_until <= MAX_TIME:
+        open_until = 0.0
+    return data["tokens"], float(open_until)
 
 
 def _read_regular(path: Path) -> str:
@@ -85,6 +97,7 @@ def _finite(text: str) -> float:
     return number
 
 
+BREAKER_KEY = "breaker"  # at the top: {"open_until": seconds since the epoch; 0: closed}
 GONE_KEY = "gone_since"  # in an entry: since when the token has not been in the tokens file
 WRITE_CHUNK = 10_000  # entries joined at a time, so that a thread writing a big file lets the event loop run
 
@@ -98,8 +111,9 @@ class StateStore:
     `update` returns the keys that have been gone for longer than `grace`, for the pool to forget.
     """
 
-    def __init__(self, path: Path, entries: dict[str, Any], grace: float) -> None:
+    def __init__(self, path: Path, entries: dict[str, Any], grace: float, breaker_open_until: float = 0.0) -> None:
         self.path, self.grace = path, grace
+        self.breaker_open_until = breaker_open_until  # set on the event loop; written with the next save
         self._json: dict[str, str] = {}  # key -> its entry as JSON, without gone_since
         self._gone: dict[str, float] = {}
         self._departures: collections.deque[tuple[float, str]] = collections.deque()  # in order of time
@@ -154,7 +168,8 @@ class StateStore:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(f'{{"version": {VERSION}, "tokens": {{')
+                f.write(f'{{"version": {VERSION}, "{BREAKER_KEY}": {{"open_until": {self.breaker_open_until!r}}}, '
+                        '"tokens": {')
                 keys = list(self._json)
                 for at in range(0, len(keys), WRITE_CHUNK):
                     f.write(("," if at else "") + ",".join(map(self._line, keys[at : at + WRITE_CHUNK])))

@@ -15,7 +15,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -249,11 +249,11 @@ def assert_no_secrets(folder: Path, *outputs: str) -> None:
         assert not leaked, f"secret values written whole in {where}: {leaked}"
 
 
-def run_mitmdump(rules: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """Run mitmdump to completion (for start-up failures)."""
+def run_mitmdump(rules: Path, timeout: float = 30, extra: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """Run mitmdump to completion (for start-up failures); `extra`: more arguments."""
     return subprocess.run(
         [str(MITMDUMP), "-s", str(ROOT / "addon" / "main.py"), "--listen-host", "127.0.0.1",
-         "--listen-port", str(free_port()), "--set", f"rules={rules}"],
+         "--listen-port", str(free_port()), "--set", f"rules={rules}", *extra],
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, cwd=ROOT,
         env={**os.environ, "TERM": "dumb"},
     )  # fmt: skip

@@ -1,17 +1,19 @@
-"""End to end: `python -m addon check` and `explain` as processes, on real files and on flows
-saved by a real mitmdump."""
+"""End to end: `python -m addon check`, `explain` and `status` as processes, on real files, on flows
+saved by a real mitmdump, and on the state a real mitmdump left."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 import httpx
 import pytest
 
-from conftest import ROOT, Proxy
+from conftest import ROOT, Proxy, assert_no_secrets
 from helpers import TOKENS, write_rules
+from test_recovery_e2e import post, rules_for
 
 RULES = """\
 rules:
@@ -240,3 +242,44 @@ def test_explain_with_a_bad_rules_file(tmp_path):
 def test_schema_command_matches_the_committed_file():
     result = run("schema")
     assert json.loads(result.stdout) == json.loads((ROOT / "rules.schema.json").read_text())
+
+
+# status
+
+
+def test_status_shows_the_token_a_real_mitmdump_found_refused(tmp_path, upstream, start_proxy):
+    """A request recovered through mitmdump (its first token refused with a 403); once it has stopped,
+    `status` reads the state file it left: that token is cooling, its last refusal a 403."""
+    rules = rules_for(tmp_path, upstream.port)  # round robin, cooldown 300 s
+    upstream.app.tokens = {TOKENS[1], TOKENS[2]}
+    proxy = start_proxy(rules)
+    assert post(proxy, upstream).status_code == 200
+    assert [r.cookie("session") for r in upstream.app.received] == [TOKENS[0], TOKENS[1]]
+    proxy.stop()  # it writes what is pending as it stops
+
+    text = run("status", str(rules))
+    assert (text.returncode, text.stderr) == (0, "")
+    lines = text.stdout.splitlines()
+    assert lines[2] == f"pool default: {tmp_path / 'tokens.txt'} (round_robin), health in state file {tmp_path / 'tokens.state.json'}"
+    clock = r"(\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d"
+    first, second, third = lines[4:7]
+    assert re.fullmatch(rf"  …{TOKENS[0][-4:]}  cooling  {clock} \(in \d+ min\) +0 +1  403 at {clock} \(\d+ (s|min) ago\)", first), text.stdout
+    assert (second.split()[:4], third.split()[:4]) == ([f"…{TOKENS[1][-4:]}", "active", "1", "0"], [f"…{TOKENS[2][-4:]}", "active", "0", "0"])
+    assert lines[7] == "  2 active, 1 cooling; breaker closed (opens when 10 different tokens are refused within 60 s)"
+
+    as_json = run("status", str(rules), "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    (pool,) = json.loads(as_json.stdout)["pools"]
+    assert pool["state_exists"] is True
+    refused = pool["tokens"][0]
+    assert (refused["token"], refused["state"], refused["refusals"]) == (f"…{TOKENS[0][-4:]}", "cooling", 1)
+    assert refused["last_refusal"]["status"] == 403
+    assert [t["state"] for t in pool["tokens"][1:]] == ["active", "active"]
+    assert_no_secrets(tmp_path, text.stdout, as_json.stdout)
+
+
+def test_status_of_a_bad_rules_file_says_where_it_is_wrong(tmp_path):
+    path = write_rules(tmp_path, "rules:\n  - match: {host: a.com}\n")
+    result = run("status", str(path))
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == f"{path}:2:5: rules[0]: a rule needs 'headers', 'cookies' or 'body'\n"

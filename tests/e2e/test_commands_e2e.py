@@ -4,13 +4,15 @@ A real `mitmweb -s addon/main.py` runs in front of the local upstream; the
 commands go through mitmweb's own HTTP API (`POST /commands/<name>` with
 `{"arguments": [...]}`, as mitmweb's web app sends them; conftest.Mitmweb
 passes its authentication on both mitmproxy lines). Assertions are on what the commands
-answer and on what the upstream receives afterwards.
+answer, on what they put in mitmweb's event log (`GET /events`), and on what the upstream
+receives afterwards.
 """
 
 from __future__ import annotations
 
 import datetime
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from helpers import TOKENS
 from test_recovery_e2e import post, rules_for
 
 SUFFIXES = [t[-4:] for t in TOKENS]
+STATUS_LINE = re.compile(r"tokens: default \d+ active(, \d+ (cooling|disabled))* \(one row a token in the event log\)")
 ROW = re.compile(r"…(\w{4})  (active|disabled|cooling until (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)) +(\d+) ok +(\d+) refused")
 
 
@@ -52,11 +55,37 @@ class Mitmweb(conftest.Mitmweb):
         assert "error" not in answer, f"{name} {arguments}: {answer['error']}\n{self.log()}"
         return answer["value"]
 
+    def events(self) -> list[str]:
+        """mitmweb's event log (GET /events, as its web app reads it), each entry's message; mitmproxy 11
+        puts the time in front of each message, which is taken off."""
+        assert self.web is not None
+        answer = self.web.get("/events")
+        assert answer.status_code == 200, f"/events: HTTP {answer.status_code} {answer.text}"
+        self.outputs.append(answer.text)
+        return [re.sub(r"^\[[\d:.]+\] ", "", e["message"]) for e in answer.json()]
+
+    def status_entries(self) -> list[str]:
+        """The event log's entries of tokens.status: one a call, whose lines are the rows."""
+        return [m for m in self.events() if m.startswith("tokens.status")]
+
+    def status_call(self) -> tuple[str, list[str]]:
+        """tokens.status: its answer, a line to read at a glance (mitmweb's command bar shows it), and
+        its rows, which it puts in the event log as one entry (read here once it is there)."""
+        before = len(self.status_entries())
+        line = self.call("tokens.status")
+        assert isinstance(line, str) and STATUS_LINE.fullmatch(line), line
+        deadline = time.monotonic() + 10  # (the entry reaches the event log on the next turn of mitmweb's loop)
+        while len(entries := self.status_entries()) == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(entries) == before + 1, entries
+        head, *rows = entries[-1].split("\n")
+        assert head == "tokens.status:", entries[-1]
+        return line, rows
+
     def status(self) -> dict[str, tuple[str, str, int, int]]:
-        """tokens.status parsed: last four characters -> (state, cooling until or "-", ok, refused).
-        Its answer is a list of rows (mitmweb's command bar shows it as JSON, one string a row)."""
-        rows = self.call("tokens.status")
-        assert isinstance(rows, list) and len(rows) == len(TOKENS), rows
+        """tokens.status parsed: last four characters -> (state, cooling until or "-", ok, refused)."""
+        _, rows = self.status_call()
+        assert len(rows) == len(TOKENS), rows
         parsed = {}
         for row in rows:
             m = ROW.fullmatch(row)
@@ -95,15 +124,16 @@ def send(mitmweb, upstream, n: int) -> list[str]:
 
 
 def test_status_lists_every_token_masked(mitmweb):
-    rows = mitmweb.call("tokens.status")
+    line, rows = mitmweb.status_call()
+    # its answer, as mitmweb's command bar shows it: a line of counts by state
+    assert line == "tokens: default 3 active (one row a token in the event log)"
     for token in TOKENS:
-        assert not any(token in row or token[:-4] in row for row in rows)
+        assert not any(token in row or token[:-4] in row for row in [line, *rows])
     assert mitmweb.status() == {s: ("active", "-", 0, 0) for s in SUFFIXES}
     assert [row.split()[0] for row in rows] == [f"…{s}" for s in SUFFIXES]  # file order
-    # and in mitmweb's event log (GET /events, as its web app reads it): one entry a call (two calls
-    # above), whose lines are the rows; mitmproxy 11 puts the time in front of each message
-    messages = [re.sub(r"^\[[\d:.]+\] ", "", e["message"]) for e in mitmweb.web.get("/events").json()]
-    assert [m for m in messages if m.startswith("tokens.status")] == ["tokens.status:\n" + "\n".join(rows)] * 2
+    # in mitmweb's event log (GET /events, as its web app reads it): one entry a call (two calls
+    # above), whose lines are the rows
+    assert mitmweb.status_entries() == ["tokens.status:\n" + "\n".join(rows)] * 2
 
 
 def test_refused_token_is_cooling_until_reset(mitmweb, upstream):

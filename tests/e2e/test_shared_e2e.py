@@ -314,6 +314,6 @@ def test_a_retry_after_longer_than_the_cooldown_holds_on_the_shared_store(two_pr
     b.wait_for_log(rf"tokens: …{TOKENS[0][-4:]} refused through another proxy; passed over for 7[12]\d\d s")
     assert TOKENS[0] not in send_ok(b, upstream, 4)
     # the refusing proxy took Redis's answer as its record (long since, by now): 7200 s there too
-    (row,) = [r for r in a.call("tokens.status") if r.startswith(f"…{TOKENS[0][-4:]} ")]
+    (row,) = [r for r in a.status_call()[1] if r.startswith(f"…{TOKENS[0][-4:]} ")]  # (its rows, from the event log)
     until = datetime.datetime.fromisoformat(re.search(r"cooling until (\S+ \S+)", row)[1]).timestamp()
     assert before + 7199 <= until <= after + 7200, row  # (shown to the second)

@@ -75,3 +75,24 @@ def test_a_listen_port_changed_at_run_time_is_refused_and_the_old_one_let_go(mon
     assert new_after == 403  # the proxy's new address: a request to it would loop into the proxy
     assert old_after is None  # nothing of ours listens there any more
     assert str(refused) == "127.0.0.1"  # however it is spelled
+
+
+def test_the_status_servers_address_is_refused_as_it_changes(monkeypatch):
+    """`also` (the status server's bound addresses, addon/status/server.py) counts as one of ours, read
+    again as the other listeners are."""
+    now = [1000.0]
+    monkeypatch.setattr(guard_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    (status_port,) = free_ports(1)
+    listening: list[tuple[str, int]] = []
+
+    async def main():
+        guard = SelfGuard(also=lambda: tuple(listening))
+        with taddons.context(guard):
+            off = await answer(guard, status_port)
+            listening.append(("127.0.0.1", status_port))
+            now[0] += LISTENERS_TTL
+            on = await answer(guard, status_port), await guard.refused("2130706433", status_port)
+        return off, on
+
+    off, (on, refused) = asyncio.run(main())
+    assert off is None and on == 403 and str(refused) == "127.0.0.1"

@@ -3,6 +3,7 @@ client's flow is given, what the next attempt draws, and the options: what a ret
 whether its answer streams."""
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 from mitmproxy import exceptions
@@ -17,6 +18,7 @@ from addon.recovery.streamed import take_response
 from addon.request.rewriter import Rewriter
 from addon.rules.records import REFRESH, ROTATE
 from addon.runtime.loader import Runtime
+from addon.tokens.tokenfile import token_key
 from helpers import TOKENS, write_rules
 
 RULES = """\
@@ -289,3 +291,122 @@ def test_an_answer_whose_first_event_does_not_come_in_time_goes_on_unjudged(tmp_
         asyncio.run(pipeline.mitm_rules_first_event(handover))
         assert f.comment.splitlines()[-1] == "· not judged: its first event did not come within 7 s (retry_timeout)"
         assert f not in pipeline.rewriter.sent
+
+
+# what a recovery counts (addon/runtime/counters.py): each retry answered here as the test says (the
+# replays themselves are tests/e2e's), the rest as in the proxy: the request hook, then the response hook
+
+COUNTED_RULES = """\
+rules:
+  - match: {host: a.com}
+    headers: {X-Captcha: "{captcha}"}
+    cookies: {session: "{token}"}
+tokens: {file: tokens.txt}
+captcha: {command: [./fetch.sh], ttl: 300}
+on_response:
+  - {match: {status: 401}, action: disable}
+  - {match: {status: 403}, action: rotate}
+"""
+FETCH = "#!/bin/sh\necho run >> runs.txt\necho cap-recovery-test-$(wc -l < runs.txt)\n"
+
+
+@pytest.fixture
+def counted(tmp_path, monkeypatch):
+    """A request to a.com answered `first`, each retry answered by the next of `retries` (a status, or
+    None: the attempt failed); returns the runtime, the client's flow and the tokens the retries took."""
+
+    def run(first: int, retries: list[int | None], fetch: str = FETCH, before=lambda runtime: None):
+        (tmp_path / "fetch.sh").write_text(fetch)
+        (tmp_path / "fetch.sh").chmod(0o755)
+        loader = Runtime()
+        rewriter = Rewriter(loader)
+        addon = Recovery(loader, rewriter)
+        answers, tried = list(retries), []
+
+        async def attempt(flow, sent, values, n, config, client, pool):
+            tried.append(values["token"])
+            status = answers.pop(0)
+            if status is None:
+                return SimpleNamespace(failure="connection reset", flow=tflow.tflow(), streaming=False)
+            return SimpleNamespace(failure=None, flow=tflow.tflow(resp=tflow.tresp(status_code=status)), streaming=False)
+
+        monkeypatch.setattr(addon.retrier, "_attempt", attempt)
+        with taddons.context(loader, rewriter, addon) as tctx:
+            tctx.configure(loader, rules=str(write_rules(tmp_path, COUNTED_RULES)))
+            before(loader)
+            flow = tflow.tflow()
+            flow.request.host, flow.request.port, flow.request.path = "a.com", 443, "/v1/chat?key=k"
+
+            async def go():
+                await rewriter.request(flow)
+                flow.response = tflow.tresp(status_code=first)
+                await addon.response(flow)
+
+            asyncio.run(go())
+        assert answers == []  # every answer the test gave was asked for
+        return loader, flow, tried
+
+    return run
+
+
+def test_a_recovered_refusal_counts_a_rotation_a_retry_and_a_recovery(counted):
+    runtime, flow, tried = counted(403, [200])
+    assert (flow.response.status_code, tried) == (200, [TOKENS[1]])
+    counters = runtime.counters
+    assert counters.requests == {"default": 1}
+    assert counters.refusals == {("default", "rotate"): 1}
+    assert counters.retries == {"default": 1}
+    assert counters.recoveries == {("default", "recovered"): 1}
+    assert counters.recovery_seconds.count == 1
+    (recent,) = counters.recent
+    assert (recent.method, recent.path, recent.recovered) == ("GET", "/v1/chat", True)
+    assert recent.attempts == f"403 with …{TOKENS[0][-4:]} → 200 with …{TOKENS[1][-4:]}"
+    assert counters.totals() == (1, 1, 1)
+    # and the refused token's status, for `mitm-rules status`
+    assert runtime.pool.tokens.health[token_key(TOKENS[0])].last_status == 403
+
+
+def test_a_recovery_that_gives_up_hands_the_last_refusal_on_as_a_pass(counted):
+    runtime, flow, tried = counted(403, [403, 403])  # max_attempts 3
+    assert (flow.response.status_code, tried) == (403, [TOKENS[1], TOKENS[2]])
+    counters = runtime.counters
+    assert counters.refusals == {("default", "rotate"): 2, ("default", "pass"): 1}
+    assert counters.retries == {"default": 2}
+    assert counters.recoveries == {("default", "failed"): 1}
+    assert counters.totals() == (1, 3, 0)
+    assert counters.recent[0].recovered is False
+
+
+def test_a_disable_rule_counts_as_disable(counted):
+    runtime, flow, tried = counted(401, [200])
+    assert (flow.response.status_code, tried) == (200, [TOKENS[1]])
+    assert runtime.counters.refusals == {("default", "disable"): 1}
+    assert runtime.counters.recoveries == {("default", "recovered"): 1}
+    assert runtime.pool.tokens.status()[0][0] == "retired"
+    assert runtime.pool.tokens.health[token_key(TOKENS[0])].last_status == 401
+
+
+def test_a_retry_that_failed_leaves_no_refusal_to_pass(counted):
+    runtime, flow, tried = counted(403, [None])
+    assert (flow.response.status_code, tried) == (403, [TOKENS[1]])  # the client gets the refusal it replaced
+    counters = runtime.counters
+    assert counters.refusals == {("default", "rotate"): 1}
+    assert counters.retries == {"default": 1}
+    assert counters.recoveries == {("default", "failed"): 1}
+
+
+def test_a_refusal_not_retried_as_its_captcha_was_missing_counts_as_a_pass(counted):
+    runtime, flow, tried = counted(403, [], fetch="#!/bin/sh\nexit 3\n")
+    assert (flow.response.status_code, tried) == (403, [])
+    counters = runtime.counters
+    assert counters.requests == {"default": 1}
+    assert counters.refusals == {("default", "pass"): 1}
+    assert (counters.retries, counters.recoveries) == ({}, {})
+    assert counters.value_refreshes == {("captcha", "failed"): 1}  # the request's fetch, which failed
+
+
+def test_a_refusal_with_the_breaker_open_counts_as_a_pass_and_no_retry(counted):
+    runtime, flow, tried = counted(403, [], before=lambda runtime: runtime.pool.breaker.opened(runtime.pool.breaker.clock() + 300))
+    assert (flow.response.status_code, tried) == (403, [])
+    assert runtime.counters.refusals == {("default", "pass"): 1}
+    assert runtime.counters.retries == {}

@@ -104,3 +104,11 @@ def test_the_copy_notes_an_sse_done_event(chunks, done):
     copy = BodyCopy(limit=8)  # the cap on the copy does not hide it
     assert [copy(c) for c in chunks] == chunks
     assert copy.done is done
+
+
+def test_the_first_byte_of_a_streamed_answer_is_timed_once(tap):
+    seconds = tap.runtime.counters.first_event_seconds
+    tap.responseheaders(flow())  # not streamed: its first byte leaves with the rest
+    assert (seconds[False].count, seconds[True].count) == (0, 0)
+    tap.responseheaders(flow(ctype="text/event-stream"))
+    assert (seconds[False].count, seconds[True].count) == (1, 0)  # a first attempt's (a recovered one is Streams')

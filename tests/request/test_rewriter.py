@@ -334,3 +334,11 @@ def test_body_filters_see_the_body_decoded_with_the_bound(tmp_path, body, encodi
     assert ("X-Model" in f.request.headers) is matched
     assert f.request.raw_content == sent  # the body goes on as the client sent it
     assert f.request.headers.get("content-encoding") == encoding
+
+
+def test_requests_are_counted_by_the_pool_of_their_token(addons):
+    loader, rewriter = addons
+    asyncio.run(rewriter.request(flow(path="/v1/chat")))  # account: a token
+    asyncio.run(rewriter.request(flow(path="/other")))  # only headers: no token
+    asyncio.run(rewriter.request(flow(host="elsewhere.example")))  # no rule: not rewritten
+    assert loader.counters.requests == {"default": 1, "": 1}

@@ -2,6 +2,7 @@
 
 import asyncio
 import re
+import time
 
 import pytest
 from mitmproxy import exceptions
@@ -36,10 +37,31 @@ def run(tctx, cmd):
     return tctx.master.commands.execute(cmd)
 
 
-def test_status_is_one_row_per_token_masked(tctx, caplog):
+def logged_status(caplog) -> list[str]:
+    """The event log's entries of tokens.status."""
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("tokens.status")]
+
+
+def status(tctx, caplog) -> tuple[str, list[str]]:
+    """tokens.status: what it answers (a line), and its rows, from the one entry it logged (whose lines
+    are the rows: mitmweb's event log and the console show them one a row)."""
     caplog.set_level("INFO")
-    rows = run(tctx, "tokens.status")
-    # a list of one-line strings: the console shows one a row, mitmweb one JSON string each
+    before = len(logged_status(caplog))
+    line = run(tctx, "tokens.status")
+    entries = logged_status(caplog)
+    assert len(entries) == before + 1
+    head, *rows = entries[-1].split("\n")
+    assert head == "tokens.status:"
+    return line, rows
+
+
+def rows(tctx, caplog) -> list[str]:
+    return status(tctx, caplog)[1]
+
+
+def test_status_is_one_row_per_token_masked(tctx, caplog):
+    line, rows = status(tctx, caplog)
+    assert line == "tokens: default 3 active (one row a token in the event log)"
     assert rows == [
         "…1111  active                                 0 ok      0 refused",
         "…2222  active                                 0 ok      0 refused",
@@ -47,26 +69,27 @@ def test_status_is_one_row_per_token_masked(tctx, caplog):
     ]
     assert [t[-4:] for t in TOKENS] == ["1111", "2222", "3333"]
     for token in TOKENS:
-        assert not any(token in row or token[:-4] in row for row in rows)
-    # and the same rows in the event log, as one entry (mitmweb shows its lines as rows)
-    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("tokens.status")] == [
-        "tokens.status:\n" + "\n".join(rows)
-    ]
+        assert not any(token in row or token[:-4] in row for row in [line, *rows])
+    # the rows in the event log as one entry (mitmweb shows its lines as rows)
+    assert logged_status(caplog) == ["tokens.status:\n" + "\n".join(rows)]
 
 
-def test_status_without_tokens_is_still_a_row(tmp_path):
+def test_status_without_tokens_is_still_a_row(tmp_path, caplog):
     loader = Runtime()
     with taddons.context(loader, TokenCommands(loader)) as tctx:
         tctx.configure(loader, rules=str(write_rules(tmp_path, "rules:\n  - match: {host: a.com}\n    headers: {X: x}\n")))
-        assert run(tctx, "tokens.status") == ["no tokens"]  # the console's data viewer fails on an empty list
+        line, rows = status(tctx, caplog)
+        assert rows == ["no tokens"]  # the event log's entry is never a bare heading
+        assert line == "tokens: no token pool (one row a token in the event log)"
 
 
-def test_disable_enable_and_reset(tctx):
+def test_disable_enable_and_reset(tctx, caplog):
     pool = tctx.loader.pool.tokens
     pool.refused(TOKENS[0])
     run(tctx, f"tokens.disable …{TOKENS[1][-4:]}")
     assert [s for s, _ in pool.status()] == ["cooling", "disabled", "active"]
-    first, second, _ = run(tctx, "tokens.status")
+    line, (first, second, _) = status(tctx, caplog)
+    assert line == "tokens: default 1 active, 1 cooling, 1 disabled (one row a token in the event log)"
     assert re.fullmatch(rf"…{TOKENS[0][-4:]}  cooling until \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d +0 ok +1 refused", first)
     assert re.fullmatch(rf"…{TOKENS[1][-4:]}  disabled +0 ok +0 refused", second)
     run(tctx, "tokens.reset")
@@ -87,9 +110,27 @@ def test_captcha_refresh_runs_the_source_again(tctx, tmp_path):
     assert (tmp_path / "runs.txt").read_text() == "run\nrun\n"
 
 
-def test_status_survives_a_cooldown_beyond_the_calendar(tctx):
+def test_status_survives_a_cooldown_beyond_the_calendar(tctx, caplog):
     tctx.loader.pool.tokens.refused(TOKENS[0], retry_after=1e18)
-    assert run(tctx, "tokens.status")[0].startswith(f"…{TOKENS[0][-4:]}  cooling until far future ")
+    assert rows(tctx, caplog)[0].startswith(f"…{TOKENS[0][-4:]}  cooling until far future ")
+
+
+def test_status_survives_a_breaker_open_beyond_the_calendar(tctx, caplog):
+    tctx.loader.pool.breaker.opened(1e18)  # (a `pause` of 1e18 s is a finite number the rules file takes)
+    line, rows = status(tctx, caplog)
+    assert line == "tokens: default 3 active, breaker open until far future (one row a token in the event log)"
+    assert rows[-1] == "breaker open until far future: refusals go to the client as they are"
+
+
+def test_status_line_names_the_time_an_open_breaker_closes(tctx, caplog):
+    until = time.time() + 300
+    tctx.loader.pool.breaker.opened(until)
+    line, rows = status(tctx, caplog)
+    closes = time.strftime("%H:%M:%S", time.localtime(until))
+    assert line == f"tokens: default 3 active, breaker open until {closes} (one row a token in the event log)"
+    assert re.fullmatch(rf"breaker open until \d{{4}}-\d\d-\d\d {closes}: refusals go to the client as they are", rows[-1])
+    run(tctx, "tokens.reset")
+    assert status(tctx, caplog)[0] == "tokens: default 3 active (one row a token in the event log)"
 
 
 def test_values_refresh_names_the_value(tctx, tmp_path):
@@ -104,7 +145,7 @@ def test_values_refresh_names_the_value(tctx, tmp_path):
         run(tctx, "values.refresh cf")
 
 
-def test_status_tells_on_trial_retired_and_expired_apart(tctx, tmp_path):
+def test_status_tells_on_trial_retired_and_expired_apart(tctx, tmp_path, caplog):
     from helpers import jwt
 
     expired = jwt({"exp": 1_000_000}, "sig9")
@@ -115,10 +156,11 @@ def test_status_tells_on_trial_retired_and_expired_apart(tctx, tmp_path):
     pool.health[pool.list.keys[0]].cooling_until = 1.0  # its cooldown is over; it has not worked since
     pool.refused(TOKENS[1], retire=True)
     when = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
-    rows = run(tctx, "tokens.status")
+    line, rows = status(tctx, caplog)
+    assert line == "tokens: default 1 active, 1 on trial, 1 retired, 1 expired (one row a token in the event log)"
     assert re.fullmatch(r"…1111  on trial +0 ok +1 refused", rows[0])
     assert re.fullmatch(rf"…2222  retired {when} +0 ok +1 refused", rows[1])
     assert rows[2].startswith("…3333  active ")
     assert re.fullmatch(rf"…sig9  expired {when} +0 ok +0 refused", rows[3])
     run(tctx, "tokens.enable 2222")
-    assert run(tctx, "tokens.status")[1].startswith("…2222  cooling until ")  # back; its refusal's cooldown runs on
+    assert status(tctx, caplog)[1][1].startswith("…2222  cooling until ")  # back; its refusal's cooldown runs on

@@ -3,6 +3,7 @@ pool its rule names, and the commands show and change every pool."""
 
 import asyncio
 import logging
+import time
 
 import pytest
 from mitmproxy.test import taddons, tflow
@@ -10,7 +11,8 @@ from mitmproxy.test import taddons, tflow
 from addon.request.rewriter import Rewriter
 from addon.runtime.commands import TokenCommands
 from addon.runtime.loader import Runtime
-from addon.runtime.pools import Pool
+from addon.runtime.pools import Pool, pools_line
+from addon.tokens import statefile
 from addon.tokens.tokenfile import token_key
 from helpers import POOLS, TOKENS, write_rules
 
@@ -82,7 +84,10 @@ def test_status_shows_each_pool_under_its_name(pools, tmp_path, caplog):
     loader, _, tctx = pools
     caplog.set_level(logging.INFO)
     loader.pools["openai"].tokens.refused(OPENAI[1])
-    rows = tctx.master.commands.execute("tokens.status")
+    line = tctx.master.commands.execute("tokens.status")
+    assert line == "tokens: arena 3 active; openai 1 active, 1 cooling (one row a token in the event log)"
+    (entry,) = [m for m in caplog.messages if m.startswith("tokens.status:")]  # the rows, in the event log
+    rows = entry.split("\n")[1:]
     assert rows[0] == f"pool arena ({tmp_path / 'tokens.txt'}):" and rows[4] == f"pool openai ({tmp_path / 'openai.txt'}):"
     assert [r.split()[:2] for r in rows[5:]] == [["…aaaa", "active"], ["…bbbb", "cooling"]]
     tctx.master.commands.execute("tokens.reset")  # every pool
@@ -194,3 +199,53 @@ def test_two_pools_on_one_store_keep_their_health_apart(tmp_path, redis_server):
             loader.done()
 
     asyncio.run(main())
+
+
+# the breaker in the state file: written when it opens or closes, open again after a restart
+
+
+def test_the_breaker_is_kept_in_the_state_file_and_open_again_after_a_restart(tmp_path):
+    rules = str(write_rules(tmp_path, ONE_POOL))
+    state = tmp_path / "tokens.state.json"
+    until = time.time() + 300
+    loader = Runtime()
+    with taddons.context(loader) as tctx:
+        tctx.configure(loader, rules=rules)
+        loader.pool.breaker.opened(until)  # (no event loop here: the state file is written at once)
+        assert statefile.read_state(state)[1] == until
+        loader.done()
+        restarted = Runtime()  # (a context inside the first: mitmproxy's log handler of the first lives on)
+        with taddons.context(restarted) as again:
+            again.configure(restarted, rules=rules)
+            breaker = restarted.pool.breaker
+            assert breaker.is_open and breaker.open_until == until
+            assert pools_line(restarted.pools.values()) == (
+                f"default 3 active, breaker open until {time.strftime('%H:%M:%S', time.localtime(until))}")
+            restarted.pool.reset()  # tokens.reset closes it, and the file says so
+            assert not breaker.is_open and statefile.read_state(state)[1] == 0.0
+            restarted.done()
+
+
+@pytest.mark.parametrize("ago", [5.0, 3600.0])
+def test_a_breaker_that_closed_while_the_proxy_was_stopped_stays_closed(tmp_path, ago):
+    rules = str(write_rules(tmp_path, ONE_POOL))
+    statefile.StateStore(tmp_path / "tokens.state.json", {}, 86400, breaker_open_until=time.time() - ago).write()
+    loader = Runtime()
+    with taddons.context(loader) as tctx:
+        tctx.configure(loader, rules=rules)
+        assert not loader.pool.breaker.is_open
+        assert pools_line(loader.pools.values()) == "default 3 active"
+
+
+def test_a_reload_does_not_reopen_a_breaker_closed_by_hand(tmp_path):
+    rules = write_rules(tmp_path, ONE_POOL)
+    statefile.StateStore(tmp_path / "tokens.state.json", {}, 86400, breaker_open_until=time.time() + 300).write()
+    loader = Runtime()
+    with taddons.context(loader) as tctx:
+        tctx.configure(loader, rules=str(rules))
+        assert loader.pool.breaker.is_open
+        loader.pool.reset()
+        rules.write_text(ONE_POOL.replace("tokens: {file: tokens.txt}", "tokens: {file: tokens.txt, cooldown: 60}"))
+        loader._watcher.poll()  # the rules file changed: read again (its state file is the one in use: not read)
+        assert loader.pool.tokens.cooldown == 60
+        assert not loader.pool.breaker.is_open

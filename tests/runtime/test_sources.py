@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from addon.rules.records import ValueSpec
+from addon.runtime.counters import Counters
 from addon.runtime.sources import ValueSource
 
 
@@ -336,3 +337,38 @@ def test_a_file_value_with_a_ttl_is_reused_within_it_and_read_again_after_it(tmp
     assert source.cached() == "two"  # kept for a ttl of its own
     clock.now += 0.2
     assert source.cached() is None
+
+
+# what the status shows of a source: each fetch here counted as it ended, and when
+
+
+def test_each_fetch_here_is_counted_and_timed_as_it_ended(tmp_path, monkeypatch):
+    counters = Counters()
+    good = ValueSource(spec(tmp_path, command=script(tmp_path, "print('cap-counted-0001')")), Clock())
+    (tmp_path / "fail.py").write_text("import sys; sys.exit(3)")
+    bad = ValueSource(spec(tmp_path, name="cf", command=(sys.executable, str(tmp_path / "fail.py"))))
+    monkeypatch.setenv("CAP_TEST", "cap-from-env")
+    env = ValueSource(spec(tmp_path, name="env", ttl=0, env="CAP_TEST"))
+    for source in (good, bad, env):
+        source.counters = counters
+    assert (good.fetched_at, good.failed_at, good.expires_at) == (0.0, 0.0, None)  # nothing fetched yet
+
+    before = time.time()
+    assert asyncio.run(good.get()) == "cap-counted-0001"
+    assert good.expires_at == pytest.approx(time.time() + 100, abs=1)  # its ttl (on a clock that stands still)
+    assert asyncio.run(bad.get()) is None
+    assert asyncio.run(env.get()) == "cap-from-env"
+    assert asyncio.run(env.refresh("cap-from-env")) is None  # an environment variable cannot be refreshed
+    assert counters.value_refreshes == {("captcha", "ok"): 1, ("cf", "failed"): 1, ("env", "ok"): 1, ("env", "failed"): 1}
+    assert good.fetched_at >= before and good.failed_at == 0.0
+    assert bad.failed_at >= before and bad.fetched_at == 0.0 and bad.expires_at is None
+    assert env.expires_at is None  # (without a ttl: kept as long as the proxy runs)
+
+
+def test_a_file_value_without_a_ttl_is_fetched_anew_only_when_it_changes(tmp_path):
+    (tmp_path / "cf.txt").write_text("cf-value-0001\n")
+    source = ValueSource(spec(tmp_path, name="cf", ttl=0, file=tmp_path / "cf.txt"))
+    source.counters = Counters()
+    assert asyncio.run(source.get()) == "cf-value-0001"
+    assert source.expires_at is None and source.fetched_at > 0
+    assert source.counters.value_refreshes == {("cf", "ok"): 1}

@@ -7,7 +7,8 @@ from mitmproxy.test import taddons
 
 from addon.runtime.loader import Runtime
 from addon.tokens.pool import TokenPool
-from addon.tokens.statefile import MAX_STATE_BYTES, StateStore, load_state
+from addon.tokens.health import MAX_TIME, health_from_state
+from addon.tokens.statefile import MAX_STATE_BYTES, StateStore, load_state, read_state
 from addon.tokens.tokenfile import token_key
 from helpers import TOKENS, write_rules
 
@@ -192,3 +193,60 @@ def test_a_state_file_with_1e400_does_not_stop_the_proxy(tmp_path, caplog):
         tctx.configure(loader, rules=str(tmp_path / "rules.yaml"))  # before: OverflowError, and mitmdump exited 1
         assert len(loader.pool.tokens) == 3 and loader.pool.tokens.health == {}
     assert "it holds the number 1e400, out of range" in caplog.text
+
+
+# what the status shows of a refusal, and the breaker, kept across a restart
+
+
+def test_the_status_of_the_last_refusal_is_kept(tmp_path):
+    pool = TokenPool(TOKENS, clock=lambda: 1000.0)
+    pool.refused(TOKENS[0], status=429)
+    pool.refused(TOKENS[0], status=403)  # while cooling: only the counts, and the status, change
+    pool.refused(TOKENS[1])  # no status known (a shared store's refusal, say): 0
+    store = store_with(tmp_path, pool, 1000.0)
+    store.write()
+    saved = load_state(store.path)
+    assert (saved[token_key(TOKENS[0])]["last_status"], saved[token_key(TOKENS[1])]["last_status"]) == (403, 0)
+    restarted = TokenPool(TOKENS, clock=lambda: 1000.0)
+    restarted.load_state(saved)
+    assert [h.last_status for _, h in restarted.status()] == [403, 0, 0]
+    assert [h.refusals for _, h in restarted.status()] == [2, 1, 0]
+
+
+def test_a_state_file_written_before_statuses_were_kept_reads_as_none_known(tmp_path):
+    path = tmp_path / "s.json"
+    save_state(path, {"k": ENTRY})
+    assert "last_status" not in json.loads(path.read_text())["tokens"]["k"]
+    assert health_from_state(load_state(path))["k"].last_status == 0
+
+
+def test_the_breaker_is_written_at_the_top_and_read_back(tmp_path):
+    path = tmp_path / "s.json"
+    StateStore(path, {"k": ENTRY}, grace=DAY, breaker_open_until=1234.5).write()
+    data = json.loads(path.read_text())
+    assert list(data) == ["version", "breaker", "tokens"] and data["breaker"] == {"open_until": 1234.5}
+    assert read_state(path) == ({"k": ENTRY}, 1234.5)
+    StateStore(path, {"k": ENTRY}, grace=DAY).write()  # closed
+    assert read_state(path) == ({"k": ENTRY}, 0.0)
+
+
+@pytest.mark.parametrize(
+    "breaker",
+    [
+        None,  # a file written before the breaker was kept
+        {"open_until": "tomorrow"}, {"open_until": True}, {"open_until": -5}, {"open_until": MAX_TIME + 1},
+        {"open_until": None}, {}, 1700000000, [1700000000],
+    ],
+    ids=["absent", "text", "bool", "negative", "beyond the calendar", "null", "empty", "a number", "a list"],
+)  # fmt: skip
+def test_a_breaker_that_is_not_a_sane_time_is_closed_and_the_tokens_are_kept(tmp_path, breaker):
+    path = tmp_path / "s.json"
+    data = {"version": 1, "tokens": {"k": ENTRY}}
+    if breaker is not None:
+        data["breaker"] = breaker
+    path.write_text(json.dumps(data))
+    assert read_state(path) == ({"k": ENTRY}, 0.0)
+
+
+def test_no_state_file_reads_as_no_health_and_a_closed_breaker(tmp_path):
+    assert read_state(tmp_path / "none.json") == ({}, 0.0)
