@@ -82,10 +82,12 @@ class Pool:
             state_file, store, health = state
             self.saver.use(store if self._lock_state(state_file) else None)
             self.tokens.load_health(health)
-            if store.breaker_open_until > max(self.breaker.open_until, time.time()):  # open when it stopped, and still
-                self.breaker.open_until = store.breaker_open_until
-                logger.warning(f"{self.label}: the breaker is open until {_clock_time(store.breaker_open_until)}, as "
-                               "the state file says: refusals go to the client as they are (tokens.reset closes it)")
+            # open when it stopped, and still: for no longer than the pause the file asks for now
+            open_until = min(store.breaker_open_until, time.time() + spec.breaker.pause)
+            if open_until > max(self.breaker.open_until, time.time()):
+                self.breaker.open_until = open_until
+                logger.warning(f"{self.label}: the breaker is open until {_clock_time(open_until)}, as the state "
+                               "file says: refusals go to the client as they are (tokens.reset closes it)")
         self.breaker.spec = spec.breaker
         self.tokens.replace(tokens)
         self.sessions.use(spec.sessions_file, spec.follow_set_cookie, spec.session_key)
@@ -115,7 +117,7 @@ class Pool:
         """The breaker opened or closed: the state file says so (a shared store keeps its own)."""
         if self.shared is None and self.saver.store is not None:
             self.saver.store.breaker_open_until = self.breaker.open_until
-            self.saver.changed()
+            self.saver.touched()
 
     def _lock_state(self, path: Path) -> bool:
         """Hold the lock of this state file (and let go of the one held before); False: another proxy has it."""

@@ -11,9 +11,9 @@ last four characters, as everywhere else.
 from __future__ import annotations
 
 import datetime
+import os
 import time
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 from addon.rules.records import Config, TokensSpec, ValueSpec
@@ -171,7 +171,7 @@ def _stored_pool(spec: TokensSpec, now: float) -> dict[str, Any]:
         part = pool_part(spec.name, spec, tokens, open_until, kept_in, now)
     else:
         assert spec.state_file is not None
-        found = Path(spec.state_file).exists()
+        found = os.path.exists(spec.state_file)  # (False, not an error, for a folder it may not look into)
         entries, open_until = statefile.read_state(spec.state_file) if found else ({}, 0.0)
         tokens.load_health(health_from_state(entries))
         kept_in = f"state file {spec.state_file}"

@@ -6,7 +6,9 @@ that is not loopback needs `--set status_password=…`, asked for as a Bearer to
 HTTP basic authentication (any user name). A wrong or missing password is a 401 with no detail; an
 unknown path a 404. A port that is taken stops the start with exit status 1, as a bad option does
 (mitmproxy's start-up check exits on an error logged before the proxy runs); changed at run time
-(mitmweb's options), the server moves, or stays where it was with an error in the log.
+(mitmweb's options), the server moves, or stays where it was with an error in the log. Without a
+password it answers only requests whose Host is an address or `localhost`: a web page elsewhere could
+otherwise point a name of its own at 127.0.0.1 and read the status through a browser (DNS rebinding).
 
 It is served by tornado, the web framework mitmweb itself runs on. Nothing it serves is computed on a
 request's path: the hooks keep counts (addon/runtime/counters.py), and the documents are built when
@@ -15,6 +17,7 @@ they are asked for.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -76,6 +79,11 @@ def parse_listen(text: str) -> Listen | None:
     return Listen(host, int(port))
 
 
+def _names_this_machine(host: str) -> bool:
+    """A Host header's name, as a request to a server without a password may give it: an address, or localhost."""
+    return host.lower() in ("localhost", "localhost.") or _is_ip(host.strip("[]"))
+
+
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -91,6 +99,9 @@ class _Handler(tornado.web.RequestHandler):
         self.server = server
 
     def prepare(self) -> None:
+        if not self.server.password and not _names_this_machine(self.request.host_name):
+            # a page elsewhere that has its own name point at 127.0.0.1 (DNS rebinding) would read the status
+            raise tornado.web.HTTPError(403)
         if not self.server.authorized(self.request.headers.get("Authorization", "")):
             self.set_status(401)
             self.set_header("WWW-Authenticate", 'Basic realm="mitm-rules status"')
@@ -143,6 +154,7 @@ class StatusServer:
         self._serving: Listen | None = None
         self.listening: tuple[tuple[str, int], ...] = ()  # the addresses bound (the guard keeps proxy clients off them)
         self._running = False
+        self._closing: set[asyncio.Task] = set()  # connections being closed after a stop
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -201,12 +213,15 @@ class StatusServer:
         return document.live(self.runtime, ctx.options.rules if "rules" in ctx.options else None)
 
     def _start(self) -> None:
-        """Serve on `listen` (stop when it is None); an address that cannot be had is an error in the log."""
+        """Serve on `listen` (stop when it is None). An address that cannot be had is an error in the log,
+        and a server already running stays where it was (the new sockets are bound before the old close)."""
         if self._serving == self.listen and self._http is not None:
             return
-        self._stop()
         if self.listen is None:
+            self._stop()
             return
+        if self._serving is not None and self._serving.port == self.listen.port:
+            self._stop()  # the same port on another address of this machine: let go of it first
         app = tornado.web.Application(
             [(r"/metrics", MetricsHandler, {"server": self}), (r"/status", StatusHandler, {"server": self}),
              (r"/(?:page\.js|page\.css)?", PageHandler, {"server": self})],
@@ -219,7 +234,9 @@ class StatusServer:
             logger.error(f"status server: cannot listen on {self.listen}: {e.strerror or e}. Give status_listen "
                          "another address (or none for no status server).")  # fmt: skip
             return
-        http = tornado.httpserver.HTTPServer(app, xheaders=False, max_body_size=0, max_header_size=16 * 1024)
+        self._stop()
+        http = tornado.httpserver.HTTPServer(app, xheaders=False, max_body_size=0, max_header_size=16 * 1024,
+                                             idle_connection_timeout=60)  # fmt: skip
         http.add_sockets(sockets)
         self._http, self._serving = http, self.listen
         self.listening = tuple(s.getsockname()[:2] for s in sockets)
@@ -227,6 +244,14 @@ class StatusServer:
         logger.info(f"status server: http://{self.listen}/ (/metrics, /status), {auth}")
 
     def _stop(self) -> None:
+        """Stop listening, and close the connections kept alive (a scraper's would go on reading this
+        server's counts after a reload of the script, or after the address moved)."""
         if self._http is not None:
             self._http.stop()
+            try:
+                task = asyncio.get_running_loop().create_task(self._http.close_all_connections())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+            except RuntimeError:  # no event loop (tests): nothing is connected
+                pass
             self._http, self._serving, self.listening = None, None, ()

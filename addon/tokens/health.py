@@ -132,11 +132,17 @@ def health_from_state(state: dict[str, Any]) -> dict[str, Health]:
                 in_a_row=_in_range(int(entry.get("in_a_row", 0)), MAX_COUNT),  # not in a state file written before retirement
                 retired_at=_in_range(float(entry.get("retired_at", 0.0)), MAX_TIME),
                 retired_why=int(entry.get("retired_why", 0)),
-                last_status=_in_range(int(entry.get("last_status", 0)), 999),  # not in a file written before status
+                last_status=_status(entry.get("last_status")),
             )
         except (KeyError, TypeError, ValueError, OverflowError):
             logger.warning(f"tokens: skipped a malformed entry in the state file ({key[:8]}…)")
     return health
+
+
+def _status(value: Any) -> int:
+    """A refusal's HTTP status as a state file keeps it; 0 for none or one that is not a status (it is only
+    shown: a bad one does not cost the token's health). Not in a file written before statuses were kept."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 999 else 0
 
 
 MAX_TIME = 253402300799.0  # 9999-12-31 23:59:59 UTC, the last time a date can show

@@ -36,6 +36,7 @@ class StateSaver:
         self._lock = threading.Lock()  # one writer at a time
         self._took = 0.0  # seconds the last write took
         self._problem: str | None = None  # the last failure to write, logged once
+        self._touched = False  # something besides token health changed (the breaker): write it too
 
     @property
     def path(self) -> Path | None:
@@ -46,6 +47,12 @@ class StateSaver:
         is written first)."""
         self.flush()
         self.store = store
+
+    def touched(self) -> None:
+        """Something the state file keeps besides token health changed (the breaker): save it soon, after a
+        write in flight too."""
+        self._touched = True
+        self.changed()
 
     def changed(self) -> None:
         """Token health changed: save it soon."""
@@ -85,6 +92,7 @@ class StateSaver:
             self.pool.forget(self._update_and_write(self.store, *self._snapshot()))
 
     def _snapshot(self) -> tuple:
+        self._touched = False
         return self.pool.take_changes(), self.pool.list, self.pool.listed_at
 
     async def _write_in_thread(self) -> None:
@@ -96,7 +104,7 @@ class StateSaver:
             self._took = time.monotonic() - started
             self._writing = None
         self._forget(pruned)
-        if self.pool.has_changes:  # changed while it was written
+        if self.pool.has_changes or self._touched:  # changed while it was written
             self.changed()
 
     def _update_and_write(self, store: StateStore, changes, token_list, listed_at: float) -> list[str]:

@@ -249,3 +249,14 @@ def test_a_reload_does_not_reopen_a_breaker_closed_by_hand(tmp_path):
         loader._watcher.poll()  # the rules file changed: read again (its state file is the one in use: not read)
         assert loader.pool.tokens.cooldown == 60
         assert not loader.pool.breaker.is_open
+
+
+def test_a_breaker_kept_open_is_held_no_longer_than_the_pause_the_file_asks_for_now(tmp_path):
+    """A pause lowered after a breaker opened by mistake takes effect at the restart."""
+    rules = str(write_rules(tmp_path, ONE_POOL.replace("tokens: {file: tokens.txt}",
+                                                       "tokens: {file: tokens.txt, breaker: {pause: 30}}")))  # fmt: skip
+    statefile.StateStore(tmp_path / "tokens.state.json", {}, 86400, breaker_open_until=time.time() + 3600).write()
+    loader = Runtime()
+    with taddons.context(loader) as tctx:
+        tctx.configure(loader, rules=rules)
+        assert loader.pool.breaker.is_open and loader.pool.breaker.open_until <= time.time() + 30

@@ -217,6 +217,46 @@ def test_a_taken_port_is_an_error_in_the_log(tmp_path, caplog):
                       "status_listen another address (or none for no status server)."]  # fmt: skip
 
 
+def test_without_a_password_only_a_host_that_names_this_machine_is_answered(tmp_path):
+    """DNS rebinding: a page of evil.example that points its name at 127.0.0.1 sends Host: evil.example."""
+
+    async def check(port, runtime):
+        assert (await _fetch(port, "/status", Host="evil.example")).status_code == 403
+        assert (await _fetch(port, "/status", Host=f"evil.example:{port}")).status_code == 403
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", "[::1]"):
+            assert (await _fetch(port, "/status", Host=host)).status_code == 200, host
+
+    run_server(tmp_path, "", check)
+
+
+def test_with_a_password_any_host_may_ask(tmp_path):
+    async def check(port, runtime):
+        answer = await _fetch(port, "/status", Host="status.example", Authorization="Bearer pw-0000")
+        assert answer.status_code == 200
+
+    run_server(tmp_path, "pw-0000", check)
+
+
+def test_a_move_to_a_taken_port_keeps_the_server_where_it_was(tmp_path, caplog):
+    async def main() -> None:
+        server = StatusServer(Runtime())
+        first = free_port()
+        with taddons.context(server) as tctx, socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            tctx.configure(server, status_listen=str(first))
+            server.running()
+            try:
+                tctx.configure(server, status_listen=str(taken.getsockname()[1]))
+                assert (await _fetch(first, "/status")).status_code == 200
+                assert server.listening == (("127.0.0.1", first),)
+            finally:
+                server.done()
+
+    asyncio.run(main())
+    assert any("cannot listen on" in r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
+
+
 def test_a_new_address_at_run_time_moves_the_server(tmp_path):
     async def main() -> None:
         server = StatusServer(Runtime())
