@@ -478,7 +478,11 @@ class Scraper:
     def _run(self) -> None:
         while not self.stop.wait(1.0):
             for path in ("/metrics", "/status"):
-                status, _, _, _ = fetch(self.port, build_request("GET", self.port, path, [], absolute=False))
+                try:
+                    status, _, _, _ = fetch(self.port, build_request("GET", self.port, path, [], absolute=False))
+                except OSError as e:
+                    self.problem = f"the status server did not answer {path}: {e}"
+                    return
                 if status != 200:
                     self.problem = f"the status server answered {status} for {path}"
                     return

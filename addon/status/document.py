@@ -24,7 +24,9 @@ from addon.runtime.sources import ValueSource
 from addon.tokens import statefile
 from addon.tokens.health import health_from_state, state_counts
 from addon.tokens.pool import TokenPool
+from addon.tokens.storerecords import StoreUnreachable, read_health
 from addon.tokens.tokenfile import TokensFileError, read_token_list
+
 
 class StatusUnavailable(Exception):
     """The health of a pool cannot be read (its store does not answer, say); the message says why."""
@@ -164,7 +166,10 @@ def _stored_pool(spec: TokensSpec, now: float) -> dict[str, Any]:
     except TokensFileError as e:
         raise StatusUnavailable(str(e)) from None
     if spec.store is not None:
-        health, open_until = _from_store(spec)
+        try:
+            health, open_until = read_health(spec.store.url, spec.store.shown, spec.store.namespace)
+        except StoreUnreachable as e:
+            raise StatusUnavailable(str(e)) from None
         for key, record in health.items():
             tokens.put_health(key, record)
         kept_in = f"store {spec.store.shown} (namespace {spec.store.namespace})"
@@ -178,24 +183,3 @@ def _stored_pool(spec: TokensSpec, now: float) -> dict[str, Any]:
         part = pool_part(spec.name, spec, tokens, open_until, kept_in, now)
         part["state_exists"] = found
     return part
-
-
-def _from_store(spec: TokensSpec) -> tuple[dict[str, tuple], float]:
-    """The health records and the breaker's end in the pool's store (read at once, on one connection)."""
-    import redis  # only here: most uses of the status never reach a store
-
-    from addon.tokens.storerecords import Keys, parse_record, parse_time
-
-    assert spec.store is not None
-    keys = Keys(spec.store.namespace)
-    try:
-        client = redis.Redis.from_url(spec.store.url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
-        with client:
-            pipe = client.pipeline(transaction=True)
-            pipe.hgetall(keys.health)
-            pipe.get(keys.breaker)
-            records, breaker = pipe.execute()
-    except redis.RedisError as e:
-        raise StatusUnavailable(f"the store {spec.store.shown} does not answer: {e}") from None
-    health = {key: parsed for key, text in records.items() if (parsed := parse_record(text)) is not None}
-    return health, (parse_time(breaker) or 0.0) if breaker else 0.0

@@ -88,3 +88,29 @@ def _bad_record(text: str, why: str) -> None:
 def format_record(record: Iterable[Any]) -> str:
     a, b, c, d, e, f, g, h = record
     return f"{float(a)!r} {float(b)!r} {int(bool(c))} {int(d)} {int(e)} {int(f)} {float(g)!r} {int(h)}"
+
+
+class StoreUnreachable(Exception):
+    """A store did not answer a one-off read; the message names it by its masked URL."""
+
+
+def read_health(url: str, shown: str, namespace: str) -> tuple[dict[str, tuple], float]:
+    """Every health record and the breaker's end in one namespace, read at once on a connection of its
+    own (for `mitm-rules status`, with no proxy running: not the proxies' way, which follow the stream).
+
+    Raises:
+        StoreUnreachable: it does not answer within 5 s, or refuses the read.
+    """
+    import redis  # only here: a one-off client, not the proxies' asyncio ones
+
+    keys = Keys(namespace)
+    try:
+        with redis.Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5) as client:
+            pipe = client.pipeline(transaction=True)
+            pipe.hgetall(keys.health)
+            pipe.get(keys.breaker)
+            records, breaker = pipe.execute()
+    except redis.RedisError as e:
+        raise StoreUnreachable(f"the store {shown} does not answer: {e}") from None
+    health = {key: parsed for key, text in records.items() if (parsed := parse_record(text)) is not None}
+    return health, (parse_time(breaker) or 0.0) if breaker else 0.0
