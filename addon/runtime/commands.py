@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 
 from mitmproxy import command, exceptions
 
 from addon.runtime.loader import Runtime
-from addon.runtime.pools import Pool, pools_line
+from addon.runtime.pools import Pool, clock_time, pools_line
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +100,4 @@ def _pool_rows(pool: Pool) -> list[str]:
 
 
 def _when(timestamp: float) -> str:
-    try:
-        return datetime.datetime.fromtimestamp(timestamp).isoformat(" ", "seconds")
-    except (OverflowError, OSError, ValueError):
-        return "far future"
+    return clock_time(timestamp, "%Y-%m-%d %H:%M:%S")

@@ -43,10 +43,6 @@ class Histogram:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.sum += value
 
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
-
     def cumulative(self) -> list[tuple[str, int]]:
         """(upper bound as Prometheus writes it, observations up to it), the last "+Inf"."""
         total, out = 0, []

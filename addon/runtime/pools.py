@@ -18,7 +18,7 @@ from pathlib import Path
 from addon.rules.records import DEFAULT_POOL, TokensSpec
 from addon.tokens import statefile
 from addon.tokens.breaker import Breaker
-from addon.tokens.health import Health, counts_text, state_counts
+from addon.tokens.health import Health, counts_text
 from addon.tokens.pool import TokenPool
 from addon.tokens.sessions import Sessions
 from addon.tokens.shared import SharedStore
@@ -86,7 +86,7 @@ class Pool:
             open_until = min(store.breaker_open_until, time.time() + spec.breaker.pause)
             if open_until > max(self.breaker.open_until, time.time()):
                 self.breaker.open_until = open_until
-                logger.warning(f"{self.label}: the breaker is open until {_clock_time(open_until)}, as the state "
+                logger.warning(f"{self.label}: the breaker is open until {clock_time(open_until)}, as the state "
                                "file says: refusals go to the client as they are (tokens.reset closes it)")
         self.breaker.spec = spec.breaker
         self.tokens.replace(tokens)
@@ -162,16 +162,17 @@ def pools_line(pools: Iterable[Pool]) -> str:
     2 active, breaker open until 14:05:09" (mitmweb's command bar, the log's summary line)."""
     parts = []
     for pool in pools:
-        text = f"{pool.name} {counts_text(state_counts(state for state, _ in pool.tokens.status()))}"
+        text = f"{pool.name} {counts_text(pool.tokens.state_counts())}"
         if pool.breaker.is_open:
-            text += f", breaker open until {_clock_time(pool.breaker.open_until)}"
+            text += f", breaker open until {clock_time(pool.breaker.open_until)}"
         parts.append(text)
     return "; ".join(parts) or "no token pool"
 
 
-def _clock_time(timestamp: float) -> str:
-    """14:05:09; "far future" past the calendar (a breaker `pause` may be any finite number of seconds)."""
+def clock_time(timestamp: float, form: str = "%H:%M:%S") -> str:
+    """A time as the log and the commands show it, 14:05:09 (or in `form`); "far future" past the calendar
+    (a breaker `pause`, or a cooldown, may be any finite number of seconds)."""
     try:
-        return time.strftime("%H:%M:%S", time.localtime(timestamp))
+        return time.strftime(form, time.localtime(timestamp))
     except (OverflowError, OSError, ValueError):
         return "far future"

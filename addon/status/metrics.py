@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from addon.runtime.counters import ACTIONS, FAILED, OK, RECOVERED, Histogram
 from addon.runtime.loader import Runtime
-from addon.tokens.health import STATES, state_counts
+from addon.tokens.health import STATES
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the text format generate_latest writes
 
@@ -66,7 +66,7 @@ class RuntimeCollector(Collector):
         breaker = GaugeMetricFamily("mitm_rules_breaker_open", "1 while the pool's breaker is open (refusals go to "
                                     "the client as they are), else 0.", labels=["pool"])  # fmt: skip
         for pool in self.runtime.pools.values():
-            counts = state_counts(state for state, _ in pool.tokens.status())
+            counts = pool.tokens.state_counts()
             for state in STATES:
                 tokens.add_metric([pool.name, state], counts[state])
             breaker.add_metric([pool.name], 1 if pool.breaker.is_open else 0)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from addon.tokens.expiry import expires_at, might_expire
-from addon.tokens.health import BY_RULE, IN_A_ROW, Changes, Health, health_from_state
+from addon.tokens.health import BY_RULE, IN_A_ROW, Changes, Health, health_from_state, state_counts
 from addon.tokens.rotation import Rotation
 from addon.tokens.tokenfile import TokenList, token_key
 from addon.util.masking import mask
@@ -246,6 +246,10 @@ class TokenPool:
                 state = "expired"
             rows.append((state, health))
         return rows
+
+    def state_counts(self) -> dict[str, int]:
+        """How many tokens of the file are in each state (as `status` tells them)."""
+        return state_counts(state for state, _ in self.status())
 
     def key_of(self, token: str) -> str:
         """`token_key(token)`, without hashing for a token of the file (its key is there already)."""

@@ -357,7 +357,7 @@ def test_a_recovered_refusal_counts_a_rotation_a_retry_and_a_recovery(counted):
     assert counters.refusals == {("default", "rotate"): 1}
     assert counters.retries == {"default": 1}
     assert counters.recoveries == {("default", "recovered"): 1}
-    assert counters.recovery_seconds.count == 1
+    assert sum(counters.recovery_seconds.counts) == 1
     (recent,) = counters.recent
     assert (recent.method, recent.path, recent.recovered) == ("GET", "/v1/chat", True)
     assert recent.attempts == f"403 with …{TOKENS[0][-4:]} → 200 with …{TOKENS[1][-4:]}"
