@@ -15,6 +15,8 @@ from collections.abc import Awaitable
 from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
+from addon.exits.connect import login
+from addon.exits.timeout import ExitTimers
 from addon.guard.guard import SelfGuard
 from addon.mitm.handover import Handover
 from addon.recovery.recovery import Recovery
@@ -40,6 +42,7 @@ class Pipeline:
         self.summary = LogSummary(self.runtime)
         self.status_server = StatusServer(self.runtime)
         self.guard = SelfGuard(also=lambda: self.status_server.listening)
+        self.exit_timers = ExitTimers(self.runtime.exits, lambda: self.recovery.limits.headers)
         # a child addon (mitmproxy traverses `addons`), for its commands: it has no hooks
         self.addons = [TokenCommands(self.runtime)]
 
@@ -70,7 +73,13 @@ class Pipeline:
     # the guard's hooks return a coroutine only when there is something to look up (mitmproxy
     # awaits what a hook returns): most requests and connections pass without one
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> Awaitable[None] | None:
+        if self.runtime.exits:
+            self.exit_timers.server_connect(data)  # a connection to an exit has retry_timeout to bring an answer
         return self.guard.server_connect(data)
+
+    def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        if self.runtime.exits:
+            self.exit_timers.server_disconnected(data)
 
     def http_connect(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         return self.guard.http_connect(flow)
@@ -86,6 +95,8 @@ class Pipeline:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self.runtime.responseheaders(flow)  # first: a renewed session never reaches the client
+        if self.runtime.exits:
+            self.exit_timers.answered(flow)
         held = self.tap.responseheaders(flow)
         self.recovery.responseheaders(flow, held)
 
@@ -95,6 +106,10 @@ class Pipeline:
 
     def error(self, flow: http.HTTPFlow) -> None:
         self.recovery.error(flow)
+
+    def http_connect_upstream(self, flow: http.HTTPFlow) -> None:
+        if self.runtime.exits:
+            login(flow, self.runtime.exits)  # a CONNECT to an exit carries its login
 
     # the hooks of addon.mitm.httplayer, for a streaming request's held answer
 

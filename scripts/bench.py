@@ -793,6 +793,8 @@ class Bench:
             names.append(self._start_other())
         if (ADDON_MAIN.parent / "status" / "server.py").exists():  # (an addon measured with --addon may predate it)
             names.append(self._start_status())
+        if (ADDON_MAIN.parent / "exits").is_dir():  # (nor exits)
+            names += self._start_exit()
         for name in names:  # warm-up, not recorded
             wrk(self.proxies[name], script, 1, s.connections)
         rps: dict[str, list[float]] = {n: [] for n in names}
@@ -812,6 +814,12 @@ class Bench:
             self.note_errors("addon-10-status", self.proxies["addon-10-status"])
             self.proxies.pop("addon-10-status").stop()
             self.results[1.75] = self._status_row(rps, cpu)
+        if "addon-10-exit" in names:
+            for name in ("addon-10-exit", "bare-exit"):
+                self.note_errors(name, self.proxies[name])
+                self.proxies.pop(name).stop()
+            self.exit_proxy.stop()
+            self.results[1.875] = self._exit_row(rps, cpu)
         noop_log = self.proxies["noop-script"].log()
         found = re.search(r"bench: (\d+) do-nothing addons", noop_log)
         self.addon_count = int(found.group(1)) if found else "?"
@@ -854,6 +862,57 @@ class Bench:
         self.proxies["addon-10-status"] = Proxy("addon-10-status", self.w, rules,
                                                 extra=("--set", f"status_listen=127.0.0.1:{self.status_port}")).start()
         return "addon-10-status"
+
+    def _start_exit(self) -> list[str]:
+        """Row 1x: one exit, a real upstream proxy (Debian's tinyproxy, on the upstream's CPUs), and two
+        mitmdumps in upstream mode through it: bare, with mitmproxy's upstream_auth; and scenario 1's addon
+        with the exit in its rules (`exits:`, the pool's `exits: all`), which routes each request itself."""
+        log("starting one exit (tinyproxy) and two proxies through it: bare in upstream mode, and the addon's exit")
+        port, password = free_port(), "pw-" + os.urandom(6).hex()
+        conf = self.w / "tinyproxy.conf"
+        conf.write_text(f"Port {port}\nListen 127.0.0.1\nTimeout 30\nLogLevel Warning\nMaxClients 200\n"
+                        f"DisableViaHeader Yes\nBasicAuth bench {password}\n")  # fmt: skip
+        program = shutil.which("tinyproxy")
+        assert program, "tinyproxy is missing (scripts/bench installs Debian's tinyproxy-bin)"
+        self.exit_proxy = Proc("exit-tinyproxy", [program, "-d", "-c", conf], self.w, OTHER_CPUS, port).start()
+        rules = rules_file(self.w / "rules10-exit.yaml", realistic_rules(self.hosts), self.w / "tokens.txt",
+                           self.captcha_file())
+        text = rules.read_text().replace("\ntokens:\n", "\ntokens:\n  exits: all\n", 1)
+        rules.write_text(f'exits:\n  - {{name: x, url: "http://bench:{password}@127.0.0.1:{port}"}}\n' + text)
+        mode = ("--mode", f"upstream:http://127.0.0.1:{port}", "--set", f"upstream_auth=bench:{password}")
+        self.proxies["bare-exit"] = Proxy("bare-exit", self.w, extra=mode).start()
+        self.proxies["addon-10-exit"] = Proxy("addon-10-exit", self.w, rules, extra=mode).start()
+        assert self.fast
+        req = build_request("POST", self.fast.port, "/v1/echo", SDK_HEADERS, CHAT_BODY)
+        for name in ("bare-exit", "addon-10-exit"):
+            status, _, _, _ = fetch(self.proxies[name].port, req)
+            if status != 200:
+                raise RuntimeError(f"{name}: status {status} through the exit")
+        if "exits: connection_strategy is set to lazy" not in self.proxies["addon-10-exit"].log():
+            raise RuntimeError("addon-10-exit: the addon did not take the exit")
+        return ["bare-exit", "addon-10-exit"]
+
+    def _exit_row(self, rps: dict[str, list[float]], cpu: dict[str, list[float]]) -> Result:
+        """Row 1x: the addon routing each request through its token's exit, against bare mitmdump in
+        upstream mode through the same exit."""
+        on, off, f = "addon-10-exit", "bare-exit", "{:.3f}"
+        rps_ratios, cpu_ratios = per_round(rps[on], rps[off]), per_round(cpu[off], cpu[on])
+        to_bare = per_round(rps[on], rps["bare"])
+        return Result(
+            1,
+            "10 rules, each request through the token's exit (one tinyproxy), against bare mitmdump in upstream "
+            "mode through the same tinyproxy",
+            "req/s addon ÷ req/s bare upstream mode, same rounds",
+            "≥ 0.95",
+            f"req/s ratio {span(rps_ratios, fmt=f, bold=True)}; CPU per request bare ÷ addon {span(cpu_ratios, fmt=f)}; "
+            f"req/s addon {span(rps[on])}, bare upstream mode {span(rps[off])}; the addon through the exit ÷ bare "
+            f"mitmdump direct {span(to_bare, fmt=f)}",
+            med(rps_ratios) >= 0.95,
+            raw={"rps": rps[on], "bare_upstream_rps": rps[off], "cpu_per_request": cpu[on],
+                 "bare_upstream_cpu_per_request": cpu[off], "rps_ratios": rps_ratios, "cpu_ratios": cpu_ratios},
+            part="x",
+            headline=f"{med(rps_ratios):.3f}",
+        )
 
     def _status_row(self, rps: dict[str, list[float]], cpu: dict[str, list[float]]) -> Result:
         """Row 1s: scenario 1's addon with the status server on (and scraped every second) against off."""
@@ -1931,7 +1990,11 @@ def render_summary(runs: list[dict]) -> str:
         "ratio is computed per round (addon ÷ bare of the same round), then its median is taken. Row 1s: one more "
         "proxy in the same rotation, scenario 1's with `--set status_listen=…` (the status server on), whose "
         "`/metrics` and `/status` the driver reads every second while wrk runs through it; its req/s ÷ that of "
-        "scenario 1's proxy, per round.",
+        "scenario 1's proxy, per round. Row 1x: one exit, Debian's tinyproxy on the upstream's CPUs, and two "
+        "more mitmdumps in the rotation, both `--mode upstream:` through it: bare with `upstream_auth`, and "
+        "scenario 1's addon with that tinyproxy as its only exit (`exits:`, the pool's `exits: all`), which "
+        "routes each request itself; the addon's req/s ÷ bare upstream mode's, per round. tinyproxy closes each "
+        "plain-HTTP connection after one request, so both pay a new connection per request.",
         f"- **3: latency.** The same with one connection (`-c1`), {s.lat_seconds:g} s per run, {s.rounds} rounds: "
         "one request at a time, so nothing queues. p50 and p99 come from wrk's latency histogram (microseconds). "
         "The difference is taken per round.",
@@ -2119,6 +2182,7 @@ def main() -> int:
                 bench.results.pop(1)
                 bench.results.pop(1.5, None)
                 bench.results.pop(1.75, None)
+                bench.results.pop(1.875, None)
         if 3 in only:
             bench.latency()
         if 4 in only:

@@ -51,6 +51,7 @@ class Received:
     body: bytes
     at: float
     status: int | None = None  # what the upstream answered
+    client: str = ""  # the address the request came from (through an upstream proxy: that proxy's)
 
     def header(self, name: str) -> str | None:
         values = [v for k, v in self.headers if k.lower() == name.lower()]
@@ -92,12 +93,14 @@ class ProtectedAPI:
     rejected_captchas: set[str] = field(default_factory=set)  # refused as "recaptcha validation failed"
     retry_after: str | None = None  # sent with every refusal of an account token
     refuse_all: str | None = None  # refuse every request with this message (like an IP ban)
+    banned: set[str] = field(default_factory=set)  # addresses whose every request is refused (403 "address banned")
     revoked: set[str] = field(default_factory=set)  # account tokens answered 401 "session revoked" (not 403)
     refusal_delay: float = 0.0  # seconds a refusal waits before it is sent (keeps requests in flight with one token)
     padding: dict[int, int] = field(default_factory=dict)  # status -> bytes of filler in JSON answers
     # the chat front-end under /nextjs-api/stream/: the cf_clearance cookies it accepts (None: it asks for
     # none), and what to call when it answers with a challenge page (a stand-in for a browser solving it)
     clearances: set[str] | None = None
+    clearance_by_address: dict[str, str] | None = None  # or: the one cf_clearance each address may use
     on_challenge: Callable[[], None] | None = None
     chunks: int = 5
     interval: float = 0.2  # seconds between streamed events
@@ -126,7 +129,8 @@ class ProtectedAPI:
         body = await read_body(receive)
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
         rec = Received(
-            scope["method"], scope["path"], scope["query_string"].decode(), scope["http_version"], headers, body, time.time()
+            scope["method"], scope["path"], scope["query_string"].decode(), scope["http_version"], headers, body, time.time(),
+            client=(scope.get("client") or ("",))[0],
         )
         self.received.append(rec)
         if self.log:
@@ -173,6 +177,8 @@ class ProtectedAPI:
         """Why the real service would refuse this request, or None."""
         if self.refuse_all:
             return self.refuse_all
+        if rec.client in self.banned:
+            return "address banned"
         if self.refuse_odd and len(self.received) % 2:
             return "unknown account"
         if "Mozilla/5.0" not in (rec.header("user-agent") or ""):
@@ -209,6 +215,8 @@ class ProtectedAPI:
         if "Mozilla/5.0" not in (rec.header("user-agent") or ""):
             return "browser required"
         if self.clearances is not None and rec.cookie("cf_clearance") not in self.clearances:
+            return CHALLENGE
+        if self.clearance_by_address is not None and rec.cookie("cf_clearance") != self.clearance_by_address.get(rec.client):
             return CHALLENGE
         if rec.cookie("arena-auth-prod-v1") not in self.tokens:
             return "unknown account"

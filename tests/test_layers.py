@@ -25,12 +25,13 @@ LAYERS: dict[str, set[str] | None] = {
     "util": {"mitm"},
     "rules": {"util", "mitm"},
     "tokens": {"util", "rules", "mitm"},
-    "runtime": {"util", "rules", "tokens", "mitm"},
-    "request": {"util", "rules", "tokens", "runtime", "mitm"},
-    "recovery": {"util", "rules", "tokens", "runtime", "request", "mitm"},
+    "exits": {"util", "rules", "tokens", "mitm"},
+    "runtime": {"util", "rules", "tokens", "exits", "mitm"},
+    "request": {"util", "rules", "tokens", "exits", "runtime", "mitm"},
+    "recovery": {"util", "rules", "tokens", "exits", "runtime", "request", "mitm"},
     "guard": {"util", "mitm"},
-    "status": {"util", "rules", "tokens", "runtime", "mitm"},
-    "cli": {"util", "rules", "tokens", "runtime", "request", "recovery", "status", "mitm"},
+    "status": {"util", "rules", "tokens", "exits", "runtime", "mitm"},
+    "cli": {"util", "rules", "tokens", "exits", "runtime", "request", "recovery", "status", "mitm"},
     "": None,
 }
 PUBLIC = {  # mitmproxy's documented API, and what its addon docs and examples use

@@ -28,6 +28,7 @@ from addon.request.apply import apply_plan
 from addon.request.plan import BodySkipped, Edit, Plan, Skipped, plan_request
 from addon.rules.records import DISABLE, PASS, REFRESH, REFRESH_CAPTCHA, ROTATE, Config
 from addon.rules.template import TOKEN
+from addon.exits.binding import exit_order
 from addon.tokens import statefile
 from addon.tokens.pool import TokenPool
 from addon.tokens.tokenfile import TokensFileError, read_tokens
@@ -140,8 +141,10 @@ def make_flow(method: str, url: str, headers: Sequence[tuple[str, str]], body: s
 
 def stand_in_values(config: Config) -> dict[str, str]:
     """Masked stand-ins for the values the proxy would draw (it would draw the real ones); each
-    pool's token as `token` and, when the file names its pools, as `token:POOL` too."""
+    pool's token as `token` and, when the file names its pools, as `token:POOL` too; the exits of a
+    pool with exits, in that token's order, as `exits:POOL` (a value each exit has its own: the first's)."""
     values: dict[str, str] = {}
+    exit = ""
     for name, spec in reversed(config.pools.items()):
         try:
             pool = TokenPool(read_tokens(spec.file), spec.strategy)
@@ -154,7 +157,12 @@ def stand_in_values(config: Config) -> dict[str, str]:
             values[TOKEN] = mask(token)
             if config.named_pools:
                 values[f"{TOKEN}:{name}"] = values[TOKEN]
+            if spec.exits:
+                order = exit_order(token, spec.exits)
+                values[f"exits:{name}"], exit = ", ".join(order), order[0]
     for name, spec in config.values.items():
+        if spec.per_exit and exit:
+            spec = spec.for_exit(exit)
         if spec.command is not None:
             values[name] = f"‹{name} from the command, not run›"
             continue
@@ -194,6 +202,12 @@ def _explain(config: Config, flow: http.HTTPFlow, values: dict[str, str]) -> Ite
         token = values.get(f"{TOKEN}:{plan.pool}")
         yield f"  token from pool: {plan.pool}" + ("" if token else " (none of its tokens is usable now)")
         values = {k: v for k, v in values.items() if k != TOKEN} | ({TOKEN: token} if token else {})
+    pool = plan.pool or next(iter(config.pools), None)
+    order = values.get(f"exits:{pool}") if TOKEN in plan.uses and TOKEN in values else None
+    if pool is not None and order:
+        first = config.exits[order.partition(", ")[0]]
+        failover = "on" if config.pools[pool].failover else "off"
+        yield f"  leaves through exit {first.name} ({first.shown}); the token's order: {order} (failover {failover})"
     sent = req.copy()
     removed: set[Edit] = set()  # as the flow comment: only what the request had
     notes = apply_plan(plan, sent, values, removed)

@@ -34,6 +34,8 @@ import logging
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.version import VERSION as MITMPROXY_VERSION
 
+from addon.exits.connect import failure
+from addon.exits.health import ExitHealth
 from addon.mitm import httplayer
 from addon.mitm.handover import Handover
 from addon.recovery.firstevent import FirstEventReader, is_sse
@@ -42,10 +44,11 @@ from addon.recovery.retry import Action, Attempt, Retrier
 from addon.recovery.streamed import Streams
 from addon.recovery.verdict import applies, holds_for_first_event, may_retry, verdict
 from addon.request.rewriter import REPLAY_KEY, Rewriter, Sent, rewritten
-from addon.rules.records import DISABLE, PASS, REFRESH, ROTATE, Config
+from addon.rules.records import DISABLE, PASS, REFRESH, ROTATE, BreakerSpec, Config
 from addon.rules.template import TOKEN
 from addon.runtime.loader import Runtime
 from addon.runtime.pools import Pool
+from addon.tokens.tokenfile import token_key
 from addon.util.comment import add_note
 from addon.util.masking import mask
 
@@ -184,8 +187,23 @@ class Recovery:
                 flow.response.stream, flow.response.raw_content = stream, body
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self.rewriter.take_sent(flow)  # nothing to recover: the request never got an answer
+        sent = self.rewriter.take_sent(flow)  # nothing to recover: the request never got an answer
         self.streams.ended(flow)
+        exit = self.runtime.exits.of_flow(flow)
+        why = failure(flow) if exit is not None else None
+        if exit is not None and why is not None:
+            self._exit_failed(flow, exit, why, sent)
+
+    def _exit_failed(self, flow: http.HTTPFlow, exit: ExitHealth, why: str, sent: Sent | None) -> None:
+        """A request could not get through its exit: the exit's failure, no token's (a retry's copy
+        counts by its flow: it has no Sent)."""
+        pool = sent.pool if sent is not None else None
+        spec = pool.spec.breaker if pool is not None and pool.spec is not None else BreakerSpec()
+        key = token_key(sent.values[TOKEN]) if sent is not None and TOKEN in sent.values else flow.id
+        exit.failed(key, why, spec)
+        logger.warning(f"exit {exit.spec.name}: {flow.request.method} {flow.request.pretty_url} could not get through "
+                       f"{exit.spec.shown}: {why} (no token is blamed)")
+        add_note(flow, f"exit {exit.spec.name} failed: {why} (no token is blamed)")
 
     async def _judge(self, flow: http.HTTPFlow, client: Handover | None = None) -> None:
         """Judge a client's first answer, and recover when it needs it (see `Retrier.recover` for `client`)."""
@@ -208,7 +226,7 @@ class Recovery:
             self._passed(sent)
             return None
         if action is None:
-            self._settled(sent.pool, flow.response, sent.values, sent.at)
+            self._settled(sent.pool, flow.response, sent.values, sent.at, self.runtime.exits.of_flow(flow))
             return None
         missing = sorted(sent.plan.uses - sent.values.keys())
         if action.kind == ROTATE and missing:
@@ -251,6 +269,10 @@ class Recovery:
         source = self.runtime.values.get(name)
         return source.show(value) if source is not None else mask(value)
 
-    def _settled(self, pool: Pool, response: http.Response, values: dict[str, str], sent_at: float) -> None:
+    def _settled(
+        self, pool: Pool, response: http.Response, values: dict[str, str], sent_at: float, exit: ExitHealth | None = None
+    ) -> None:
         if TOKEN in values and response.status_code < 400:
             pool.succeeded(values[TOKEN], sent_at)
+            if exit is not None:
+                exit.succeeded(sent_at)

@@ -14,9 +14,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from mitmproxy import connection, http
 
+from addon.exits.connect import send_through
+from addon.exits.health import ExitHealth
+from addon.exits.routing import routed
 from addon.mitm import helpers, httplayer
 from addon.mitm.handover import Handover
 from addon.recovery.replay import FirstEventJudge, Limits, Replay
@@ -28,10 +32,7 @@ from addon.rules.records import DISABLE, PASS, REFRESH, ROTATE, Config
 from addon.rules.template import TOKEN
 from addon.runtime.loader import Runtime
 from addon.runtime.pools import Pool
-from addon.tokens.breaker import refuse_here
-from addon.tokens.tokenfile import token_key
 from addon.util.comment import add_note
-from addon.util.masking import mask
 
 logger = logging.getLogger(__name__)
 
@@ -98,13 +99,16 @@ class Retrier:
         outcome = ""
         streamed: Replay | None = None
         previous = flow  # the flow whose answer `last` is
+        # with exits, each exit's breaker judges the refusals through it (addon/exits/health.py): one
+        # that rests leaves the others, and the retry goes on with a token of another exit
+        exit = self.runtime.exits.of_flow(flow) if routed(pool.spec) else None
         while True:
             if action.kind == ROTATE:
-                if pool.breaker.is_open:
+                if exit is None and pool.breaker.is_open:
                     outcome = "the breaker is open: refusals go to the client as they are"
                     break
-                self.refused(pool, values[TOKEN], last, action.retire)
-                if pool.breaker.is_open:
+                pool.refused(values[TOKEN], last.status_code, retry_after(last), action.retire, exit)
+                if exit is None and pool.breaker.is_open:
                     outcome = "this refusal opened the breaker"
                     break
             if _client_gone(flow, client):  # no retry for nobody: it would only cool more tokens
@@ -113,7 +117,7 @@ class Retrier:
             if len(attempts) >= max_attempts:
                 outcome = f"gave up after {max_attempts} attempts"
                 break
-            next_values = await self.next_values(pool, action, values, tried)
+            next_values = await self.next_values(pool, action, values, tried, exit)
             if isinstance(next_values, str):
                 outcome = next_values
                 break
@@ -132,13 +136,14 @@ class Retrier:
             if last is not flow.response:  # the refusal before this answer goes to nobody: mitmweb keeps a copy
                 self._keep_little(previous)
             last, previous = replay.flow.response, replay.flow
+            exit = self.runtime.exits.of_flow(replay.flow) if exit is not None else None
             attempts.append(self._attempt_of(last.status_code, values, action.refresh))
             if replay.streaming:  # it cannot be a refusal (see may_retry): it goes to the client as it comes
                 streamed, action = replay, None
             else:
                 action = self._action(config, last, values, sent.plan.streaming)
             if action is None:
-                self._settled(pool, last, values, sent_at)
+                self._settled(pool, last, values, sent_at, exit)
                 break
         recovered = action is None and len(attempts) > 1 and not outcome
         summary = " → ".join(a.describe() for a in attempts)
@@ -189,26 +194,8 @@ class Retrier:
         add_note(flow, f"refusal's body: {len(response.raw_content)} bytes, the first {limit} kept")
         response.raw_content = response.raw_content[:limit]
 
-
-    def refused(self, pool: Pool, token: str, response: http.Response, retire: bool = False) -> None:
-        tokens, key, wait = pool.tokens, token_key(token), retry_after(response)
-        was_retired = key in tokens.health and tokens.health[key].retired_at > 0
-        # judged here at once; and, with a shared store, there for all (its answer comes in the background)
-        marked = refuse_here(tokens, pool.breaker, token, wait, retire, response.status_code)
-        if pool.shared is not None:
-            pool.shared.refused(token, wait, retire)
-        health = tokens.health.get(key)
-        if pool.breaker.is_open or health is None:  # (an opened breaker says so itself)
-            return
-        if health.retired_at and not was_retired:  # once: by the proxy whose refusal retired it
-            logger.warning(f"{pool.label}: {mask(token)} retired ({health.retired_reason}, the last {response.status_code}); "
-                           f"it is not used again until tokens.enable {mask(token)}")
-        elif marked:
-            until = health.cooling_until - tokens.clock()
-            logger.info(f"{pool.label}: {mask(token)} refused ({response.status_code}); passed over for {until:.0f} s")
-
     async def next_values(
-        self, pool: Pool, action: Action, values: dict[str, str], tried: set[str]
+        self, pool: Pool, action: Action, values: dict[str, str], tried: set[str], exit: ExitHealth | None = None
     ) -> dict[str, str] | str:
         """The values for the next attempt, or why there are none (and then no value is fetched
         for a retry that will not be sent).
@@ -216,13 +203,24 @@ class Retrier:
         rotate: another token, and fresh values from the commands the request used (a file or the
         environment gives what it holds now); a source that fails leaves its old value. refresh:
         the same token, and a new value for each value to refresh; if one cannot be had (its source
-        fails, or a file does not change within its wait), no retry, and no token is blamed.
+        fails, or a file does not change within its wait), no retry, and no token is blamed. A value
+        each exit has its own is the refused attempt's exit's (`exit`) for a refresh, and the new token's
+        for a rotation (which then chooses the token first).
         """
         if action.kind == ROTATE and not pool.tokens.has_replacement(values[TOKEN], exclude=tried):
             return "no other token to try"
         new = dict(values)
         names = sorted(action.refresh) if action.kind == REFRESH else sorted(n for n in values if n != TOKEN)
-        sources = [self.runtime.values[n] for n in names if n in self.runtime.values]
+        usable = partial(self.runtime.exits.leaves, pool.spec) if routed(pool.spec) else None
+        config = self.runtime.config
+        if action.kind == ROTATE and usable and config and any(config.values[n].per_exit for n in names if n in config.values):
+            token = pool.replacement(values[TOKEN], tried, usable)
+            if token is None:
+                return "no other token to try (the exits of the others rest)"
+            new[TOKEN] = token
+            exit = self.runtime.exits.route(pool.spec, token)
+        exit_name = exit.spec.name if exit is not None else ""
+        sources = [source for n in names if (source := self.runtime.source(n, exit_name)) is not None]
         if action.kind == REFRESH:
             fresh = await asyncio.gather(*(s.refresh(stale=values[s.name]) for s in sources))
         else:
@@ -234,11 +232,10 @@ class Retrier:
                 return f"no new {source.name} value"
         if action.kind == REFRESH and not sources:
             return "nothing to refresh"
-        if action.kind == ROTATE:  # after the await: a token refused meanwhile is not chosen
-            token = pool.tokens.replacement(values[TOKEN], exclude=tried)
+        if action.kind == ROTATE and new[TOKEN] == values[TOKEN]:  # after the await: a token refused meanwhile is not chosen
+            token = pool.replacement(values[TOKEN], tried, usable)
             if token is None:
-                return "no other token to try"
-            tried.add(token)
+                return "no other token to try" + (" (the exits of the others rest)" if usable else "")
             new[TOKEN] = token
         return new
 
@@ -260,6 +257,10 @@ class Retrier:
         )
         copy = http.HTTPFlow(flow.client_conn, server)
         copy.request = flow.request.copy()
+        # with exits, the new token's own (ReplayHandler sets the route of upstream mode: set again below)
+        exit = self.runtime.exits.route(pool.spec, values[TOKEN]) if routed(pool.spec) and TOKEN in values else None
+        if exit is not None:
+            send_through(copy, exit.spec)
         copy.metadata = dict(flow.metadata)
         copy.is_replay = "request"
         copy.metadata[REPLAY_KEY] = {"of": flow.id, "attempt": n}
@@ -268,10 +269,14 @@ class Retrier:
         sessions.carried(copy, sent.plan.token_cookies, values)
         shown = self._attempt_of(None, values).shown
         copy.comment = f"attempt {n} of flow {flow.id[:8]}, with {'token ' if TOKEN in values else ''}{shown}"
+        if exit is not None:
+            copy.comment += f", via exit {exit.spec.name}"
         injected = set(values)
         streamable = lambda r: not may_retry(config.on_response, r.status_code, injected)  # noqa: E731
         judge = self._first_event_judge(config, values, sent.plan.streaming)
         replay = Replay(copy, self.limits(), client, streamable, gone=lambda: _client_gone(flow, client), first_event=judge)
+        if exit is not None:
+            copy.server_conn.via = exit.spec.via  # (not connected yet: mitmproxy connects it when the replay runs)
         httplayer.on_departure(flow, replay.wake)  # a client that leaves hangs up the retry at once
         try:
             await replay.run()

@@ -11,6 +11,7 @@ import logging
 import time
 import weakref
 from dataclasses import dataclass
+from functools import partial
 
 from mitmproxy import http
 
@@ -18,7 +19,10 @@ from addon.request.apply import apply_plan_off_loop
 from addon.request.plan import Plan, describe, plan_request_off_loop
 from addon.rules.template import TOKEN
 from addon.runtime.loader import Runtime
-from addon.runtime.pools import Pool, pool_of
+from addon.exits.connect import send_through
+from addon.exits.health import ExitHealth
+from addon.exits.routing import Exits, routed as exits_of
+from addon.runtime.pools import Pool, clock_time, pool_of
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +77,13 @@ def counted_pool(pool: Pool, values: dict[str, str]) -> str:
     return pool.name if TOKEN in values else ""
 
 
+def exit_note(exits: Exits, pool: Pool, token: str, exit: ExitHealth) -> str:
+    """The comment's line for the exit a request left through: "via exit b", and why not its own."""
+    assert pool.spec is not None
+    home = exits.home(pool.spec, token)
+    return f"via exit {exit.spec.name}" + ("" if home == exit.spec.name else f" (failover: exit {home} rests)")
+
+
 class Rewriter:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -92,20 +103,38 @@ class Rewriter:
         plan = await plan_request_off_loop(config, flow)  # a large body: read in the worker process
         if plan is None:
             return
-        values = await self._draw_values(plan) if plan.named else {}
         pool = pool_of(pools, plan.pool) or self.runtime.pool
+        routed = TOKEN in plan.uses and exits_of(pool.spec)
+        exit = None
+        if routed and any(config.values[name].per_exit for name in plan.named):
+            # a value each exit has its own (its clearance): the token, and so its exit, comes first (a
+            # token refused while the values are fetched is then sent once)
+            token = pool.draw(partial(self.runtime.exits.leaves, pool.spec))
+            if token is None:
+                self._no_tokens(flow, pool)
+                return
+            exit = self.runtime.exits.route(pool.spec, token)
+            values = await self._draw_values(plan, exit.spec.name if exit is not None else "")
+            values[TOKEN] = token
+        else:
+            values = await self._draw_values(plan) if plan.named else {}
         # the token is drawn after the last await, so a token refused meanwhile is never sent
-        if TOKEN in plan.uses:
-            token = pool.draw()
+        if TOKEN in plan.uses and TOKEN not in values:
+            token = pool.draw(partial(self.runtime.exits.leaves, pool.spec) if routed else None)
             if token is None:
                 self._no_tokens(flow, pool)
                 return
             values[TOKEN] = token
+            if routed:
+                exit = self.runtime.exits.route(pool.spec, token)
         # (a body over bodyworker.SMALL_BODY with edits is edited in the worker: an await after the
         # draw, about a second for 31 MB of JSON; a token refused meanwhile is then sent once)
         sessions = pool.sessions
         lines = await apply_plan_off_loop(plan, flow.request, sessions.applied(values))
         sessions.carried(flow, plan.token_cookies, values)
+        if exit is not None:
+            send_through(flow, exit.spec)
+            lines.append(exit_note(self.runtime.exits, pool, values[TOKEN], exit))
         flow.comment = describe(plan, lines)
         mark(flow, Rewritten(tuple(r.name for r in plan.rules), plan.streaming, frozenset(values)))
         self.runtime.counters.requests[counted_pool(pool, values)] += 1
@@ -116,13 +145,14 @@ class Rewriter:
         """What went out with this flow, once (its answer is judged once); None: no values went out."""
         return self.sent.pop(flow, None)
 
-    async def _draw_values(self, plan: Plan) -> dict[str, str]:
-        """The named values the plan uses: those at hand at once, the others fetched side by side.
-        A value whose source failed is left out (the edits that need it are skipped)."""
+    async def _draw_values(self, plan: Plan, exit: str = "") -> dict[str, str]:
+        """The named values the plan uses (of `exit`, for a value each exit has its own): those at hand
+        at once, the others fetched side by side. A value whose source failed, or that is an exit's
+        and the request leaves through none, is left out (the edits that need it are skipped)."""
         values: dict[str, str] = {}
         wanted = []
         for name in plan.named:
-            source = self.runtime.values.get(name)
+            source = self.runtime.source(name, exit)
             if source is None:
                 continue
             value = source.cached()
@@ -143,7 +173,11 @@ class Rewriter:
 
     def _no_tokens(self, flow: http.HTTPFlow, pool: Pool) -> None:
         file = pool.spec.file if pool.spec is not None else "(none)"
-        if len(pool.tokens):
+        resting = [h for h in self.runtime.exits if pool.spec is not None and h.spec.name in pool.spec.exits and h.resting]
+        if resting:
+            reason = (f"the exits its tokens leave through rest ({', '.join(h.spec.name for h in resting)}, until "
+                      f"{clock_time(max(h.resting_until for h in resting))}: their addresses were refused)")
+        elif len(pool.tokens):
             reason = f"no token in {file} is usable: each is disabled, retired or expired (tokens.status tells which)"
         else:
             reason = f"the tokens file {file} has no tokens"

@@ -56,7 +56,9 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.en
         root = parse_document(text, shown)
         if root.node is None:
             root.fail("the rules file is empty; it needs at least a 'rules:' list")
-        return rules_schema(file.resolve().parent, file, environ, _declared_values(root), _declared_pools(root)).check(root)
+        schema = rules_schema(file.resolve().parent, file, environ, _declared_values(root), _declared_pools(root),
+                              _declared_exits(root))  # fmt: skip
+        return schema.check(root)
 
 
 def _declared_values(root: At) -> frozenset[str]:
@@ -79,6 +81,19 @@ def _declared_pools(root: At) -> tuple[str, ...]:
             if key.value == "tokens" and not names_one(value, pool_keys()):
                 return tuple(k.value for k, _ in value.value if isinstance(k, yaml.ScalarNode))
     return ()
+
+
+def _declared_exits(root: At) -> tuple[str, ...]:
+    """The names of the exits (`exits:` items' `name`), read ahead, so that a pool's `exits:` can be
+    judged where it is written."""
+    names: list[str] = []
+    if isinstance(root.node, yaml.MappingNode):
+        for key, value in root.node.value:
+            if key.value == "exits" and isinstance(value, yaml.SequenceNode):
+                for item in value.value:
+                    if isinstance(item, yaml.MappingNode):
+                        names.extend(v.value for k, v in item.value if k.value == "name" and isinstance(v, yaml.ScalarNode))
+    return tuple(dict.fromkeys(names))
 
 
 @contextlib.contextmanager

@@ -4,10 +4,11 @@ defaults and actions. Hooks read these records and never look at YAML; config.py
 
 from __future__ import annotations
 
+import base64
 import functools
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -19,6 +20,7 @@ Edits = tuple[tuple[str, Template | None], ...]
 # (dotted path as written, a string with placeholders, a JSON value of another type, or None to remove)
 BodyEdits = tuple[tuple[str, Template | JsonLiteral | None], ...]
 
+EXIT = "{exit}"  # in a value source's file or command: the name of the exit the request leaves through
 DEFAULT_POOL = "default"  # the name of the pool of a `tokens:` section that is one pool (no name of its own)
 
 
@@ -86,6 +88,8 @@ class TokensSpec:
     session_key: str | None = field(default=None, repr=False)  # from the environment: seals renewed values in Redis
     sessions_file: Path | None = None  # where renewed session values are kept (beside the state file)
     name: str = DEFAULT_POOL  # the pool's name: {token:NAME} draws from it (a `tokens:` of one pool: "default")
+    exits: tuple[str, ...] = ()  # the exits its tokens leave through (names of Config.exits); (): none
+    failover: bool = False  # while a token's exit cools down, it leaves through the next exit of its order
 
     @property
     def health_place(self) -> object:
@@ -140,6 +144,24 @@ class ValueSpec:
     command: tuple[str, ...] | None = None
     wait: float = DEFAULT_WAIT  # a file's refresh waits this long for the file to change
     secret: bool = True  # False: logs, comments and explain show the value whole
+    exit: str = ""  # a source of one exit: {exit} in its file or command filled in with this exit's name
+
+    @property
+    def per_exit(self) -> bool:
+        """Does each exit have its own value ({exit} in the file's name or the command)? (Asked of the
+        spec as written; `for_exit` makes each exit's.)"""
+        return not self.exit and (EXIT in str(self.file or "") or any(EXIT in arg for arg in self.command or ()))
+
+    def for_exit(self, name: str) -> ValueSpec:
+        """The source of exit `name`: {exit} filled in."""
+        file = Path(str(self.file).replace(EXIT, name)) if self.file is not None else None
+        command = tuple(arg.replace(EXIT, name) for arg in self.command) if self.command is not None else None
+        return replace(self, file=file, command=command, exit=name)
+
+    @property
+    def label(self) -> str:
+        """How logs, status and the store name it: cf_clearance, or cf_clearance@b for exit b's."""
+        return f"{self.name}@{self.exit}" if self.exit else self.name
 
     @property
     def refreshable(self) -> bool:
@@ -156,6 +178,36 @@ class ValueSpec:
 
 
 @dataclass(frozen=True)
+class ExitSpec:
+    """One upstream proxy of `exits:`, that the tokens bound to it leave through (addon/exits/)."""
+
+    name: str
+    scheme: str  # http or https: how the proxy itself is spoken to
+    host: str
+    port: int
+    shown: str  # the URL, its password masked
+    cooldown: float = 300  # seconds the exit rests when refusals say its address is blocked
+    username: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    @property
+    def via(self) -> tuple[str, tuple[str, int]]:
+        """The route as mitmproxy takes it (a `ServerSpec`: `flow.server_conn.via`)."""
+        return self.scheme, (self.host, self.port)
+
+    @functools.cached_property
+    def proxy_authorization(self) -> str | None:
+        """The Proxy-Authorization header that logs in to it, or None: it asks for no login."""
+        if not self.username and not self.password:
+            return None
+        return "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode("ascii")
+
+
+@dataclass(frozen=True)
 class Config:
     file: Path
     rules: tuple[Rule, ...]
@@ -165,6 +217,7 @@ class Config:
     index: matching.RuleIndex[Rule]
     on_response: tuple[ResponseRule, ...] = DEFAULT_ON_RESPONSE
     named_pools: bool = False  # `tokens:` names its pools ({token:NAME}), rather than being one
+    exits: Mapping[str, ExitSpec] = field(default_factory=dict)  # by name, in the file's order
 
     @property
     def tokens(self) -> TokensSpec | None:

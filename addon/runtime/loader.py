@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from mitmproxy import ctx, exceptions
 
+from addon.exits.routing import Exits
 from addon.mitm import helpers
 from addon.rules.config import load_config
 from addon.rules.records import DEFAULT_POOL, Config
@@ -32,7 +33,7 @@ from addon.rules.schema import RulesError, RulesErrors
 from addon.rules.template import CAPTCHA
 from addon.runtime.counters import Counters
 from addon.runtime.pools import Pool, State
-from addon.runtime.sources import ValueSource
+from addon.runtime.sources import ValueSource, sources_for
 from addon.tokens import statefile
 from addon.tokens.health import health_from_state
 from addon.tokens.sessions import take_renewed
@@ -67,7 +68,8 @@ class Runtime:
         self.config: Config | None = None
         self.pool = Pool()  # the first pool: the only one of most files (an empty one while the file has none)
         self.pools: dict[str, Pool] = {}  # by name, in the rules file's order
-        self.values: dict[str, ValueSource] = {}  # by name, as the rules file's values: (and captcha:)
+        self.values: dict[str, ValueSource] = {}  # by name (NAME@EXIT: an exit's own), as values: and captcha: say
+        self.exits = Exits()  # the upstream proxies tokens leave through, with their health; kept across reloads
         self.counters = Counters()  # what the hooks count (addon/status/ reads them); kept across reloads
         self.stream_copy_limit = 1024 * 1024
         self.mitmproxy_stores_streamed = False  # mitmproxy 12.1+ with store_streamed_bodies: it keeps them whole
@@ -78,6 +80,10 @@ class Runtime:
     @property
     def captcha(self) -> ValueSource | None:
         return self.values.get(CAPTCHA)
+
+    def source(self, name: str, exit: str = "") -> ValueSource | None:
+        """The source of a named value; of exit `exit`'s, when each exit has its own ({exit})."""
+        return self.values.get(f"{name}@{exit}" if exit else name) or (self.values.get(name) if exit else None)
 
     def responseheaders(self, flow) -> None:
         """Take an account's renewed session value off the answer, in the pool whose token the
@@ -180,12 +186,10 @@ class Runtime:
             return
         config = read.config
         self.config = config
+        self.exits.use(config.exits)
         self._use_pools(config, read)
-        kept = self.values  # a source whose spec is unchanged keeps its value
-        self.values = {
-            name: kept[name] if name in kept and kept[name].spec == spec else ValueSource(spec)
-            for name, spec in config.values.items()
-        }
+        self.exits.share(self.pools.values())
+        self.values = sources_for(config, self.values)
         store = self.store
         for source in self.values.values():
             source.shared, source.counters = store, self.counters
@@ -202,6 +206,8 @@ class Runtime:
                 logger.warning(f"rules: {spec.file} has no tokens; requests that need one get a 503")
         for name, spec in config.values.items():
             summary += f", {name} from {spec.describe()}"
+        if config.exits:
+            summary += f", {len(config.exits)} exit(s)"
         logger.info(f"rules: loaded {path}: {summary}")
         if not config.rules:
             logger.warning(f"rules: {path} has no rules: every request passes unchanged")
@@ -282,13 +288,13 @@ class Runtime:
         for source in self.values.values():
             if source.spec.file == path:
                 source.invalidate()
-                logger.info(f"{source.name}: {path} changed; it is read again at the next request")
+                logger.info(f"{source.spec.label}: {path} changed; it is read again at the next request")
 
     def _watch(self, config: Config) -> None:
         paths = {Path(config.file): lambda: self._changed("rules")}
         for file in {spec.file for spec in config.pools.values()}:  # (pools may share one)
             paths[file] = partial(self._tokens_file_changed, file)
-        for spec in config.values.values():
-            if spec.file is not None:
-                paths[spec.file] = partial(self._value_file_changed, spec.file)
+        for source in self.values.values():
+            if source.spec.file is not None:
+                paths[source.spec.file] = partial(self._value_file_changed, source.spec.file)
         self._watcher.watch(paths)

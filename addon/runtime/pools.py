@@ -12,21 +12,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+from addon.exits.health import ExitHealth
 from addon.rules.records import DEFAULT_POOL, TokensSpec
 from addon.tokens import statefile
-from addon.tokens.breaker import Breaker
+from addon.tokens.breaker import Breaker, refuse_here
 from addon.tokens.health import Health, counts_text
 from addon.tokens.pool import TokenPool
 from addon.tokens.sessions import Sessions
 from addon.tokens.shared import SharedStore
 from addon.tokens.statelock import StateFileLock
 from addon.tokens.statesaver import StateSaver
-from addon.tokens.tokenfile import GONE_GRACE, TokenList
+from addon.tokens.tokenfile import TokenList, token_key
+from addon.util.masking import mask
 
 logger = logging.getLogger(__name__)
+
+# tokens a draw passes over when their exits rest before it gives up: with half the exits resting, a
+# draw fails when one would have been found once in 2**32
+SKIPPED_AT_MOST = 32
 
 State = tuple[Path, statefile.StateStore, dict[str, Health]]  # a state file read: its path, store and health
 
@@ -48,14 +54,58 @@ class Pool:
     def __repr__(self) -> str:
         return f"Pool({self.name!r}, {len(self.tokens)} token(s))"
 
-    def draw(self) -> str | None:
-        """The token for the next request, or None when none is usable."""
-        return (self.shared or self.tokens).draw()
+    def draw(self, usable: Callable[[str], bool] | None = None) -> str | None:
+        """The token for the next request, or None when none is usable. `usable`: also asked of each
+        token (can it leave through an exit now?); tokens it refuses are passed over, at most
+        SKIPPED_AT_MOST of them."""
+        source = self.shared or self.tokens
+        if usable is None:
+            return source.draw()
+        skipped: set[str] = set()
+        while len(skipped) < SKIPPED_AT_MOST:
+            token = source.draw(skipped)
+            if token is None or usable(token):
+                return token
+            skipped.add(token)
+        return None
+
+    def replacement(self, refused: str, tried: set[str], usable: Callable[[str], bool] | None = None) -> str | None:
+        """The token to retry with after `refused`, not one of `tried` (see TokenPool.replacement), and
+        one `usable` takes; it is added to `tried`."""
+        skipped: set[str] = set()
+        while len(skipped) < SKIPPED_AT_MOST:
+            token = self.tokens.replacement(refused, exclude=tried | skipped)
+            if token is None or usable is None or usable(token):
+                if token is not None:
+                    tried.add(token)
+                return token
+            skipped.add(token)
+        return None
 
     def succeeded(self, token: str, sent_at: float) -> None:
         """A request sent at `sent_at` with this token got an answer that is not a refusal."""
         (self.shared or self.tokens).succeeded(token, sent_at)
         self.breaker.succeeded(sent_at)  # a token works: refusals counted before it was sent are the tokens'
+
+    def refused(self, token: str, status: int, wait: float | None, retire: bool = False, exit: ExitHealth | None = None) -> None:
+        """Judge a refusal of `token` (HTTP `status`, Retry-After `wait` seconds): by the pool's breaker, or
+        by the breaker of the exit it went through (addon/exits/health.py)."""
+        tokens, key = self.tokens, token_key(token)
+        was_retired = key in tokens.health and tokens.health[key].retired_at > 0
+        breaker = self.breaker if exit is None or self.spec is None else exit.counting(self.spec.breaker)
+        # judged here at once; and, with a shared store, there for all (its answer comes in the background)
+        marked = refuse_here(tokens, breaker, token, wait, retire, status)
+        if self.shared is not None:
+            self.shared.refused(token, wait, retire, exit.spec.name if exit is not None else "")
+        health = tokens.health.get(key)
+        if breaker.is_open or health is None:  # (an opened breaker says so itself)
+            return
+        if health.retired_at and not was_retired:  # once: by the proxy whose refusal retired it
+            logger.warning(f"{self.label}: {mask(token)} retired ({health.retired_reason}, the last {status}); "
+                           f"it is not used again until tokens.enable {mask(token)}")
+        elif marked:
+            until = health.cooling_until - tokens.clock()
+            logger.info(f"{self.label}: {mask(token)} refused ({status}); passed over for {until:.0f} s")
 
     def set_disabled(self, suffix: str, disabled: bool) -> list:
         return (self.shared or self.tokens).set_disabled(suffix, disabled)

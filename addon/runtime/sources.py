@@ -24,10 +24,10 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from addon.rules.records import ValueSpec
+from addon.rules.records import Config, ValueSpec
 from addon.runtime.commandrun import CommandFailed, run_command
 from addon.runtime.counters import FAILED, OK, Counters
 from addon.util.masking import mask
@@ -84,7 +84,7 @@ class ValueSource:
         else:
             self.failed_at = time.time()
         if self.counters is not None:
-            self.counters.value_refreshes[self.name, OK if ok else FAILED] += 1
+            self.counters.value_refreshes[self.spec.label, OK if ok else FAILED] += 1
 
     def invalidate(self) -> None:
         """Forget the cached value; the next request fetches a new one."""
@@ -142,14 +142,14 @@ class ValueSource:
     async def _renew(self, stale: str | None) -> str | None:
         spec = self.spec
         if spec.env is not None:
-            logger.warning(f"{self.name}: cannot be refreshed: an environment variable does not change under a running proxy")
+            logger.warning(f"{self.spec.label}: cannot be refreshed: an environment variable does not change under a running proxy")
             self._ended(False)
             return None
         if spec.file is not None:
             return await self._wait_for_change(stale)
         value = await self._fetch_shared(stale)
         if value is not None and value == stale:
-            logger.warning(f"{self.name}: {spec.describe()} gave the value the upstream turned down again")
+            logger.warning(f"{self.spec.label}: {spec.describe()} gave the value the upstream turned down again")
             return None
         return value
 
@@ -171,7 +171,7 @@ class ValueSource:
                 if value and value != stale:
                     return self._accept(value)
             if self._clock() >= deadline:
-                logger.warning(f"{self.name}: {spec.describe()} did not change within {spec.wait:g} s (wait); "
+                logger.warning(f"{self.spec.label}: {spec.describe()} did not change within {spec.wait:g} s (wait); "
                                "the refusal goes to the client")
                 self._ended(False)
                 return None
@@ -185,15 +185,15 @@ class ValueSource:
             return await self._fetch()
         deadline = self._clock() + self.spec.timeout + 1
         while True:
-            got = await shared.claim(self.name, stale, self.spec.timeout + 1)
+            got = await shared.claim(self.spec.label, stale, self.spec.timeout + 1)
             if got is None:
                 return await self._fetch()
             if got[0] == "value":
-                logger.debug(f"{self.name}: value {self.show(got[1])} from the shared store")
+                logger.debug(f"{self.spec.label}: value {self.show(got[1])} from the shared store")
                 return self._accept(got[1], ttl=got[2], shared=True)
             if got[0] == "run":
                 value = await self._fetch()
-                shared.publish(self.name, got[1], value, self.spec.ttl)
+                shared.publish(self.spec.label, got[1], value, self.spec.ttl)
                 return value
             if self._clock() >= deadline:  # the proxy that runs it is gone: its lock expires, or run it here
                 return await self._fetch()
@@ -205,14 +205,14 @@ class ValueSource:
         try:
             value = await self._read()
         except SourceError as e:
-            logger.error(f"{self.name}: {self.spec.describe()} failed: {e}; requests go on without the {self.name} value")
+            logger.error(f"{self.spec.label}: {self.spec.describe()} failed: {e}; requests go on without the {self.name} value")
             self._ended(False)
             return None
         return self._accept(value)
 
     def _accept(self, value: str, ttl: float | None = None, shared: bool = False) -> str | None:
         """Keep a value the source gave (`shared`: another proxy's run, from the store), if it can be used."""
-        what = f"{self.name}: {self.spec.describe()}"
+        what = f"{self.spec.label}: {self.spec.describe()}"
         if not value or "\r" in value or "\n" in value:
             problem = "an empty value" if not value else "a value with a line break"
             logger.error(f"{what} gave {problem}; requests go on without it")
@@ -228,7 +228,7 @@ class ValueSource:
             ttl = self.spec.ttl
         self._expires = self._clock() + ttl if ttl or self.spec.command is not None else float("inf")
         if not shared:
-            logger.info(f"{self.name}: new value {self.show(value)} from {self.spec.describe()}")
+            logger.info(f"{self.spec.label}: new value {self.show(value)} from {self.spec.describe()}")
         return value
 
     async def _read(self) -> str:
@@ -253,3 +253,15 @@ class ValueSource:
             return await run_command(command, self.spec.cwd, self.spec.timeout)
         except CommandFailed as e:
             raise SourceError(str(e)) from None
+
+
+def sources_for(config: Config, kept: Mapping[str, ValueSource]) -> dict[str, ValueSource]:
+    """The value sources of a rules file, by name; a value each exit has its own ({exit}) is one source
+    an exit, as NAME@EXIT. A source whose spec is unchanged is kept, with its value."""
+    specs: dict[str, ValueSpec] = {}
+    for name, spec in config.values.items():
+        if spec.per_exit:
+            specs.update((f"{name}@{exit}", spec.for_exit(exit)) for exit in config.exits)
+        else:
+            specs[name] = spec
+    return {key: kept[key] if key in kept and kept[key].spec == spec else ValueSource(spec) for key, spec in specs.items()}

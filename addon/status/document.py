@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from addon.exits.binding import exit_order
+from addon.exits.routing import Exits
 from addon.rules.records import Config, TokensSpec, ValueSpec
 from addon.runtime.counters import ACTIONS, FAILED, OK, RECOVERED, Counters
 from addon.runtime.loader import Runtime
@@ -49,10 +51,12 @@ def pool_part(name: str, spec: TokensSpec | None, tokens: TokenPool, breaker_ope
               now: float, rows_shown: int | None = None) -> dict[str, Any]:  # fmt: skip
     """One pool: its counts by state, its tokens (the first `rows_shown` of them; None: all) and breaker."""
     rows, statuses = [], tokens.status()
-    for state, health in statuses[:rows_shown]:
+    routed = spec is not None and bool(spec.exits)
+    for (state, health), token in zip(statuses[:rows_shown], tokens.list.tokens):
         rows.append({
             "token": health.suffix,
             "state": state,
+            "exit": exit_order(token, spec.exits)[0] if routed else None,
             "until": when(health.cooling_until) if state == "cooling" else None,
             "expires": when(health.expires_at),
             "successes": health.successes,
@@ -79,8 +83,35 @@ def pool_part(name: str, spec: TokensSpec | None, tokens: TokenPool, breaker_ope
     }
 
 
+def exits_part(config: Config | None, exits: Exits | None, pools: Iterable[tuple[TokensSpec, TokenPool]],
+               now: float) -> list[dict[str, Any]]:  # fmt: skip
+    """Each exit: its proxy (password masked), its state (None: not known here, with no proxy running),
+    what happened through it, and how many tokens of each pool are bound to it."""
+    if config is None or not config.exits:
+        return []
+    bound: dict[str, dict[str, int]] = {name: {} for name in config.exits}
+    for spec, tokens in pools:
+        if spec.exits:
+            for token in tokens.list.tokens:
+                home = exit_order(token, spec.exits)[0]
+                bound[home][spec.name] = bound[home].get(spec.name, 0) + 1
+    out = []
+    for name, spec in config.exits.items():
+        health = exits.by_name.get(name) if exits is not None else None
+        part: dict[str, Any] = {"name": name, "url": spec.shown, "cooldown_seconds": spec.cooldown, "tokens": bound[name],
+                                "state": None}  # fmt: skip
+        if health is not None:
+            resting = health.resting_until > now
+            part.update(state="resting" if resting else "up", until=when(health.resting_until) if resting else None,
+                        successes=health.successes, refusals=health.refusals, failures=health.failures,
+                        last_failure={"at": when(health.last_failure_at), "why": health.last_failure}
+                        if health.last_failure else None)  # fmt: skip
+        out.append(part)
+    return out
+
+
 def value_part(spec: ValueSpec, source: ValueSource | None = None) -> dict[str, Any]:
-    part: dict[str, Any] = {"name": spec.name, "source": spec.describe(), "ttl_seconds": spec.ttl}
+    part: dict[str, Any] = {"name": spec.label, "source": spec.describe(), "ttl_seconds": spec.ttl}
     if source is not None:
         part.update(fetched_at=when(source.fetched_at), expires_at=when(source.expires_at),
                     failed_at=when(source.failed_at), runs=source.runs)  # fmt: skip
@@ -126,6 +157,7 @@ def live(runtime: Runtime, rules: str | None = None) -> dict[str, Any]:
         "rules": rules,
         "loaded": config is not None,
         "pools": pools,
+        "exits": exits_part(config, runtime.exits, ((p.spec, p.tokens) for p in runtime.pools.values() if p.spec), now),
         "values": values,
         "counters": counters_part(runtime.counters),
     }
@@ -148,18 +180,19 @@ def offline(config: Config, rules: str) -> dict[str, Any]:
         StatusUnavailable: a pool's store does not answer.
     """
     now = time.time()
-    pools = [_stored_pool(spec, now) for spec in config.pools.values()]
+    stored = [_stored_pool(spec, now) for spec in config.pools.values()]
     return {
         "now": when(now),
         "rules": rules,
         "loaded": True,
-        "pools": pools,
+        "pools": [part for part, _ in stored],
+        "exits": exits_part(config, None, ((spec, tokens) for spec, (_, tokens) in zip(config.pools.values(), stored)), now),
         "values": [value_part(spec) for spec in config.values.values()],
         "counters": None,  # a running proxy's own: its status server has them
     }
 
 
-def _stored_pool(spec: TokensSpec, now: float) -> dict[str, Any]:
+def _stored_pool(spec: TokensSpec, now: float) -> tuple[dict[str, Any], TokenPool]:
     try:
         tokens = TokenPool(read_token_list(spec.file), strategy=spec.strategy, cooldown=spec.cooldown,
                            retire_after=spec.retire_after, expiry_margin=spec.expiry_margin)  # fmt: skip
@@ -182,4 +215,4 @@ def _stored_pool(spec: TokensSpec, now: float) -> dict[str, Any]:
         kept_in = f"state file {spec.state_file}"
         part = pool_part(spec.name, spec, tokens, open_until, kept_in, now)
         part["state_exists"] = found
-    return part
+    return part, tokens

@@ -73,6 +73,20 @@ class RuntimeCollector(Collector):
         yield tokens
         yield breaker
 
+        up = GaugeMetricFamily("mitm_rules_exit_up", "1 while the exit takes requests, 0 while it rests (refusals "
+                               "through it looked like its address).", labels=["exit"])  # fmt: skip
+        exit_refusals = CounterMetricFamily("mitm_rules_exit_refusals", "Refusals of tokens sent through the exit.",
+                                            labels=["exit"])  # fmt: skip
+        exit_failures = CounterMetricFamily("mitm_rules_exit_failures", "Requests that could not get through the exit "
+                                            "(refused, timed out, its login refused).", labels=["exit"])  # fmt: skip
+        for exit in self.runtime.exits:
+            up.add_metric([exit.spec.name], 0 if exit.resting else 1)
+            exit_refusals.add_metric([exit.spec.name], exit.refusals)
+            exit_failures.add_metric([exit.spec.name], exit.failures)
+        yield up
+        yield exit_refusals
+        yield exit_failures
+
         yield _histogram("mitm_rules_recovery_seconds", "What a recovery added to the client's wait: from the "
                          "refusal's arrival to the answer handed on (or its first byte, streamed).",
                          [([], c.recovery_seconds)])  # fmt: skip

@@ -43,6 +43,10 @@ def rows(document: dict[str, Any]) -> list[str]:
         if pool["tokens_not_shown"]:
             out.append(f"  … and {pool['tokens_not_shown']} more")
         out.append(f"  {counts_text(pool['counts'])}; breaker {_breaker(pool['breaker'], now)}")
+    if document.get("exits"):
+        out += ["", "exits:"]
+        for exit in document["exits"]:
+            out.append(f"  {exit['name']}: {exit['url']}, {_exit(exit, now)}")
     if document["values"]:
         out += ["", "values:"]
         for value in document["values"]:
@@ -59,7 +63,8 @@ def rows(document: dict[str, Any]) -> list[str]:
 def _token_table(tokens: list[dict[str, Any]], now: datetime.datetime) -> list[str]:
     if not tokens:
         return ["  (the tokens file has no tokens)"]
-    table = [("token", "state", "until", "ok", "refused", "last refusal", "")]
+    routed = any(t.get("exit") for t in tokens)
+    table = [("token", *(("exit",) if routed else ()), "state", "until", "ok", "refused", "last refusal", "")]
     for t in tokens:
         until = ago(t["until"], now) if t["until"] else ""
         if t["state"] == "expired":
@@ -69,9 +74,10 @@ def _token_table(tokens: list[dict[str, Any]], now: datetime.datetime) -> list[s
         last = t["last_refusal"]
         last_text = f"{last['status'] or 'refused'} at {ago(last['at'], now)}" if last else ""
         why = t["retired"]["reason"] if t["retired"] else ""
-        table.append((t["token"], t["state"], until, str(t["successes"]), str(t["refusals"]), last_text, why))
+        exit = (t["exit"],) if routed else ()
+        table.append((t["token"], *exit, t["state"], until, str(t["successes"]), str(t["refusals"]), last_text, why))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    right = {3, 4}  # counts
+    right = {4, 5} if routed else {3, 4}  # counts
     return ["  " + "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
             for row in table]  # fmt: skip
 
@@ -83,6 +89,17 @@ def _breaker(breaker: dict[str, Any], now: datetime.datetime) -> str:
     if rule is None:
         return "closed"
     return f"closed (opens when {rule['tokens']} different tokens are refused within {rule['within_seconds']:g} s)"
+
+
+def _exit(exit: dict[str, Any], now: datetime.datetime) -> str:
+    bound = ", ".join(f"{n} of pool {pool}" for pool, n in exit["tokens"].items()) or "no token"
+    if exit["state"] is None:
+        return f"{bound} bound to it (its state is a running proxy's: its status server's /status and page)"
+    state = f"resting until {ago(exit['until'], now)}" if exit["state"] == "resting" else "up"
+    text = f"{state}; {bound}; {exit['successes']} ok, {exit['refusals']} refused, {exit['failures']} could not connect"
+    if exit["last_failure"]:
+        text += f" (last at {ago(exit['last_failure']['at'], now)}: {exit['last_failure']['why']})"
+    return text
 
 
 def _value(value: dict[str, Any], now: datetime.datetime) -> str:

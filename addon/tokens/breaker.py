@@ -74,17 +74,25 @@ class Breaker:
         self.open_until = until
         self._recent.clear()
         self.on_change()
-        if elsewhere:
-            logger.log(ALERT, f"{self.label}: another proxy on the shared store opened the breaker; for {until - self.clock():.0f} s "
-                       "refusals go to the client as they are and no token is cooled down")
-            return
-        logger.log(
-            ALERT,
+        logger.log(ALERT, self.opened_elsewhere_text(until) if elsewhere else self.opened_text())
+        if not elsewhere:
+            self.on_open_here(until)
+
+    def on_open_here(self, until: float) -> None:
+        """It opened by this proxy's refusals (a shared store's breaker is opened in Redis instead)."""
+
+    def opened_elsewhere_text(self, until: float) -> str:
+        return (f"{self.label}: another proxy on the shared store opened the breaker; for {until - self.clock():.0f} s "
+                "refusals go to the client as they are and no token is cooled down")
+
+    def opened_text(self) -> str:
+        """What the log says when this proxy's refusals opened it."""
+        return (
             f"{self.label}: {self.spec.tokens} different tokens were refused within {self.spec.window:g} s and none worked "
             "in between; the cause is "
             f"probably not the tokens (headers, captcha, IP address). For the next {self.spec.pause:g} s refusals "
             "go to the client as they are and no token is cooled down (the cooldowns these refusals set are "
-            "undone). Check the refused flows in mitmweb.",
+            "undone). Check the refused flows in mitmweb."
         )
 
 

@@ -48,6 +48,7 @@ class StoreFollower(StoreConnection):
         self._last_id = "0-0"  # the last stream entry applied
         self._judging: Counter[str] = Counter()  # keys whose refusal Redis is judging: the stream's word on them waits
         self._skipped: set[str] = set()  # ... and those of them the stream spoke of meanwhile: read again after
+        self.exits: dict[str, Breaker] = {}  # the breakers of the exits the pool leaves through, by name
 
     def read_again(self) -> None:
         """Read every record again (the tokens file changed: some tokens may be new here)."""
@@ -70,7 +71,10 @@ class StoreFollower(StoreConnection):
         pipe.hgetall(self.keys.health)
         pipe.get(self.keys.breaker)
         pipe.hgetall(self.keys.sessions)
-        last, records, open_until, sessions = await pipe.execute()
+        exits = list(self.exits)
+        for name in exits:
+            pipe.get(self.keys.exit + name)
+        last, records, open_until, sessions, *rests = await pipe.execute()
         self._last_id = last[0][0] if last else "0-0"
         meanwhile = self.pool.changed if keep_changes else frozenset()
         for n, (key, text) in enumerate(records.items(), 1):
@@ -81,6 +85,9 @@ class StoreFollower(StoreConnection):
         if meanwhile:
             await self._merge(self.pool.take_changes())
         self._breaker_until(float(open_until or 0), quiet=True)
+        for name, until in zip(exits, rests):
+            if (at := parse_time(until or "0")) is not None:
+                self._breaker_until(at, quiet=True, breaker=self.exits[name])
         if self.sessions is not None:
             for key, sealed in sessions.items():
                 self.sessions.from_store(key, sealed)
@@ -115,6 +122,10 @@ class StoreFollower(StoreConnection):
                     until = parse_time(fields["b"])
                     if until is not None:
                         self._breaker_until(until, by_us=fields.get("by") == self.origin)
+                elif "x" in fields and fields["x"] in self.exits:  # an exit rests (addon/exits/health.py)
+                    until = parse_time(fields.get("u", ""))
+                    if until is not None:
+                        self._breaker_until(until, by_us=fields.get("by") == self.origin, breaker=self.exits[fields["x"]])
                 elif "s" in fields and self.sessions is not None and fields.get("by") != self.origin:
                     self.sessions.from_store(fields["s"], fields.get("v", ""))
 
@@ -135,10 +146,12 @@ class StoreFollower(StoreConnection):
             logger.info(f"{self.pool.label}: {health.suffix} refused through another proxy; passed over for "
                         f"{health.cooling_until - now:.0f} s")
 
-    def _breaker_until(self, until: float, quiet: bool = False, by_us: bool = False) -> None:
-        if until == self.breaker.open_until or (by_us and self.breaker.is_open):
+    def _breaker_until(self, until: float, quiet: bool = False, by_us: bool = False, breaker: Breaker | None = None) -> None:
+        """The pool's breaker (or an exit's) is open until `until`, as the store says."""
+        breaker = breaker or self.breaker
+        if until == breaker.open_until or (by_us and breaker.is_open):
             return
         if until > self.clock() and not quiet:
-            self.breaker.opened(until, elsewhere=not by_us)
+            breaker.opened(until, elsewhere=not by_us)
         else:
-            self.breaker.open_until = until
+            breaker.open_until = until

@@ -24,27 +24,25 @@ proxies agree on, and each proxy keeps its own current in the background:
   call a request waits on, for at most OP_TIMEOUT; when it is late, the command runs here.
 - `tokens.disable`, `enable` and `reset` change Redis too.
 
-The keys and records: storerecords.py. The connections, and Redis out of reach: storeconnection.py.
+The keys and records: storerecords.py. The connections, and Redis out of reach: storeconnection.py. Command
+values: storevalues.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
-
-from redis import exceptions as redis_errors
 
 from addon.rules.records import StoreSpec
 from addon.tokens import storeconnection
 from addon.tokens.breaker import Breaker
 from addon.tokens.follower import StoreFollower
+from addon.tokens.storevalues import StoreValues
 from addon.tokens.pool import TokenPool
-from addon.tokens.storeconnection import FAILURES
+from addon.tokens.storeconnection import FAILURES, answered_late
 from addon.tokens.storerecords import EVENTS_KEPT, parse_record, parse_time
 from addon.tokens.tokenfile import token_key
 
@@ -53,15 +51,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-OP_TIMEOUT = 0.05  # seconds: the most a request waits for Redis (a command value's look; socket and whole call)
 PLACES_AT_MOST = 1000  # rotation places fetched in one round trip
 
 
-def _late(error: BaseException) -> bool:
-    return isinstance(error, (redis_errors.TimeoutError, asyncio.TimeoutError))
-
-
-class SharedStore(StoreFollower):
+class SharedStore(StoreValues, StoreFollower):
     """One proxy's side of a shared store: what the hooks and commands call (see above)."""
 
     def __init__(
@@ -95,16 +88,17 @@ class SharedStore(StoreFollower):
 
     # the request path: nothing here waits for Redis
 
-    def draw(self) -> str | None:
+    def draw(self, exclude: Iterable[str] = ()) -> str | None:
         """The token for a request, from this proxy's picture: with round_robin, at the next place of
-        the shared rotation fetched ahead (or this proxy's own next one when none has come)."""
+        the shared rotation fetched ahead (or this proxy's own next one when none has come), or the
+        next after it that is not in `exclude`."""
         if not self.online or self.pool.strategy != "round_robin":
-            return self.pool.draw()
+            return self.pool.draw(exclude)
         position = self._places.popleft() if self._places else None
         self._wanted += 1
         if not self._asking:
             self._ask_places(self._wanted)
-        return self.pool.draw(position=position)
+        return self.pool.draw(exclude, position=position)
 
     def _ask_places(self, n: int) -> None:
         """Fetch `n` places of the shared rotation in the background (as many as were drawn meanwhile)."""
@@ -121,22 +115,27 @@ class SharedStore(StoreFollower):
 
         self._background(ask(), "tokens: places of the shared rotation")
 
-    def refused(self, token: str, retry_after: float | None, retire: bool = False) -> None:
+    def refused(self, token: str, retry_after: float | None, retire: bool = False, exit: str = "") -> None:
         """Tell Redis of a refusal this proxy judged already (breaker.refuse_here): it is judged there
         for every proxy, in the background, and its answer becomes this proxy's record. `retire`: at
-        once (a disable rule), as TokenPool.refused."""
+        once (a disable rule), as TokenPool.refused. `exit`: it went through this exit, whose breaker
+        judges it instead of the pool's (addon/exits/health.py), with its own keys in Redis."""
         if not self.online or "refuse" not in self._sha:
             return
-        k, spec, key = self.keys, self.breaker.spec, token_key(token)
+        breaker = self.exits.get(exit) if exit else self.breaker
+        if breaker is None:  # (an exit the pool no longer leaves through)
+            return
+        k, spec, key = self.keys, breaker.spec, token_key(token)
+        shut, recent, before = (k.exit + exit, *k.exit_window(exit)) if exit else (k.breaker, k.recent, k.before)
         cooldown = max(self.pool.cooldown, retry_after or 0)
         self._judging[key] += 1
 
         async def refuse() -> None:
             try:
                 _marked, record, open_until, opened = await self._slow.evalsha(
-                    self._sha["refuse"], 5, k.health, k.events, k.breaker, k.recent, k.before, EVENTS_KEPT, key,
+                    self._sha["refuse"], 5, k.health, k.events, shut, recent, before, EVENTS_KEPT, key,
                     repr(self.clock()), repr(cooldown), repr(spec.window), spec.tokens, repr(spec.pause),
-                    repr(self.breaker.last_success), self.pool.retire_after, int(retire), self.origin,
+                    repr(breaker.last_success), self.pool.retire_after, int(retire), self.origin, exit,
                 )  # fmt: skip
                 self.background_trips += 1
             except FAILURES as e:
@@ -159,7 +158,7 @@ class SharedStore(StoreFollower):
                 self.pool.put_health(key, parsed)
             until = parse_time(open_until)
             if until is not None and (opened or until > self.clock()):  # by this refusal, or open already elsewhere
-                self._breaker_until(until, by_us=bool(opened))
+                self._breaker_until(until, by_us=bool(opened), breaker=breaker)
 
         self._background(refuse(), "tokens: a refusal sent to the shared store")
 
@@ -190,7 +189,7 @@ class SharedStore(StoreFollower):
                                      repr(self.clock()), *args)
             self.background_trips += 1
         except FAILURES as e:
-            if not _late(e):  # not sent, most likely (a late answer was probably counted): send them later
+            if not answered_late(e):  # not sent, most likely (a late answer was probably counted): send them later
                 for key, (n, sent) in successes.items():
                     self._count(key, n, sent, time.monotonic() + storeconnection.KEEP_EVERY)
             raise
@@ -245,39 +244,18 @@ class SharedStore(StoreFollower):
             self._sessions_unsent = {**unsent, **self._sessions_unsent}
             raise
 
-    # command values (addon/runtime/sources.py)
-
-    async def claim(self, name: str, stale: str | None, lock_seconds: float) -> tuple | None:
-        """A value another proxy keeps for `name` (not `stale`): ('value', value, seconds left); or
-        ('run', lock): run the command, then `publish`; or ('wait',): another proxy runs it. None:
-        Redis did not answer within OP_TIMEOUT (run it here; that alone does not turn sharing off)."""
-        if not self.online or "claim" not in self._sha:
-            return None
-        lock = uuid.uuid4().hex
-        self.round_trips += 1
-        try:
-            async with asyncio.timeout(OP_TIMEOUT):
-                got = await self._fast.evalsha(self._sha["claim"], 2, self.keys.value + name, self.keys.lock + name,
-                                               stale or "", lock, int(lock_seconds * 1000))
-        except FAILURES as e:
-            if not _late(e):
-                self._went_offline(e)
-            else:  # Redis has most likely run it anyway: let go of the lock it may have taken for this proxy,
-                # so that the others do not wait for a value that this one will not publish
-                logger.debug(f"{name}: Redis at {self.spec.shown} answered late; the value is fetched here")
-                self._background(self._slow.evalsha(self._sha["publish"], 2, self.keys.value + name,
-                                                    self.keys.lock + name, lock, "", 1),
-                                 f"{name}: letting go of a lock on the shared store")  # fmt: skip
-            return None
-        if got[0] == "value":
-            return "value", got[1], max(int(got[2]), 0) / 1000
-        return ("run", lock) if got[0] == "run" else ("wait",)
-
-    def publish(self, name: str, lock: str, value: str | None, ttl: float) -> None:
-        """Keep the value a command gave for `ttl` seconds (none: the run failed), and let go of the lock
-        (in the background)."""
-        if "publish" not in self._sha:
+    def exit_rested(self, name: str, until: float) -> None:
+        """An exit rests until `until`, as this proxy found (addon/exits/health.py): the other proxies are
+        told on the stream, and `exit:NAME` keeps it for those that start meanwhile."""
+        if not self.online:
             return
-        self._background(self._slow.evalsha(self._sha["publish"], 2, self.keys.value + name, self.keys.lock + name,
-                                            lock, value or "", max(int(ttl * 1000), 1)),
-                         f"{name}: publishing the value on the shared store")  # fmt: skip
+
+        async def tell() -> None:
+            pipe = self._slow.pipeline(transaction=True)
+            pipe.set(self.keys.exit + name, repr(until), px=max(1, int((until - self.clock()) * 1000)))
+            pipe.xadd(self.keys.events, {"x": name, "u": repr(until), "by": self.origin}, maxlen=EVENTS_KEPT,
+                      approximate=True)  # fmt: skip
+            await pipe.execute()
+            self.background_trips += 1
+
+        self._background(tell(), f"exits: telling the shared store that exit {name} rests")

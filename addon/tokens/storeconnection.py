@@ -39,6 +39,11 @@ FOLLOW_BLOCK = 1.0  # seconds the follower's XREAD waits for new entries before 
 FAILURES = (redis_errors.RedisError, OSError, asyncio.TimeoutError)
 
 
+def answered_late(error: BaseException) -> bool:
+    """Is this failure a time-out (Redis most likely did what it was asked, later)?"""
+    return isinstance(error, (redis_errors.TimeoutError, asyncio.TimeoutError))
+
+
 class StoreConnection:
     """The clients of one Redis, the keeper that keeps them, and the calls sent in the background.
     What is done on them is the store's (follower.py, shared.py): `_catch_up` and `_came_online` when

@@ -5,7 +5,7 @@ script's keys are on one node): `health` (a hash: token key → "cooling_until r
 successes refusals in_a_row retired_at retired_why"; records written before retirement have the
 first five), `events` (a stream, trimmed to about EVENTS_KEPT entries), `rr` (the
 rotation), `breaker` (open until), `recent`/`before` (the breaker's window), `value:NAME` and
-`lock:NAME`, `sessions` (a hash: token key → its renewed session value, sealed with tokens.session_key:
+`lock:NAME`, `exit:NAME` (until when an exit rests) with its window `exit:NAME:recent`/`:before`, `sessions` (a hash: token key → its renewed session value, sealed with tokens.session_key:
 addon/tokens/sessions.py; each renewal is also a stream entry `s`, `v`). A token's key is a hash of it
 (tokenfile.token_key): no token, nor any part of one, goes to Redis. Command values do: the README says so.
 Times are the proxies' wall clocks, which are expected to agree (NTP).
@@ -44,6 +44,11 @@ class Keys:
         self.breaker, self.recent, self.before = base + "breaker", base + "recent", base + "before"
         self.value, self.lock = base + "value:", base + "lock:"
         self.sessions = base + "sessions"
+        self.exit = base + "exit:"  # + an exit's name: until when it rests (addon/exits/health.py)
+
+    def exit_window(self, name: str) -> tuple[str, str]:
+        """The keys of an exit's breaker window, as `recent` and `before` are the pool's."""
+        return f"{self.exit}{name}:recent", f"{self.exit}{name}:before"
 
 
 def parse_record(text: str) -> tuple[float, float, bool, int, int, int, float, int] | None:

@@ -24,7 +24,7 @@ def test_example_rules_point_editors_at_the_schema():
 
 def test_schema_knows_every_key_and_forbids_others():
     schema = json_schema()
-    assert set(schema["properties"]) == {"rules", "stream", "tokens", "values", "captcha", "on_response"}
+    assert set(schema["properties"]) == {"rules", "stream", "tokens", "exits", "values", "captcha", "on_response"}
     rule = schema["properties"]["rules"]["items"]
     assert rule["additionalProperties"] is False and rule["required"] == ["match"]
     assert set(rule["properties"]["match"]["properties"]) == {"host", "path", "method", "stream", "filter"}
@@ -43,6 +43,9 @@ def test_schema_knows_every_key_and_forbids_others():
     one, named = schema["properties"]["tokens"]["anyOf"]  # one pool, or pools by name
     assert one["properties"]["strategy"]["enum"] == ["round_robin", "sticky"]
     assert one["required"] == ["file"] and named["additionalProperties"] == one
+    assert {"exits", "failover"} <= set(one["properties"])
+    exit = schema["properties"]["exits"]["items"]
+    assert set(exit["properties"]) == {"name", "url", "cooldown"} and exit["required"] == ["name", "url"]
 
 
 def test_schema_command_prints_it(capsys):

@@ -110,7 +110,8 @@ def fresh(server: UpstreamServer) -> UpstreamServer:
     app.chunks, app.events_sent, app.interval = 5, 0, 0.3
     app.linger, app.refuse_odd, app.firehose, app.firehose_sent = 0.0, False, 0, 0
     app.hung_up.clear()
-    app.clearances = app.on_challenge = None
+    app.clearances = app.on_challenge = app.clearance_by_address = None
+    app.banned = set()
     app.error_first = set()
     app.renew_sessions, app.renewed = False, {}
     return server

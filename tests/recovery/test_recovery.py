@@ -217,8 +217,8 @@ def test_a_retirement_is_logged_once_with_the_last_four_characters(recover, capl
     response = tflow.tresp(status_code=401)
     pool = recover.runtime.pool.tokens
     with caplog.at_level("INFO"):
-        recover.retrier.refused(recover.runtime.pool, TOKENS[0], response, retire=True)
-        recover.retrier.refused(recover.runtime.pool, TOKENS[0], response, retire=True)  # a second answer of one in flight
+        recover.runtime.pool.refused(TOKENS[0], response.status_code, None, retire=True)
+        recover.runtime.pool.refused(TOKENS[0], response.status_code, None, retire=True)  # a second answer of one in flight
     assert pool.status()[0][0] == "retired"
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert [r.getMessage() for r in warnings] == [

@@ -71,12 +71,12 @@ def test_live_shows_each_token_by_its_last_four_characters_with_its_state(runtim
     }  # fmt: skip
     assert pool["counts"] == {**NO_STATE, "active": 1, "cooling": 1, "retired": 1}
     assert pool["tokens"] == [
-        {"token": "…1111", "state": "cooling", "until": when(first.cooling_until), "expires": None, "successes": 0,
+        {"token": "…1111", "state": "cooling", "exit": None, "until": when(first.cooling_until), "expires": None, "successes": 0,
          "refusals": 1, "last_refusal": {"status": 403, "at": when(first.refused_at)}, "retired": None},
-        {"token": "…2222", "state": "retired", "until": None, "expires": None, "successes": 0, "refusals": 1,
+        {"token": "…2222", "state": "retired", "exit": None, "until": None, "expires": None, "successes": 0, "refusals": 1,
          "last_refusal": {"status": 401, "at": when(second.refused_at)},
          "retired": {"at": when(second.retired_at), "reason": "an on_response rule with action disable"}},
-        {"token": "…3333", "state": "active", "until": None, "expires": None, "successes": 1, "refusals": 0,
+        {"token": "…3333", "state": "active", "exit": None, "until": None, "expires": None, "successes": 1, "refusals": 0,
          "last_refusal": None, "retired": None},
     ]  # fmt: skip
     assert ISO.fullmatch(pool["tokens"][0]["until"])

@@ -118,7 +118,7 @@ def test_a_request_sent_with_a_renewed_value_is_judged_as_the_account(proxy):
     assert f.request.cookies["session"] == NEW
     sent = pipeline.rewriter.sent[f]
     assert sent.values["token"] == TOKENS[0]  # what the recovery blames, rotates from and excludes: the account
-    pipeline.recovery.retrier.refused(pipeline.runtime.pool, sent.values["token"], tflow.tresp(status_code=403))
+    pipeline.runtime.pool.refused(sent.values["token"], 403, None)
     health = pipeline.runtime.pool.tokens.health[token_key(TOKENS[0])]
     assert health.refusals == 1 and health.suffix == "…" + TOKENS[0][-4:]
 

@@ -15,7 +15,8 @@ from addon.runtime.sources import ValueSource
 from addon.tokens import storeconnection
 from addon.tokens.breaker import Breaker, refuse_here
 from addon.tokens.pool import TokenPool
-from addon.tokens.shared import OP_TIMEOUT, SharedStore
+from addon.tokens.shared import SharedStore
+from addon.tokens.storevalues import OP_TIMEOUT
 from addon.tokens.tokenfile import token_key
 from latency_relay import LatencyRelay
 from redisserver import RedisServer

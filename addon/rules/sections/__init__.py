@@ -1,5 +1,5 @@
 """The rules file's schema, as data: `rules_schema` puts together the sections of the modules here
-(rule.py: `rules:` and `stream:`; tokens.py; on_response.py; values.py: `values:` and `captcha:`) and
+(rule.py: `rules:` and `stream:`; tokens.py; exits.py; on_response.py; values.py: `values:` and `captcha:`) and
 builds the whole into a `Config`, checking what spans sections (a {token} needs `tokens:`, one pool
 per rule, the values a refresh names).
 """
@@ -14,6 +14,7 @@ from typing import Any
 from addon.rules import matching
 from addon.rules.records import REFRESH, Config, Rule, ValueSpec
 from addon.rules.schema import At
+from addon.rules.sections.exits import distinct_exits, exits_field
 from addon.rules.sections.on_response import on_response_field, refresh_values
 from addon.rules.sections.rule import rules_field, stream_field
 from addon.rules.sections.tokens import distinct_pools, tokens_field
@@ -23,20 +24,22 @@ from addon.rules.template import CAPTCHA, TOKEN
 
 
 def rules_schema(
-    base: Path, file: Path, environ: Mapping[str, str], names: frozenset[str] = frozenset(), pools: tuple[str, ...] = ()
+    base: Path, file: Path, environ: Mapping[str, str], names: frozenset[str] = frozenset(), pools: tuple[str, ...] = (),
+    exits: tuple[str, ...] = (),
 ) -> Record:
     """The whole file, as data; `base` is the folder relative paths start from; `names`: the values
     the file declares (placeholders other than {token} and {captcha} must be one of them); `pools`:
-    the token pools it names ({token:NAME}), when `tokens:` names them."""
+    the token pools it names ({token:NAME}), when `tokens:` names them; `exits`: the names of its exits."""
     return Record(
         "rules file",
         {
             "rules": rules_field(environ, names, pools),
             "stream": stream_field(),
-            "tokens": tokens_field(base, environ),
+            "tokens": tokens_field(base, environ, exits),
+            "exits": exits_field(environ),
             "on_response": on_response_field(),
-            "values": values_field(base, environ),
-            "captcha": captcha_field(base, environ),
+            "values": values_field(base, environ, exits),
+            "captcha": captcha_field(base, environ, exits),
         },
         build=partial(_build_config, file),
     )
@@ -54,6 +57,8 @@ def _build_config(file: Path, v: dict[str, Any], at: At, where: dict[str, At]) -
     pools = {spec.name: spec for _, spec in v["tokens"] or ()}
     if v["tokens"] is not None:
         distinct_pools(v["tokens"], where["tokens"])
+    if v["exits"]:
+        distinct_exits(v["exits"], where["exits"])
     for i, rule in enumerate(rules):
         if TOKEN in rule.uses and not pools:
             where["rules"].index(i, where["rules"].node.value[i]).fail(
@@ -84,4 +89,5 @@ def _build_config(file: Path, v: dict[str, Any], at: At, where: dict[str, At]) -
         index=matching.RuleIndex(rules),
         on_response=on_response,
         named_pools=v["tokens"] is not None and v["tokens"][0][0] is not None,
+        exits={spec.name: spec for spec in v["exits"]},
     )

@@ -15,21 +15,23 @@ from typing import Any
 
 from addon.rules.records import DEFAULT_POOL, BreakerSpec, StoreSpec, TokensSpec
 from addon.rules.schema import At, key_at
+from addon.rules.sections.exits import PoolExits
 from addon.rules.sections.values import VALUE_NAME
 from addon.rules.structures import Field, OneOrNamed, Record
 from addon.rules.template import parse_template
 from addon.rules.types import Bool, Choice, Int, Number, Str
 
 
-def tokens_field(base: Path, environ: Mapping[str, str]) -> Field:
-    """`tokens:`; `base` is the folder relative paths start from."""
+def tokens_field(base: Path, environ: Mapping[str, str], exits: tuple[str, ...] = ()) -> Field:
+    """`tokens:`; `base` is the folder relative paths start from; `exits`: the names the file's
+    `exits:` gives (read ahead)."""
     return Field(
-        OneOrNamed(Record("tokens", _pool_fields(base, environ), build=_build_tokens), _pool_name, "pool name"),
+        OneOrNamed(Record("tokens", _pool_fields(base, environ, exits), build=_build_tokens), _pool_name, "pool name"),
         doc="The accounts: one pool ({token}), or several by name, each with these keys ({token:NAME}).",
     )
 
 
-def _pool_fields(base: Path, environ: Mapping[str, str]) -> dict[str, Field]:
+def _pool_fields(base: Path, environ: Mapping[str, str], exits: tuple[str, ...] = ()) -> dict[str, Field]:
     """The keys of one token pool (`tokens:`, or each pool it names)."""
     return {
         "file": Field(Str(partial(_existing_file, base, "tokens")), required=True,
@@ -77,6 +79,12 @@ def _pool_fields(base: Path, environ: Mapping[str, str]) -> dict[str, Field]:
             default=BreakerSpec(),
             doc="When refusals show the cause is probably not the tokens (a header, the captcha, the IP address).",
         ),
+        "exits": Field(PoolExits(exits), default=(),
+                       doc="The exits (of exits:) its tokens leave through, or all: each token always through "
+                       "the same one, chosen by a hash of the token. Default: none, as without exits."),
+        "failover": Field(Bool, default=False,
+                          doc="While a token's exit rests, it leaves through the next exit of its order "
+                          "(default: its requests wait for it, answered 503)."),
     }
 
 
@@ -102,6 +110,8 @@ def _build_tokens(v: dict[str, Any], at: At, where: dict[str, At]) -> TokensSpec
         store = replace(store, namespace=namespace)
     elif "namespace" in where:
         where["namespace"].fail("'namespace' names a pool on a shared store: it needs 'store' (redis://…)")
+    if v["failover"] and not v["exits"]:
+        where["failover"].fail("failover is between exits: this pool has no 'exits'")
     state_file = v["state_file"] or v["file"].with_name(v["file"].stem + ".state.json")
     # beside the state file, named after it: tokens.state.json -> tokens.sessions.json
     sessions_file = state_file.with_name(state_file.name.removesuffix(".json").removesuffix(".state") + ".sessions.json")

@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from addon.rules.records import DEFAULT_WAIT, ValueSpec
+from addon.rules.records import DEFAULT_WAIT, EXIT, ValueSpec
 from addon.rules.schema import At
 from addon.rules.structures import Field, MapOf, Record, SeqOf
 from addon.rules.template import TOKEN
@@ -21,10 +21,10 @@ from addon.rules.types import Bool, Number, Str
 VALUE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")  # a value's name, and a token pool's
 
 
-def values_field(base: Path, environ: Mapping[str, str]) -> Field:
-    """`values:`; `base` is the folder relative paths start from."""
+def values_field(base: Path, environ: Mapping[str, str], exits: tuple[str, ...] = ()) -> Field:
+    """`values:`; `base` is the folder relative paths start from; `exits`: the names of the file's exits."""
     return Field(
-        MapOf(Record("value source", _source_fields(base), build=partial(_build_source, base, environ)),
+        MapOf(Record("value source", _source_fields(base), build=partial(_build_source, base, environ, exits)),
               _value_name, "a mapping of names to value sources"),
         default=(),
         doc="Named values for placeholders: {NAME} in a header, cookie or body value. "
@@ -32,10 +32,10 @@ def values_field(base: Path, environ: Mapping[str, str]) -> Field:
     )
 
 
-def captcha_field(base: Path, environ: Mapping[str, str]) -> Field:
+def captcha_field(base: Path, environ: Mapping[str, str], exits: tuple[str, ...] = ()) -> Field:
     """`captcha:`, short for `values: {captcha: …}`."""
     return Field(
-        Record("captcha", _source_fields(base), build=partial(_build_source, base, environ)),
+        Record("captcha", _source_fields(base), build=partial(_build_source, base, environ, exits)),
         doc="The source of {captcha}; the same as values: {captcha: ...}.",
     )
 
@@ -44,10 +44,12 @@ def _source_fields(base: Path) -> dict[str, Field]:
     """The keys of one value's source."""
     return {
         "file": Field(Str(lambda name: base / name),
-                      doc="A file whose content, stripped, is the value; read again when it changes."),
+                      doc="A file whose content, stripped, is the value; read again when it changes. "
+                      "{exit} in its name: each exit has its own (clearance/{exit}.txt)."),
         "env": Field(Str(), doc="An environment variable, read once."),
         "command": Field(SeqOf(Str(), single=True, min_items=1),
-                         doc="A command (run in the rules file's folder) whose standard output, stripped, is the value."),
+                         doc="A command (run in the rules file's folder) whose standard output, stripped, is the value. "
+                         "{exit} in an argument: run for each exit, with its name."),
         "ttl": Field(Number(0), default=0,
                      doc="Seconds one value is reused; 0: a command runs for every request, a file is kept until it changes."),
         "timeout": Field(Number(0.1), default=10, doc="Seconds a command may run."),
@@ -66,22 +68,32 @@ def _value_name(name: str) -> str:
     return name
 
 
-def _build_source(base: Path, environ: Mapping[str, str], v: dict[str, Any], at: At, where: dict[str, At]) -> ValueSpec:
+def _build_source(
+    base: Path, environ: Mapping[str, str], exits: tuple[str, ...], v: dict[str, Any], at: At, where: dict[str, At]
+) -> ValueSpec:
     name = at.path.rpartition(".")[2]  # values.NAME, or captcha
     given = [k for k in ("file", "env", "command") if v[k] is not None]
     if len(given) != 1:
         at.fail(f"give exactly one {name} source (file, env or command); got {', '.join(given) or 'none'}")
-    if v["file"] is not None and not v["file"].is_file():
-        where["file"].fail(f"{name} file not found: {v['file']}")
+    command = v["command"]
+    if command is not None and len(command) == 1 and " " in command[0]:
+        command = tuple(shlex.split(command[0]))
+    per_exit = (v["file"] is not None and EXIT in str(v["file"])) or (command is not None and any(EXIT in a for a in command))
+    if per_exit and not exits:
+        where[given[0]].fail(f"{EXIT} is the name of an exit, and the file has no 'exits' section")
+    if v["file"] is not None:
+        for exit in exits if per_exit else ("",):
+            path = Path(str(v["file"]).replace(EXIT, exit))
+            if not path.is_file():
+                where["file"].fail(f"{name} file {f'of exit {exit} ' if exit else ''}not found: {path}")
     if v["env"] is not None and v["env"] not in environ:
         where["env"].fail(f"environment variable {v['env']} is not set")
     if v["wait"] is not None and v["file"] is None:
         where["wait"].fail("wait is for a file source (a refresh runs a command again, and the environment never changes)")
-    command = v["command"]
     if command is not None:
-        if len(command) == 1 and " " in command[0]:
-            command = tuple(shlex.split(command[0]))
         program = command[0]
+        if EXIT in program:
+            where["command"].fail(f"{EXIT} may be in a command's arguments, not in the program's name")
         found = (base / program).is_file() if "/" in program else shutil.which(program) is not None
         if not found:
             where["command"].fail(f"{name} command not found: {program} (relative paths start at {base})")

@@ -47,7 +47,9 @@ function poolSection(pool, now) {
   section.append(el("p", counts(pool), "counts"), breaker);
   const table = el("table");
   table.className = "tokens";
-  table.append(row(["token", "state", "until", "ok", "refused", "last refusal", "why"].map((h) => el("th", h))));
+  const routed = pool.tokens.some((t) => t.exit);
+  const heads = ["token", ...(routed ? ["exit"] : []), "state", "until", "ok", "refused", "last refusal", "why"];
+  table.append(row(heads.map((h) => el("th", h))));
   for (const t of pool.tokens) {
     const state = el("td");
     state.append(el("span", t.state, `state state-${t.state.replace(" ", "-")}`));
@@ -55,8 +57,8 @@ function poolSection(pool, now) {
     if (t.state === "expired") until = "since " + time(t.expires, now);
     else if (t.retired) until = "since " + time(t.retired.at, now);
     const last = t.last_refusal ? `${t.last_refusal.status || "refused"} at ${time(t.last_refusal.at, now)}` : "";
-    const tr = row([t.token, state, until, el("td", t.successes, "num"), el("td", t.refusals, "num"), last,
-      t.retired ? t.retired.reason : ""]);
+    const tr = row([t.token, ...(routed ? [t.exit] : []), state, until, el("td", t.successes, "num"),
+      el("td", t.refusals, "num"), last, t.retired ? t.retired.reason : ""]);
     tr.className = "token";
     tr.dataset.state = t.state;
     table.append(tr);
@@ -82,6 +84,20 @@ function show(doc) {
   }
   document.getElementById("summary").textContent = summary + totals;
   document.getElementById("updated").textContent = `${doc.rules || ""} · updated ${now.toLocaleTimeString()}`;
+  const exits = doc.exits || [];
+  document.getElementById("exits-section").hidden = !exits.length;
+  document.querySelector("#exits tbody").replaceChildren(...exits.map((x) => {
+    const state = el("td");
+    state.append(el("span", x.state === "resting" ? `resting until ${time(x.until, now)}` : (x.state || "unknown"),
+      `state state-${x.state === "resting" ? "cooling" : "active"}`));
+    const bound = Object.entries(x.tokens).map(([pool, n]) => `${n} of ${pool}`).join(", ") || "none";
+    const failure = x.last_failure ? `${time(x.last_failure.at, now)}: ${x.last_failure.why}` : "";
+    const tr = row([x.name, x.url, state, bound, el("td", x.successes ?? "", "num"), el("td", x.refusals ?? "", "num"),
+      el("td", x.failures ?? "", "num"), failure]);
+    tr.className = "exit";
+    tr.dataset.state = x.state || "";
+    return tr;
+  }));
   const values = document.querySelector("#values tbody");
   values.replaceChildren(...doc.values.map((v) => row([v.name, v.source, v.ttl_seconds ? `${v.ttl_seconds} s` : "",
     time(v.fetched_at, now), time(v.expires_at, now), time(v.failed_at, now)])));

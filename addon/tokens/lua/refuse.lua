@@ -2,7 +2,8 @@
 -- [6] threshold, [7] pause, [8] the send time of the latest success the calling proxy saw (its own
 -- successes reach Redis in batches, about once a second: this way they count at once, for it),
 -- [9] retire_after (0: never), [10] 1: retire at once (a disable rule), as pool.TokenPool.refused,
--- [11] the proxy that tells it (the breaker's entry says `by`, so that it knows the breaker is its own).
+-- [11] the proxy that tells it (the breaker's entry says `by`, so that it knows the breaker is its own),
+-- [12] an exit's name: KEYS[3..5] are that exit's breaker, which rests it (its stream entry is `x`, not `b`).
 -- Returns {marked 0/1, record, breaker open until or '0', opened 0/1}; with the breaker open, nothing
 -- changes (as recovery/retry.py passes such refusals on untouched).
 -- (runs after records.lua: get, put, num, forget_before)
@@ -37,5 +38,9 @@ for _, o in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
   if o == k then v = vo end
 end
 redis.call('DEL', KEYS[4], KEYS[5])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'b', string.format('%.17g', open_until), 'by', ARGV[11])
+if (ARGV[12] or '') ~= '' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'x', ARGV[12], 'u', string.format('%.17g', open_until), 'by', ARGV[11])
+else
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'b', string.format('%.17g', open_until), 'by', ARGV[11])
+end
 return {marked, v, string.format('%.17g', open_until), 1}
