@@ -35,6 +35,15 @@ on_response:
 TOKENS = ["tok-alpha-000000001111", "tok-bravo-000000002222", "tok-charlie-0000003333"]
 
 
+# two exits (upstream proxies), a's password from the environment as EXIT_PW (docs/exits.md)
+TWO_EXITS = """\
+exits:
+  - name: a
+    url: http://exit-user:{env:EXIT_PW}@127.0.0.1:3128
+  - name: b
+    url: https://10.0.0.2:8443
+"""
+
 # a file of two token pools: arena's token in a cookie, openai's in a header
 POOLS = """\
 rules:

@@ -142,9 +142,8 @@ def make_flow(method: str, url: str, headers: Sequence[tuple[str, str]], body: s
 def stand_in_values(config: Config) -> dict[str, str]:
     """Masked stand-ins for the values the proxy would draw (it would draw the real ones); each
     pool's token as `token` and, when the file names its pools, as `token:POOL` too; the exits of a
-    pool with exits, in that token's order, as `exits:POOL` (a value each exit has its own: the first's)."""
+    pool with exits, in that token's order, as `exits:POOL`; a value each exit has its own as NAME@EXIT."""
     values: dict[str, str] = {}
-    exit = ""
     for name, spec in reversed(config.pools.items()):
         try:
             pool = TokenPool(read_tokens(spec.file), spec.strategy)
@@ -158,11 +157,9 @@ def stand_in_values(config: Config) -> dict[str, str]:
             if config.named_pools:
                 values[f"{TOKEN}:{name}"] = values[TOKEN]
             if spec.exits:
-                order = exit_order(token, spec.exits)
-                values[f"exits:{name}"], exit = ", ".join(order), order[0]
-    for name, spec in config.values.items():
-        if spec.per_exit and exit:
-            spec = spec.for_exit(exit)
+                values[f"exits:{name}"] = ", ".join(exit_order(token, spec.exits))
+    specs = {f"{n}@{exit}": spec.for_exit(exit) for n, spec in config.values.items() if spec.per_exit for exit in config.exits}
+    for name, spec in [*((n, s) for n, s in config.values.items() if not s.per_exit), *specs.items()]:
         if spec.command is not None:
             values[name] = f"‹{name} from the command, not run›"
             continue
@@ -204,10 +201,14 @@ def _explain(config: Config, flow: http.HTTPFlow, values: dict[str, str]) -> Ite
         values = {k: v for k, v in values.items() if k != TOKEN} | ({TOKEN: token} if token else {})
     pool = plan.pool or next(iter(config.pools), None)
     order = values.get(f"exits:{pool}") if TOKEN in plan.uses and TOKEN in values else None
-    if pool is not None and order:
-        first = config.exits[order.partition(", ")[0]]
+    exit = order.partition(", ")[0] if pool is not None and order else ""
+    if exit:
+        first = config.exits[exit]
         failover = "on" if config.pools[pool].failover else "off"
         yield f"  leaves through exit {first.name} ({first.shown}); the token's order: {order} (failover {failover})"
+    # a value each exit has its own: its exit's, or none (as the proxy sends it)
+    values = {k: v for k, v in values.items() if "@" not in k} | {
+        n: v for k, v in values.items() if (n := k.partition("@")[0]) and k == f"{n}@{exit}" and exit}
     sent = req.copy()
     removed: set[Edit] = set()  # as the flow comment: only what the request had
     notes = apply_plan(plan, sent, values, removed)

@@ -75,6 +75,12 @@ class Exits:
                     return health
         return None
 
+    def route_or_home(self, pool: TokensSpec | None, token: str) -> ExitHealth | None:
+        """As `route`; when that finds none, the token's own exit, resting as it is (a request already
+        under way with this token leaves through no other)."""
+        assert pool is not None
+        return self.route(pool, token) or self.by_name.get(self.home(pool, token))
+
     def leaves(self, pool: TokensSpec | None, token: str) -> bool:
         """Can this token leave through an exit now?"""
         return self.route(pool, token) is not None

@@ -39,8 +39,8 @@ class ExitTimers:
         if self._declined is None:
             self._declined = connections.check() or ""
             if self._declined:
-                logger.warning(f"exits: an exit that never answers cannot be cut off on this mitmproxy ({self._declined}): "
-                               "a request through it waits until the exit or the client gives up")
+                logger.warning(f"exits: an exit that never answers cannot be cut off on this mitmproxy "
+                               f"({self._declined}): a request through it waits until the exit or the client gives up")
         if self._declined:
             return
         timer = asyncio.get_running_loop().call_later(self.limit(), self._expired, data.client, data.server)

@@ -26,7 +26,8 @@ except ImportError:  # pragma: no cover (check() says so)
 
 def check() -> str | None:
     """Are the internals `cut` uses what it was written for? None if so, else what differs."""
-    for owner, attribute in ((ServerManager, "connections"), (ConnectionHandler, "transports"), (ConnectionIO, "handler")):
+    needed = ((ServerManager, "connections"), (ConnectionHandler, "transports"), (ConnectionIO, "handler"))
+    for owner, attribute in needed:
         if owner is None:
             return "mitmproxy.proxy.server or mode_servers cannot be imported"
         if attribute not in inspect.get_annotations(owner):

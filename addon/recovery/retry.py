@@ -257,8 +257,8 @@ class Retrier:
         )
         copy = http.HTTPFlow(flow.client_conn, server)
         copy.request = flow.request.copy()
-        # with exits, the new token's own (ReplayHandler sets the route of upstream mode: set again below)
-        exit = self.runtime.exits.route(pool.spec, values[TOKEN]) if routed(pool.spec) and TOKEN in values else None
+        # with exits: the new token's own, resting or not (upstream mode's ReplayHandler resets it: see below)
+        exit = self.runtime.exits.route_or_home(pool.spec, values[TOKEN]) if routed(pool.spec) and TOKEN in values else None
         if exit is not None:
             send_through(copy, exit.spec)
         copy.metadata = dict(flow.metadata)

@@ -173,7 +173,8 @@ class Rewriter:
 
     def _no_tokens(self, flow: http.HTTPFlow, pool: Pool) -> None:
         file = pool.spec.file if pool.spec is not None else "(none)"
-        resting = [h for h in self.runtime.exits if pool.spec is not None and h.spec.name in pool.spec.exits and h.resting]
+        names = pool.spec.exits if pool.spec is not None else ()
+        resting = [h for h in self.runtime.exits if h.spec.name in names and h.resting]
         if resting:
             reason = (f"the exits its tokens leave through rest ({', '.join(h.spec.name for h in resting)}, until "
                       f"{clock_time(max(h.resting_until for h in resting))}: their addresses were refused)")

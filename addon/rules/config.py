@@ -92,7 +92,7 @@ def _declared_exits(root: At) -> tuple[str, ...]:
             if key.value == "exits" and isinstance(value, yaml.SequenceNode):
                 for item in value.value:
                     if isinstance(item, yaml.MappingNode):
-                        names.extend(v.value for k, v in item.value if k.value == "name" and isinstance(v, yaml.ScalarNode))
+                        names += [v.value for k, v in item.value if k.value == "name" and isinstance(v, yaml.ScalarNode)]
     return tuple(dict.fromkeys(names))
 
 

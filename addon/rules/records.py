@@ -150,13 +150,20 @@ class ValueSpec:
     def per_exit(self) -> bool:
         """Does each exit have its own value ({exit} in the file's name or the command)? (Asked of the
         spec as written; `for_exit` makes each exit's.)"""
-        return not self.exit and (EXIT in str(self.file or "") or any(EXIT in arg for arg in self.command or ()))
+        return not self.exit and (EXIT in self._written_file or any(EXIT in arg for arg in self.command or ()))
 
     def for_exit(self, name: str) -> ValueSpec:
         """The source of exit `name`: {exit} filled in."""
-        file = Path(str(self.file).replace(EXIT, name)) if self.file is not None else None
+        file = self.cwd / self._written_file.replace(EXIT, name) if self.file is not None else None
         command = tuple(arg.replace(EXIT, name) for arg in self.command) if self.command is not None else None
         return replace(self, file=file, command=command, exit=name)
+
+    @property
+    def _written_file(self) -> str:
+        """The file as the rules file names it: relative to its folder (whose own name may hold anything)."""
+        if self.file is None:
+            return ""
+        return str(self.file.relative_to(self.cwd) if self.file.is_relative_to(self.cwd) else self.file)
 
     @property
     def label(self) -> str:

@@ -77,7 +77,8 @@ def post(client: httpx.Client, url: str, n: int) -> list[int]:
 
 def test_each_token_arrives_from_its_exits_address_only(tmp_path, start_proxy, upstream, upstream_tls, exits):
     upstream.app.tokens = upstream_tls.app.tokens = set(ALL_TOKENS)
-    assert {t: exit_order(t, ("a", "b"))[0] for t in ALL_TOKENS} == {**dict.fromkeys(TOKENS, "a"), **dict.fromkeys(B_TOKENS, "b")}
+    homes = {t: exit_order(t, ("a", "b"))[0] for t in ALL_TOKENS}
+    assert homes == {**dict.fromkeys(TOKENS, "a"), **dict.fromkeys(B_TOKENS, "b")}
     proxy = start_proxy(rules_for(tmp_path, exits, upstream, upstream_tls))
     with httpx.Client(proxy=proxy.url, timeout=30) as client:  # plain HTTP/1.1: a CONNECT to the exit too
         assert post(client, f"http://127.0.0.1:{upstream.port}/v1/chat/completions", 10) == [200] * 10
@@ -166,7 +167,8 @@ def test_with_failover_the_tokens_of_a_resting_exit_leave_through_the_next(tmp_p
     assert any("(failover: exit a rests)" in f.comment for f in proxy.saved_flows())
 
 
-def test_an_exit_with_the_wrong_password_is_a_clear_failed_attempt(tmp_path, start_proxy, upstream, upstream_tls, exits):
+def test_an_exit_with_the_wrong_password_is_a_clear_failed_attempt(tmp_path, start_proxy, upstream, upstream_tls,
+                                                                  exits):  # fmt: skip
     upstream.app.tokens = set(ALL_TOKENS)
     rules = rules_for(tmp_path, exits, upstream, upstream_tls, user="someone-else")
     proxy = start_proxy(rules)
@@ -243,7 +245,8 @@ def test_each_exit_has_its_own_clearance_and_user_agent_and_a_refresh_renews_the
         # b's address needs a new clearance now: a challenge to b's request, a browser (this callback)
         # solves it for b, and the refresh reads b's file again; a's is untouched
         upstream.app.clearance_by_address[SOURCES["b"]] = "cf-clearance-e2e-value-0003"
-        upstream.app.on_challenge = lambda: (tmp_path / "clearance" / "b.txt").write_text("cf-clearance-e2e-value-0003\n")
+        solved = tmp_path / "clearance" / "b.txt"
+        upstream.app.on_challenge = lambda: solved.write_text("cf-clearance-e2e-value-0003\n")
         upstream.app.received.clear()
         assert [client.post(url, json={"id": str(i)}).status_code for i in range(6)] == [200] * 6
     answered = [(r.client, r.cookie("cf_clearance")) for r in upstream.app.received if r.status == 200]

@@ -45,7 +45,8 @@ def _exit_fields(environ: Mapping[str, str]) -> dict[str, Field]:
 
 def _exit_name(name: str) -> str:
     if not VALUE_NAME.fullmatch(name) or len(name) > 64:
-        raise ValueError(f"bad exit name {name!r}: expected a letter or _, then letters, digits, _ or -, like eu-1 (up to 64)")
+        raise ValueError(f"bad exit name {name!r}: expected a letter or _, then letters, digits, _ or -, "
+                         "like eu-1 (up to 64)")
     if name == ALL:
         raise ValueError("'all' is what a pool writes for every exit (exits: all); give this exit another name")
     return name
@@ -73,7 +74,8 @@ def _exit_url(environ: Mapping[str, str], text: str) -> dict[str, Any]:
     except ValueError:
         raise ValueError(f"bad port in {shown!r}") from None
     if port is None:
-        raise ValueError(f"no port in {shown!r}: proxies have no usual port; write it, like http://{parts.hostname}:3128")
+        raise ValueError(f"no port in {shown!r}: proxies have no usual port; write it, "
+                         f"like http://{parts.hostname}:3128")
     if parts.path.strip("/") or parts.query or parts.fragment:
         raise ValueError(f"an exit's URL is only scheme, login, host and port: {shown!r} has more")
     return {
@@ -116,9 +118,10 @@ class PoolExits(Type):
         if isinstance(at.node, yaml.ScalarNode) and at.node.value == ALL:
             return self.declared
         names = SeqOf(Str(), single=True, min_items=1).check(at)
+        items = [at.index(i, n) for i, n in enumerate(at.node.value)] if isinstance(at.node, yaml.SequenceNode) else [at]
         errors: list[RulesError] = []
-        for i, name in enumerate(names):
-            gather(errors, partial(self._known, at.index(i, at.node.value[i]) if isinstance(at.node, yaml.SequenceNode) else at, name))
+        for item, name in zip(items, names):
+            gather(errors, partial(self._known, item, name))
         raise_if(errors)
         if len(set(names)) != len(names):
             at.fail("an exit is named twice")

@@ -78,12 +78,13 @@ def _build_source(
     command = v["command"]
     if command is not None and len(command) == 1 and " " in command[0]:
         command = tuple(shlex.split(command[0]))
-    per_exit = (v["file"] is not None and EXIT in str(v["file"])) or (command is not None and any(EXIT in a for a in command))
+    written = str(v["file"].relative_to(base) if v["file"] is not None and v["file"].is_relative_to(base) else v["file"])
+    per_exit = (v["file"] is not None and EXIT in written) or (command is not None and any(EXIT in a for a in command))
     if per_exit and not exits:
         where[given[0]].fail(f"{EXIT} is the name of an exit, and the file has no 'exits' section")
     if v["file"] is not None:
         for exit in exits if per_exit else ("",):
-            path = Path(str(v["file"]).replace(EXIT, exit))
+            path = base / written.replace(EXIT, exit) if exit else v["file"]
             if not path.is_file():
                 where["file"].fail(f"{name} file {f'of exit {exit} ' if exit else ''}not found: {path}")
     if v["env"] is not None and v["env"] not in environ:
