@@ -15,13 +15,13 @@ from functools import partial
 
 from mitmproxy import http
 
+from addon.exits.connect import send_through
+from addon.exits.health import ExitHealth
+from addon.exits.routing import Exits, routed as exits_of
 from addon.request.apply import apply_plan_off_loop
 from addon.request.plan import Plan, describe, plan_request_off_loop
 from addon.rules.template import TOKEN
 from addon.runtime.loader import Runtime
-from addon.exits.connect import send_through
-from addon.exits.health import ExitHealth
-from addon.exits.routing import Exits, routed as exits_of
 from addon.runtime.pools import Pool, clock_time, pool_of
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class Rewriter:
         pool = pool_of(pools, plan.pool) or self.runtime.pool
         routed = TOKEN in plan.uses and exits_of(pool.spec)
         exit = None
-        if routed and any(config.values[name].per_exit for name in plan.named):
+        if routed and any((spec := config.values.get(name)) is not None and spec.per_exit for name in plan.named):
             # a value each exit has its own (its clearance): the token, and so its exit, comes first (a
             # token refused while the values are fetched is then sent once)
             token = pool.draw(partial(self.runtime.exits.leaves, pool.spec))

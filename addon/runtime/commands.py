@@ -31,8 +31,14 @@ class TokenCommands:
             if len(pools) > 1:
                 rows.append(f"pool {pool.name} ({pool.spec.file if pool.spec else 'no file'}):")
             rows.extend(_pool_rows(pool))
+        resting = [e for e in self.runtime.exits if e.resting]
+        for exit in self.runtime.exits:
+            state = f"resting until {_when(exit.resting_until)}" if exit.resting else "up"
+            rows.append(f"exit {exit.spec.name} ({exit.spec.shown}): {state}; {exit.successes} ok, {exit.refusals} "
+                        f"refused, {exit.failures} could not connect")
         logger.info("tokens.status:\n" + "\n".join(rows))
-        return f"tokens: {pools_line(self.runtime.pools.values())} (one row a token in the event log)"
+        exits = "".join(f"; exit {e.spec.name} resting until {clock_time(e.resting_until)}" for e in resting)
+        return f"tokens: {pools_line(self.runtime.pools.values())}{exits} (one row a token in the event log)"
 
     @command.command("tokens.reset")
     def reset(self) -> None:

@@ -164,3 +164,25 @@ def test_status_tells_on_trial_retired_and_expired_apart(tctx, tmp_path, caplog)
     assert re.fullmatch(rf"…sig9  expired {when} +0 ok +0 refused", rows[3])
     run(tctx, "tokens.enable 2222")
     assert status(tctx, caplog)[1][1].startswith("…2222  cooling until ")  # back; its refusal's cooldown runs on
+
+
+def test_status_names_each_exit_and_a_resting_one_in_its_line(tmp_path, caplog, monkeypatch):
+    from mitmproxy.addons.proxyserver import Proxyserver
+
+    from helpers import TWO_EXITS
+
+    monkeypatch.setenv("EXIT_PW", "exit-password-0001")
+    loader = Runtime()
+    with taddons.context(Proxyserver(), loader, TokenCommands(loader)) as tctx:
+        (tmp_path / "fetch.sh").write_text("#!/bin/sh\necho cap-commands-test\n")
+        (tmp_path / "fetch.sh").chmod(0o755)
+        rules = write_rules(tmp_path, TWO_EXITS + RULES.replace("tokens: {file: tokens.txt}",
+                                                                "tokens: {file: tokens.txt, exits: all}"))
+        tctx.options.update(rules=str(rules))  # (mitmproxy's Proxyserver owns connection_strategy, which exits set)
+        until = time.time() + 300
+        loader.exits.by_name["a"].breaker.opened(until)
+        line, rows = status(tctx, caplog)
+    rests = time.strftime("%H:%M:%S", time.localtime(until))
+    assert line == f"tokens: default 3 active; exit a resting until {rests} (one row a token in the event log)"
+    assert rows[-2].startswith("exit a (http://exit-user:****@127.0.0.1:3128): resting until ")
+    assert rows[-1] == "exit b (https://10.0.0.2:8443): up; 0 ok, 0 refused, 0 could not connect"
