@@ -15,8 +15,7 @@ from collections.abc import Awaitable
 from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
-from addon.exits.connect import login
-from addon.exits.timeout import ExitTimers
+from addon.exits.hooks import ExitHooks
 from addon.guard.guard import SelfGuard
 from addon.mitm.handover import Handover
 from addon.recovery.recovery import Recovery
@@ -42,7 +41,7 @@ class Pipeline:
         self.summary = LogSummary(self.runtime)
         self.status_server = StatusServer(self.runtime)
         self.guard = SelfGuard(also=lambda: self.status_server.listening)
-        self.exit_timers = ExitTimers(self.runtime.exits, lambda: self.recovery.limits.headers)
+        self.exits = ExitHooks(self.runtime.exits, lambda: self.recovery.limits.headers)
         # a child addon (mitmproxy traverses `addons`), for its commands: it has no hooks
         self.addons = [TokenCommands(self.runtime)]
 
@@ -54,6 +53,7 @@ class Pipeline:
 
     def configure(self, updated: set[str]) -> None:
         self.runtime.configure(updated)
+        self.exits.configure(updated)
         self.recovery.configure(updated)
         self.status_server.configure(updated)
 
@@ -73,13 +73,12 @@ class Pipeline:
     # the guard's hooks return a coroutine only when there is something to look up (mitmproxy
     # awaits what a hook returns): most requests and connections pass without one
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> Awaitable[None] | None:
-        if self.runtime.exits:
-            self.exit_timers.server_connect(data)  # a connection to an exit has retry_timeout to bring an answer
-        return self.guard.server_connect(data)
+        checked = self.guard.server_connect(data)
+        self.exits.server_connect(data)
+        return checked
 
     def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
-        if self.runtime.exits:
-            self.exit_timers.server_disconnected(data)
+        self.exits.server_disconnected(data)
 
     def http_connect(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         return self.guard.http_connect(flow)
@@ -95,8 +94,7 @@ class Pipeline:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self.runtime.responseheaders(flow)  # first: a renewed session never reaches the client
-        if self.runtime.exits:
-            self.exit_timers.answered(flow)
+        self.exits.responseheaders(flow)
         held = self.tap.responseheaders(flow)
         self.recovery.responseheaders(flow, held)
 
@@ -105,11 +103,11 @@ class Pipeline:
         await self.recovery.response(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        self.exits.error(flow)
         self.recovery.error(flow)
 
     def http_connect_upstream(self, flow: http.HTTPFlow) -> None:
-        if self.runtime.exits:
-            login(flow, self.runtime.exits)  # a CONNECT to an exit carries its login
+        self.exits.http_connect_upstream(flow)
 
     # the hooks of addon.mitm.httplayer, for a streaming request's held answer
 

@@ -16,7 +16,7 @@ HOOKS = set(hooks.all_hooks) | {"load", "configure", "running", "done"}
 def test_every_hook_of_every_part_is_called_in_the_order_of_the_parts(monkeypatch):
     pipeline = Pipeline()
     # the order the parts ran in as separate addons
-    parts = [pipeline.guard, pipeline.runtime, pipeline.rewriter, pipeline.tap, pipeline.recovery,
+    parts = [pipeline.guard, pipeline.runtime, pipeline.exits, pipeline.rewriter, pipeline.tap, pipeline.recovery,
              pipeline.options_check, pipeline.summary, pipeline.status_server, *pipeline.addons]
     calls: list[tuple[str, str]] = []
     for part in parts:

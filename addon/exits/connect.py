@@ -15,6 +15,7 @@ Each request's exit is known only when its token is drawn, so mitmproxy must not
 from __future__ import annotations
 
 import re
+import weakref
 
 from mitmproxy import connection, http
 from mitmproxy.proxy.mode_specs import UpstreamMode
@@ -34,13 +35,29 @@ def send_through(flow: http.HTTPFlow, exit: ExitSpec) -> None:
     if absolute_form(flow):  # the exit reads this request itself: it carries the login
         if exit.proxy_authorization is not None:
             flow.request.headers[PROXY_AUTHORIZATION] = exit.proxy_authorization
+            _LOGGED_IN.add(flow)
         else:  # (mitmproxy's upstream_auth is the login of the mode's upstream proxy, not of this one)
             flow.request.headers.pop(PROXY_AUTHORIZATION, None)
 
 
 def absolute_form(flow: http.HTTPFlow) -> bool:
-    """Does the request go to its upstream proxy as it is (plain http in upstream mode), not in a CONNECT?"""
-    return flow.request.scheme == "http" and isinstance(flow.client_conn.proxy_mode, UpstreamMode)
+    """Does the request go to its upstream proxy as it is, not in a CONNECT? mitmproxy does so for plain
+    http in upstream mode, when the client sent it in absolute form (with an authority) rather than
+    inside a tunnel of its own: that one goes through the exit in a CONNECT, and a header on the
+    request would go on to the origin."""
+    return (flow.request.scheme == "http" and bool(flow.request.authority)
+            and isinstance(flow.client_conn.proxy_mode, UpstreamMode))  # fmt: skip
+
+
+def logged_out(flow: http.HTTPFlow) -> None:
+    """The request has gone (responseheaders, error): the exit's login it carried leaves the flow, so that
+    mitmweb, flow dumps, saved flows and the copies a recovery shows never hold it."""
+    if flow in _LOGGED_IN:
+        _LOGGED_IN.discard(flow)
+        flow.request.headers.pop(PROXY_AUTHORIZATION, None)
+
+
+_LOGGED_IN: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()  # flows that carry an exit's login
 
 
 def login(flow: http.HTTPFlow, exits: Exits) -> None:
@@ -55,13 +72,15 @@ def login(flow: http.HTTPFlow, exits: Exits) -> None:
         flow.request.headers.pop(PROXY_AUTHORIZATION, None)
 
 
-# what mitmproxy says when it could not get through an upstream proxy to the origin (its error text,
-# the same on 11.0 and 12.3): the exit's answer to the CONNECT, an answer that is not HTTP, a closed
-# connection, the operating system's refusal or time-out, a name that does not resolve, or this
-# addon's own time limit
+# what mitmproxy says when it could not get through an upstream proxy (its error text, the same on 11.0
+# and 12.3): the exit turned the CONNECT down (its login: 407, or 401 from Debian's tinyproxy; 403), an
+# answer that is not HTTP, a closed connection, the operating system's refusal or time-out, a name that
+# does not resolve, or this addon's own time limit. A 5xx answer to the CONNECT is the exit saying it
+# cannot reach the origin: the origin's failure, which every exit would report alike.
 _EXIT_FAILURE = re.compile(
-    r"Upstream proxy .* refused HTTP CONNECT request|Error connecting to |connection closed|Connect call failed"
-    r"|Name or service not known|Temporary failure in name resolution|Multiple exceptions|exit timeout",
+    r"Upstream proxy .* refused HTTP CONNECT request: (401|403|407)\b|Error connecting to |connection closed"
+    r"|Connect call failed|Name or service not known|Temporary failure in name resolution|Multiple exceptions"
+    r"|exit timeout",
     re.IGNORECASE,
 )
 

@@ -68,22 +68,21 @@ class ExitHealth:
         self.breaker.spec = replace(spec, pause=self.spec.cooldown)
         return self.breaker
 
-    def failed(self, key: str, why: str, spec: BreakerSpec) -> None:
-        """A request with this token (by its key) could not connect through this exit."""
+    def failed(self, key: str, why: str, spec: BreakerSpec | None) -> dict[str, object] | None:
+        """A request with this token (by its key) could not connect through this exit; `spec`: the breaker
+        settings of the token's pool (None: not known, those of the last count stay). Like
+        Breaker.refused: when this makes the exit rest, the cooldowns to put back for the tokens whose
+        refusals through it counted (failures cooled none)."""
         self.failures += 1
         self.last_failure, self.last_failure_at = why, self.breaker.clock()
-        if not self.resting:
-            self.breaker.spec = replace(spec, pause=self.spec.cooldown)
-            self.breaker.refused(FAILURE + key, None)
+        if self.resting:
+            return None
+        self.breaker.spec = replace(spec or self.breaker.spec, pause=self.spec.cooldown)
+        undo = self.breaker.refused(FAILURE + key, None)
+        return {k: v for k, v in undo.items() if not k.startswith(FAILURE)} if undo else None
 
     def succeeded(self, sent_at: float) -> None:
         self.successes += 1
         self.breaker.succeeded(sent_at)
 
-    def rest_ended(self) -> None:
-        """Rest no longer (tokens.reset)."""
-        self.breaker.close()
-
-    def state(self) -> str:
-        return "resting" if self.resting else "up"
 

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping
 from functools import partial
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
 
 from addon.exits.binding import exit_order
 from addon.exits.health import ExitHealth
@@ -47,6 +47,17 @@ class Exits:
             health.breaker.label = f"exit {name}"
             self.by_name[name] = health
         self._at = {h.spec.address: h for h in self.by_name.values()}
+
+    def check_strategy(self) -> None:
+        """`connection_strategy` was set: with exits, it stays lazy (see `use`).
+
+        Raises:
+            OptionsError: it was set to anything else (mitmproxy keeps the value it had).
+        """
+        if self.by_name and ctx.options.connection_strategy != "lazy":
+            raise exceptions.OptionsError(
+                "connection_strategy must stay lazy while the rules file has exits: with eager, mitmproxy would "
+                "connect before a request's token, and so its exit, is known, from this machine's own address")
 
     def share(self, pools: Iterable) -> None:
         """An exit's rest is told to (and taken from) the shared store of each pool (runtime Pool: its

@@ -64,4 +64,10 @@ class ExitTimers:
 
     def _expired(self, client, server) -> None:
         self._timers.pop(server.id, None)
+        if server.timestamp_start is None:
+            # still waiting for mitmproxy's turn to connect to this address (at most five connections to
+            # one address per client): cancelled there, the flow would never hear of it. Its time runs on.
+            timer = asyncio.get_running_loop().call_later(self.limit(), self._expired, client, server)
+            self._timers[server.id] = ((client.id, server.address), timer)
+            return
         connections.cut(client, server, WHY)

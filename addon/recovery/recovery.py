@@ -44,7 +44,7 @@ from addon.recovery.retry import Action, Attempt, Retrier
 from addon.recovery.streamed import Streams
 from addon.recovery.verdict import applies, holds_for_first_event, may_retry, verdict
 from addon.request.rewriter import REPLAY_KEY, Rewriter, Sent, rewritten
-from addon.rules.records import DISABLE, PASS, REFRESH, ROTATE, BreakerSpec, Config
+from addon.rules.records import DISABLE, PASS, REFRESH, ROTATE, Config
 from addon.rules.template import TOKEN
 from addon.runtime.loader import Runtime
 from addon.runtime.pools import Pool
@@ -196,11 +196,14 @@ class Recovery:
 
     def _exit_failed(self, flow: http.HTTPFlow, exit: ExitHealth, why: str, sent: Sent | None) -> None:
         """A request could not get through its exit: the exit's failure, no token's (a retry's copy
-        counts by its flow: it has no Sent)."""
+        counts by its flow: it has no Sent). When that rests the exit, the tokens refused through it
+        meanwhile are not to blame either."""
         pool = sent.pool if sent is not None else None
-        spec = pool.spec.breaker if pool is not None and pool.spec is not None else BreakerSpec()
+        spec = pool.spec.breaker if pool is not None and pool.spec is not None else None
         key = token_key(sent.values[TOKEN]) if sent is not None and TOKEN in sent.values else flow.id
-        exit.failed(key, why, spec)
+        undo = exit.failed(key, why, spec)
+        for each in self.runtime.pools.values() if undo else ():
+            each.tokens.restore(undo)  # (keys of other pools' tokens are passed over)
         logger.warning(f"exit {exit.spec.name}: {flow.request.method} {flow.request.pretty_url} could not get through "
                        f"{exit.spec.shown}: {why} (no token is blamed)")
         add_note(flow, f"exit {exit.spec.name} failed: {why} (no token is blamed)")

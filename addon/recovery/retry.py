@@ -127,7 +127,8 @@ class Retrier:
             counters.retries[pool_name] += 1
             values = next_values
             sent_at = time.time()
-            replay = await self._attempt(flow, sent, values, len(attempts) + 1, config, client, pool)
+            keep = exit if action.kind == REFRESH else None  # a refresh: the values of the exit that was refused
+            replay = await self._attempt(flow, sent, values, len(attempts) + 1, config, client, pool, keep)
             if replay.failure is not None or replay.flow.response is None:
                 attempts.append(self._attempt_of(None, values, action.refresh))
                 outcome = f"attempt {len(attempts)} failed: {replay.failure}"
@@ -241,7 +242,7 @@ class Retrier:
 
     async def _attempt(
         self, flow: http.HTTPFlow, sent: Sent, values: dict[str, str], n: int, config: Config, client: Handover | None,
-        pool: Pool,
+        pool: Pool, exit: ExitHealth | None = None,
     ) -> Replay:
         """Send the request again through mitmproxy with new values; the copy is its own flow.
         With `client`, an answer that cannot be a refusal is streamed to it (see Replay)."""
@@ -250,15 +251,14 @@ class Retrier:
         # copy of its own). The server is a new one, not yet connected, that mitmproxy replaces with
         # the connection it makes; it keeps the refused flow's route (`via`), which ReplayHandler sets
         # itself only when the first --mode is upstream mode.
-        server = connection.Server(
-            address=flow.server_conn.address,
-            via=flow.server_conn.via,
-            transport_protocol=flow.server_conn.transport_protocol,
-        )
+        server = connection.Server(address=flow.server_conn.address, via=flow.server_conn.via,
+                                   transport_protocol=flow.server_conn.transport_protocol)
         copy = http.HTTPFlow(flow.client_conn, server)
         copy.request = flow.request.copy()
-        # with exits: the new token's own, resting or not (upstream mode's ReplayHandler resets it: see below)
-        exit = self.runtime.exits.route_or_home(pool.spec, values[TOKEN]) if routed(pool.spec) and TOKEN in values else None
+        # with exits: `exit` (a refresh's), or the token's own, resting or not (upstream mode's ReplayHandler
+        # resets the route: see below)
+        if exit is None and routed(pool.spec) and TOKEN in values:
+            exit = self.runtime.exits.route_or_home(pool.spec, values[TOKEN])
         if exit is not None:
             send_through(copy, exit.spec)
         copy.metadata = dict(flow.metadata)

@@ -1,7 +1,8 @@
 """The request hook: draw the values a request's plan needs, and apply the plan (addon/request/plan.py).
 
 Named values come from their sources (addon/runtime/sources.py); `{token}` is drawn last, after every
-await, so that a token refused meanwhile is never sent.
+await, so that a token refused meanwhile is never sent (but for a value each exit has its own: the token,
+and so its exit, comes first).
 """
 
 from __future__ import annotations

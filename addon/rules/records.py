@@ -146,7 +146,7 @@ class ValueSpec:
     secret: bool = True  # False: logs, comments and explain show the value whole
     exit: str = ""  # a source of one exit: {exit} in its file or command filled in with this exit's name
 
-    @property
+    @functools.cached_property  # (asked per request of a pool with exits: worked out once)
     def per_exit(self) -> bool:
         """Does each exit have its own value ({exit} in the file's name or the command)? (Asked of the
         spec as written; `for_exit` makes each exit's.)"""
@@ -158,7 +158,7 @@ class ValueSpec:
         command = tuple(arg.replace(EXIT, name) for arg in self.command) if self.command is not None else None
         return replace(self, file=file, command=command, exit=name)
 
-    @property
+    @functools.cached_property
     def _written_file(self) -> str:
         """The file as the rules file names it: relative to its folder (whose own name may hold anything)."""
         if self.file is None:

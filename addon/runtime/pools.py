@@ -30,9 +30,9 @@ from addon.util.masking import mask
 
 logger = logging.getLogger(__name__)
 
-# tokens a draw passes over when their exits rest before it gives up: with half the exits resting, a
-# draw fails when one would have been found once in 2**32
-SKIPPED_AT_MOST = 32
+# tokens a draw passes over when their exits rest before it gives up (a pool of fewer tokens is looked
+# through whole): with nine exits of ten resting, a draw fails when one would have been found once in 10**46
+SKIPPED_AT_MOST = 1024
 
 State = tuple[Path, statefile.StateStore, dict[str, Health]]  # a state file read: its path, store and health
 

@@ -10,7 +10,7 @@ from mitmproxy.flow import Error
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
 
-from addon.exits.connect import failure, login, send_through
+from addon.exits.connect import failure, logged_out, login, send_through
 from addon.exits.routing import Exits
 from addon.rules.records import ExitSpec
 
@@ -21,9 +21,13 @@ OPEN = ExitSpec(name="b", scheme="https", host="127.0.0.1", port=3129, shown="ht
 BASIC = "Basic " + base64.b64encode(b"exit-user:exit-pass-4242").decode()
 
 
-def flow(scheme: str = "http", upstream: bool = False) -> tflow.tflow:
+def flow(scheme: str = "http", upstream: bool = False, tunnelled: bool = False) -> tflow.tflow:
+    """A request as a client sends it to a proxy: in absolute form (with an authority), or inside a
+    tunnel of its own (origin form)."""
     f = tflow.tflow()
     f.request.scheme = scheme
+    if not tunnelled:
+        f.request.authority = f"{f.request.host}:{f.request.port}"
     if upstream:
         f.client_conn.proxy_mode = ProxyMode.parse("upstream:http://127.0.0.1:9")
     return f
@@ -61,6 +65,21 @@ def test_send_through_logs_in_on_the_request_only_in_absolute_form(scheme, upstr
     assert f.request.headers.get(AUTH) == after
 
 
+def test_plain_http_in_a_tunnel_of_the_clients_own_carries_no_login_to_the_origin():
+    f = flow("http", upstream=True, tunnelled=True)  # mitmproxy sends it through the exit in a CONNECT
+    send_through(f, LOGGED_IN)
+    assert AUTH not in f.request.headers
+
+
+def test_the_exits_login_leaves_the_flow_once_the_request_has_gone():
+    f, other = flow("http", upstream=True), flow("http", upstream=True)
+    send_through(f, LOGGED_IN)
+    other.request.headers[AUTH] = "Basic b3RoZXI6bG9naW4="  # the client's own, not the addon's
+    logged_out(f)
+    logged_out(other)
+    assert AUTH not in f.request.headers and other.request.headers[AUTH] == "Basic b3RoZXI6bG9naW4="
+
+
 @pytest.fixture
 def exits():
     with taddons.context(Proxyserver()):
@@ -92,6 +111,7 @@ def test_a_connect_to_an_exit_carries_its_login(exits, address, before, after):
 
 EXIT_FAILURES = [
     "Upstream proxy 127.0.0.1:3128 refused HTTP CONNECT request: 407 Proxy Authentication Required",
+    "Upstream proxy 127.0.0.1:3128 refused HTTP CONNECT request: 401 Unauthorized",  # Debian's tinyproxy 1.11.1
     "[Errno 111] Connect call failed ('127.0.0.1', 3128)",
     "connection closed",
     "exit timeout",
@@ -117,4 +137,6 @@ def test_failure_is_none_when_the_exit_is_not_the_cause():
     connected.server_conn.timestamp_start = 946681202
     assert failure(answered) is None and failure(connected) is None
     assert failure(failed("TLS handshake failed")) is None
+    # the exit could not reach the origin: every exit would say so alike, and none is to blame
+    assert failure(failed("Upstream proxy 127.0.0.1:3128 refused HTTP CONNECT request: 502 Bad Gateway")) is None
     assert failure(tflow.tflow()) is None  # no error

@@ -43,11 +43,10 @@ def test_refusals_of_different_tokens_make_it_rest(health, clock, caplog):
     with caplog.at_level(logging.INFO):
         assert health.counting(BREAKER).refused("k1", 0.0) is None
         assert health.counting(BREAKER).refused("k1", 5.0) is None  # the same token counts once
-        assert not health.resting and health.state() == "up"
+        assert not health.resting
         clock.now += 10
         assert health.counting(BREAKER).refused("k2", 7.0) == {"k1": 0.0, "k2": 7.0}  # their cooldowns, put back
-    assert health.resting and health.state() == "resting"
-    assert health.resting_until == clock.now + 120
+    assert health.resting and health.resting_until == clock.now + 120
     (alert,) = [r for r in caplog.records if r.levelno == ALERT]
     assert alert.getMessage().startswith("exit a: 2 different tokens were refused through it")
     assert "It rests for 120 s" in alert.getMessage()
@@ -85,8 +84,15 @@ def test_failures_while_it_rests_neither_extend_it_nor_count_after(health, clock
     assert not health.resting
 
 
-def test_rest_ended_closes_it(health):
-    health.failed("k1", "connection closed", BREAKER)
-    health.failed("k2", "connection closed", BREAKER)
-    health.rest_ended()
-    assert not health.resting and health.state() == "up"
+def test_failures_that_make_it_rest_give_back_the_refused_tokens_cooldowns(health, clock):
+    three = BreakerSpec(tokens=3, window=60, pause=999)
+    health.counting(three).refused("k1", 0.0)
+    assert health.failed("f1", "connection closed", three) is None
+    assert health.failed("f2", "exit timeout", three) == {"k1": 0.0}  # the token's; failures cooled none
+    assert health.resting
+
+
+def test_a_failure_of_an_unknown_pool_keeps_the_breaker_settings(health):
+    health.counting(BreakerSpec(tokens=5, window=30, pause=1))
+    health.failed("f1", "connection closed", None)  # a retry's attempt: its pool is not known here
+    assert health.breaker.spec == BreakerSpec(tokens=5, window=30, pause=120)

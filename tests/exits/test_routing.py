@@ -105,3 +105,19 @@ def test_exits_make_mitmproxy_connect_lazily(tctx):
     exits = Exits()
     exits.use(SPECS)
     assert tctx.options.connection_strategy == "lazy" and exits
+
+
+def test_connection_strategy_cannot_be_set_back_to_eager_while_there_are_exits():
+    from mitmproxy import exceptions
+
+    from addon.pipeline import Pipeline
+
+    pipeline = Pipeline()
+    with taddons.context(Proxyserver(), pipeline) as tctx:
+        tctx.configure(pipeline)  # (no rules file: no exits)
+        tctx.options.update(connection_strategy="eager")  # without exits, any strategy
+        pipeline.runtime.exits.use({"a": SPECS["a"]})
+        assert tctx.options.connection_strategy == "lazy"
+        with pytest.raises(exceptions.OptionsError, match="connection_strategy must stay lazy"):
+            tctx.options.update(connection_strategy="eager")
+        assert tctx.options.connection_strategy == "lazy"

@@ -146,3 +146,20 @@ def test_a_mitmproxy_it_was_not_written_for_declines_once_with_a_warning(timers,
         "exits: an exit that never answers cannot be cut off on this mitmproxy (ConnectionIO has no handler): "
         "a request through it waits until the exit or the client gives up"
     ]
+
+
+def test_a_connection_waiting_for_its_turn_is_cut_only_once_it_has_started(timers, calls):
+    """mitmproxy opens at most five connections to one address for a client: one cancelled while it waits for
+    its turn would leave its flow waiting for ever, so its time runs on until it has started."""
+    data = connecting()
+    data.server.timestamp_start = None  # still waiting for its turn
+
+    async def main() -> None:
+        timers.server_connect(data)
+        await asyncio.sleep(PAST_THE_LIMIT)
+        assert calls.cut == []
+        data.server.timestamp_start = 946681202  # its turn came: it connects
+        await until_cut(calls)
+
+    asyncio.run(main())
+    assert calls.cut == [(data.client, data.server, "exit timeout")]

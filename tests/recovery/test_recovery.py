@@ -323,7 +323,7 @@ def counted(tmp_path, monkeypatch):
         addon = Recovery(loader, rewriter)
         answers, tried = list(retries), []
 
-        async def attempt(flow, sent, values, n, config, client, pool):
+        async def attempt(flow, sent, values, n, config, client, pool, exit=None):
             tried.append(values["token"])
             status = answers.pop(0)
             if status is None:

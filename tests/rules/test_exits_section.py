@@ -123,6 +123,14 @@ def test_a_pool_needs_the_files_exits(tmp_path, text, line, column, message):
     assert str(e.value) == f"{path}:{line}:{column}: {message}"
 
 
+def test_a_url_without_a_scheme_is_shown_once_with_its_password_masked(tmp_path):
+    path = write_rules(tmp_path, GOOD.replace("http://exit%2Buser:{env:EXIT_PW}@", "exit%2Buser:Zq9exitpw7@", 1))
+    with pytest.raises(RulesError) as e:
+        load_config(path, environ=ENVIRON)
+    assert "Zq9exitpw7" not in str(e.value) and str(e.value).count("127.0.0.1:3128") == 1
+    assert "('exit%2Buser:****@127.0.0.1:3128')" in str(e.value)
+
+
 def test_a_literal_password_with_url_delimiters_is_read_whole_and_never_shown(tmp_path):
     path = write_rules(tmp_path, GOOD.replace("{env:EXIT_PW}", "Zq9exit/pw7?#"))
     config = load_config(path, environ=ENVIRON)

@@ -60,7 +60,9 @@ def _exit_url(environ: Mapping[str, str], text: str) -> dict[str, Any]:
     # the login is everything between "://" and the last "@" (a password written as it is may hold / ? #,
     # which would end the netloc early): it is read apart, and never shown
     scheme, sep, rest = url.partition("://")
-    userinfo, at, rest = rest.rpartition("@") if sep else ("", "", url)
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, rest = rest.rpartition("@")
     user, colon, password = (urllib.parse.quote(p, safe="%") for p in userinfo.partition(":"))
     parts = urllib.parse.urlsplit(f"{scheme}{sep}{rest}")
     shown = f"{scheme}{sep}{user}{':****' if colon else ''}{at}{rest}"
