@@ -52,7 +52,7 @@ def absolute_form(flow: http.HTTPFlow) -> bool:
 def logged_out(flow: http.HTTPFlow) -> None:
     """The request has gone (responseheaders, error): the exit's login it carried leaves the flow, so that
     mitmweb, flow dumps, saved flows and the copies a recovery shows never hold it."""
-    if flow in _LOGGED_IN:
+    if _LOGGED_IN and flow in _LOGGED_IN:  # (most flows: an empty set, and no weak reference made to ask)
         _LOGGED_IN.discard(flow)
         flow.request.headers.pop(PROXY_AUTHORIZATION, None)
 

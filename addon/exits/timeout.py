@@ -64,6 +64,8 @@ class ExitTimers:
 
     def _expired(self, client, server) -> None:
         self._timers.pop(server.id, None)
+        if server.error:  # it never started: killed before it connected (its flow has heard of it)
+            return
         if server.timestamp_start is None:
             # still waiting for mitmproxy's turn to connect to this address (at most five connections to
             # one address per client): cancelled there, the flow would never hear of it. Its time runs on.

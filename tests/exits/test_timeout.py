@@ -163,3 +163,16 @@ def test_a_connection_waiting_for_its_turn_is_cut_only_once_it_has_started(timer
 
     asyncio.run(main())
     assert calls.cut == [(data.client, data.server, "exit timeout")]
+
+
+def test_a_connection_killed_before_it_started_is_let_go(timers, calls):
+    data = connecting()
+    data.server.timestamp_start = None
+    data.server.error = "killed by another addon"  # its flow has heard of it; nothing is left to cut
+
+    async def main() -> None:
+        timers.server_connect(data)
+        await asyncio.sleep(PAST_THE_LIMIT)
+
+    asyncio.run(main())
+    assert calls.cut == [] and timers._timers == {}
