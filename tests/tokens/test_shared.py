@@ -147,6 +147,8 @@ def test_the_breaker_opened_by_one_holds_on_the_other_and_undoes_the_cooldowns(r
         opened_here = b.breaker.is_open
         await eventually(lambda: a.breaker.is_open, "the breaker open on a")
         await eventually(lambda: not cooling(a, TOKENS[0]) and not cooling(a, TOKENS[1]), "the cooldowns undone on a")
+        # b undoes a's refusal when the stream brings Redis's undo of it (its own, with the script's answer)
+        await eventually(lambda: not cooling(b, TOKENS[0]), "a's refusal undone on b")
         states = [b.pool.health[token_key(t)].state(b.clock()) for t in TOKENS[:2]]
         a.stop(), b.stop()
         return opened_here, states
