@@ -29,6 +29,7 @@ from addon.request.plan import BodySkipped, Edit, Plan, Skipped, plan_request
 from addon.rules.records import DISABLE, PASS, REFRESH, REFRESH_CAPTCHA, ROTATE, Config
 from addon.rules.template import TOKEN
 from addon.exits.binding import exit_order
+from addon.runtime.sources import sources_for
 from addon.tokens import statefile
 from addon.tokens.pool import TokenPool
 from addon.tokens.tokenfile import TokensFileError, read_tokens
@@ -158,8 +159,8 @@ def stand_in_values(config: Config) -> dict[str, str]:
                 values[f"{TOKEN}:{name}"] = values[TOKEN]
             if spec.exits:
                 values[f"exits:{name}"] = ", ".join(exit_order(token, spec.exits))
-    specs = {f"{n}@{exit}": spec.for_exit(exit) for n, spec in config.values.items() if spec.per_exit for exit in config.exits}
-    for name, spec in [*((n, s) for n, s in config.values.items() if not s.per_exit), *specs.items()]:
+    for name, source in sources_for(config, {}).items():  # named as the proxy names them (NAME@EXIT: an exit's)
+        spec = source.spec
         if spec.command is not None:
             values[name] = f"‹{name} from the command, not run›"
             continue
@@ -207,8 +208,9 @@ def _explain(config: Config, flow: http.HTTPFlow, values: dict[str, str]) -> Ite
         failover = "on" if config.pools[pool].failover else "off"
         yield f"  leaves through exit {first.name} ({first.shown}); the token's order: {order} (failover {failover})"
     # a value each exit has its own: its exit's, or none (as the proxy sends it)
-    values = {k: v for k, v in values.items() if "@" not in k} | {
-        n: v for k, v in values.items() if (n := k.partition("@")[0]) and k == f"{n}@{exit}" and exit}
+    own = f"@{exit}" if exit else None
+    values = {(k.removesuffix(own) if own and k.endswith(own) else k): v for k, v in values.items()
+              if "@" not in k or (own and k.endswith(own))}
     sent = req.copy()
     removed: set[Edit] = set()  # as the flow comment: only what the request had
     notes = apply_plan(plan, sent, values, removed)
