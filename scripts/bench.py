@@ -41,6 +41,7 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_peers  # noqa: E402
 import fake_upstream  # noqa: E402
 from latency_relay import LatencyRelay  # noqa: E402
 
@@ -478,16 +479,23 @@ class Scraper:
 
     def _run(self) -> None:
         while not self.stop.wait(1.0):
-            for path in ("/metrics", "/status"):
-                try:
-                    status, _, _, _ = fetch(self.port, build_request("GET", self.port, path, [], absolute=False))
-                except OSError as e:
-                    self.problem = f"the status server did not answer {path}: {e}"
-                    return
-                if status != 200:
-                    self.problem = f"the status server answered {status} for {path}"
-                    return
-                self.reads += 1
+            try:
+                self.read_once()
+            except RuntimeError as e:
+                self.problem = str(e)
+                return
+
+    def read_once(self) -> None:
+        """Read /metrics and /status once (RuntimeError: the server did not answer them)."""
+        assert self.port is not None
+        for path in ("/metrics", "/status"):
+            try:
+                status, _, _, _ = fetch(self.port, build_request("GET", self.port, path, [], absolute=False))
+            except OSError as e:
+                raise RuntimeError(f"the status server did not answer {path}: {e}") from e
+            if status != 200:
+                raise RuntimeError(f"the status server answered {status} for {path}")
+            self.reads += 1
 
 
 CALLGRIND_REQUESTS = 200  # per count in scenario 12 (a quarter of it with --quick)
@@ -507,6 +515,54 @@ def keep_alive(proxy_port: int, upstream_port: int, n: int) -> None:
                 raise RuntimeError(f"status {answer.status} through the proxy on port {proxy_port}")
     finally:
         conn.close()
+
+
+def instruction_rows(per: dict[str, list[float]], others: dict[str, list[float]], n: int) -> dict[float, Result]:
+    """Scenario 12's rows from each proxy's instructions per request on the event loop's thread (`per`) and
+    on its other threads (`others`), one figure per round."""
+    m = lambda name, of=per: span([x / 1e6 for x in of[name]], " M", "{:.3f}")  # noqa: E731
+    f = "{:.3f}"
+    noop = per_round(per["bare"], per["noop-script"])
+    rows: dict[float, Result] = {}
+    for number, name, target in ((12, "addon-10", 0.95), (12.25, "addon-1000", 0.90)):
+        ratios = per_round(per["bare"], per[name])
+        rows[number] = Result(
+            12, f"instructions per request (callgrind), {'10 rules' if number == 12 else '1,000 rules'}",
+            "instructions per request, bare ÷ addon, same round", f"≥ {target:.2f}",
+            f"{span(ratios, fmt=f, bold=True)}; addon {m(name)}, bare {m('bare')} instructions per request; for "
+            f"scale, a script shaped like the addon with hooks that do nothing: {span(noop, fmt=f)} ({m('noop-script')}); "
+            f"{n} requests per count, after {CALLGRIND_WARMUP}; on other threads than the event loop's, "
+            f"per request: addon {m(name, others)}, bare {m('bare', others)}",
+            med(ratios) >= target,
+            raw={"instructions": per[name], "bare_instructions": per["bare"], "noop_script_instructions": per["noop-script"],
+                 "ratios": ratios, "requests": n, "other_threads": {k: others[k] for k in (name, "bare")}},
+            part="a" if number == 12 else "b", headline=f"{med(ratios):.3f}",
+        )  # fmt: skip
+    on = per_round(per["addon-10"], per["addon-10-status"])
+    rows[12.5] = Result(
+        12, "instructions per request, 10 rules with the status server on (/metrics and /status read once in the "
+        "count) against off", "instructions per request, off ÷ on, same round", "≥ 0.99 (within 0.01)",
+        f"{span(on, fmt=f, bold=True)}; on {m('addon-10-status')}, off {m('addon-10')}",
+        med(on) >= 0.99, raw={"instructions": per["addon-10-status"], "off_instructions": per["addon-10"], "ratios": on},
+        part="s", headline=f"{med(on):.3f}",
+    )  # fmt: skip
+    peers = {name: per_round(per[name], per["addon-10"]) for name in ("modify-headers", "handwritten")}
+    extra = {name: [(a - b) / 1e6 for a, b in zip(per[name], per["bare"])]
+             for name in ("addon-10", "modify-headers", "handwritten")}
+    rows[12.75] = Result(
+        12, "instructions per request, 10 rules: the addon against mitmproxy's modify_headers (the rules' fixed "
+        "headers only) and a hand-written script doing the job (scripts/bench_peers.py)",
+        "peer ÷ addon, same round (above 1: the addon costs less)", "> 1 for both",
+        f"modify_headers {span(peers['modify-headers'], fmt=f, bold=True)}, hand-written "
+        f"{span(peers['handwritten'], fmt=f, bold=True)}; above bare: addon {span(extra['addon-10'], ' M', '{:.3f}')}, "
+        f"modify_headers {span(extra['modify-headers'], ' M', '{:.3f}')}, hand-written "
+        f"{span(extra['handwritten'], ' M', '{:.3f}')} instructions per request",
+        min(med(v) for v in peers.values()) > 1,
+        raw={"modify_headers_instructions": per["modify-headers"], "handwritten_instructions": per["handwritten"],
+             "ratios": peers},
+        part="p", headline=f"{med(peers['modify-headers']):.3f} / {med(peers['handwritten']):.3f}",
+    )  # fmt: skip
+    return rows
 
 
 def write_wrk_script(workdir: Path, upstream_port: int) -> Path:
@@ -987,62 +1043,107 @@ class Bench:
 
     def instructions(self) -> None:
         """Scenario 12: instructions per request, counted by valgrind's callgrind, which machine noise cannot
-        move: each proxy (bare, 10 rules, 1,000 rules) runs under callgrind with counting off; counting is
-        switched on for a warm-up, zeroed (callgrind_control), then CALLGRIND_REQUESTS of scenario 1's
-        request go through it on one kept-alive connection, and the dump's total ÷ that count is its
-        instructions per request. Rounds alternate the three proxies, each started anew."""
+        move: each proxy runs under callgrind with counting off; counting is switched on for a warm-up,
+        zeroed (callgrind_control), then CALLGRIND_REQUESTS of scenario 1's request go through it on one
+        kept-alive connection, and the dump's total ÷ that count is its instructions per request. Rounds
+        alternate the proxies, each started anew: bare; a script shaped like the addon whose hooks do
+        nothing (for scale); 10 and 1,000 rules; 10 rules with the status server on (its /metrics and
+        /status read once, halfway through the count); and the peers (scripts/bench_peers.py):
+        mitmproxy's modify_headers with the part of the 10 rules it can express, and a hand-written script."""
         assert self.fast
         n = CALLGRIND_REQUESTS // (4 if self.s.quick else 1)
-        names = {"bare": None, "addon-10": self.rules10, "addon-1000": self.rules1000}
-        per: dict[str, list[float]] = {name: [] for name in names}
+        noop = self.w / "noop_script.py"
+        noop.write_text(NOOP_SCRIPT.format(main=str(ADDON_MAIN)))
+        status_port = free_port()
+        status_rules = rules_file(self.w / "rules10-cg-status.yaml", realistic_rules(self.hosts), self.w / "tokens.txt",
+                                  self.captcha_file())
+        script = bench_peers.handwritten_script(self.w / "handwritten.py", self.hosts, UA_BROWSER,
+                                                self.w / "tokens.txt", self.w / "captcha.txt")
+        specs = [a for spec in bench_peers.modify_headers_specs(self.hosts, UA_BROWSER)
+                 for a in ("--set", f"modify_headers={spec}")]
+        self.check_peers(script, specs)
+        proxies: dict[str, tuple[Path | None, tuple[str, ...]]] = {
+            "bare": (None, ()), "noop-script": (None, ("-s", str(noop))),
+            "addon-10": (self.rules10, ()), "addon-1000": (self.rules1000, ()),
+            "addon-10-status": (status_rules, ("--set", f"status_listen=127.0.0.1:{status_port}")),
+            "modify-headers": (None, tuple(specs)), "handwritten": (None, ("-s", str(script))),
+        }  # fmt: skip
+        per: dict[str, list[float]] = {name: [] for name in proxies}  # on the event loop's thread
+        others: dict[str, list[float]] = {name: [] for name in proxies}  # on other threads
         rounds = 1 if self.s.quick else 3
         for r in range(rounds):
-            for name in rotate(list(names), r):
-                per[name].append(self._count_instructions(name, names[name], n))
-            log(f"instructions round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1] / 1e6:.3f} M per request"
-                                                                     for k, v in per.items()))  # fmt: skip
-        for number, name, target in ((12, "addon-10", 0.95), (12.5, "addon-1000", 0.90)):
-            ratios = per_round(per["bare"], per[name])
-            self.results[number] = Result(
-                12, f"instructions per request (callgrind), {'10 rules' if number == 12 else '1,000 rules'}",
-                "instructions per request, bare ÷ addon, same round", f"≥ {target:.2f}",
-                f"**{med(ratios):.3f}** ({min(ratios):.3f}–{max(ratios):.3f}); addon "
-                f"{span([x / 1e6 for x in per[name]], ' M', '{:.3f}')}, bare {span([x / 1e6 for x in per['bare']], ' M', '{:.3f}')} "
-                f"instructions per request; {n} requests per count, after {CALLGRIND_WARMUP}",
-                med(ratios) >= target,
-                raw={"instructions": per[name], "bare_instructions": per["bare"], "ratios": ratios, "requests": n},
-                part="a" if number == 12 else "b",
-                headline=f"{med(ratios):.3f}",
-            )
+            for name in rotate(list(proxies), r):
+                rules, extra = proxies[name]
+                halfway = (lambda: Scraper(status_port).read_once()) if name == "addon-10-status" else None
+                loop_thread, other_threads = self._count_instructions(name, rules, n, extra, halfway)
+                per[name].append(loop_thread)
+                others[name].append(other_threads)
+            log(f"instructions round {r + 1}/{rounds}: " + ", ".join(
+                f"{k} {v[-1] / 1e6:.3f} M (+{others[k][-1] / 1e6:.3f} M on other threads)" for k, v in per.items()))
+        self.results.update(instruction_rows(per, others, n))
 
-    def _count_instructions(self, name: str, rules: Path | None, n: int) -> float:
-        """Instructions per request of one proxy under callgrind (see `instructions`)."""
+    def check_peers(self, script: Path, specs: list[str]) -> None:
+        """Before counting: the hand-written script rewrites the benchmark request as the addon does (token,
+        captcha, cookies, headers); modify_headers does the part it can (headers), and no token."""
+        assert self.fast
+        req = build_request("POST", self.fast.port, "/v1/echo", SDK_HEADERS, CHAT_BODY)
+        for name, extra in (("handwritten", ("-s", str(script))), ("modify-headers", tuple(specs))):
+            proxy = Proxy(f"check-{name}", self.w, None, extra).start()
+            try:
+                status, _, body, _ = fetch(proxy.port, req)
+            finally:
+                proxy.stop()
+            got = {k.lower(): v.strip() for k, v in json.loads(body)["headers"]} if status == 200 else {}
+            headers = (got.get("user-agent") == UA_BROWSER and "x-stainless-lang" not in got
+                       and got.get("origin") == "https://chat.example.com" and got.get("accept") == "application/json")
+            account = (got.get("x-captcha-token") == self.captcha_value and "session=tok-bench-" in got.get("cookie", "")
+                       and "tracking" not in got.get("cookie", ""))
+            if status != 200 or not headers or account != (name == "handwritten"):
+                raise RuntimeError(f"{name}: unexpected upstream view (status {status}): {got}")
+        log("checked: the hand-written script rewrites the benchmark request as the addon does; modify_headers its headers")
+
+    def _count_instructions(self, name: str, rules: Path | None, n: int, extra: tuple[str, ...] = (),
+                            halfway: Callable[[], None] | None = None) -> tuple[float, float]:
+        """Instructions per request of one proxy under callgrind (see `instructions`): on the thread that runs
+        the event loop, where mitmproxy and the addon handle requests, and on the process's other threads (the
+        addon writes its state file in a thread of its own, at most once a second whatever the load).
+        `halfway` is called after half of the counted requests."""
         assert self.fast
         out = self.w / f"callgrind-{name}.out"
-        valgrind = ("env", "PYTHONMALLOC=malloc", "valgrind", "--tool=callgrind", "--instr-atstart=no",
-                    f"--callgrind-out-file={out}")  # fmt: skip
-        proxy = Proxy(f"callgrind-{name}", self.w, rules)
+        # mitmproxy's own allocator (pymalloc), as users run it; one hash seed for every count: with a random one,
+        # dicts and sets collide differently in each process, and a count moved by up to 3 % between starts
+        valgrind = ("env", "PYTHONHASHSEED=0", "valgrind", "--tool=callgrind", "--instr-atstart=no",
+                    "--separate-threads=yes", f"--callgrind-out-file={out}")  # fmt: skip
+        proxy = Proxy(f"callgrind-{name}", self.w, rules, extra)
         proxy.args = [*valgrind, *proxy.args]
         proxy.start(wait=False)
         wait_for_port(proxy.port, timeout=300, proc=proxy.proc)
         control = lambda *a: subprocess.run(["callgrind_control", *a, str(proxy.pid)], capture_output=True,  # noqa: E731
                                             text=True, timeout=120)  # fmt: skip
+        totals: dict[tuple[int, int], int] = {}  # (dump, thread) -> instructions
         try:
             control("--instr=on")
             keep_alive(proxy.port, self.fast.port, CALLGRIND_WARMUP)
             control("--zero")
-            keep_alive(proxy.port, self.fast.port, n)
+            keep_alive(proxy.port, self.fast.port, n // 2)
+            if halfway is not None:
+                halfway()
+            keep_alive(proxy.port, self.fast.port, n - n // 2)
             control("--dump")
-            dumps = sorted(self.w.glob(f"{out.name}*"), key=lambda p: p.stat().st_mtime)
-            text = dumps[-1].read_text(errors="replace") if dumps else ""
+            for dump in self.w.glob(f"{out.name}.*-*"):  # <out>.<dump>-<thread>
+                number = re.search(r"\.(\d+)-(\d+)$", dump.name)
+                found = re.search(r"^(?:summary|totals): (\d+)", dump.read_text(errors="replace"), re.M)
+                if number and found:
+                    totals[int(number.group(1)), int(number.group(2))] = int(found.group(1))
         finally:
             proxy.stop()
             for dump in self.w.glob(f"{out.name}*"):
                 dump.unlink()
-        found = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
-        if found is None:
+        if not totals:
             raise RuntimeError(f"{name}: no callgrind total after {n} requests:\n{proxy.log()[-2000:]}")
-        return int(found.group(1)) / n
+        last = max(dump for dump, _ in totals)
+        others = sum(count for (dump, thread), count in totals.items() if dump == last and thread != 1)
+        return totals.get((last, 1), 0) / n, others / n
 
     # scenario 3
 
@@ -2133,14 +2234,24 @@ def render_summary(runs: list[dict]) -> str:
         "watcher's 1-second poll), and the slowest of those requests is the stall the reload caused; "
         f"{s.reload_rounds} rounds. Met when the added start-up is under 1 s, the edit is applied within the "
         "poll interval plus 1 s, and the stall is under 1 s.",
-        f"- **12: instructions per request.** Bare mitmdump, the 10-rule and the 1,000-rule proxy each run under "
-        "`valgrind --tool=callgrind --instr-atstart=no` (`PYTHONMALLOC=malloc`), started anew for each count; "
-        f"counting is switched on, {CALLGRIND_WARMUP} of scenario 1's requests warm it up, `callgrind_control "
-        f"--zero`, then {CALLGRIND_REQUESTS} more on one kept-alive connection, one at a time, and `callgrind_control "
-        "--dump`: the dump's total ÷ the requests is the proxy's instructions per request (every thread of the "
-        "process; waiting costs none). 3 rounds in rotated order; bare ÷ addon per round, then the median. "
-        "Instruction counts do not move with the machine's load: counts of one proxy agree within 0.5 % "
-        "between rounds.",
+        f"- **12: instructions per request.** Each proxy runs under `valgrind --tool=callgrind --instr-atstart=no` "
+        "with `PYTHONHASHSEED=0` (one hash seed for all: with random ones, counts moved by up to 3 % between "
+        "starts) and mitmproxy's own allocator, started anew for each count; counting is switched on, "
+        f"{CALLGRIND_WARMUP} of scenario 1's requests warm it up, `callgrind_control --zero`, then "
+        f"{CALLGRIND_REQUESTS} more on one kept-alive connection, one at a time, and `callgrind_control --dump`: "
+        "the dump's total ÷ the requests is the proxy's instructions per request (every thread of the process; "
+        "waiting costs none; work done once a second, such as the state file's writes, is a small share: with "
+        "the requests spaced 0.4 s apart, three times the time, both proxies counted 2–3 % fewer instructions, "
+        "not more). The proxies: bare "
+        "mitmdump; a script shaped like the addon whose hooks do nothing (for scale); the addon with 10 and "
+        "with 1,000 rules; with 10 rules and the status server on, its /metrics and /status read once halfway "
+        "through the count (12s); and the peers of scripts/bench_peers.py (12p): mitmproxy's `modify_headers` "
+        "with the part of the 10 rules it can express (fixed headers set and removed, under the same conditions "
+        "as flow filters, no token, captcha or single cookie), and a hand-written script doing the job "
+        "(headers, Accept by the body's `stream`, captcha, the next token in the `session` cookie, a 403 sent "
+        "again with the next token); before counting, the bench checks through `/echo` that each does its "
+        "part. 3 rounds in rotated order; ratios per round, then the median. Instruction counts do not move "
+        "with the machine's load.",
         f"- **11: shared store.** A `redis-server` of the bench's own (`--save '' --appendonly no`, on a free port, "
         "pinned with the upstreams). (a) Throughput: scenario 1's request and 10-rule file through bare mitmdump, "
         "the addon with the state file (scenario 1's proxy) and the addon with the same file plus `store: "
@@ -2310,7 +2421,7 @@ def main() -> int:
         if bench.results:
             run = run_record(bench, s, started, argv)
             report = render_details(run)
-            full = not s.quick and only == set(range(1, 12)) and ok and not args.addon and not args.compare
+            full = not s.quick and only == set(range(1, 13)) and ok and not args.addon and not args.compare
             scratch = Path(tempfile.gettempdir()) / "bench" / ("BENCHMARKS-quick.md" if s.quick else "BENCHMARKS-partial.md")
             out = args.out or (RUNS / f"mitmproxy-{run['mitmproxy']}.md" if full else scratch)
             out.parent.mkdir(parents=True, exist_ok=True)

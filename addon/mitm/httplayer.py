@@ -7,7 +7,7 @@ proxy core, for flows the addon marks with `hold()`, and nowhere else in the add
 
 - `install(nextlayer)`, from a `next_layer` hook: mitmproxy's own NextLayer addon is asked to
   choose the layers for the connection first (scripts run before it); each `HttpLayer` among them
-  then becomes a `RelayingHttpLayer`, whose `make_stream` makes its streams `RelayingHttpStream`s.
+  then becomes a `RelayingHttpLayer`, whose `make_stream` makes its streams as `RelayingHttpStream`s.
 - When a held answer's body is complete, the stream's `send_response` yields `HeldAnswerHook`, a
   blocking hook of the addon's own, with a `Handover` (addon/mitm/handover.py). The addon judges the
   answer and recovers within that hook, through mitmproxy's ReplayHandler as before. If a retry's
@@ -72,6 +72,7 @@ from addon.mitm.versioncheck import (  # mitmproxy's internals, imported there o
     ResponseTrailers,
     SendHttp,
     ServerManager,
+    Start,
     StartHook,
     Wakeup,
 )
@@ -176,10 +177,11 @@ class _FirstEventHold:
 
 class RelayingHttpLayer(HttpLayer):  # type: ignore[misc,valid-type]
     def make_stream(self, stream_id: int):
-        yield from super().make_stream(stream_id)
-        stream = self.streams.get(stream_id)
-        if type(stream) is HttpStream:
-            stream.__class__ = RelayingHttpStream
+        # mitmproxy's own make_stream with this module's stream class (versioncheck.py checks that it is
+        # these three lines): a stream made as mitmproxy's HttpStream and given another __class__ after
+        # would keep its attributes in a dict of its own, and every event would read them slower
+        self.streams[stream_id] = stream = RelayingHttpStream(self.context.fork(), stream_id)
+        yield from self.event_to_child(stream, Start())
 
 
 class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
@@ -197,6 +199,13 @@ class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
         return super().handle_event(event)
 
     def _handle_event(self, event):
+        # not a generator itself: mitmproxy's, as it is, for all but a first-event hold's events and a
+        # Wakeup (the layer drives whatever generator this returns)
+        if self.first is None and not isinstance(event, Wakeup):
+            return super()._handle_event(event)
+        return self._handle_held_event(event)
+
+    def _handle_held_event(self, event):
         first = self.first
         if isinstance(event, Wakeup):  # only a first-event hold asks for one on this stream
             ours = first is not None and event.command is first.wakeup
@@ -269,7 +278,7 @@ class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
         yield from ()  # (nothing comes here: the stream is paused while it judges)
 
     def send_response(self, already_streamed: bool = False):
-        hold = None if already_streamed else _first_event.pop(self.flow, None)
+        hold = None if already_streamed or not _first_event else _first_event.pop(self.flow, None)
         if hold is not None:  # a streamed answer that came whole (with no body at all, as a rule): judged the same way
             first = self.first = _FirstEventHold(*hold)
             body = self.flow.response.raw_content if self.flow.response else None
@@ -280,7 +289,7 @@ class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
             first.reader.end()
             yield from self._judge_first_event()
             return
-        if already_streamed or self.flow not in _held:
+        if already_streamed or not _held or self.flow not in _held:
             yield from super().send_response(already_streamed)
             return
         _held.discard(self.flow)

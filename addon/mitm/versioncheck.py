@@ -3,7 +3,9 @@
 difference, the addon says what and falls back to the buffered retry.
 
 The internals used, as in mitmproxy 11.0.2 and 12.3.1 (`check()` verifies them before `install`):
-- `mitmproxy.proxy.layers.http`: `HttpLayer.make_stream(stream_id)` and `HttpLayer.streams`;
+- `mitmproxy.proxy.layers.http`: `HttpLayer.make_stream(stream_id)`, whose three lines (fork the context,
+  make an `HttpStream(ctx, stream_id)` into `HttpLayer.streams`, send it `events.Start()`) httplayer repeats
+  with its own stream class, and `HttpLayer.event_to_child(child, event)`;
   `HttpStream.send_response(already_streamed=False)`, `HttpStream.check_killed(emit_error_hook)`,
   `HttpStream.handle_protocol_error(event)` (these read and set the stream's `client_state` and
   `server_state`), `HttpStream.start_response_stream()`, `HttpStream.state_stream_response_body(event)`,
@@ -33,7 +35,7 @@ import inspect
 try:
     from mitmproxy.addons.clientplayback import ReplayHandler
     from mitmproxy.proxy.commands import RequestWakeup, StartHook
-    from mitmproxy.proxy.events import Wakeup
+    from mitmproxy.proxy.events import Start, Wakeup
     from mitmproxy.proxy.layer import Layer
     from mitmproxy.proxy.layers.http import (
         HttpLayer,
@@ -53,7 +55,7 @@ try:
 except ImportError as e:  # addon/mitm must load on any mitmproxy; check() then says no, and httplayer's classes
     # (made of these stand-ins) are never installed
     _IMPORT_PROBLEM = f"cannot import what it needs: {e}"
-    ReplayHandler = RequestWakeup = StartHook = Wakeup = Layer = HttpLayer = HttpStream = object  # type: ignore[assignment,misc]
+    ReplayHandler = RequestWakeup = StartHook = Start = Wakeup = Layer = HttpLayer = HttpStream = object  # type: ignore[assignment,misc]
     RequestProtocolError = ResponseData = ResponseEndOfMessage = ResponseHeaders = object  # type: ignore[assignment,misc]
     ResponseProtocolError = ResponseTrailers = SendHttp = ServerManager = ConnectionHandler = ConnectionIO = object  # type: ignore[assignment,misc]
 
@@ -87,6 +89,15 @@ _ATTRIBUTES = {  # class: annotated attributes this module relies on
 }
 
 
+# the body of HttpLayer.make_stream in 11.0.2 and 12.3.1, which RelayingHttpLayer.make_stream repeats with its
+# own stream class
+_MAKE_STREAM = (
+    "ctx = self.context.fork()",
+    "self.streams[stream_id] = HttpStream(ctx, stream_id)",
+    "yield from self.event_to_child(self.streams[stream_id], events.Start())",
+)
+
+
 def check() -> tuple[str | None, tuple[object, object] | None]:
     """Are mitmproxy's internals what addon/mitm was written for? (None, the codes) if so: the
     ResponseProtocolError code for a retry that broke off, and the RequestProtocolError code that cuts
@@ -117,6 +128,12 @@ def check() -> tuple[str | None, tuple[object, object] | None]:
         routes_wakeups = False
     if not routes_wakeups:
         return "HttpLayer.event_to_child does not route a stream's RequestWakeup back to it", None
+    try:
+        making = inspect.getsource(HttpLayer.make_stream)
+    except (OSError, TypeError):
+        making = ""
+    if not all(line in making for line in _MAKE_STREAM):
+        return "HttpLayer.make_stream is not what httplayer.RelayingHttpLayer.make_stream repeats", None
     if getattr(StartHook, "blocking", None) is not True:
         return "StartHook is not a blocking command", None
     found, code = _code_parameter(ResponseProtocolError)

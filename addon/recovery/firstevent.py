@@ -17,13 +17,15 @@ import re
 
 from mitmproxy import http
 
+from addon.util.fields import header_value
+
 FIRST_EVENT_LIMIT = 64 * 1024  # bytes of a stream read at most before it is judged
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 def is_sse(headers: http.Headers) -> bool:
-    return headers.get("content-type", "").lower().startswith("text/event-stream")
+    return (header_value(headers, b"content-type") or "").lower().startswith("text/event-stream")
 
 
 class FirstEventReader:

@@ -19,6 +19,7 @@ import time
 
 from mitmproxy import http
 
+from addon.recovery.firstevent import is_sse
 from addon.recovery.verdict import may_retry
 from addon.request.rewriter import REPLAY_KEY, rewritten
 from addon.runtime.loader import Runtime
@@ -89,8 +90,8 @@ class StreamTap:
             return False  # a replay's answer goes on by the request that made it (addon/recovery/replay.py)
         if config and may_retry(config.on_response, flow.response.status_code, record.injected):
             return True  # held: the client must not see any of it before it is judged
-        is_sse = flow.response.headers.get("content-type", "").lower().startswith("text/event-stream")
-        if is_sse or record.streaming:
+        sse = is_sse(flow.response.headers)
+        if sse or record.streaming:
             # its first bytes, the status line and headers, leave for the client now
             self.runtime.counters.first_event_seconds[False].observe(first_byte_after(flow))
             # mitmproxy 12.1+ keeps a streamed body itself when asked (store_streamed_bodies): a copy

@@ -13,13 +13,13 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from mitmproxy import http
 
 from addon.request.bodyworker import WORKER, BodyWorker, WorkerFailed, is_large
 from addon.request.decoding import decoded_request
-from addon.request.streamdetect import MAX_JSON_BODY, is_streaming, warn_overlong
+from addon.request.streamdetect import MAX_JSON_BODY, Heads, is_streaming, read_heads, warn_overlong
 from addon.rules.records import Config, Rule
 from addon.rules.template import TOKEN, Template
 from addon.rules.types import JsonLiteral
@@ -65,6 +65,12 @@ class Plan:
         return tuple(e.name for e in self.cookies if isinstance(e.value, Template) and whole(e.value))
 
     @functools.cached_property
+    def records(self) -> dict:
+        """What the request hook keeps of a flow this plan rewrote (rewriter.Rewritten), by the set of
+        values that went into it: made once per such set."""
+        return {}
+
+    @functools.cached_property
     def compiled(self) -> Compiled:
         from addon.request.apply import compile_plan  # not at load: apply.py imports this module
 
@@ -87,23 +93,29 @@ class Plan:
 _MEMO_LIMIT = 4096  # entries in each of the index's memos before it starts over
 
 
-def plan_request(config: Config, flow: http.HTTPFlow) -> Plan | None:
+def plan_request(config: Config, flow: http.HTTPFlow, heads: Heads | None = None) -> Plan | None:
     """The edits the matching rules make, or None when no rule matches. The body is read here, on
-    this thread, whatever its size: the request hook calls `plan_request_off_loop`."""
+    this thread, whatever its size: the request hook calls `plan_request_off_loop`. `heads`: the
+    request's, if they have been read."""
     req = flow.request
     candidates = config.index.candidates(req.host, req.port)
     if not candidates:
         return None
-    streaming = is_streaming(req, config.stream.json_field)
-    maybe, filtered, plan = _judged(config, req, candidates, streaming)
-    if not filtered:
-        return plan
-    if req.raw_content and any(r.match.filter_reads_body for r in maybe):
+    streaming = is_streaming(req, config.stream.json_field, heads)
+    shape = _judged(config, req, candidates, streaming)
+    if not shape.filtered:
+        return shape.plan
+    if req.raw_content and shape.reads_body:
         with decoded_request(req, MAX_JSON_BODY):  # `~b` then never decodes a compressed body whole
-            rules = tuple(r for r in maybe if r.match.filter is None or r.match.filter(flow))
+            passes = tuple(bool(r.match.filter(flow)) for r in shape.filtered)  # type: ignore[misc]
     else:
-        rules = tuple(r for r in maybe if r.match.filter is None or r.match.filter(flow))
-    return _plan(config, rules, streaming) if rules else None
+        passes = tuple(bool(r.match.filter(flow)) for r in shape.filtered)  # type: ignore[misc]
+    plan = shape.by_passes.get(passes, _UNKNOWN)
+    if plan is _UNKNOWN:
+        failed = {id(r) for r, passed in zip(shape.filtered, passes) if not passed}
+        rules = tuple(r for r in shape.maybe if id(r) not in failed)
+        plan = _remember(shape.by_passes, passes, _plan(config, rules, streaming) if rules else None, _PASSES_LIMIT)
+    return plan  # type: ignore[return-value]
 
 
 async def plan_request_off_loop(config: Config, flow: http.HTTPFlow, worker: BodyWorker = WORKER) -> Plan | None:
@@ -114,9 +126,10 @@ async def plan_request_off_loop(config: Config, flow: http.HTTPFlow, worker: Bod
     candidates = config.index.candidates(req.host, req.port)
     if not candidates:
         return None
-    encoding = req.headers.get("content-encoding")
+    heads = read_heads(req)
+    encoding = heads.encoding
     if not is_large(req.raw_content, encoding):
-        return plan_request(config, flow)
+        return plan_request(config, flow, heads)
     logger.debug(f"rules: the body of {req.method} {req.pretty_url} ({len(req.raw_content or b'')} bytes as sent) "
                  "is read in the body worker")  # fmt: skip
     readers = tuple(r for r in candidates if r.match.filter_reads_body)  # judged with the stream detection
@@ -136,28 +149,42 @@ async def plan_request_off_loop(config: Config, flow: http.HTTPFlow, worker: Bod
         streaming, overlong, passes = False, False, (False,) * len(readers)
     if overlong:
         warn_overlong(req, encoding or "")
-    streaming = streaming or any(b"text/event-stream" in v for k, v in req.headers.fields if k.lower() == b"accept")
-    maybe, filtered, plan = _judged(config, req, candidates, streaming)
-    if not filtered:
-        return plan
+    streaming = streaming or heads.accepts_events
+    shape = _judged(config, req, candidates, streaming)
+    if not shape.filtered:
+        return shape.plan
     judged = {id(r): passed for r, passed in zip(readers, passes)}
-    rules = tuple(r for r in maybe if r.match.filter is None or judged.get(id(r), False) or (
+    rules = tuple(r for r in shape.maybe if r.match.filter is None or judged.get(id(r), False) or (
         id(r) not in judged and r.match.filter(flow)))  # fmt: skip
     return _plan(config, rules, streaming) if rules else None
 
 
-def _judged(config: Config, req: http.Request, candidates: tuple[Rule, ...], streaming: bool) -> tuple:
-    """(the rules whose shape matches, whether any has a filter, the plan when none has): all
-    conditions but filters depend only on the request's shape, so each shape is judged once."""
+class _Shape(NamedTuple):
+    """What a request's shape (host, port, method, path, streaming) decides."""
+
+    maybe: tuple[Rule, ...]  # the rules whose conditions but filters match it
+    filtered: tuple[Rule, ...]  # those of them with a filter, judged per request
+    reads_body: bool  # one of those filters reads the body (`~b`)
+    plan: Plan | None  # the plan of `maybe`, when none of them has a filter
+    by_passes: dict[tuple[bool, ...], Plan | None]  # the plan by which of `filtered` pass (filled in as they come)
+
+
+_UNKNOWN = object()
+_PASSES_LIMIT = 64  # plans kept per shape, by which of its filters pass
+
+
+def _judged(config: Config, req: http.Request, candidates: tuple[Rule, ...], streaming: bool) -> _Shape:
+    """All conditions but filters depend only on the request's shape, so each shape is judged once."""
     method, path = req.method.upper(), req.path.partition("?")[0]
-    shape = (req.host, req.port, method, path, streaming)
-    judged = config.index.requests.get(shape)
-    if judged is None:
+    at = (req.host, req.port, method, path, streaming)
+    shape = config.index.requests.get(at)
+    if shape is None:
         maybe = tuple(r for r in candidates if r.match.matches_shape(method, path, streaming))
-        filtered = any(r.match.filter for r in maybe)
+        filtered = tuple(r for r in maybe if r.match.filter)
         plan = _plan(config, maybe, streaming) if maybe and not filtered else None
-        judged = _remember(config.index.requests, shape, (maybe, filtered, plan))
-    return judged
+        reads_body = any(r.match.filter_reads_body for r in filtered)
+        shape = _remember(config.index.requests, at, _Shape(maybe, filtered, reads_body, plan, {}))
+    return shape  # type: ignore[return-value]
 
 
 def _plan(config: Config, rules: tuple[Rule, ...], streaming: bool) -> Plan:
@@ -169,8 +196,8 @@ def _plan(config: Config, rules: tuple[Rule, ...], streaming: bool) -> Plan:
     return plan
 
 
-def _remember(memo: dict, key: tuple, value):
-    if len(memo) >= _MEMO_LIMIT:
+def _remember(memo: dict, key: tuple, value, limit: int = _MEMO_LIMIT):
+    if len(memo) >= limit:
         memo.clear()
     memo[key] = value
     return value

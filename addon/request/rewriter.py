@@ -8,11 +8,13 @@ and so its exit, comes first).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import weakref
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 from mitmproxy import http
 
@@ -24,6 +26,7 @@ from addon.request.plan import Plan, describe, plan_request_off_loop
 from addon.rules.template import TOKEN
 from addon.runtime.loader import Runtime
 from addon.runtime.pools import Pool, clock_time, pool_of
+from addon.runtime.sources import ValueSource
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +44,20 @@ class Rewritten:
     injected: frozenset[str]  # the values put into it: "token", "captcha", …
 
     def shown(self) -> dict:
-        return {"rules": list(self.rules), "streaming": self.streaming, "injected": sorted(self.injected)}
+        return {"rules": list(self.rules), "streaming": self.streaming, "injected": list(self._injected_in_order)}
+
+    @functools.cached_property
+    def _injected_in_order(self) -> tuple[str, ...]:
+        return tuple(sorted(self.injected))
+
+    @classmethod
+    def of(cls, plan: Plan, values: dict[str, str]) -> Rewritten:
+        """The record of a request that `plan` rewrote with `values` (one per plan and set of values' names)."""
+        injected = frozenset(values)
+        record = plan.records.get(injected)
+        if record is None:
+            record = plan.records[injected] = cls(tuple(r.name for r in plan.rules), plan.streaming, injected)
+        return record
 
 
 _REWRITTEN: weakref.WeakKeyDictionary[http.HTTPFlow, Rewritten] = weakref.WeakKeyDictionary()
@@ -58,8 +74,7 @@ def mark(flow: http.HTTPFlow, record: Rewritten) -> None:
     flow.metadata[METADATA_KEY] = record.shown()
 
 
-@dataclass(frozen=True)
-class Sent:
+class Sent(NamedTuple):
     """What went out with a flow: kept in memory only (it holds the values), so a
     refused request can be sent again with only the token or other values changed."""
 
@@ -117,8 +132,12 @@ class Rewriter:
             exit = self.runtime.exits.route(pool.spec, token)
             values = await self._draw_values(plan, exit.spec.name if exit is not None else "")
             values[TOKEN] = token
+        elif plan.named:
+            values, wanted = self._values_at_hand(plan)
+            if wanted:
+                await self._fetch_values(values, wanted)
         else:
-            values = await self._draw_values(plan) if plan.named else {}
+            values = {}
         # the token is drawn after the last await, so a token refused meanwhile is never sent
         if TOKEN in plan.uses and TOKEN not in values:
             token = pool.draw(partial(self.runtime.exits.leaves, pool.spec) if routed else None)
@@ -137,7 +156,7 @@ class Rewriter:
             send_through(flow, exit.spec)
             lines.append(exit_note(self.runtime.exits, pool, values[TOKEN], exit))
         flow.comment = describe(plan, lines)
-        mark(flow, Rewritten(tuple(r.name for r in plan.rules), plan.streaming, frozenset(values)))
+        mark(flow, Rewritten.of(plan, values))
         self.runtime.counters.requests[counted_pool(pool, values)] += 1
         if values:
             self.sent[flow] = Sent(plan, values, time.time(), pool)
@@ -150,6 +169,13 @@ class Rewriter:
         """The named values the plan uses (of `exit`, for a value each exit has its own): those at hand
         at once, the others fetched side by side. A value whose source failed, or that is an exit's
         and the request leaves through none, is left out (the edits that need it are skipped)."""
+        values, wanted = self._values_at_hand(plan, exit)
+        if wanted:
+            await self._fetch_values(values, wanted)
+        return values
+
+    def _values_at_hand(self, plan: Plan, exit: str = "") -> tuple[dict[str, str], list[ValueSource]]:
+        """The plan's named values at hand now, and the sources of those to fetch."""
         values: dict[str, str] = {}
         wanted = []
         for name in plan.named:
@@ -161,6 +187,11 @@ class Rewriter:
                 values[name] = value
             else:
                 wanted.append(source)
+        return values, wanted
+
+    @staticmethod
+    async def _fetch_values(values: dict[str, str], wanted: list[ValueSource]) -> None:
+        """Fetch these sources' values side by side, into `values` (a failed one is left out)."""
         if len(wanted) == 1:
             fetched = [await wanted[0].get()]
         elif wanted:
@@ -170,7 +201,6 @@ class Rewriter:
         for source, value in zip(wanted, fetched):
             if value is not None:
                 values[source.name] = value
-        return values
 
     def _no_tokens(self, flow: http.HTTPFlow, pool: Pool) -> None:
         file = pool.spec.file if pool.spec is not None else "(none)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import NamedTuple
 
 from mitmproxy import http
 
@@ -20,24 +21,39 @@ logger = logging.getLogger(__name__)
 MAX_JSON_BODY = 32 * 1024 * 1024  # bytes, as sent and decoded; larger bodies are not parsed
 
 
-def is_streaming(request: http.Request, json_field: tuple[str, ...]) -> bool:
-    encoding = None
-    for name, value in request.headers.fields:  # one pass (each Headers lookup is a pass of its own)
+class Heads(NamedTuple):
+    """What the headers tell about the body, read in one pass (each Headers lookup is a pass of its own)."""
+
+    accepts_events: bool  # the client accepts text/event-stream
+    encoding: str | None  # its Content-Encoding (repeated fields joined by ",")
+
+
+def read_heads(request: http.Request) -> Heads:
+    accepts, encoding = False, None
+    for name, value in request.headers.fields:
         name = name.lower()
         if name == b"accept" and b"text/event-stream" in value:
-            return True
-        if name == b"content-encoding":
+            accepts = True
+        elif name == b"content-encoding":
             encoding = value if encoding is None else encoding + b"," + value
+    return Heads(accepts, None if encoding is None else encoding.decode("latin-1"))
+
+
+def is_streaming(request: http.Request, json_field: tuple[str, ...], heads: Heads | None = None) -> bool:
+    """`heads`: the request's, if they have been read."""
+    accepts, encoding = heads or read_heads(request)
+    if accepts:
+        return True
     raw = request.raw_content
     if not raw or len(raw) > MAX_JSON_BODY:
         return False
     if encoding is not None:
         try:
-            body, complete = decode_body(raw, encoding.decode("latin-1"), MAX_JSON_BODY)
+            body, complete = decode_body(raw, encoding, MAX_JSON_BODY)
         except ValueError:  # an unknown or broken content-encoding
             return False
         if not complete:
-            warn_overlong(request, encoding.decode("latin-1"))
+            warn_overlong(request, encoding)
             return False
     else:
         body = raw
@@ -57,7 +73,7 @@ def json_says_streaming(body: bytes, json_field: tuple[str, ...]) -> bool:
     if json_field[-1].encode() not in body or not body.lstrip()[:1] == b"{":
         return False
     try:
-        value = json.loads(body)
+        value = _object(body)
     except (ValueError, RecursionError):
         return False
     for key in json_field:
@@ -65,3 +81,20 @@ def json_says_streaming(body: bytes, json_field: tuple[str, ...]) -> bool:
             return False
         value = value.get(key)
     return value is True
+
+
+_DECODER = json.JSONDecoder()
+_JSON_SPACE = " \t\n\r"
+
+
+def _object(body: bytes):
+    """`json.loads(body)` for a body that starts with "{" (after white space): UTF-8 decoded and
+    parsed here, without json.loads' look for another encoding (a body with a NUL byte among its
+    first four, UTF-16 or -32, goes to json.loads)."""
+    if b"\x00" in body[:4]:
+        return json.loads(body)
+    text = body.decode("utf-8", "surrogatepass").lstrip(_JSON_SPACE)
+    value, end = _DECODER.raw_decode(text)
+    if text[end:].strip(_JSON_SPACE):
+        raise ValueError("extra data after the JSON document")
+    return value

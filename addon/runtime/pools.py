@@ -193,7 +193,7 @@ class Pool:
             self.tokens.on_change = self.saver.changed
             self.sessions.publish = None
             return
-        self.tokens.on_change = lambda: None  # no state file: Redis keeps it
+        self.tokens.on_change = lambda counts_only=False: None  # no state file: Redis keeps it
         self.shared = SharedStore(store, self.tokens, self.breaker, sessions=self.sessions)
         try:
             asyncio.get_running_loop()

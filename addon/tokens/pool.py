@@ -39,7 +39,7 @@ class TokenPool:
         self.expiry_margin = expiry_margin  # seconds before its expiry that a token is no longer sent
         self.clock = clock
         self.label = "tokens"  # how its log lines begin ("tokens arena" in a file of several pools)
-        self.on_change: Callable[[], None] = lambda: None  # health changed: persist it
+        self.on_change: Callable[..., None] = lambda counts_only=False: None  # health changed (True: a count only)
         self.health: dict[str, Health] = {}  # only tokens something happened to
         self.list = TokenList.of(())
         self.listed_at = 0.0  # when this list replaced the one before
@@ -136,11 +136,11 @@ class TokenPool:
         was sent before the refusal (a long stream, say). A retired token stays retired."""
         key, health = self._health(token)
         health.successes += 1
-        if sent_at > health.refused_at and (health.cooling_until or health.in_a_row):
+        if cured := sent_at > health.refused_at and bool(health.cooling_until or health.in_a_row):
             health.cooling_until, health.in_a_row = 0.0, 0
             self._rotation.classify(key, self.clock())
         self._changed.add(key)
-        self.on_change()
+        self.on_change(not cured)  # (a success that found it well changes only its count: saved less soon)
 
     def restore(self, before: dict[str, float | tuple[float, int, float, int]]) -> None:
         """Put cooldowns back as they were (the breaker undoes the refusals that opened it): a

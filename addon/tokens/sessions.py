@@ -35,6 +35,7 @@ from mitmproxy import http
 
 from addon.rules.template import TOKEN
 from addon.tokens.pool import TokenPool
+from addon.util.fields import header_values
 from addon.util.masking import mask
 
 logger = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ class Sessions:
         _, token, names = carried
         if flow.response is None:
             return
-        fields = flow.response.headers.get_all("set-cookie")
+        fields = header_values(flow.response.headers, b"set-cookie")
         kept, renewed = [], None
         for field in fields:
             for name in names:

@@ -1,7 +1,9 @@
 """Token health saved to the state file, from a thread, one write at a time.
 
 The pool says when health changed (`changed`); a save follows about a second later, or later still
-when writing takes long, so that no more than `SAVE_SHARE` of the time goes to it. A save hands the
+when writing takes long, so that no more than `SAVE_SHARE` of the time goes to it. A change that is
+only a token's success count (a success that found it well) waits up to `SAVE_COUNTS_EVERY`, with
+any other change that comes meanwhile bringing the write forward; shut-down writes what is pending. A save hands the
 writer's thread what changed (a reference per change); the thread brings its `StateStore` up to date,
 writes the file atomically, and names the tokens gone for longer than the grace period, which the
 pool then forgets a chunk per turn of the event loop. Without an event loop (tests, scripts) and at
@@ -23,6 +25,7 @@ from addon.util.offloop import in_thread
 logger = logging.getLogger(__name__)
 
 SAVE_EVERY = 1.0  # seconds, at least, between two writes of the state file
+SAVE_COUNTS_EVERY = 30.0  # seconds, at least, when only success counts changed (a busy proxy: every request)
 SAVE_SHARE = 0.1  # and at most this share of the time spent writing it (a big file is written less often)
 FORGET_CHUNK = 10_000  # health records dropped per turn of the event loop
 
@@ -37,6 +40,8 @@ class StateSaver:
         self._took = 0.0  # seconds the last write took
         self._problem: str | None = None  # the last failure to write, logged once
         self._touched = False  # something besides token health changed (the breaker): write it too
+        self._counts_only = False  # the pending write is for success counts alone
+        self._more = False  # something besides success counts changed since the last snapshot
 
     @property
     def path(self) -> Path | None:
@@ -54,15 +59,23 @@ class StateSaver:
         self._touched = True
         self.changed()
 
-    def changed(self) -> None:
-        """Token health changed: save it soon."""
+    def changed(self, counts_only: bool = False) -> None:
+        """Token health changed: save it soon (`counts_only`: only a success count, less soon)."""
+        self._more |= not counts_only
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop (tests, scripts): save now
             self.save()
             return
-        if self._pending is None and self._writing is None:
-            self._pending = loop.call_later(max(SAVE_EVERY, self._took / SAVE_SHARE), self.save)
+        if self._writing is not None:
+            return  # (what changes meanwhile is saved after it)
+        if self._pending is not None:
+            if not (self._more and self._counts_only):
+                return
+            self._pending.cancel()  # a change that matters: sooner than the counts' write
+        delay = max(SAVE_EVERY, self._took / SAVE_SHARE)
+        self._counts_only = not self._more
+        self._pending = loop.call_later(max(delay, SAVE_COUNTS_EVERY) if self._counts_only else delay, self.save)
 
     def save(self) -> None:
         """Hand what changed to the writer's thread (here and now without an event loop)."""
@@ -92,7 +105,7 @@ class StateSaver:
             self.pool.forget(self._update_and_write(self.store, *self._snapshot()))
 
     def _snapshot(self) -> tuple:
-        self._touched = False
+        self._touched = self._more = False
         return self.pool.take_changes(), self.pool.list, self.pool.listed_at
 
     async def _write_in_thread(self) -> None:
@@ -105,7 +118,7 @@ class StateSaver:
             self._writing = None
         self._forget(pruned)
         if self.pool.has_changes or self._touched:  # changed while it was written
-            self.changed()
+            self.changed(counts_only=not (self._more or self._touched))
 
     def _update_and_write(self, store: StateStore, changes, token_list, listed_at: float) -> list[str]:
         """In the writer's thread (or at shut-down): returns the keys pruned, for the pool to forget."""

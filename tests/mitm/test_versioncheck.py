@@ -11,7 +11,7 @@ import logging
 
 import pytest
 from mitmproxy.addons import clientplayback
-from mitmproxy.proxy import layer
+from mitmproxy.proxy import events, layer
 from mitmproxy.proxy.layers import http as mhttp
 from mitmproxy.test import taddons
 from mitmproxy.version import VERSION
@@ -65,6 +65,9 @@ BREAKS = [
      "HttpLayer.event_to_child does not route a stream's RequestWakeup back to it"),
     (lambda mp: mp.setattr(versioncheck, "RequestProtocolError", _CodeAsText),
      "RequestProtocolError's code is a <class 'str'>, not an int or an ErrorCode"),
+    # the three lines RelayingHttpLayer.make_stream repeats
+    (lambda mp: mp.setattr(mhttp.HttpLayer, "make_stream", _make_stream),
+     "HttpLayer.make_stream is not what httplayer.RelayingHttpLayer.make_stream repeats"),
     # what the retry's connection handler subclasses
     (lambda mp: mp.setattr(clientplayback.ReplayHandler, "__init__", lambda self, flow: None),
      "ReplayHandler takes (flow), not (flow, options)"),
@@ -75,9 +78,14 @@ def _event_to_child(self, child, event):  # one that forgets which stream asked 
     yield from child.handle_event(event)
 
 
+def _make_stream(self, stream_id):  # one that makes its streams another way
+    self.streams[stream_id] = mhttp.HttpStream(self.context.fork(), stream_id, "h2")
+    yield from self.event_to_child(self.streams[stream_id], events.Start())
+
+
 @pytest.mark.parametrize("break_it, problem", BREAKS, ids=["signature", "extra parameter", "missing method",
                                                             "import", "attribute", "error code", "response stream",
-                                                            "wakeups", "request error code", "replay handler"])  # fmt: skip
+                                                            "wakeups", "request error code", "make_stream", "replay handler"])  # fmt: skip
 def test_the_guard_declines_when_an_internal_differs(monkeypatch, break_it, problem):
     break_it(monkeypatch)
     assert httplayer.check() == problem

@@ -263,7 +263,7 @@ def test_malformed_state_entries_are_skipped(clock, caplog):
 def test_every_change_is_announced(clock):
     changes = []
     pool = TokenPool(["tok-aaaaaaaa-1111"], clock=clock)
-    pool.on_change = lambda: changes.append(1)
+    pool.on_change = lambda counts_only=False: changes.append(1)
     pool.refused("tok-aaaaaaaa-1111")
     pool.succeeded("tok-aaaaaaaa-1111", clock.now)
     pool.set_disabled("1111", True)

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import threading
+import time
 
 import pytest
 from mitmproxy.test import taddons
@@ -51,3 +52,54 @@ def test_the_state_file_is_written_in_a_thread(loaded, monkeypatch):
     asyncio.run(go())
     assert writers and writers[0] is not threading.main_thread()
     assert json.loads(loader.pool.saver.path.read_text())["tokens"][loader.pool.tokens.list.keys[0]]["refusals"] == 1
+
+
+def _written(path) -> dict:
+    return json.loads(path.read_text())["tokens"] if path.exists() else {}
+
+
+def test_a_success_that_changes_only_a_count_is_written_later_and_a_refusal_brings_it_forward(loaded, monkeypatch):
+    loader, _, _ = loaded
+    monkeypatch.setattr(statesaver, "SAVE_EVERY", 0.05)
+    monkeypatch.setattr(statesaver, "SAVE_COUNTS_EVERY", 60.0)
+    tokens, saver = loader.pool.tokens, loader.pool.saver
+    first, second, path = tokens.list.keys[0], tokens.list.keys[1], saver.path
+
+    async def go():
+        tokens.succeeded(tokens.list.tokens[0], time.time())  # a well token: only its count changes
+        await asyncio.sleep(0.4)
+        assert _written(path).get(first, {}).get("successes", 0) == 0  # not yet: counts wait up to a minute
+        tokens.refused(tokens.list.tokens[1])  # a change that matters: written within SAVE_EVERY
+        for _ in range(300):
+            if _written(path).get(second, {}).get("refusals") == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert _written(path)[first]["successes"] == 1 and _written(path)[second]["refusals"] == 1
+        tokens.succeeded(tokens.list.tokens[0], time.time())  # counts alone again: waits, and shut-down writes it
+        await asyncio.sleep(0.3)
+        assert _written(path)[first]["successes"] == 1
+        saver.done()
+        assert _written(path)[first]["successes"] == 2
+
+    asyncio.run(go())
+
+
+def test_a_success_that_ends_a_cooldown_is_written_within_a_second(loaded, monkeypatch):
+    loader, _, _ = loaded
+    monkeypatch.setattr(statesaver, "SAVE_EVERY", 0.05)
+    monkeypatch.setattr(statesaver, "SAVE_COUNTS_EVERY", 60.0)
+    tokens, path = loader.pool.tokens, loader.pool.saver.path
+    key = tokens.list.keys[0]
+
+    async def go():
+        tokens.refused(tokens.list.tokens[0])
+        await asyncio.sleep(0.3)
+        assert _written(path)[key]["cooling_until"] > 0
+        tokens.succeeded(tokens.list.tokens[0], time.time() + 1)  # sent after the refusal: it cools no more
+        for _ in range(300):
+            if _written(path)[key]["cooling_until"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert _written(path)[key]["cooling_until"] == 0 and _written(path)[key]["successes"] == 1
+
+    asyncio.run(go())
