@@ -122,3 +122,79 @@ def test_a_retry_keeps_a_later_rules_removal_of_what_holds_a_drawn_field(tmp_pat
     retry = f.request.copy()
     apply_plan(plan.dynamic, retry, {"token": "tok-bravo-000000002222"})
     assert json.loads(retry.content) == {"id": "tok-bravo-000000002222"}
+
+
+# a shape (host, port, method, path, streaming) is judged once; its filters per request, and the plan by
+# which of them pass is remembered with the shape (by_passes): it must follow each request's filters
+
+FILTERED = """\
+rules:
+  - name: always
+    match: {host: a.example}
+    headers: {X-Always: "1"}
+  - name: debug
+    match: {host: a.example, filter: "~h X-Debug"}
+    headers: {X-Seen: debug, X-Always: "2"}
+  - name: trace
+    match: {host: a.example, filter: "~h X-Trace"}
+    cookies: {trace: "on"}
+  - name: debug-only
+    match: {host: b.example, filter: "~h X-Debug"}
+    headers: {X-Seen: debug-only}
+"""
+
+
+def _filtered_flow(host="a.example", **headers):
+    f = flow(**headers)
+    f.request.host = host
+    return f
+
+
+def test_a_filtered_rule_is_in_the_plan_only_when_its_filter_passes_each_time(tmp_path):
+    config = load_config(write_rules(tmp_path, FILTERED))
+    plans = {}
+    for debug in [True, False, True, False, False, True, True, False]:  # one shape, the header on and off
+        f = _filtered_flow(**({"X_Debug": "1"} if debug else {}))
+        plan = plan_request(config, f)
+        assert [r.name for r in plan.rules] == (["always", "debug"] if debug else ["always"])
+        assert [(e.name, e.value.render({}), e.rule) for e in plan.headers] == (
+            [("X-Seen", "debug", "debug"), ("X-Always", "2", "debug")] if debug else [("X-Always", "1", "always")])
+        assert plan.cookies == ()
+        assert plans.setdefault(debug, plan) is plan  # the plan of each outcome is made once, then remembered
+    assert len(config.index.requests) == 1  # one shape
+
+
+def test_two_filters_of_one_shape_in_every_combination_get_their_own_plans(tmp_path):
+    config = load_config(write_rules(tmp_path, FILTERED))
+    combos = [(False, False), (True, False), (False, True), (True, True)]
+    for debug, trace in combos * 2 + combos[::-1] * 2:
+        headers = {**({"X_Debug": "1"} if debug else {}), **({"X_Trace": "1"} if trace else {})}
+        plan = plan_request(config, _filtered_flow(**headers))
+        assert [r.name for r in plan.rules] == ["always", *(["debug"] if debug else []), *(["trace"] if trace else [])]
+        assert [e.name for e in plan.cookies] == (["trace"] if trace else [])
+        assert ("X-Seen" in [e.name for e in plan.headers]) is debug
+
+
+def test_a_shape_whose_only_rule_is_filtered_has_no_plan_when_the_filter_fails(tmp_path):
+    config = load_config(write_rules(tmp_path, FILTERED))
+    for debug in [False, True, False, True, True, False]:
+        plan = plan_request(config, _filtered_flow("b.example", **({"X_Debug": "1"} if debug else {})))
+        if debug:
+            assert [r.name for r in plan.rules] == ["debug-only"]
+            assert [(e.name, e.value.render({})) for e in plan.headers] == [("X-Seen", "debug-only")]
+        else:
+            assert plan is None
+
+
+def test_the_plans_by_filter_outcome_start_over_at_their_limit(tmp_path, monkeypatch):
+    from addon.request import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "_PASSES_LIMIT", 2)
+    config = load_config(write_rules(tmp_path, FILTERED))
+    combos = [(False, False), (True, False), (False, True), (True, True)]
+    for debug, trace in combos * 3:
+        headers = {**({"X_Debug": "1"} if debug else {}), **({"X_Trace": "1"} if trace else {})}
+        plan = plan_request(config, _filtered_flow(**headers))
+        assert [r.name for r in plan.rules] == ["always", *(["debug"] if debug else []), *(["trace"] if trace else [])]
+        (shape,) = config.index.requests.values()
+        assert 1 <= len(shape.by_passes) <= 2
