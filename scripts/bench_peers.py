@@ -1,8 +1,9 @@
 """The peers scenario 12 of scripts/bench measures the addon against, doing the work of scenario 1's ten rules:
 
 - mitmproxy's own `modify_headers`, with the part of the rules it can express: the fixed headers set and
-  removed, under the same conditions written as flow filters (host, path, method, `~h`, and the JSON
-  body's `stream` as a `~b` regular expression). It cannot draw a token or captcha, nor edit one cookie.
+  removed, under the same conditions written as flow filters (host, path, method, `~h`). It cannot draw a
+  token or captcha, nor edit one cookie, nor set `Accept` by the body's `stream`: it edits in the
+  `requestheaders` hook, before the body has come, so a `~b` filter never matches there.
 - a hand-written mitmproxy script doing the job the project started from, as a user would write it: the
   same headers, `Accept` by the JSON body's `stream`, the captcha from its file (read again after its
   ttl), the next token of the file in the `session` cookie, the `tracking` cookie removed, and on a 403
@@ -12,20 +13,24 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
+
+def _literal(text: str) -> str:
+    """A regular expression for `text` whose dots are literal, without backslashes (mitmproxy's filter
+    parser drops a backslash in a quoted expression: '\\.' would reach the regex as '.')."""
+    return text.replace(".", "[.]")
+
 
 def _host_filter(hosts: list[str]) -> str:
     """A flow filter for requests to these hosts ("host" or "host:port", as the rules' `host:` lists them)."""
     names = sorted({h.partition(":")[0] for h in hosts})
-    return "~d '^(" + "|".join(re.escape(n) for n in names) + ")$'"
+    return "~d '^(" + "|".join(_literal(n) for n in names) + ")$'"
 
 
 def modify_headers_specs(hosts: list[str], ua: str) -> list[str]:
     """`--set modify_headers=…` values: #filter#name#value (an empty value removes the header)."""
     host = _host_filter(hosts)
     v1 = f"{host} & ~u '^https?://[^/]+/v1/'"
-    stream = "~b '\"stream\"\\s*:\\s*true'"
     specs = [
         (v1, "User-Agent", ua),
         *((v1, name, "") for name in ("X-Stainless-Lang", "X-Stainless-OS", "X-Stainless-Runtime",
@@ -35,12 +40,10 @@ def modify_headers_specs(hosts: list[str], ua: str) -> list[str]:
         (v1, "Accept-Language", "en-US,en;q=0.9"),
         (f"{host} & ~m '^(POST|PUT|PATCH)$'", "Origin", "https://chat.example.com"),
         (f"{host} & ~m '^(POST|PUT|PATCH)$'", "Referer", "https://chat.example.com/"),
-        (f"{host} & {stream}", "Accept", "text/event-stream"),
-        (f"{host} & !({stream})", "Accept", "application/json"),
         (f"{host} & ~h X-Debug", "X-Debug", ""),
         (f"{v1} & ~u '/v1/files' & ~m PUT", "Content-Disposition", "attachment"),
-        ("~d '^status\\.example\\.com$'", "User-Agent", ua),
-        ("~d '\\.internal\\.example\\.net$' & ~u '^https?://[^/]+/api/'", "X-Team", "bench"),
+        (f"~d '^{_literal('status.example.com')}$'", "User-Agent", ua),
+        (f"~d '{_literal('.internal.example.net')}$' & ~u '^https?://[^/]+/api/'", "X-Team", "bench"),
     ]
     return [f"#~q & {flt}#{name}#{value}" for flt, name, value in specs]
 

@@ -210,7 +210,9 @@ def edit_fields(
     headers are appended in plan order; edited Cookie values take the places of the old ones.
     `found`, when given, gets the lower-case names of the edited headers the fields had, and the
     names of the edited cookies. `programs`: where to keep what was worked out for these names and
-    edits' keys (a compiled plan's, whose edits' keys tell their kinds: a removal stays a removal).
+    edits' keys (a compiled plan's, whose edits' keys tell their kinds: a removal stays a removal). An
+    edit of the Cookie header itself and cookie edits are not given together: `_edit_heads` edits the
+    header first, in a call of its own, and the cookies in the result.
     """
     fields = headers.fields
     names = tuple([f[0] for f in fields])

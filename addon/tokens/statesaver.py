@@ -67,15 +67,15 @@ class StateSaver:
         except RuntimeError:  # no event loop (tests, scripts): save now
             self.save()
             return
-        if self._writing is not None:
-            return  # (what changes meanwhile is saved after it)
-        if self._pending is not None:
-            if not (self._more and self._counts_only):
-                return
-            self._pending.cancel()  # a change that matters: sooner than the counts' write
+        if self._writing is not None or (self._pending is not None and not (self._more and self._counts_only)):
+            return  # (what changes during a write is saved after it; a write is due already)
         delay = max(SAVE_EVERY, self._took / SAVE_SHARE)
+        at = loop.time() + (max(delay, SAVE_COUNTS_EVERY) if not self._more else delay)
+        if self._pending is not None:  # a change that matters: sooner than the counts' write, never later
+            self._pending.cancel()
+            at = min(at, self._pending.when())
         self._counts_only = not self._more
-        self._pending = loop.call_later(max(delay, SAVE_COUNTS_EVERY) if self._counts_only else delay, self.save)
+        self._pending = loop.call_at(at, self.save)
 
     def save(self) -> None:
         """Hand what changed to the writer's thread (here and now without an event loop)."""

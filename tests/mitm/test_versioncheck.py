@@ -68,6 +68,8 @@ BREAKS = [
     # the three lines RelayingHttpLayer.make_stream repeats
     (lambda mp: mp.setattr(mhttp.HttpLayer, "make_stream", _make_stream),
      "HttpLayer.make_stream is not what httplayer.RelayingHttpLayer.make_stream repeats"),
+    (lambda mp: mp.setattr(mhttp.HttpLayer, "make_stream", _make_stream_and_more),
+     "HttpLayer.make_stream is not what httplayer.RelayingHttpLayer.make_stream repeats"),
     # what the retry's connection handler subclasses
     (lambda mp: mp.setattr(clientplayback.ReplayHandler, "__init__", lambda self, flow: None),
      "ReplayHandler takes (flow), not (flow, options)"),
@@ -83,9 +85,20 @@ def _make_stream(self, stream_id):  # one that makes its streams another way
     yield from self.event_to_child(self.streams[stream_id], events.Start())
 
 
+def _make_stream_and_more(self, stream_id):  # the same three lines, and one more
+    ctx = self.context.fork()
+    self.streams[stream_id] = HttpStream(ctx, stream_id)
+    self.made = stream_id
+    yield from self.event_to_child(self.streams[stream_id], events.Start())
+
+
+HttpStream = mhttp.HttpStream  # (as _make_stream_and_more names it, as mitmproxy's module does)
+
+
 @pytest.mark.parametrize("break_it, problem", BREAKS, ids=["signature", "extra parameter", "missing method",
                                                             "import", "attribute", "error code", "response stream",
-                                                            "wakeups", "request error code", "make_stream", "replay handler"])  # fmt: skip
+                                                            "wakeups", "request error code", "make_stream", "make_stream and more",
+                                                            "replay handler"])  # fmt: skip
 def test_the_guard_declines_when_an_internal_differs(monkeypatch, break_it, problem):
     break_it(monkeypatch)
     assert httplayer.check() == problem

@@ -103,3 +103,22 @@ def test_a_success_that_ends_a_cooldown_is_written_within_a_second(loaded, monke
         assert _written(path)[key]["cooling_until"] == 0 and _written(path)[key]["successes"] == 1
 
     asyncio.run(go())
+
+
+def test_a_change_that_matters_never_puts_off_a_counts_write_already_due(loaded, monkeypatch):
+    loader, _, _ = loaded
+    monkeypatch.setattr(statesaver, "SAVE_COUNTS_EVERY", 0.0)
+    tokens, saver = loader.pool.tokens, loader.pool.saver
+    saver._took = 4.0  # writes take long: 40 s between two (a tenth of the time at most)
+
+    async def go():
+        tokens.succeeded(tokens.list.tokens[0], time.time())  # counts only: due in 40 s
+        assert saver._pending is not None and saver._counts_only
+        due = saver._pending.when()
+        await asyncio.sleep(0.2)
+        tokens.refused(tokens.list.tokens[1])  # a change that matters, 0.2 s later: due in 40 s from now
+        assert saver._pending is not None and not saver._counts_only
+        assert saver._pending.when() == due  # the earlier of the two
+        saver._pending.cancel()
+
+    asyncio.run(go())
