@@ -192,12 +192,7 @@ class Rewriter:
     @staticmethod
     async def _fetch_values(values: dict[str, str], wanted: list[ValueSource]) -> None:
         """Fetch these sources' values side by side, into `values` (a failed one is left out)."""
-        if len(wanted) == 1:
-            fetched = [await wanted[0].get()]
-        elif wanted:
-            fetched = await asyncio.gather(*(s.get() for s in wanted))
-        else:
-            fetched = []
+        fetched = [await wanted[0].get()] if len(wanted) == 1 else await asyncio.gather(*(s.get() for s in wanted))
         for source, value in zip(wanted, fetched):
             if value is not None:
                 values[source.name] = value

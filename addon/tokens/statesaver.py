@@ -40,7 +40,6 @@ class StateSaver:
         self._took = 0.0  # seconds the last write took
         self._problem: str | None = None  # the last failure to write, logged once
         self._touched = False  # something besides token health changed (the breaker): write it too
-        self._counts_only = False  # the pending write is for success counts alone
         self._more = False  # something besides success counts changed since the last snapshot
 
     @property
@@ -61,20 +60,20 @@ class StateSaver:
 
     def changed(self, counts_only: bool = False) -> None:
         """Token health changed: save it soon (`counts_only`: only a success count, less soon)."""
+        sooner = not (counts_only or self._more)  # the first change that matters since the last snapshot
         self._more |= not counts_only
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop (tests, scripts): save now
             self.save()
             return
-        if self._writing is not None or (self._pending is not None and not (self._more and self._counts_only)):
+        if self._writing is not None or (self._pending is not None and not sooner):
             return  # (what changes during a write is saved after it; a write is due already)
         delay = max(SAVE_EVERY, self._took / SAVE_SHARE)
-        at = loop.time() + (max(delay, SAVE_COUNTS_EVERY) if not self._more else delay)
+        at = loop.time() + (delay if self._more else max(delay, SAVE_COUNTS_EVERY))
         if self._pending is not None:  # a change that matters: sooner than the counts' write, never later
             self._pending.cancel()
             at = min(at, self._pending.when())
-        self._counts_only = not self._more
         self._pending = loop.call_at(at, self.save)
 
     def save(self) -> None:

@@ -113,11 +113,11 @@ def test_a_change_that_matters_never_puts_off_a_counts_write_already_due(loaded,
 
     async def go():
         tokens.succeeded(tokens.list.tokens[0], time.time())  # counts only: due in 40 s
-        assert saver._pending is not None and saver._counts_only
+        assert saver._pending is not None
         due = saver._pending.when()
         await asyncio.sleep(0.2)
         tokens.refused(tokens.list.tokens[1])  # a change that matters, 0.2 s later: due in 40 s from now
-        assert saver._pending is not None and not saver._counts_only
+        assert saver._pending is not None
         assert saver._pending.when() == due  # the earlier of the two
         saver._pending.cancel()
 
