@@ -32,6 +32,8 @@ on_response:
     action: rotate
 """
 
+CLOCK = r"(\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d"  # a time as `status` shows it: the date only when not today
+
 TOKENS = ["tok-alpha-000000001111", "tok-bravo-000000002222", "tok-charlie-0000003333"]
 
 

@@ -9,7 +9,7 @@ from addon.cli.main import main
 from addon.rules.config import json_schema
 from addon.tokens.statefile import StateStore
 from addon.tokens.tokenfile import token_key
-from helpers import ROOT, TOKENS, write_rules
+from helpers import CLOCK, ROOT, TOKENS, write_rules
 
 
 def test_schema_file_is_current():
@@ -55,7 +55,6 @@ def test_schema_command_prints_it(capsys):
 
 # status: from the state file, with no proxy running
 
-CLOCK = r"(\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d"  # as `status` shows a time (the date: not today)
 STATUS_RULES = """\
 rules:
   - match: {host: a.com}
