@@ -42,14 +42,16 @@ class Pipeline:
         self.status_server = StatusServer(self.runtime)
         self.guard = SelfGuard(also=lambda: self.status_server.listening)
         self.exits = ExitHooks(self.runtime.exits, lambda: self.recovery.limits.headers)
-        # a child addon (mitmproxy traverses `addons`), for its commands: it has no hooks
-        self.addons = [TokenCommands(self.runtime)]
+        # its commands are registered at load: as a child addon (in `addons`), it would be visited for
+        # every hook of every request, and it has no hooks
+        self.commands = TokenCommands(self.runtime)
 
     def load(self, loader) -> None:
         self.runtime.load(loader)
         self.recovery.load(loader)
         self.options_check.load(loader)
         self.status_server.load(loader)
+        self.commands.load(loader)
 
     def configure(self, updated: set[str]) -> None:
         self.runtime.configure(updated)

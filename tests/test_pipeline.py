@@ -17,7 +17,7 @@ def test_every_hook_of_every_part_is_called_in_the_order_of_the_parts(monkeypatc
     pipeline = Pipeline()
     # the order the parts ran in as separate addons
     parts = [pipeline.guard, pipeline.runtime, pipeline.exits, pipeline.rewriter, pipeline.tap, pipeline.recovery,
-             pipeline.options_check, pipeline.summary, pipeline.status_server, *pipeline.addons]
+             pipeline.options_check, pipeline.summary, pipeline.status_server, pipeline.commands]
     calls: list[tuple[str, str]] = []
     for part in parts:
         for name in HOOKS & set(dir(type(part))):
@@ -43,10 +43,14 @@ def _recorder(calls, part, name, real):
     return record
 
 
-def test_commands_are_registered_through_the_child():
+def test_the_commands_are_registered_at_load_and_no_child_addon_is_visited_on_every_hook():
     pipeline = Pipeline()
+    assert not hasattr(pipeline, "addons")
     with taddons.context(pipeline) as tctx:
-        assert "tokens.status" in tctx.master.commands.commands
+        ours = {getattr(pipeline.commands, n).command_name for n in dir(pipeline.commands)
+                if hasattr(getattr(pipeline.commands, n), "command_name")}
+        assert {"tokens.status", "tokens.reset", "values.refresh"} <= ours <= set(tctx.master.commands.commands)
+        assert tctx.master.commands.call("tokens.status").startswith("tokens: ")
         assert tctx.options.retry_timeout == 120 and tctx.options.rules == "rules.yaml"
 
 

@@ -19,8 +19,8 @@ proxy core, for flows the addon marks with `hold()`, and nowhere else in the add
   `send_response(already_streamed=True)`: the `response` hook, trailers and the end of the flow
   run as for any streamed answer.
 - The client leaving: a layer that waits for a blocking command queues the events that arrive
-  meanwhile (`Layer._paused_event_queue`); the stream sees a `RequestProtocolError` as it arrives
-  (`handle_event`), tells the handover (which hangs up the retry at once), and after each hook
+  meanwhile (`Layer._paused_event_queue`, which the stream makes a `_DepartureWatch`); the stream
+  sees a `RequestProtocolError` as it arrives (there, or in `handle_protocol_error`), tells the handover (which hangs up the retry at once), and after each hook
   `check_killed`, which looks for it in that queue, ends the flow as mitmproxy does.
 - A retry that breaks off mid-stream ends the client's stream through `handle_protocol_error` with
   a `ResponseProtocolError`: on HTTP/1 the connection closes before the last chunk (a truncated
@@ -34,8 +34,8 @@ proxy core, for flows the addon marks with `hold()`, and nowhere else in the add
   `state_stream_response_body` chunk by chunk as it came, and the rest streams as any streamed
   answer. If a retry answered instead (`handover.answered`), the refused answer's upstream is cut
   (a `RequestProtocolError` sent to the server: HTTP/1 closes the connection, HTTP/2 resets the
-  stream), whatever more of it comes is dropped (`_handle_event`), and the client gets the retry's
-  answer streamed (`_relay`) or whole. An answer that ends without a body at all is judged the same
+  stream), whatever more of it comes is dropped (`_handle_held_event`, the hold's `_handle_event`),
+  and the client gets the retry's answer streamed (`_relay`) or whole. An answer that ends without a body at all is judged the same
   way, from `send_response`.
 
 Longer than 300 lines: one subclass of mitmproxy's HttpStream, whose states (held whole, waiting for
@@ -47,6 +47,7 @@ check that they are as expected, are in addon/mitm/versioncheck.py.
 from __future__ import annotations
 
 import asyncio
+import collections
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -188,22 +189,36 @@ class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
     handover: Handover | None = None
     first: _FirstEventHold | None = None
 
-    def handle_event(self, event):
-        if isinstance(event, RequestProtocolError) and getattr(self, "flow", None) is not None:
-            _departed.add(self.flow)  # seen as it arrives, even while the flow waits in a hook
-            if self.handover is not None:
-                self.handover.client_left(event.message)
-            callback = _on_departure.pop(self.flow, None)
-            if callback is not None:
-                callback()
-        return super().handle_event(event)
+    # mitmproxy's handle_event and _handle_event, unwrapped: an override would run for every event of
+    # every stream. A departure is seen where it comes (the queue of a stream that waits in a hook, or
+    # handle_protocol_error), and a first-event hold swaps in its own _handle_event while it lasts.
 
-    def _handle_event(self, event):
-        # not a generator itself: mitmproxy's, as it is, for all but a first-event hold's events and a
-        # Wakeup (the layer drives whatever generator this returns)
-        if self.first is None and not isinstance(event, Wakeup):
-            return super()._handle_event(event)
-        return self._handle_held_event(event)
+    def __init__(self, context, stream_id) -> None:
+        super().__init__(context, stream_id)
+        self._paused_event_queue = _DepartureWatch(self)
+
+    def client_left(self, event) -> None:
+        """The client left this stream (a RequestProtocolError), seen as it arrives, even while the flow
+        waits in a hook: told once to the handover and to the flow's departure callback."""
+        flow = getattr(self, "flow", None)
+        if flow is None or flow in _departed:
+            return
+        _departed.add(flow)
+        if self.handover is not None:
+            self.handover.client_left(event.message)
+        callback = _on_departure.pop(flow, None)
+        if callback is not None:
+            callback()
+
+    def handle_protocol_error(self, event):
+        if isinstance(event, RequestProtocolError):
+            self.client_left(event)
+        return super().handle_protocol_error(event)
+
+    def _hold_first_event(self, hold: tuple[FirstEventSource, float]) -> _FirstEventHold:
+        self.first = _FirstEventHold(*hold)
+        self._handle_event = self._handle_held_event  # (an attribute of this stream, in front of the method)
+        return self.first
 
     def _handle_held_event(self, event):
         first = self.first
@@ -222,7 +237,7 @@ class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
         if hold is None:
             yield from super().start_response_stream()
             return
-        self.first = _FirstEventHold(*hold)  # the headers wait with the body
+        self._hold_first_event(hold)  # the headers wait with the body
         self.server_state = self.state_first_event
         yield self.first.wakeup
 
@@ -280,7 +295,7 @@ class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
     def send_response(self, already_streamed: bool = False):
         hold = None if already_streamed or not _first_event else _first_event.pop(self.flow, None)
         if hold is not None:  # a streamed answer that came whole (with no body at all, as a rule): judged the same way
-            first = self.first = _FirstEventHold(*hold)
+            first = self._hold_first_event(hold)
             body = self.flow.response.raw_content if self.flow.response else None
             if body:
                 first.chunks.append(body)
@@ -337,6 +352,20 @@ class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
         for piece in [out] if isinstance(out, bytes) else out:
             if piece:
                 yield SendHttp(ResponseData(self.stream_id, piece), self.context.client)
+
+
+class _DepartureWatch(collections.deque):
+    """A stream's `_paused_event_queue`, where mitmproxy's Layer keeps the events that come while the
+    stream waits for a blocking command (a hook): a client's RequestProtocolError is told as it comes."""
+
+    def __init__(self, stream: RelayingHttpStream) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def append(self, event) -> None:
+        if isinstance(event, RequestProtocolError):
+            self.stream.client_left(event)
+        super().append(event)
 
 
 def _client_writer(client) -> asyncio.StreamWriter | None:

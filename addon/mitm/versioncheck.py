@@ -15,7 +15,10 @@ The internals used, as in mitmproxy 11.0.2 and 12.3.1 (`check()` verifies them b
   data)`, `ResponseTrailers(stream_id, trailers)`, `ResponseEndOfMessage(stream_id)`,
   `ResponseProtocolError(stream_id, message, code)` and `RequestProtocolError(stream_id, message,
   code)` (the code an int, an HTTP status, on 11; an `ErrorCode` on 12).
-- `mitmproxy.proxy.layer`: `Layer.handle_event(event)` and `Layer._paused_event_queue`.
+- `mitmproxy.proxy.layer`: `Layer.handle_event(event)` and `Layer._paused_event_queue`, a deque made in
+  `Layer.__init__` (`HttpStream.__init__(context, stream_id)` calls it), to which `handle_event` appends
+  the events that come while the layer waits for a blocking command: httplayer's streams replace it
+  with a deque of their own, which notices a client's departure as it comes.
 - `mitmproxy.proxy.commands.StartHook`: a blocking command that runs an addon hook;
   `RequestWakeup(delay)`, answered by a `mitmproxy.proxy.events.Wakeup` with that `command`, which
   `HttpLayer` routes back to the stream that asked for it.
@@ -61,6 +64,7 @@ except ImportError as e:  # addon/mitm must load on any mitmproxy; check() then 
 
 _SIGNATURES = {  # parameters (with defaults) as in mitmproxy 11.0.2 and 12.3.1
     "HttpLayer.make_stream": "(self, stream_id)",
+    "HttpStream.__init__": "(self, context, stream_id)",
     "HttpStream.send_response": "(self, already_streamed=False)",
     "HttpStream.check_killed": "(self, emit_error_hook)",
     "HttpStream.handle_protocol_error": "(self, event)",
@@ -128,6 +132,8 @@ def check() -> tuple[str | None, tuple[object, object] | None]:
         routes_wakeups = False
     if not routes_wakeups:
         return "HttpLayer.event_to_child does not route a stream's RequestWakeup back to it", None
+    if not _queues_while_paused():
+        return "Layer.handle_event does not queue what comes while it waits in Layer._paused_event_queue", None
     try:
         making = inspect.getsource(HttpLayer.make_stream).splitlines()[1:]  # (after the `def` line)
     except (OSError, TypeError):
@@ -151,6 +157,17 @@ def check() -> tuple[str | None, tuple[object, object] | None]:
     if request_code.annotation is not code.annotation:
         return f"RequestProtocolError's code is a {request_code.annotation!r}, not an int or an ErrorCode", None
     return None, codes
+
+
+def _queues_while_paused() -> bool:
+    """Does Layer make `_paused_event_queue` a deque, and its handle_event append to it (what httplayer's
+    streams watch for a client's departure)?"""
+    try:
+        made, handled = inspect.getsource(Layer.__init__), inspect.getsource(Layer.handle_event)
+    except (OSError, TypeError):
+        return False
+    return ("self._paused_event_queue = collections.deque()" in made
+            and "self._paused_event_queue.append(event)" in handled)
 
 
 def _code_parameter(error_class) -> tuple[str, inspect.Parameter | None]:

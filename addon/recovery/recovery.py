@@ -145,9 +145,12 @@ class Recovery:
     def _hold_for_first_event(self, flow: http.HTTPFlow) -> None:
         """A streamed answer that a `first_event` rule could refuse is held until its first event
         is there (mitm_rules_first_event); without stream_retries, held whole and judged when complete."""
-        config, record, response = self.runtime.config, rewritten(flow), flow.response
-        if config is None or record is None or response is None or not response.stream:
+        config, response = self.runtime.config, flow.response
+        if config is None or response is None or not response.stream:
             return  # (the stream tap streams every streamed answer the rules concern)
+        record = rewritten(flow)
+        if record is None:
+            return
         sse = is_sse(response.headers)
         if not (sse or record.streaming) or not holds_for_first_event(config.on_response, response.status_code,
                                                                     record.injected):  # fmt: skip

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from dataclasses import dataclass
 
 from mitmproxy import http
@@ -17,6 +16,7 @@ from addon.recovery.replay import Replay
 from addon.recovery.streamtap import BodyCopy, first_byte_after, keep_copy
 from addon.runtime.loader import Runtime
 from addon.util.comment import add_note
+from addon.util.flowmap import FlowMap
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class Streams:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         # client flows whose answer streams from a retry, until it ends
-        self.streamed: weakref.WeakKeyDictionary[http.HTTPFlow, _Streamed] = weakref.WeakKeyDictionary()
+        self.streamed: FlowMap[http.HTTPFlow, _Streamed] = FlowMap()
         self._updates: set[asyncio.Task] = set()  # mitmweb updates sent from hooks that cannot wait
 
     async def stream_from(self, flow: http.HTTPFlow, client: Handover, replay: Replay, summary: str) -> None:
@@ -54,7 +54,7 @@ class Streams:
 
     def ended(self, flow: http.HTTPFlow) -> bool:
         """Is this a client's flow whose answer streamed from a retry? Then its stream ended (see `_end`)."""
-        if flow not in self.streamed:
+        if not self.streamed or flow not in self.streamed:
             return False
         self._end(flow, self.streamed.pop(flow))
         return True

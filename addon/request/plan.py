@@ -93,12 +93,15 @@ class Plan:
 _MEMO_LIMIT = 4096  # entries in each of the index's memos before it starts over
 
 
-def plan_request(config: Config, flow: http.HTTPFlow, heads: Heads | None = None) -> Plan | None:
+def plan_request(
+    config: Config, flow: http.HTTPFlow, heads: Heads | None = None, candidates: tuple[Rule, ...] | None = None
+) -> Plan | None:
     """The edits the matching rules make, or None when no rule matches. The body is read here, on
-    this thread, whatever its size: the request hook calls `plan_request_off_loop`. `heads`: the
-    request's, if they have been read."""
+    this thread, whatever its size: the request hook calls `plan_request_off_loop`. `heads` and
+    `candidates` (the rules for its host): the request's, if they have been read."""
     req = flow.request
-    candidates = config.index.candidates(req.host, req.port)
+    if candidates is None:
+        candidates = config.index.candidates(req.host, req.port)
     if not candidates:
         return None
     streaming = is_streaming(req, config.stream.json_field, heads)
@@ -129,7 +132,7 @@ async def plan_request_off_loop(config: Config, flow: http.HTTPFlow, worker: Bod
     heads = read_heads(req)
     encoding = heads.encoding
     if not is_large(req.raw_content, encoding):
-        return plan_request(config, flow, heads)
+        return plan_request(config, flow, heads, candidates)
     logger.debug(f"rules: the body of {req.method} {req.pretty_url} ({len(req.raw_content or b'')} bytes as sent) "
                  "is read in the body worker")  # fmt: skip
     readers = tuple(r for r in candidates if r.match.filter_reads_body)  # judged with the stream detection

@@ -11,7 +11,6 @@ import asyncio
 import functools
 import logging
 import time
-import weakref
 from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple
@@ -27,6 +26,7 @@ from addon.rules.template import TOKEN
 from addon.runtime.loader import Runtime
 from addon.runtime.pools import Pool, clock_time, pool_of
 from addon.runtime.sources import ValueSource
+from addon.util.flowmap import FlowMap
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Rewritten:
         return record
 
 
-_REWRITTEN: weakref.WeakKeyDictionary[http.HTTPFlow, Rewritten] = weakref.WeakKeyDictionary()
+_REWRITTEN: FlowMap[http.HTTPFlow, Rewritten] = FlowMap()
 
 
 def rewritten(flow: http.HTTPFlow) -> Rewritten | None:
@@ -103,7 +103,7 @@ def exit_note(exits: Exits, pool: Pool, token: str, exit: ExitHealth) -> str:
 class Rewriter:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.sent: weakref.WeakKeyDictionary[http.HTTPFlow, Sent] = weakref.WeakKeyDictionary()
+        self.sent: FlowMap[http.HTTPFlow, Sent] = FlowMap()
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or REPLAY_KEY in flow.metadata:

@@ -31,10 +31,10 @@ class Heads(NamedTuple):
 def read_heads(request: http.Request) -> Heads:
     accepts, encoding = False, None
     for name, value in request.headers.fields:
-        name = name.lower()
-        if name == b"accept" and b"text/event-stream" in value:
-            accepts = True
-        elif name == b"content-encoding":
+        size = len(name)  # (a length first: most fields are neither, and lower() makes a new name)
+        if size == 6 and name.lower() == b"accept":
+            accepts = accepts or b"text/event-stream" in value
+        elif size == 16 and name.lower() == b"content-encoding":
             encoding = value if encoding is None else encoding + b"," + value
     return Heads(accepts, None if encoding is None else encoding.decode("latin-1"))
 

@@ -15,6 +15,8 @@ from typing import Generic, Protocol, TypeVar
 
 from mitmproxy import flowfilter
 
+from addon.rules.headfilter import plain_heads
+
 _HOST_CHARS = re.compile(r"^[A-Za-z0-9._*?\[\]!-]+$")
 _METHOD = re.compile(r"^[A-Za-z]+$")
 _IPV6 = re.compile(r"^\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\]")
@@ -97,10 +99,14 @@ def parse_method(text: str) -> str:
 
 
 def parse_filter(text: str) -> flowfilter.TFilter:
+    """mitmproxy's filter, its header nodes of plain text searched as text (addon/rules/headfilter.py)."""
     try:
-        return flowfilter.parse(text)
+        parsed = flowfilter.parse(text)
     except ValueError as e:
         raise ValueError(f"bad filter {text!r}: {e}") from None
+    plain = plain_heads(parsed)
+    plain.pattern = parsed.pattern  # type: ignore[attr-defined]
+    return plain
 
 
 def reads_body(f: flowfilter.TFilter) -> bool:

@@ -18,6 +18,14 @@ class TokenCommands:
         self.runtime = runtime
         self.refreshing: asyncio.Task[str | None] | None = None  # the last fetch a command started
 
+    def load(self, loader) -> None:
+        """Register the commands (the methods below decorated as such), as mitmproxy does for an addon's:
+        the pipeline calls this, so that this object need not be an addon that every hook visits."""
+        for name in dir(type(self)):
+            method = getattr(self, name)
+            if isinstance(getattr(method, "command_name", None), str):
+                loader.add_command(method.command_name, method)
+
     @command.command("tokens.status")
     def status(self) -> str:
         """Each pool's tokens by state, and an open breaker, in a line to read at a glance. The rows go

@@ -27,7 +27,6 @@ import os
 import re
 import tempfile
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken
@@ -37,6 +36,7 @@ from addon.rules.template import TOKEN
 from addon.tokens.pool import TokenPool
 from addon.util.fields import header_values
 from addon.util.masking import mask
+from addon.util.flowmap import FlowMap
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def cookie_value(set_cookie: str, name: str) -> str | None:
 
 # a flow whose request carries an account's token in a cookie: the Sessions of its pool, the token,
 # the cookies (one registry: a reload may rename or drop the pool while the request is out)
-_CARRIED: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[Sessions, str, tuple[str, ...]]] = weakref.WeakKeyDictionary()
+_CARRIED: FlowMap[http.HTTPFlow, tuple[Sessions, str, tuple[str, ...]]] = FlowMap()
 
 
 def sealer(secret: str) -> Fernet:
@@ -84,9 +84,9 @@ def sealer(secret: str) -> Fernet:
 def take_renewed(flow: http.HTTPFlow) -> None:
     """Take an account's renewed value off the answer, in the pool whose token the request carried
     (the pipeline's first response hook: the client never gets it)."""
-    carried = _CARRIED.get(flow)
+    carried = _CARRIED.pop(flow, None)
     if carried is not None:
-        carried[0].responseheaders(flow)
+        carried[0].take_from(flow, *carried[1:])
 
 
 class Sessions:
@@ -132,13 +132,9 @@ class Sessions:
 
     # the response side
 
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        """Take an account's renewed value off the answer: the client never gets it."""
-        carried = _CARRIED.get(flow)
-        if carried is None or carried[0] is not self:
-            return
-        del _CARRIED[flow]
-        _, token, names = carried
+    def take_from(self, flow: http.HTTPFlow, token: str, names: tuple[str, ...]) -> None:
+        """Take the renewed value of the account whose `token` the request carried in these cookies off
+        the answer: the client never gets it."""
         if flow.response is None:
             return
         fields = header_values(flow.response.headers, b"set-cookie")

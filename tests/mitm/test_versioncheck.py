@@ -70,10 +70,17 @@ BREAKS = [
      "HttpLayer.make_stream is not what httplayer.RelayingHttpLayer.make_stream repeats"),
     (lambda mp: mp.setattr(mhttp.HttpLayer, "make_stream", _make_stream_and_more),
      "HttpLayer.make_stream is not what httplayer.RelayingHttpLayer.make_stream repeats"),
+    # the queue of what comes while a stream waits, which httplayer's streams watch for a departure
+    (lambda mp: mp.setattr(layer.Layer, "handle_event", _handle_event_unqueued),
+     "Layer.handle_event does not queue what comes while it waits in Layer._paused_event_queue"),
     # what the retry's connection handler subclasses
     (lambda mp: mp.setattr(clientplayback.ReplayHandler, "__init__", lambda self, flow: None),
      "ReplayHandler takes (flow), not (flow, options)"),
 ]  # fmt: skip
+
+
+def _handle_event_unqueued(self, event):  # one that never waits
+    yield from self._handle_event(event)
 
 
 def _event_to_child(self, child, event):  # one that forgets which stream asked for a wakeup
@@ -97,7 +104,7 @@ HttpStream = mhttp.HttpStream  # (as _make_stream_and_more names it, as mitmprox
 
 @pytest.mark.parametrize("break_it, problem", BREAKS, ids=["signature", "extra parameter", "missing method",
                                                             "import", "attribute", "error code", "response stream",
-                                                            "wakeups", "request error code", "make_stream", "make_stream and more",
+                                                            "wakeups", "request error code", "make_stream", "make_stream and more", "paused queue",
                                                             "replay handler"])  # fmt: skip
 def test_the_guard_declines_when_an_internal_differs(monkeypatch, break_it, problem):
     break_it(monkeypatch)
