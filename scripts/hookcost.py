@@ -126,7 +126,7 @@ async def _count_steps() -> None:
         step("request, part of the plan: stream detection (headers, JSON body)", [request() for _ in range(n)],
              lambda f: is_streaming(f.request, config.stream.json_field))
         filtered = [r for r in config.rules if r.match.filter is not None and r.name == "no-debug"]
-        step("request, part of the plan: the `~h X-Debug` filter (mitmproxy's flowfilter)",
+        step("request, part of the plan: the `~h X-Debug` filter (addon/rules/headfilter.py)",
              [request() for _ in range(n)],
              lambda f: filtered[0].match.filter(f))
         step("request, part: edits of headers, cookies, comment lines (apply_plan)", [request() for _ in range(n)],

@@ -20,8 +20,9 @@ proxy core, for flows the addon marks with `hold()`, and nowhere else in the add
   run as for any streamed answer.
 - The client leaving: a layer that waits for a blocking command queues the events that arrive
   meanwhile (`Layer._paused_event_queue`, which the stream makes a `_DepartureWatch`); the stream
-  sees a `RequestProtocolError` as it arrives (there, or in `handle_protocol_error`), tells the handover (which hangs up the retry at once), and after each hook
-  `check_killed`, which looks for it in that queue, ends the flow as mitmproxy does.
+  sees a `RequestProtocolError` as it arrives (there, or in `handle_protocol_error`), tells the
+  handover (which hangs up the retry at once), and after each hook `check_killed`, which looks for
+  it in that queue, ends the flow as mitmproxy does.
 - A retry that breaks off mid-stream ends the client's stream through `handle_protocol_error` with
   a `ResponseProtocolError`: on HTTP/1 the connection closes before the last chunk (a truncated
   chunked body), on HTTP/2 the stream is reset.
@@ -35,8 +36,8 @@ proxy core, for flows the addon marks with `hold()`, and nowhere else in the add
   answer. If a retry answered instead (`handover.answered`), the refused answer's upstream is cut
   (a `RequestProtocolError` sent to the server: HTTP/1 closes the connection, HTTP/2 resets the
   stream), whatever more of it comes is dropped (`_handle_held_event`, the hold's `_handle_event`),
-  and the client gets the retry's answer streamed (`_relay`) or whole. An answer that ends without a body at all is judged the same
-  way, from `send_response`.
+  and the client gets the retry's answer streamed (`_relay`) or whole. An answer that ends without
+  a body at all is judged the same way, from `send_response`.
 
 Longer than 300 lines: one subclass of mitmproxy's HttpStream, whose states (held whole, waiting for
 the first event, judging it, relaying a retry) hand the stream over to each other and share its
@@ -96,7 +97,9 @@ def hold(flow: http.HTTPFlow) -> None:
 
 def departed(flow: http.HTTPFlow) -> bool:
     """Did the client of this flow leave it (closed its connection or reset its HTTP/2 stream), as
-    mitmproxy's HTTP layer saw it? Known for the connections `install` reached."""
+    mitmproxy's HTTP layer saw it? Known for the connections `install` reached, but not once mitmproxy
+    passes a stream through (a CONNECT tunnel, a protocol upgrade): no retry or held answer is then
+    left to hang up."""
     return flow in _departed
 
 

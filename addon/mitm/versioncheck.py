@@ -9,7 +9,8 @@ The internals used, as in mitmproxy 11.0.2 and 12.3.1 (`check()` verifies them b
   `HttpStream.send_response(already_streamed=False)`, `HttpStream.check_killed(emit_error_hook)`,
   `HttpStream.handle_protocol_error(event)` (these read and set the stream's `client_state` and
   `server_state`), `HttpStream.start_response_stream()`, `HttpStream.state_stream_response_body(event)`,
-  `HttpStream._handle_event(event)` (which hands server events to `server_state`),
+  `HttpStream._handle_event(event)` (which hands server events to `server_state`, and protocol
+  errors to `handle_protocol_error`),
   `HttpStream.flow`, `.stream_id`, `.context.client`, `.context.server`; `SendHttp(event,
   connection)`; `ResponseHeaders(stream_id, response, end_stream)`, `ResponseData(stream_id,
   data)`, `ResponseTrailers(stream_id, trailers)`, `ResponseEndOfMessage(stream_id)`,
@@ -134,6 +135,8 @@ def check() -> tuple[str | None, tuple[object, object] | None]:
         return "HttpLayer.event_to_child does not route a stream's RequestWakeup back to it", None
     if not _queues_while_paused():
         return "Layer.handle_event does not queue what comes while it waits in Layer._paused_event_queue", None
+    if not _source_has(HttpStream._handle_event, "self.handle_protocol_error(event)"):
+        return "HttpStream._handle_event does not hand a protocol error to handle_protocol_error", None
     try:
         making = inspect.getsource(HttpLayer.make_stream).splitlines()[1:]  # (after the `def` line)
     except (OSError, TypeError):
@@ -162,12 +165,15 @@ def check() -> tuple[str | None, tuple[object, object] | None]:
 def _queues_while_paused() -> bool:
     """Does Layer make `_paused_event_queue` a deque, and its handle_event append to it (what httplayer's
     streams watch for a client's departure)?"""
+    return (_source_has(Layer.__init__, "self._paused_event_queue = collections.deque()")
+            and _source_has(Layer.handle_event, "self._paused_event_queue.append(event)"))
+
+
+def _source_has(function, line: str) -> bool:
     try:
-        made, handled = inspect.getsource(Layer.__init__), inspect.getsource(Layer.handle_event)
+        return line in inspect.getsource(function)
     except (OSError, TypeError):
         return False
-    return ("self._paused_event_queue = collections.deque()" in made
-            and "self._paused_event_queue.append(event)" in handled)
 
 
 def _code_parameter(error_class) -> tuple[str, inspect.Parameter | None]:

@@ -12,6 +12,7 @@ import json
 import logging
 from typing import NamedTuple
 
+import orjson
 from mitmproxy import http
 
 from addon.request.decoding import decode_body
@@ -88,9 +89,16 @@ _JSON_SPACE = " \t\n\r"
 
 
 def _object(body: bytes):
-    """`json.loads(body)` for a body that starts with "{" (after white space): UTF-8 decoded and
-    parsed here, without json.loads' look for another encoding (a body with a NUL byte among its
-    first four, UTF-16 or -32, goes to json.loads)."""
+    """`json.loads(body)`, as far as a field's `true` goes, for a body that starts with "{" (after white
+    space). orjson reads it, with a third of the work. What orjson refuses, json may still read (NaN,
+    a lone surrogate, a number out of range, a body with a NUL byte among its first four: UTF-16 or
+    -32), so json then has it: UTF-8 decoded and parsed here, without json.loads' look for another
+    encoding, or by json.loads for those NULs. (The two differ only in numbers: orjson makes a float
+    of an integer past 64 bits.)"""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
     if b"\x00" in body[:4]:
         return json.loads(body)
     text = body.decode("utf-8", "surrogatepass").lstrip(_JSON_SPACE)

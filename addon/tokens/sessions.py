@@ -35,8 +35,8 @@ from mitmproxy import http
 from addon.rules.template import TOKEN
 from addon.tokens.pool import TokenPool
 from addon.util.fields import header_values
-from addon.util.masking import mask
 from addon.util.flowmap import FlowMap
+from addon.util.masking import mask
 
 logger = logging.getLogger(__name__)
 

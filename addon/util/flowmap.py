@@ -18,14 +18,16 @@ _MISSING = object()
 
 
 class FlowMap(Generic[K, V]):
-    __slots__ = ("_data", "_drop")
+    __slots__ = ("_data", "_drop", "__weakref__")
+    __iter__ = None  # (not iterable: nothing iterates these maps)
 
     def __init__(self) -> None:
-        data: dict[ref[K], V] = {}
-        self._data = data
+        self._data: dict[ref[K], V] = {}
 
-        def drop(gone: ref[K], pop=data.pop) -> None:  # (holds the dict, not the map: no cycle)
-            pop(gone, None)
+        def drop(gone: ref[K], owner=ref(self)) -> None:  # (as WeakKeyDictionary's: the map, weakly)
+            this = owner()
+            if this is not None:
+                this._data.pop(gone, None)
 
         self._drop = drop
 
@@ -46,8 +48,11 @@ class FlowMap(Generic[K, V]):
     def __delitem__(self, key: K) -> None:
         del self._data[ref(key)]
 
-    def __contains__(self, key: K) -> bool:
-        return ref(key) in self._data
+    def __contains__(self, key: object) -> bool:
+        try:
+            return ref(key) in self._data
+        except TypeError:  # (a key no weak reference can be made to is in no map)
+            return False
 
     def __len__(self) -> int:
         return len(self._data)

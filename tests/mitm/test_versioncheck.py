@@ -73,6 +73,8 @@ BREAKS = [
     # the queue of what comes while a stream waits, which httplayer's streams watch for a departure
     (lambda mp: mp.setattr(layer.Layer, "handle_event", _handle_event_unqueued),
      "Layer.handle_event does not queue what comes while it waits in Layer._paused_event_queue"),
+    (lambda mp: mp.setattr(mhttp.HttpStream, "_handle_event", _handle_event_without_errors),
+     "HttpStream._handle_event does not hand a protocol error to handle_protocol_error"),
     # what the retry's connection handler subclasses
     (lambda mp: mp.setattr(clientplayback.ReplayHandler, "__init__", lambda self, flow: None),
      "ReplayHandler takes (flow), not (flow, options)"),
@@ -81,6 +83,10 @@ BREAKS = [
 
 def _handle_event_unqueued(self, event):  # one that never waits
     yield from self._handle_event(event)
+
+
+def _handle_event_without_errors(self, event):  # one that no longer calls handle_protocol_error
+    yield from self.server_state(event)
 
 
 def _event_to_child(self, child, event):  # one that forgets which stream asked for a wakeup
@@ -104,7 +110,8 @@ HttpStream = mhttp.HttpStream  # (as _make_stream_and_more names it, as mitmprox
 
 @pytest.mark.parametrize("break_it, problem", BREAKS, ids=["signature", "extra parameter", "missing method",
                                                             "import", "attribute", "error code", "response stream",
-                                                            "wakeups", "request error code", "make_stream", "make_stream and more", "paused queue",
+                                                            "wakeups", "request error code", "make_stream",
+                                                            "make_stream and more", "paused queue", "protocol errors",
                                                             "replay handler"])  # fmt: skip
 def test_the_guard_declines_when_an_internal_differs(monkeypatch, break_it, problem):
     break_it(monkeypatch)

@@ -95,8 +95,8 @@ def test_a_bomb_counts_as_not_streaming_and_is_logged_once(encoding, caplog):
 
 
 # json_says_streaming parses a body that passes its cheap test (the field's name somewhere in it, "{"
-# first) itself: UTF-8 decoded and read by one JSONDecoder, instead of json.loads. It must say what the
-# definition it replaced says.
+# first) itself: by orjson, and what orjson refuses UTF-8 decoded and read by one JSONDecoder, instead
+# of json.loads. It must say what the definition it replaced says.
 
 
 def _walk(value, field: tuple[str, ...]) -> bool:
@@ -165,6 +165,11 @@ PARSED = [
     pytest.param(b'{"stream": tru', F, False, None, id="cut short"),
     pytest.param(b'{"stream": true,}', F, False, None, id="trailing comma"),
     pytest.param(b'{"stream": NaN}', F, False, None, id="NaN"),
+    pytest.param(b'{"stream": true, "x": NaN}', F, True, None, id="NaN elsewhere (orjson refuses, json reads)"),
+    pytest.param(b'{"stream": true, "x": -Infinity}', F, True, None, id="Infinity elsewhere"),
+    pytest.param(b'{"stream": true, "x": 1e400}', F, True, None, id="a float out of range"),
+    pytest.param(b'{"stream": true, "x": 123456789012345678901234567890}', F, True, None, id="an integer past 64 bits"),
+    pytest.param(b'{"stream": 18446744073709551616}', F, False, None, id="an integer past 64 bits is not true"),
     pytest.param(b'{"a":' * 100000 + b'{"stream": true}' + b"}" * 100000, F, False, None, id="too deep"),
 ]
 
@@ -179,7 +184,7 @@ def test_json_says_streaming_as_the_definition_it_replaced(body, field, expected
 
 
 _json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-3, 3) | st.text(max_size=4),
+    st.none() | st.booleans() | st.integers(-3, 3) | st.integers() | st.floats() | st.text(max_size=4),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["stream", "a", "b"]), inner,
                                                                 max_size=3),
     max_leaves=8,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import weakref
 
 import pytest
 from mitmproxy.test import tflow
@@ -43,11 +44,22 @@ def test_a_flows_entry_goes_when_the_flow_does():
     assert len(m) == 1 and m.get(kept) == "kept"
 
 
-def test_the_map_itself_can_go_while_flows_live():
+def test_the_map_and_its_values_go_at_once_while_flows_live():
+    class Value:
+        pass
+
     m: FlowMap = FlowMap()
-    flow = tflow.tflow()
-    m[flow] = 1
-    del m
+    flow, value = tflow.tflow(), Value()
+    m[flow] = value
+    gone = weakref.ref(value)
+    del m, value
+    assert gone() is None  # no cycle keeps the map's values (as with a WeakKeyDictionary)
+    del flow  # its reference's callback finds the map gone: no error
     gc.collect()
-    del flow  # its reference's callback finds the map's dict gone with it, or still there: no error
-    gc.collect()
+
+
+def test_what_it_is_not():
+    m: FlowMap = FlowMap()
+    assert 1 not in m and "x" not in m  # no weak reference to them: in no map
+    with pytest.raises(TypeError):
+        iter(m)
