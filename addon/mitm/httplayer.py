@@ -19,7 +19,7 @@ proxy core, for flows the addon marks with `hold()`, and nowhere else in the add
   `send_response(already_streamed=True)`: the `response` hook, trailers and the end of the flow
   run as for any streamed answer.
 - The client leaving: a layer that waits for a blocking command queues the events that arrive
-  meanwhile (`Layer._paused_event_queue`, which the stream makes a `_DepartureWatch`); the stream
+  meanwhile (`Layer._paused_event_queue`, which make_stream makes a `_DepartureWatch`); the stream
   sees a `RequestProtocolError` as it arrives (there, or in `handle_protocol_error`), tells the
   handover (which hangs up the retry at once), and after each hook `check_killed`, which looks for
   it in that queue, ends the flow as mitmproxy does.
@@ -181,10 +181,13 @@ class _FirstEventHold:
 
 class RelayingHttpLayer(HttpLayer):  # type: ignore[misc,valid-type]
     def make_stream(self, stream_id: int):
-        # mitmproxy's own make_stream with this module's stream class (versioncheck.py checks that it is
-        # these three lines): a stream made as mitmproxy's HttpStream and given another __class__ after
-        # would keep its attributes in a dict of its own, and every event would read them slower
+        # mitmproxy's own make_stream (versioncheck.py checks that it is these three lines) with this
+        # module's stream class, whose queue of what comes while it waits watches for a departure: a
+        # stream made as mitmproxy's HttpStream and given another __class__ after would keep its
+        # attributes in a dict of its own, and every event would read them slower
         self.streams[stream_id] = stream = RelayingHttpStream(self.context.fork(), stream_id)
+        stream._paused_event_queue = watch = _DepartureWatch()  # (here rather than in an __init__: cheaper)
+        watch.stream = stream
         yield from self.event_to_child(stream, Start())
 
 
@@ -193,12 +196,9 @@ class RelayingHttpStream(HttpStream):  # type: ignore[misc,valid-type]
     first: _FirstEventHold | None = None
 
     # mitmproxy's handle_event and _handle_event, unwrapped: an override would run for every event of
-    # every stream. A departure is seen where it comes (the queue of a stream that waits in a hook, or
-    # handle_protocol_error), and a first-event hold swaps in its own _handle_event while it lasts.
-
-    def __init__(self, context, stream_id) -> None:
-        super().__init__(context, stream_id)
-        self._paused_event_queue = _DepartureWatch(self)
+    # every stream. A departure is seen where it comes (the queue of a stream that waits in a hook, which
+    # make_stream gives it, or handle_protocol_error), and a first-event hold swaps in its own
+    # _handle_event while it lasts.
 
     def client_left(self, event) -> None:
         """The client left this stream (a RequestProtocolError), seen as it arrives, even while the flow
@@ -361,9 +361,8 @@ class _DepartureWatch(collections.deque):
     """A stream's `_paused_event_queue`, where mitmproxy's Layer keeps the events that come while the
     stream waits for a blocking command (a hook): a client's RequestProtocolError is told as it comes."""
 
-    def __init__(self, stream: RelayingHttpStream) -> None:
-        super().__init__()
-        self.stream = stream
+    __slots__ = ("stream",)
+    stream: RelayingHttpStream
 
     def append(self, event) -> None:
         if isinstance(event, RequestProtocolError):
